@@ -1,0 +1,88 @@
+"""Wan2.1 DiT sizes: the published configurations and any size read from weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class WanSpec:
+    """Shape of a Wan2.1 text-to-video DiT. Validated at construction."""
+
+    dim: int
+    num_layers: int
+    num_heads: int
+    ffn_dim: int
+    text_dim: int = 4096
+    freq_dim: int = 256
+    in_dim: int = 16
+    out_dim: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    cross_attn_norm: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "num_layers", "num_heads", "ffn_dim", "text_dim", "freq_dim", "in_dim", "out_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"WanSpec.{name} must be a positive integer, got {value!r}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"WanSpec: dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"WanSpec: head dim {self.head_dim} must be even for rotary embeddings")
+        if self.freq_dim % 2:
+            raise ValueError(f"WanSpec: freq_dim {self.freq_dim} must be even")
+        if len(self.patch_size) != 3 or any(p <= 0 for p in self.patch_size):
+            raise ValueError(f"WanSpec: patch_size must be three positive ints, got {self.patch_size!r}")
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def rope_axes(self) -> tuple[int, int, int]:
+        """Channels of each head given to the frame, height and width rotary axes (Wan's split)."""
+        d = self.head_dim
+        return (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
+
+    @property
+    def name(self) -> str:
+        for preset_name, preset in PRESETS.items():
+            if preset == self:
+                return preset_name
+        return f"custom-d{self.dim}-l{self.num_layers}-h{self.num_heads}"
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["patch_size"] = list(self.patch_size)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WanSpec:
+        data = dict(data)
+        if "patch_size" in data:
+            data["patch_size"] = tuple(data["patch_size"])
+        return cls(**data)
+
+    def parameter_count(self) -> int:
+        """Number of parameters of the model this spec builds."""
+        d, f, t, fq = self.dim, self.ffn_dim, self.text_dim, self.freq_dim
+        p = self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
+        embed = self.in_dim * p * d + d  # patch embedding
+        embed += t * d + d + d * d + d  # text embedding
+        embed += fq * d + d + d * d + d + d * 6 * d + 6 * d  # time embedding + projection
+        block = 4 * (d * d + d) + 2 * d  # self attention
+        block += 4 * (d * d + d) + 2 * d  # cross attention
+        block += (2 * d if self.cross_attn_norm else 0) + d * f + f + f * d + d + 6 * d
+        head = d * self.out_dim * p + self.out_dim * p + 2 * d
+        return embed + self.num_layers * block + head
+
+
+WAN21_T2V_1_3B = WanSpec(dim=1536, num_layers=30, num_heads=12, ffn_dim=8960)
+WAN21_T2V_14B = WanSpec(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824)
+
+PRESETS: dict[str, WanSpec] = {
+    "wan2.1-t2v-1.3b": WAN21_T2V_1_3B,
+    "wan2.1-t2v-14b": WAN21_T2V_14B,
+}

@@ -1,0 +1,267 @@
+"""Wan2.1 text-to-video DiT: a compact implementation with the original (and ComfyUI) parameter names.
+
+Parameter names follow the original Wan2.1 checkpoints (``blocks.0.self_attn.q.weight`` ...), so
+original and ComfyUI files load as they are; diffusers files are renamed on load (``naming.py``).
+Float32 where Wan keeps it: time embedding, modulation, norms and rotary embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attention import AttentionFn, get_backend
+from . import ops
+from .rope import rope_cos_sin
+from .spec import WanSpec
+
+
+class WanLinear(nn.Linear):
+    """A linear layer whose stored weight dtype may differ from the compute dtype.
+
+    A float8 weight (optionally with ComfyUI's per-tensor ``scale_weight``) is upcast to the input's
+    dtype at every call; a weight already in the compute dtype is used as it is.
+    """
+
+    weight_scale: torch.Tensor | None
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.weight_scale = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if w.dtype != x.dtype:
+            w = w.to(x.dtype)
+        if self.weight_scale is not None:
+            w = w * self.weight_scale.to(device=x.device, dtype=x.dtype)
+        b = self.bias
+        if b is not None and b.dtype != x.dtype:
+            b = b.to(x.dtype)
+        return F.linear(x, w, b)
+
+
+class RMSNormWeight(nn.Module):
+    """Holds the weight of Wan's RMSNorm over all heads; the arithmetic lives in ``ops``."""
+
+    def __init__(self, dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+
+class LayerNormAffine(nn.Module):
+    """Weight and bias of the affine LayerNorm before cross-attention (``norm3`` in Wan naming)."""
+
+    def __init__(self, dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
+
+
+class WanAttention(nn.Module):
+    """q/k/v/o projections with RMSNorm on q and k; rotary embedding for self-attention only."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, kv_dim: int | None = None, device=None, dtype=None):
+        super().__init__()
+        kv_dim = kv_dim or dim
+        self.num_heads = num_heads
+        self.eps = eps
+        self.q = WanLinear(dim, dim, device=device, dtype=dtype)
+        self.k = WanLinear(kv_dim, dim, device=device, dtype=dtype)
+        self.v = WanLinear(kv_dim, dim, device=device, dtype=dtype)
+        self.o = WanLinear(dim, dim, device=device, dtype=dtype)
+        self.norm_q = RMSNormWeight(dim, device=device, dtype=dtype)
+        self.norm_k = RMSNormWeight(dim, device=device, dtype=dtype)
+
+    def self_attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: AttentionFn):
+        cos, sin = rope
+        h = self.num_heads
+        q = ops.rms_norm_rope(self.q(x), self.norm_q.weight, cos, sin, h, self.eps)
+        k = ops.rms_norm_rope(self.k(x), self.norm_k.weight, cos, sin, h, self.eps)
+        v = self.v(x).unflatten(-1, (h, -1))
+        out = attn(q, k, v)
+        return self.o(out.flatten(2))
+
+    def cross_attention(self, x: torch.Tensor, context: torch.Tensor, attn: AttentionFn) -> torch.Tensor:
+        h = self.num_heads
+        q = ops.rms_norm(self.q(x), self.norm_q.weight, self.eps).unflatten(-1, (h, -1))
+        k = ops.rms_norm(self.k(context), self.norm_k.weight, self.eps).unflatten(-1, (h, -1))
+        v = self.v(context).unflatten(-1, (h, -1))
+        out = attn(q, k, v)
+        return self.o(out.flatten(2))
+
+
+class WanBlock(nn.Module):
+    def __init__(self, spec: WanSpec, device=None, dtype=None) -> None:
+        super().__init__()
+        d = spec.dim
+        self.eps = spec.eps
+        self.self_attn = WanAttention(d, spec.num_heads, spec.eps, device=device, dtype=dtype)
+        self.norm3 = LayerNormAffine(d, device=device, dtype=dtype) if spec.cross_attn_norm else None
+        self.cross_attn = WanAttention(d, spec.num_heads, spec.eps, device=device, dtype=dtype)
+        self.ffn = nn.Sequential(
+            WanLinear(d, spec.ffn_dim, device=device, dtype=dtype),
+            nn.GELU(approximate="tanh"),
+            WanLinear(spec.ffn_dim, d, device=device, dtype=dtype),
+        )
+        self.modulation = nn.Parameter(torch.zeros(1, 6, d, device=device, dtype=torch.float32))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        context: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        self_attn: AttentionFn,
+        cross_attn: AttentionFn,
+    ) -> torch.Tensor:
+        """x: [B, S, D]; e0: [B, 6, D] float32 time projection; context: [B, L, D] embedded text."""
+        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e0).chunk(6, dim=1)
+        y = self.self_attn.self_attention(ops.modulated_layer_norm(x, shift, scale, self.eps), rope, self_attn)
+        x = ops.gated_residual(x, y, gate)
+        if self.norm3 is not None:
+            xn = ops.layer_norm_f32(x, self.norm3.weight, self.norm3.bias, self.eps)
+        else:
+            xn = x
+        x = x + self.cross_attn.cross_attention(xn, context, cross_attn)
+        y = self.ffn(ops.modulated_layer_norm(x, c_shift, c_scale, self.eps))
+        return ops.gated_residual(x, y, c_gate)
+
+
+class WanHead(nn.Module):
+    def __init__(self, spec: WanSpec, device=None, dtype=None) -> None:
+        super().__init__()
+        self.eps = spec.eps
+        out = spec.out_dim * math.prod(spec.patch_size)
+        self.head = WanLinear(spec.dim, out, device=device, dtype=dtype)
+        self.modulation = nn.Parameter(torch.zeros(1, 2, spec.dim, device=device, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
+        return self.head(ops.modulated_layer_norm(x, shift, scale, self.eps))
+
+
+def sinusoidal_embedding(dim: int, timesteps: torch.Tensor) -> torch.Tensor:
+    """Wan's time embedding: [cos, sin] of t * 10000^(-i/half), computed in float64, returned float32."""
+    half = dim // 2
+    t = timesteps.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t, freqs)
+    return torch.cat([angles.cos(), angles.sin()], dim=1).float()
+
+
+def _linear_f32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    b = layer.bias.float() if layer.bias is not None else None
+    w = layer.weight.float()
+    scale = getattr(layer, "weight_scale", None)
+    if scale is not None:
+        w = w * scale.float()
+    return F.linear(x.float(), w, b)
+
+
+@dataclass
+class Prepared:
+    """Everything the block stack needs for one forward; produced by ``WanModel.prepare``."""
+
+    tokens: torch.Tensor  # [B, S, D] in the compute dtype
+    e: torch.Tensor  # [B, D] float32 time embedding (for the head)
+    e0: torch.Tensor  # [B, 6, D] float32 time projection (for the blocks)
+    context: torch.Tensor  # [B, L, D] embedded text
+    rope: tuple[torch.Tensor, torch.Tensor]
+    grid: tuple[int, int, int]  # (frames, height, width) in patches
+    out_shape: tuple[int, ...]  # [B, C, F, H, W] of the input latent
+
+
+class WanModel(nn.Module):
+    """The Wan2.1 T2V diffusion transformer.
+
+    ``forward(x, t, context)`` takes the latent [B, 16, F, H, W], the timestep [B] on Wan's 0..1000
+    scale and the text [B, L, text_dim]; it returns the flow (velocity) prediction, same shape as x.
+    """
+
+    def __init__(self, spec: WanSpec, device=None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        d = spec.dim
+        self.patch_embedding = nn.Conv3d(
+            spec.in_dim, d, kernel_size=spec.patch_size, stride=spec.patch_size, device=device, dtype=torch.float32
+        )
+        self.text_embedding = nn.Sequential(
+            WanLinear(spec.text_dim, d, device=device, dtype=dtype),
+            nn.GELU(approximate="tanh"),
+            WanLinear(d, d, device=device, dtype=dtype),
+        )
+        self.time_embedding = nn.Sequential(
+            WanLinear(spec.freq_dim, d, device=device, dtype=dtype),
+            nn.SiLU(),
+            WanLinear(d, d, device=device, dtype=dtype),
+        )
+        self.time_projection = nn.Sequential(nn.SiLU(), WanLinear(d, 6 * d, device=device, dtype=dtype))
+        self.blocks = nn.ModuleList(WanBlock(spec, device=device, dtype=dtype) for _ in range(spec.num_layers))
+        self.head = WanHead(spec, device=device, dtype=dtype)
+        self.compute_dtype = dtype or torch.float32
+        sdpa = get_backend("sdpa").fn
+        self.self_attn_fn: AttentionFn = sdpa
+        self.cross_attn_fn: AttentionFn = sdpa
+        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def set_attention(self, self_attn: AttentionFn, cross_attn: AttentionFn | None = None) -> None:
+        """Attention kernels for this model instance only (cross-attention defaults to the same)."""
+        self.self_attn_fn = self_attn
+        self.cross_attn_fn = cross_attn or self_attn
+
+    def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (grid, str(device))
+        if key not in self._rope_cache:
+            self._rope_cache.clear()  # one resolution at a time: keep memory bounded
+            self._rope_cache[key] = rope_cos_sin(self.spec, grid, device)
+        return self._rope_cache[key]
+
+    def prepare(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> Prepared:
+        spec = self.spec
+        if x.ndim != 5 or x.shape[1] != spec.in_dim:
+            raise ValueError(f"expected a latent [B, {spec.in_dim}, F, H, W], got {tuple(x.shape)}")
+        if context.ndim != 3 or context.shape[-1] != spec.text_dim:
+            raise ValueError(
+                f"expected text embeddings [B, L, {spec.text_dim}], got {tuple(context.shape)}: "
+                f"this model takes {spec.text_dim}-wide text (umt5-xxl gives 4096)"
+            )
+        pt, ph, pw = spec.patch_size
+        if x.shape[2] % pt or x.shape[3] % ph or x.shape[4] % pw:
+            raise ValueError(
+                f"latent frames/height/width {tuple(x.shape[2:])} must be multiples of the patch size "
+                f"{spec.patch_size}; pick a width and height divisible by 16"
+            )
+        tokens = self.patch_embedding(x.float())
+        grid = tuple(tokens.shape[2:])
+        tokens = tokens.flatten(2).transpose(1, 2).to(self.compute_dtype)
+
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
+        e = _linear_f32(
+            self.time_embedding[2], F.silu(_linear_f32(self.time_embedding[0], sinusoidal_embedding(spec.freq_dim, t)))
+        )
+        e0 = _linear_f32(self.time_projection[1], F.silu(e)).unflatten(1, (6, spec.dim))
+        ctx = self.text_embedding(context.to(self.compute_dtype))
+        return Prepared(tokens, e, e0, ctx, self.rope(grid, x.device), grid, tuple(x.shape))
+
+    def run_blocks(self, p: Prepared) -> torch.Tensor:
+        x = p.tokens
+        for block in self.blocks:
+            x = block(x, p.e0, p.context, p.rope, self.self_attn_fn, self.cross_attn_fn)
+        return x
+
+    def finish(self, x: torch.Tensor, p: Prepared) -> torch.Tensor:
+        out = self.head(x, p.e)
+        b, c = p.out_shape[0], self.spec.out_dim
+        f, h, w = p.grid
+        pt, ph, pw = self.spec.patch_size
+        out = out.view(b, f, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return out.reshape(b, c, f * pt, h * ph, w * pw)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        p = self.prepare(x, t, context)
+        return self.finish(self.run_blocks(p), p)
