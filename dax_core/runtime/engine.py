@@ -1,0 +1,135 @@
+"""The sampling engine: one model built from a recipe, and the text-to-video sampling loop around it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..models.loading import load_wan_model
+from ..models.wan import WanModel
+from ..recipe import Recipe
+from . import latents
+from .samplers import SAMPLERS, sample
+from .schedules import SCHEDULERS, flow_sigmas, sigma_to_timestep
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+"""Called after every step with (step index, total steps, current latent in model space)."""
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One text-to-video sampling job. Text embeddings are [B or 1, L, C]; the latent is ComfyUI's [B, 16, T, H, W]."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor | None
+    latent: torch.Tensor
+    seed: int
+    steps: int
+    cfg: float
+    shift: float = 8.0
+    sampler: str = "uni_pc_bh2"
+    scheduler: str = "simple"
+
+    def __post_init__(self) -> None:
+        if self.latent.ndim != 5:
+            raise ValueError(
+                f"expected a video latent [B, 16, frames, height, width], got shape {tuple(self.latent.shape)}: "
+                "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
+            )
+        for name in ("positive", "negative"):
+            t = getattr(self, name)
+            if t is not None and t.ndim != 3:
+                raise ValueError(f"{name} text embedding must be [B, tokens, width], got {tuple(t.shape)}")
+            if t is not None and t.shape[0] not in (1, self.latent.shape[0]):
+                raise ValueError(f"{name} batch {t.shape[0]} does not match the latent batch {self.latent.shape[0]}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if not math.isfinite(self.cfg) or self.cfg < 0:
+            raise ValueError(f"cfg must be a finite number >= 0, got {self.cfg}")
+        if self.cfg != 1.0 and self.negative is None:
+            raise ValueError("cfg != 1 needs a negative prompt embedding")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
+
+
+class WanEngine:
+    """A Wan2.1 model built from a recipe on one device, and the sampling loop."""
+
+    def __init__(self, recipe: Recipe, device: torch.device | str) -> None:
+        self.recipe = recipe
+        self.device = torch.device(device)
+        start = time.perf_counter()
+        self.model: WanModel = load_wan_model(
+            recipe.weights,
+            device=self.device,
+            weight_dtype=recipe.weight_dtype,
+            compute_dtype=recipe.torch_compute_dtype,
+        ).eval()
+        log.info("built %s on %s in %.1f s", self.model.spec.name, self.device, time.perf_counter() - start)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.recipe.fingerprint()
+
+    def _text(self, emb: torch.Tensor, batch: int) -> torch.Tensor:
+        emb = emb.to(self.device, self.model.compute_dtype)
+        return emb.expand(batch, -1, -1) if emb.shape[0] == 1 else emb
+
+    def denoiser(self, req: SampleRequest) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        """(x, sigma) -> denoised x0 with classifier-free guidance, the two branches batched when they fit."""
+        batch = req.latent.shape[0]
+        use_cfg = req.cfg != 1.0
+        pos = self._text(req.positive, batch)
+        neg = self._text(req.negative, batch) if use_cfg else None
+        batched = use_cfg and neg is not None and neg.shape[1] == pos.shape[1]
+        context = torch.cat([pos, neg]) if batched else pos
+        model = self.model
+
+        def velocity(x: torch.Tensor, sigma: float, ctx: torch.Tensor) -> torch.Tensor:
+            n = ctx.shape[0] // x.shape[0]
+            x_in = x.repeat(n, 1, 1, 1, 1) if n > 1 else x
+            t = torch.full((x_in.shape[0],), sigma_to_timestep(sigma), device=self.device, dtype=torch.float32)
+            return model(x_in, t, ctx).float()
+
+        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            if batched:
+                v_cond, v_uncond = velocity(x, sigma, context).chunk(2)
+            else:
+                v_cond = velocity(x, sigma, pos)
+                v_uncond = velocity(x, sigma, neg) if use_cfg else None
+            x0_cond = x - sigma * v_cond
+            if v_uncond is None:
+                return x0_cond
+            x0_uncond = x - sigma * v_uncond
+            return x0_uncond + (x0_cond - x0_uncond) * req.cfg
+
+        return denoise
+
+    @torch.inference_mode()
+    def sample(self, req: SampleRequest, on_step: StepCallback | None = None) -> torch.Tensor:
+        """Run the sampling loop; returns ComfyUI's (un-normalised) latent, float32 on the CPU."""
+        sigmas = flow_sigmas(req.scheduler, req.steps, req.shift)
+        noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
+        image = req.latent.to(self.device, torch.float32)
+        if torch.count_nonzero(image) > 0:  # ComfyUI leaves an empty latent un-normalised
+            image = latents.normalize(image)
+        s0 = float(sigmas[0])
+        x = s0 * noise + (1.0 - s0) * image
+        start = time.perf_counter()
+        x = sample(req.sampler, self.denoiser(req), x, sigmas.tolist(), callback=on_step)
+        log.info(
+            "sampled %d steps (%s/%s, cfg %.2f) in %.2f s", req.steps, req.sampler, req.scheduler, req.cfg,
+            time.perf_counter() - start,
+        )  # fmt: skip
+        return latents.denormalize(x.float()).cpu()

@@ -1,0 +1,77 @@
+"""Engines built from recipes, kept while ComfyUI keeps the DAX_MODEL that asked for them.
+
+ComfyUI caches node outputs and drops them when the graph changes or when the user frees memory.
+Each engine lives exactly as long as some DAX_MODEL recipe object with its fingerprint is alive, so
+ComfyUI's own cache decides when the model's memory is released; no ComfyUI class is patched.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from dax_core.recipe import Recipe
+
+log = logging.getLogger(__name__)
+E = TypeVar("E")
+
+
+class EngineCache(Generic[E]):
+    """At most one engine per recipe fingerprint, released when its last recipe object is collected."""
+
+    def __init__(self, on_release: Callable[[], None] | None = None) -> None:
+        self._engines: dict[str, E] = {}
+        self._owners: dict[str, list[weakref.ref]] = {}
+        self._lock = threading.RLock()  # weakref callbacks may fire inside get()
+        self._on_release = on_release
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def get(self, recipe: Recipe, build: Callable[[Recipe], E], exclusive: bool = True) -> E:
+        """The engine for ``recipe``, built on first use. ``exclusive`` drops engines of other recipes first."""
+        key = recipe.fingerprint()
+        with self._lock:
+            owners = self._owners.setdefault(key, [])
+            if not any(ref() is recipe for ref in owners):
+                owners.append(weakref.ref(recipe, lambda _ref, k=key: self._owner_gone(k)))
+            if key in self._engines:
+                return self._engines[key]
+            if exclusive:
+                for other in [k for k in self._engines if k != key]:
+                    self._drop(other)
+        engine = build(recipe)
+        with self._lock:
+            self._engines[key] = engine
+        return engine
+
+    def clear(self) -> None:
+        with self._lock:
+            for key in list(self._engines):
+                self._drop(key)
+
+    def _owner_gone(self, key: str) -> None:
+        with self._lock:
+            owners = [r for r in self._owners.get(key, []) if r() is not None]
+            if owners:
+                self._owners[key] = owners
+                return
+            self._owners.pop(key, None)
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        engine = self._engines.pop(key, None)
+        if engine is None:
+            return
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()
+        del engine
+        gc.collect()
+        log.info("released DAX engine %s", key)
+        if self._on_release is not None:
+            self._on_release()

@@ -1,0 +1,47 @@
+"""Load Wan DAX: weights file + dtypes -> a DAX_MODEL recipe. Headers are checked here; weights load at sampling."""
+
+from __future__ import annotations
+
+import logging
+
+from dax_core.models.loading import inspect_weights
+from dax_core.recipe import COMPUTE_DTYPES, WEIGHT_DTYPES, Recipe
+
+from .model_files import list_models, resolve_model
+
+log = logging.getLogger(__name__)
+
+TOOLTIPS = {
+    "model_name": "Wan2.1 T2V weights in models/diffusion_models (or a diffusers folder in models/diffusers).",
+    "weight_dtype": "How linear weights are stored. default: fp8 files stay fp8, others take the compute dtype. "
+    "fp8_e4m3fn halves memory (upcast per layer).",
+    "compute_dtype": "Activation dtype. bf16 is what Wan was trained in.",
+}
+
+
+class DaxLoadWan:
+    """Describe a Wan2.1 T2V DiT to load; the sampler builds it and keeps it while the recipe is unchanged."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_name": (list_models(), {"tooltip": TOOLTIPS["model_name"]}),
+                "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default", "tooltip": TOOLTIPS["weight_dtype"]}),
+                "compute_dtype": (list(COMPUTE_DTYPES), {"default": "bf16", "tooltip": TOOLTIPS["compute_dtype"]}),
+            }
+        }
+
+    RETURN_TYPES = ("DAX_MODEL",)
+    RETURN_NAMES = ("dax_model",)
+    FUNCTION = "load"
+    CATEGORY = "DAX"
+    DESCRIPTION = "Load a Wan2.1 text-to-video diffusion model for the DAX sampler."
+
+    def load(self, model_name: str, weight_dtype: str, compute_dtype: str) -> tuple[Recipe]:
+        path = resolve_model(model_name)
+        info = inspect_weights(path)  # raises a clear WeightsError for I2V/VACE/VAE/text encoders/corrupt files
+        log.info(
+            "Load Wan DAX: %s (%s, %s naming, stored %s)", model_name, info.spec.name, info.naming, info.stored_dtype
+        )
+        return (Recipe(weights=path, weight_dtype=weight_dtype, compute_dtype=compute_dtype),)
