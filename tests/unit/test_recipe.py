@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from dax_core.recipe import Recipe, RecipeError
+
+
+def test_recipe_is_frozen_and_round_trips_through_plain_json():
+    r = Recipe("/models/wan.safetensors", weight_dtype="fp8_e4m3fn", compute_dtype="bf16")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.weights = "other"  # type: ignore[misc]
+    data = json.loads(json.dumps(r.to_dict()))
+    assert Recipe.from_dict(data) == r
+    assert Recipe.from_dict(data).fingerprint() == r.fingerprint()
+
+
+def test_fingerprint_changes_with_any_field():
+    base = Recipe("a.safetensors")
+    others = [Recipe("b.safetensors"), Recipe("a.safetensors", "fp16"), Recipe("a.safetensors", compute_dtype="fp16")]
+    assert len({base.fingerprint(), *(o.fingerprint() for o in others)}) == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"weights": ""}, "weights path"),
+        ({"weights": "a", "weight_dtype": "int4"}, "weight dtype 'int4'"),
+        ({"weights": "a", "compute_dtype": "fp8"}, "compute dtype 'fp8'"),
+    ],
+)
+def test_invalid_values_say_what_to_change(kwargs, message):
+    with pytest.raises(RecipeError, match=message):
+        Recipe(**kwargs)
+
+
+def test_unknown_acceleration_kind_is_rejected():
+    with pytest.raises(RecipeError, match="unknown acceleration kind"):
+        Recipe.from_dict({"weights": "a", "accelerations": [{"kind": "warp-drive"}]})
