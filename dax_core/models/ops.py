@@ -6,8 +6,27 @@ float32 and store the result in the activation dtype, so the residual stream cos
 
 from __future__ import annotations
 
+import functools
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
+
+
+@functools.cache
+def _triton_ops() -> ModuleType | None:
+    try:
+        from . import fused_ops
+    except ImportError:  # no Triton: the PyTorch path below serves
+        return None
+    return fused_ops
+
+
+def _fused(x: torch.Tensor) -> ModuleType | None:
+    """The Triton kernels for eager CUDA tensors; under torch.compile the PyTorch path is traced and fused."""
+    if not x.is_cuda or torch.compiler.is_compiling():
+        return None
+    return _triton_ops()
 
 
 def modulated_layer_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
@@ -15,12 +34,16 @@ def modulated_layer_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
 
     x: [B, S, D]; shift, scale: [B, 1, D] float32.
     """
+    if (fused := _fused(x)) is not None:
+        return fused.modulated_layer_norm(x, shift, scale, eps)
     normed = F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
     return torch.addcmul(shift, normed, 1 + scale).to(x.dtype)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """``x + y * gate`` in float32, returned in ``x.dtype``. gate: [B, 1, D] float32."""
+    if (fused := _fused(x)) is not None:
+        return fused.gated_residual(x, y, gate)
     return torch.addcmul(x.float(), y.float(), gate).to(x.dtype)
 
 
@@ -44,12 +67,13 @@ def rms_norm_rope(
     x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int, eps: float
 ) -> torch.Tensor:
     """RMSNorm across all heads of x [B, S, H*D], then rotary embedding per head: returns [B, S, H, D]."""
+    if (fused := _fused(x)) is not None:
+        return fused.rms_norm_rope(x, weight, cos, sin, num_heads, eps)
     normed = rms_norm(x, weight, eps).unflatten(-1, (num_heads, -1))
     return apply_rope(normed, cos, sin)
 
 
-def layer_norm_f32(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """LayerNorm with optional affine, computed in float32, returned in ``x.dtype``."""
-    w = weight.float() if weight is not None else None
-    b = bias.float() if bias is not None else None
-    return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(x.dtype)
+def affine_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm with weight and bias. PyTorch's kernel accumulates half-precision inputs in float32 and
+    rounds once, which is Wan's float32 LayerNorm followed by a cast, in one pass."""
+    return F.layer_norm(x, (x.shape[-1],), weight.to(x.dtype), bias.to(x.dtype), eps)

@@ -124,7 +124,7 @@ class WanBlock(nn.Module):
         y = self.self_attn.self_attention(ops.modulated_layer_norm(x, shift, scale, self.eps), rope, self_attn)
         x = ops.gated_residual(x, y, gate)
         if self.norm3 is not None:
-            xn = ops.layer_norm_f32(x, self.norm3.weight, self.norm3.bias, self.eps)
+            xn = ops.affine_layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps)
         else:
             xn = x
         x = x + self.cross_attn.cross_attention(xn, context, cross_attn)
@@ -236,7 +236,7 @@ class WanModel(nn.Module):
                 f"latent frames/height/width {tuple(x.shape[2:])} must be multiples of the patch size "
                 f"{spec.patch_size}; pick a width and height divisible by 16"
             )
-        tokens = self.patch_embedding(x.float())
+        tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
         grid = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2).to(self.compute_dtype)
 

@@ -1,0 +1,62 @@
+"""The Triton element-wise kernels against their PyTorch twins and against float64, at Wan shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dax_core.models import fused_ops, ops
+from dax_core.models.rope import rope_cos_sin
+from dax_core.models.spec import WAN21_T2V_1_3B, WAN21_T2V_14B
+
+DT = torch.bfloat16
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("dim", [1536, 5120, 200])
+def test_modulated_layer_norm(dim):
+    x = torch.randn(2, 777, dim, device="cuda", dtype=DT) * 3 + 1
+    shift = torch.randn(2, 1, dim, device="cuda")
+    scale = torch.randn(2, 1, dim, device="cuda") * 0.3
+    got = fused_ops.modulated_layer_norm(x, shift, scale, 1e-6)
+    torch_path = ops.modulated_layer_norm(x.cpu(), shift.cpu(), scale.cpu(), 1e-6)
+    f64 = torch.nn.functional.layer_norm(x.double(), (dim,), eps=1e-6) * (1 + scale.double()) + shift.double()
+    # one bf16 rounding of the output: ~2^-9 relative; anything structural (wrong batch row, mean) is O(1)
+    assert _rel(got.cpu(), torch_path) < 4e-3
+    assert _rel(got, f64) < 4e-3
+    assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("dim", [1536, 5120])
+def test_gated_residual(dim):
+    x, y = (torch.randn(2, 1001, dim, device="cuda", dtype=DT) for _ in range(2))
+    gate = torch.randn(2, 1, dim, device="cuda")
+    got = fused_ops.gated_residual(x, y, gate)
+    expected = x.double() + y.double() * gate.double()
+    assert _rel(got, expected) < 4e-3
+    assert torch.equal(got.cpu(), ops.gated_residual(x.cpu(), y.cpu(), gate.cpu()))
+
+
+@pytest.mark.parametrize("spec", [WAN21_T2V_1_3B, WAN21_T2V_14B], ids=["1.3b", "14b"])
+def test_rms_norm_rope(spec):
+    grid = (3, 6, 10)
+    tokens = grid[0] * grid[1] * grid[2]
+    x = torch.randn(2, tokens, spec.dim, device="cuda", dtype=DT)
+    w = (1 + 0.1 * torch.randn(spec.dim, device="cuda")).to(DT)
+    cos, sin = rope_cos_sin(spec, grid, "cuda")
+    out = torch.full((2, tokens, spec.num_heads, spec.head_dim), float("nan"), device="cuda", dtype=DT)
+    out = fused_ops.rms_norm_rope(x, w, cos, sin, spec.num_heads, 1e-6)
+    torch_path = ops.rms_norm_rope(x.cpu(), w.cpu(), cos.cpu(), sin.cpu(), spec.num_heads, 1e-6)
+    assert torch.isfinite(out).all()
+    # identical roundings by construction; the only difference is the order of the float32 sum of squares
+    assert _rel(out.cpu(), torch_path) < 1e-3
+    # float64 reference: normalise, weight, rotate interleaved pairs per head
+    xd = x.double()
+    n = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * w.double()
+    n = n.unflatten(-1, (spec.num_heads, -1, 2))
+    c, s = cos.double()[None, :, None, :], sin.double()[None, :, None, :]
+    ref = torch.stack((n[..., 0] * c - n[..., 1] * s, n[..., 0] * s + n[..., 1] * c), -1).flatten(-2)
+    assert _rel(out, ref) < 8e-3
