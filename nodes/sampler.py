@@ -107,7 +107,7 @@ class DaxMultiGPUSampler:
             pbar.update_absolute(i + 1, total)
             mm.throw_exception_if_processing_interrupted()  # ComfyUI's Cancel stops between steps
 
-        samples = engine.sample(request, on_step=on_step)
+        result = engine.sample(request, on_step=on_step)
         out = dict(latent_image)
-        out["samples"] = samples
-        return (out,)
+        out["samples"] = result.latent
+        return {"ui": {"dax_summary": [result.summary()]}, "result": (out,)}

@@ -63,6 +63,17 @@ class SampleRequest:
             raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
 
 
+@dataclass(frozen=True)
+class SampleResult:
+    latent: torch.Tensor  # ComfyUI's (un-normalised) latent, float32 on the CPU
+    steps: int
+    seconds: float  # wall time of the sampling loop
+
+    def summary(self) -> str:
+        per_step = self.seconds / max(self.steps, 1)
+        return f"{self.steps} steps in {self.seconds:.1f} s ({per_step:.2f} s/step)"
+
+
 class WanEngine:
     """A Wan2.1 model built from a recipe on one device, and the sampling loop."""
 
@@ -117,8 +128,8 @@ class WanEngine:
         return denoise
 
     @torch.inference_mode()
-    def sample(self, req: SampleRequest, on_step: StepCallback | None = None) -> torch.Tensor:
-        """Run the sampling loop; returns ComfyUI's (un-normalised) latent, float32 on the CPU."""
+    def sample(self, req: SampleRequest, on_step: StepCallback | None = None) -> SampleResult:
+        """Run the sampling loop and return ComfyUI's (un-normalised) latent with the timing."""
         sigmas = flow_sigmas(req.scheduler, req.steps, req.shift)
         noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
         image = req.latent.to(self.device, torch.float32)
@@ -127,9 +138,11 @@ class WanEngine:
         s0 = float(sigmas[0])
         x = s0 * noise + (1.0 - s0) * image
         start = time.perf_counter()
-        x = sample(req.sampler, self.denoiser(req), x, sigmas.tolist(), callback=on_step)
+        x = sample(req.sampler, self.denoiser(req), x, sigmas, callback=on_step)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        result = SampleResult(latents.denormalize(x.float()).cpu(), len(sigmas) - 1, time.perf_counter() - start)
         log.info(
-            "sampled %d steps (%s/%s, cfg %.2f) in %.2f s", req.steps, req.sampler, req.scheduler, req.cfg,
-            time.perf_counter() - start,
-        )  # fmt: skip
-        return latents.denormalize(x.float()).cpu()
+            "%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, req.scheduler, req.cfg
+        )
+        return result
