@@ -39,6 +39,10 @@ class Acceleration:
 
     kind: ClassVar[str] = ""
 
+    def apply(self, model: Any, env: Any) -> None:
+        """Apply this acceleration to one model instance (``dax_core.accelerations`` calls it in order)."""
+        raise NotImplementedError(f"acceleration {self.kind!r} does not implement apply()")
+
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
@@ -56,6 +60,9 @@ def register_acceleration(cls: type[Acceleration]) -> type[Acceleration]:
 
 
 def acceleration_from_dict(data: dict[str, Any]) -> Acceleration:
+    from .accelerations import register_config_modules
+
+    register_config_modules()
     data = dict(data)
     kind = data.pop("kind", None)
     if kind not in _ACCELERATIONS:

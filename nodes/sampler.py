@@ -43,7 +43,7 @@ def _text_embedding(conditioning: list, which: str) -> torch.Tensor:
 def _build_engine(recipe: Recipe) -> WanEngine:
     device = mm.get_torch_device()
     mm.free_memory(_bytes_needed(recipe), device)  # ComfyUI's own models make room for ours first
-    return WanEngine(recipe, device)
+    return WanEngine.build(recipe, device)
 
 
 def _bytes_needed(recipe: Recipe) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..accelerations import BuildEnv, apply_accelerations
 from ..models.loading import load_wan_model
 from ..models.wan import WanModel
 from ..recipe import Recipe
@@ -77,17 +78,23 @@ class SampleResult:
 class WanEngine:
     """A Wan2.1 model built from a recipe on one device, and the sampling loop."""
 
-    def __init__(self, recipe: Recipe, device: torch.device | str) -> None:
+    def __init__(self, model: WanModel, recipe: Recipe, device: torch.device | str) -> None:
+        """Wrap an already built (and accelerated) model; ``WanEngine.build`` makes one from a recipe."""
+        self.model = model
         self.recipe = recipe
         self.device = torch.device(device)
+
+    @classmethod
+    def build(cls, recipe: Recipe, device: torch.device | str) -> WanEngine:
+        """Load the recipe's weights on ``device`` and apply its accelerations."""
+        device = torch.device(device)
         start = time.perf_counter()
-        self.model: WanModel = load_wan_model(
-            recipe.weights,
-            device=self.device,
-            weight_dtype=recipe.weight_dtype,
-            compute_dtype=recipe.torch_compute_dtype,
+        model = load_wan_model(
+            recipe.weights, device=device, weight_dtype=recipe.weight_dtype, compute_dtype=recipe.torch_compute_dtype
         ).eval()
-        log.info("built %s on %s in %.1f s", self.model.spec.name, self.device, time.perf_counter() - start)
+        apply_accelerations(model, recipe, BuildEnv(device))
+        log.info("built %s on %s in %.1f s", model.spec.name, device, time.perf_counter() - start)
+        return cls(model, recipe, device)
 
     @property
     def fingerprint(self) -> str:

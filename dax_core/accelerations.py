@@ -1,0 +1,46 @@
+"""Applying a recipe's accelerations to a freshly built model, in a fixed order.
+
+Each acceleration is a frozen config (``dax_core.recipe.Acceleration`` subclass) that knows how to apply
+itself to one model instance: ``apply(model, env)``. Quantization comes first (it replaces linear
+layers), then the attention backend, the step cache, and compilation last (it traces what the others set).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .models.wan import WanModel
+from .recipe import Acceleration, Recipe
+
+log = logging.getLogger(__name__)
+
+APPLY_ORDER = ("quantize", "attention", "teacache", "compile")
+
+# Modules that define (and register) acceleration configs; imported before a recipe is rebuilt from a dict.
+CONFIG_MODULES: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BuildEnv:
+    """What an acceleration may need to know about where the model runs."""
+
+    device: torch.device
+    world_size: int = 1
+
+
+def register_config_modules() -> None:
+    for name in CONFIG_MODULES:
+        importlib.import_module(name)
+
+
+def apply_accelerations(model: WanModel, recipe: Recipe, env: BuildEnv) -> None:
+    def order(acc: Acceleration) -> int:
+        return APPLY_ORDER.index(acc.kind) if acc.kind in APPLY_ORDER else len(APPLY_ORDER)
+
+    for acc in sorted(recipe.accelerations, key=order):
+        log.info("applying %s: %s", acc.kind, acc)
+        acc.apply(model, env)
