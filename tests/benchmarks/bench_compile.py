@@ -59,11 +59,10 @@ def _warmup_seconds(model, inputs, mode: str) -> float:
 def child(case_key: str, accelerations: list[dict], mode: str) -> None:
     """A fresh process: only the compiled warm-up, printed as JSON on the last line."""
     model, inputs = _model(case_key, accelerations)
-    print(json.dumps({"warmup_s": _warmup_seconds(model, inputs, mode)}))  # noqa: T201 (parent reads it)
+    print(json.dumps({"warmup_s": _warmup_seconds(model, inputs, mode)}))
 
 
-@torch.inference_mode()
-def run_variant(case_key: str, name: str, accelerations: list[dict], mode: str, reps: int) -> dict:
+def _eager_then_compiled(case_key: str, accelerations: list[dict], mode: str, reps: int):
     model, inputs = _model(case_key, accelerations)
     eager = cuda_time(lambda: model(*inputs), 1, reps)
     out_eager = model(*inputs).float()
@@ -71,7 +70,12 @@ def run_variant(case_key: str, name: str, accelerations: list[dict], mode: str, 
     compiled = cuda_time(lambda: model(*inputs), 1, reps)
     out_compiled = model(*inputs).float()
     rel = ((out_compiled - out_eager).norm() / out_eager.norm()).item()
-    del model, inputs
+    return eager, compiled, warmup, rel
+
+
+@torch.inference_mode()
+def run_variant(case_key: str, name: str, accelerations: list[dict], mode: str, reps: int) -> dict:
+    eager, compiled, warmup, rel = _eager_then_compiled(case_key, accelerations, mode, reps)
     gc.collect()
     torch.cuda.empty_cache()
     cmd = [sys.executable, "-m", "tests.benchmarks.bench_compile", "--child", "--case", case_key, "--mode", mode,
