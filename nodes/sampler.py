@@ -10,10 +10,9 @@ import torch
 
 from dax_core.recipe import Recipe
 from dax_core.runtime.engine import SampleRequest, WanEngine
+from dax_core.runtime.engine_cache import EngineCache
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
-
-from .engine_cache import EngineCache
 
 log = logging.getLogger(__name__)
 
