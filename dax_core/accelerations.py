@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from .models.wan import WanModel
 from .recipe import Acceleration, Recipe
@@ -21,15 +22,20 @@ log = logging.getLogger(__name__)
 APPLY_ORDER = ("quantize", "attention", "teacache", "compile")
 
 # Modules that define (and register) acceleration configs; imported before a recipe is rebuilt from a dict.
-CONFIG_MODULES: tuple[str, ...] = ()
+CONFIG_MODULES: tuple[str, ...] = ("dax_core.cache.config",)
 
 
 @dataclass(frozen=True)
 class BuildEnv:
-    """What an acceleration may need to know about where the model runs."""
+    """What an acceleration may need to know about where the model runs.
+
+    ``sequence_group``: the process group the video tokens are split over (sequence parallelism), or None on
+    one device; accelerations that must decide alike on every rank (step caches) reduce over it.
+    """
 
     device: torch.device
     world_size: int = 1
+    sequence_group: dist.ProcessGroup | None = None
 
 
 def register_config_modules() -> None:
