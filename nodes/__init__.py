@@ -2,12 +2,15 @@
 
 from .load_wan import DaxLoadWan
 from .sampler import DaxMultiGPUSampler
+from .teacache import DaxTeacache
 
 NODE_CLASS_MAPPINGS = {
     "DaxLoadWan": DaxLoadWan,
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
+    "DaxTeacache": DaxTeacache,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
+    "DaxTeacache": "TeaCache (DAX)",
 }

@@ -246,3 +246,21 @@ def test_misuse_is_reported():
         cache.start_step(3)
     with pytest.raises(ValueError, match="mode 'x'"):
         TeaCache((1.0,), threshold=0.1, mode="x")
+
+
+def test_start_run_forgets_a_run_that_never_ended():
+    engine = tiny_engine()
+    cache = TeaCache((1.0,), threshold=2.5, mode="e")
+    engine.model.step_cache = cache
+    x, ctx = _inputs(2)
+    cache.start_run(12)
+    for i in range(3):  # a run abandoned without end_run: residuals, sums and patterns left behind
+        cache.start_step(i)
+        with torch.inference_mode():
+            engine.model(x, torch.full((2,), 900.0 - i), ctx, branches=("cond", "uncond"))
+    req = tiny_request()
+    fresh = tiny_engine()
+    fresh.model.step_cache = TeaCache((1.0,), threshold=2.5, mode="e")
+    got, want = engine.sample(req), fresh.sample(req)
+    assert torch.equal(got.latent, want.latent)
+    assert got.step_cache == want.step_cache
