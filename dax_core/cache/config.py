@@ -42,7 +42,9 @@ class TeacacheConfig(Acceleration):
     def __post_init__(self) -> None:
         object.__setattr__(self, "coefficients", tuple(float(c) for c in self.coefficients))  # JSON gives lists
         if not isinstance(self.threshold, (int, float)) or not math.isfinite(self.threshold) or self.threshold < 0:
-            raise RecipeError(f"TeaCache threshold must be a number >= 0 (0 turns skipping off), got {self.threshold!r}")
+            raise RecipeError(
+                f"TeaCache threshold must be a number >= 0 (0 turns skipping off), got {self.threshold!r}"
+            )
         if self.mode not in MODES:
             raise RecipeError(f"TeaCache mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.model != AUTO and self.model not in MODELS:

@@ -73,7 +73,7 @@ class TeaCachePolicy:
         sums: dict[str, tuple[float, float]] = {}
         if pending:
             local = torch.stack([self._local_sums(self.track(n).previous, inputs[n]) for n in pending])
-            sums = dict(zip(pending, map(tuple, reduce_sums(local, self.group, self.sharded).tolist())))
+            sums = dict(zip(pending, map(tuple, reduce_sums(local, self.group, self.sharded).tolist()), strict=True))
         decisions: dict[str, bool] = {}
         for name, current in inputs.items():
             t = self.track(name)

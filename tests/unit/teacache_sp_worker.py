@@ -65,7 +65,9 @@ def run_model(group: dist.ProcessGroup | None, world: int, rank: int) -> dict:
     if rank > 0:  # replicas that differ in the last bits must still decide as rank 0 does
         with torch.no_grad():
             engine.model.time_embedding[2].bias.add_(1e-6 * rank)
-    apply_accelerations(engine.model, Recipe("w").with_acceleration(MODEL_CONFIG), BuildEnv(engine.device, world, group))
+    apply_accelerations(
+        engine.model, Recipe("w").with_acceleration(MODEL_CONFIG), BuildEnv(engine.device, world, group)
+    )
     result = engine.sample(tiny_request(steps=STEPS))
     return {b.name: b.pattern for b in result.step_cache.branches}
 

@@ -87,5 +87,6 @@ def test_every_rank_takes_the_single_process_decisions(world, tmp_path, single_p
 
 def _same(got: list[float], want: list[float], rel: float) -> bool:
     return len(got) == len(want) and all(
-        (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=rel, abs=0.0) for a, b in zip(got, want)
+        (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=rel, abs=0.0)
+        for a, b in zip(got, want, strict=True)
     )

@@ -7,8 +7,7 @@ import torch
 
 from dax_core.cache.coefficients import rescale
 from dax_core.cache.teacache import TeaCache
-from dax_core.models.wan import WanModel, sinusoidal_embedding
-
+from dax_core.models.wan import WanModel
 from tests.unit.tiny_wan import TINY, tiny_engine, tiny_model, tiny_request
 
 
