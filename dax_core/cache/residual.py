@@ -124,6 +124,11 @@ class ResidualStepCache(StepCache):
     def step(self) -> int | None:
         return self._step
 
+    def cached_residual(self, branch: str) -> torch.Tensor | None:
+        """The residual ``branch`` would reuse now (on the cache device), None before its first computed step."""
+        b = self._branches.get(branch)
+        return None if b is None else b.residual
+
     def start_run(self, total_steps: int) -> None:
         if not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"a run needs at least one step, got {total_steps!r}")
