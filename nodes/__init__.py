@@ -1,6 +1,7 @@
 """ComfyUI nodes of DAX: thin wrappers that turn widgets into dax_core configs and make one dax_core call."""
 
 from .load_wan import DaxLoadWan
+from .magcache import DaxMagcache
 from .sampler import DaxMultiGPUSampler
 from .teacache import DaxTeacache
 
@@ -8,9 +9,11 @@ NODE_CLASS_MAPPINGS = {
     "DaxLoadWan": DaxLoadWan,
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
     "DaxTeacache": DaxTeacache,
+    "DaxMagcache": DaxMagcache,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
     "DaxTeacache": "TeaCache (DAX)",
+    "DaxMagcache": "MagCache (DAX)",
 }
