@@ -19,7 +19,7 @@ TOOLTIPS = {
     "end_percent": "Fraction of the steps from which every step runs (the last step always runs).",
     "model": "Whose calibrated magnitude ratios to use: auto picks the loaded model size (Wan2.1 T2V 1.3B or 14B).",
     "cache_device": "Where the cached residuals live: model = the GPU (fastest); cpu = pinned host memory, saving "
-    "about 0.8 GB of GPU memory per CFG branch at 14B 720p for a copy each step.",
+    "about 0.77 GB of GPU memory per CFG branch at 14B 720p for a copy each step.",
 }
 
 

@@ -26,7 +26,7 @@ TOOLTIPS = {
     "max_consecutive_skips": "Run the transformer after this many skipped steps in a row (0: no limit). 1-3 helps "
     "if the video shows blocky artifacts or frozen motion.",
     "cache_device": "Where the cached residuals live: model = the GPU (fastest); cpu = pinned host memory, saving "
-    "about 0.8 GB of GPU memory per CFG branch at 14B 720p for a copy each step.",
+    "about 0.77 GB of GPU memory per CFG branch at 14B 720p for a copy each step.",
     "custom_coefficients": "With coefficients = custom: the polynomial, highest power first, comma-separated.",
 }
 

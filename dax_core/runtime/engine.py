@@ -70,7 +70,7 @@ class SampleResult:
     latent: torch.Tensor  # ComfyUI's (un-normalised) latent, float32 on the CPU
     steps: int
     seconds: float  # wall time of the sampling loop
-    step_cache: StepCacheReport | None = None  # what a step cache (TeaCache) skipped, per CFG branch
+    step_cache: StepCacheReport | None = None  # what a step cache (TeaCache, MagCache) skipped, per branch
 
     def summary_lines(self) -> list[str]:
         per_step = self.seconds / max(self.steps, 1)
@@ -183,7 +183,9 @@ class WanEngine:
         return result
 
 
-def _announcing_steps(denoise: Callable[[torch.Tensor, float], torch.Tensor], cache: StepCache):
+def _announcing_steps(
+    denoise: Callable[[torch.Tensor, float], torch.Tensor], cache: StepCache
+) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """The denoiser, telling the cache which step each call belongs to (the samplers call it once per step)."""
     counter = itertools.count()
 
