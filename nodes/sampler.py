@@ -109,4 +109,4 @@ class DaxMultiGPUSampler:
         result = engine.sample(request, on_step=on_step)
         out = dict(latent_image)
         out["samples"] = result.latent
-        return {"ui": {"dax_summary": [result.summary()]}, "result": (out,)}
+        return {"ui": {"dax_summary": result.summary_lines()}, "result": (out,)}
