@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.distributed import ProcessGroup
+
+from .groups import Comm
 
 _c10d = torch.ops._c10d_functional
 
@@ -26,35 +27,31 @@ class Pending:
         return _c10d.wait_tensor(self.raw).view(self.shape)
 
 
-def all_to_all(x: torch.Tensor, group: ProcessGroup) -> Pending:
+def all_to_all(x: torch.Tensor, group: Comm) -> Pending:
     """Split ``x`` into equal parts along dim 0, send part ``j`` to rank ``j``; the result stacks, along
     dim 0 in rank order, the part each rank sent here."""
-    n = group.size()
     rows = x.shape[0]
-    if rows % n:
-        raise ValueError(f"all_to_all: dim 0 ({rows}) must split evenly over {n} ranks")
-    splits = [rows // n] * n
-    return Pending(_c10d.all_to_all_single(x.contiguous(), splits, splits, group.group_name), tuple(x.shape))
+    if rows % group.size:
+        raise ValueError(f"all_to_all: dim 0 ({rows}) must split evenly over {group.size} ranks")
+    splits = [rows // group.size] * group.size
+    return Pending(_c10d.all_to_all_single(x.contiguous(), splits, splits, group.name), tuple(x.shape))
 
 
-def pass_to_next(x: torch.Tensor, group: ProcessGroup, rank: int) -> Pending:
+def pass_to_next(x: torch.Tensor, group: Comm) -> Pending:
     """Send ``x`` to the next rank of the ring and receive the previous rank's tensor of the same shape."""
-    n = group.size()
-    numel = x.numel()
-    send = [0] * n
-    recv = [0] * n
-    send[(rank + 1) % n] = numel
-    recv[(rank - 1) % n] = numel
-    return Pending(_c10d.all_to_all_single(x.reshape(-1).contiguous(), recv, send, group.group_name), tuple(x.shape))
+    send = [0] * group.size
+    recv = [0] * group.size
+    send[(group.rank + 1) % group.size] = x.numel()
+    recv[(group.rank - 1) % group.size] = x.numel()
+    return Pending(_c10d.all_to_all_single(x.reshape(-1).contiguous(), recv, send, group.name), tuple(x.shape))
 
 
-def all_gather(x: torch.Tensor, group: ProcessGroup) -> Pending:
+def all_gather(x: torch.Tensor, group: Comm) -> Pending:
     """Concatenate every rank's ``x`` along dim 0, in rank order."""
-    n = group.size()
-    shape = (n * x.shape[0], *x.shape[1:])
-    return Pending(_c10d.all_gather_into_tensor(x.contiguous(), n, group.group_name), shape)
+    shape = (group.size * x.shape[0], *x.shape[1:])
+    return Pending(_c10d.all_gather_into_tensor(x.contiguous(), group.size, group.name), shape)
 
 
-def all_reduce(x: torch.Tensor, group: ProcessGroup, op: str = "sum") -> Pending:
+def all_reduce(x: torch.Tensor, group: Comm, op: str = "sum") -> Pending:
     """Element-wise reduction (``"sum"``, ``"max"``, ...) of ``x`` over the group."""
-    return Pending(_c10d.all_reduce(x.contiguous(), op, group.group_name), tuple(x.shape))
+    return Pending(_c10d.all_reduce(x.contiguous(), op, group.name), tuple(x.shape))

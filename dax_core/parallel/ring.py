@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.distributed import ProcessGroup
 
 from .collectives import pass_to_next
+from .groups import Comm
 from .lse_attention import LseAttentionFn, merge_partial
 
 
@@ -16,8 +16,7 @@ def ring_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    group: ProcessGroup,
-    rank: int,
+    group: Comm,
     valid_keys: Sequence[int],
     lse_fn: LseAttentionFn,
     overlap: bool = True,
@@ -28,15 +27,15 @@ def ring_attention(
     member m's chunk are real tokens; the rest is padding and is never attended to. With ``overlap`` the
     next chunk is already on its way while the current one is attended to.
     """
-    n = group.size()
+    n = group.size
     if len(valid_keys) != n or not any(valid_keys):
         raise ValueError(f"ring attention needs one valid-key count per member, some nonzero; got {list(valid_keys)}")
     kv = torch.stack((k, v))
     acc = acc_lse = None
     for step in range(n):
-        pending = pass_to_next(kv, group, rank) if step < n - 1 else None
+        pending = pass_to_next(kv, group) if step < n - 1 else None
         arrived = pending.wait() if pending is not None and not overlap else None
-        keys = valid_keys[(rank - step) % n]  # the chunk in hand started at this member
+        keys = valid_keys[(group.rank - step) % n]  # the chunk in hand started at this member
         if keys:
             out, lse = lse_fn(q, kv[0, :, :keys], kv[1, :, :keys])
             acc, acc_lse = merge_partial(acc, acc_lse, out, lse)

@@ -42,7 +42,7 @@ class SequenceParallel:
     @property
     def rank(self) -> int:
         """This rank in the parallel group."""
-        return dist.get_rank(self.groups.parent)
+        return self.groups.parent.rank
 
     # -- the model's seams -------------------------------------------------------------------------------
 
@@ -83,8 +83,7 @@ class SequenceParallel:
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             if self.groups.ring is not None:
-                ring = self.groups.ring
-                return ring_attention(q, k, v, ring, self.groups.ring_index, valid, self.lse_fn, self.config.overlap)
+                return ring_attention(q, k, v, self.groups.ring, valid, self.lse_fn, self.config.overlap)
             if valid[0] < k.shape[1]:  # drop the padding keys
                 k, v = k[:, : valid[0]], v[:, : valid[0]]
             return kernel(q, k, v)
@@ -100,7 +99,7 @@ class SequenceParallel:
         if self._tokens is None:
             raise RuntimeError("gather_tokens runs at the end of WanModel.forward (prepare shards first)")
         parent = self.groups.parent
-        if parent.size() > 1:
+        if parent.size > 1:
             b, s, c = x.shape
             x = all_gather(x, parent).wait()  # parent rank order: (cfg branch, token slice)
             x = x.view(self.config.cfg_degree, self.config.sequence_degree, b, s, c).transpose(1, 2)
@@ -112,7 +111,7 @@ class SequenceParallel:
     def all_reduce(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """Reduce ``x`` over every rank of the group, for decisions all ranks must share (a step cache's
         distance is a sum over all tokens and both guidance branches)."""
-        if self.groups.parent.size() == 1:
+        if self.groups.parent.size == 1:
             return x
         return all_reduce(x, self.groups.parent, op).wait()
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.distributed import ProcessGroup
 
 from ..models.wan import WanAttention
 from .collectives import Pending, all_to_all
+from .groups import Comm
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """q, k, v [B, S, h, D] of whole sequences (for this rank's heads) -> out [B, S, h, D]."""
@@ -28,16 +28,16 @@ UNITS_TARGET = 4
 """Units of the overlapped schedule: enough that one unit's exchange hides behind another's attention."""
 
 
-def _heads_first(t: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+def _heads_first(t: torch.Tensor, group: Comm) -> torch.Tensor:
     """[B, s, H, D] -> all_to_all input [U, B, s, H/U, D]: part j holds the heads of rank j."""
-    u = group.size()
+    u = group.size
     b, s, h, d = t.shape
     return t.view(b, s, u, h // u, d).permute(2, 0, 1, 3, 4)
 
 
-def ulysses_plain(attn: WanAttention, x: torch.Tensor, rope: Rope, group: ProcessGroup, attend: Attend) -> torch.Tensor:
+def ulysses_plain(attn: WanAttention, x: torch.Tensor, rope: Rope, group: Comm, attend: Attend) -> torch.Tensor:
     """Self-attention of this rank's tokens x [B, s, D], each exchange completed before going on."""
-    u = group.size()
+    u = group.size
     b, s, _ = x.shape
 
     def to_heads(t: torch.Tensor) -> torch.Tensor:
@@ -56,11 +56,9 @@ def head_chunks(heads: int, batch: int, target: int = UNITS_TARGET) -> int:
     return next((c for c in range(1, heads + 1) if heads % c == 0 and batch * c >= target), heads)
 
 
-def ulysses_overlapped(
-    attn: WanAttention, x: torch.Tensor, rope: Rope, group: ProcessGroup, attend: Attend
-) -> torch.Tensor:
+def ulysses_overlapped(attn: WanAttention, x: torch.Tensor, rope: Rope, group: Comm, attend: Attend) -> torch.Tensor:
     """Self-attention of this rank's tokens x [B, s, D] with the exchanges hidden behind computation."""
-    u = group.size()
+    u = group.size
     b, s, _ = x.shape
     heads = attn.num_heads // u
     chunks = head_chunks(heads, b)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -46,6 +47,41 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {"plain": Variant(apply=lambda model: None)}
+
+LATENT_45 = [2, 16, 3, 6, 10]  # batch 2 (CFG batched), 3×3×5 = 45 tokens: not a multiple of 2 or 4
+LATENT_45_B1 = [1, 16, 3, 6, 10]
+LATENT_5 = [2, 16, 1, 2, 10]  # 1×1×5 = 5 tokens: with 4 slices the last rank holds only padding
+
+
+def _case(ulysses: int, ring: int, cfg: bool = False, latent=LATENT_45, dtype: str = "fp32") -> dict:
+    return {"ulysses": ulysses, "ring": ring, "cfg_parallel": cfg, "latent": latent, "dtype": dtype}
+
+
+LAYOUTS = {
+    2: {
+        "ulysses2": _case(2, 1),
+        "ring2": _case(1, 2),
+        "cfg2": _case(1, 1, cfg=True),
+        "ulysses2-batch1": _case(2, 1, latent=LATENT_45_B1),
+        "ring2-5tokens": _case(1, 2, latent=LATENT_5),
+        "ulysses2-bf16": _case(2, 1, dtype="bf16"),
+        "ring2-bf16": _case(1, 2, dtype="bf16"),
+    },
+    4: {
+        "ulysses2-ring2": _case(2, 2),
+        "ulysses4": _case(4, 1),
+        "ring4": _case(1, 4),
+        "cfg-ulysses2": _case(2, 1, cfg=True),
+        "cfg-ring2": _case(1, 2, cfg=True),
+        "ulysses2-ring2-5tokens": _case(2, 2, latent=LATENT_5),
+        "ring4-5tokens": _case(1, 4, latent=LATENT_5),
+    },
+}
+CASES = {
+    world: {f"{name}-{v}": {**case, "variant": v} for name, case in layouts.items() for v in VARIANTS}
+    for world, layouts in LAYOUTS.items()
+}
+"""world size -> case name -> case: every layout with every variant."""
 
 
 def _inputs(case: dict, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +156,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.device == "cuda":
         torch.cuda.set_device(args.rank)
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # no NVLink multicast: these exchanges don't use it
     dist.init_process_group(
         "nccl" if args.device == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
         world_size=args.world, timeout=timedelta(seconds=60),
