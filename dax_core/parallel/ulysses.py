@@ -79,7 +79,7 @@ def ulysses_overlapped(attn: WanAttention, x: torch.Tensor, rope: Rope, group: C
         q, k, v = (p[unit].wait().flatten(0, 1).unsqueeze(0) for p in (q_in, k_in, v_in))
         out = attend(q, k, v)  # [1, U*s, hc, D]
         back.append(all_to_all(out.reshape(u, s, hc, out.shape[-1]), group))
-    gathered = x.new_empty(b, s, u, heads, attn.o.in_features // attn.num_heads)
+    gathered = x.new_empty(b, s, u, heads, back[0].shape[-1])
     for (i, h0), pending in zip(units, back, strict=True):
         gathered[i, :, :, h0 : h0 + hc] = pending.wait().transpose(0, 1)  # [s, U (head group), hc, D]
     return attn.o(gathered.flatten(2))
