@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -241,6 +241,7 @@ class WanModel(nn.Module):
         self.self_attn_fn: AttentionFn = sdpa
         self.cross_attn_fn: AttentionFn = sdpa
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.compiled: Any = None  # the CompileConfig in force, set by dax_core.compile
         self.sequence_parallel: SequenceParallelHooks | None = None
         """Set by ``dax_core.parallel.enable_sequence_parallel`` on this instance only."""
 
