@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from dax_core.compile import CompileConfig, compile_blocks  # noqa: E402
 from dax_core.models.spec import WanSpec  # noqa: E402
 from dax_core.models.wan import WanModel  # noqa: E402
 from dax_core.parallel import ParallelConfig, disable_sequence_parallel, enable_sequence_parallel  # noqa: E402
@@ -44,9 +45,18 @@ class Variant:
 
     apply: Callable[[WanModel], None]
     reset: Callable[[WanModel], None] = lambda model: None  # per-run state cleared before every run
+    layouts: tuple[str, ...] | None = None  # the layouts it runs with; None: all of them
 
 
-VARIANTS: dict[str, Variant] = {"plain": Variant(apply=lambda model: None)}
+def _compile(model: WanModel) -> None:
+    # Graph capture (dynamo, fullgraph) and AOT tracing of the collectives; inductor needs a C++ toolchain
+    compile_blocks(model, CompileConfig(backend="aot_eager"))
+
+
+VARIANTS: dict[str, Variant] = {
+    "plain": Variant(apply=lambda model: None),
+    "compiled": Variant(apply=_compile, layouts=("ulysses2", "ring2", "ulysses2-ring2")),
+}
 
 LATENT_45 = [2, 16, 3, 6, 10]  # batch 2 (CFG batched), 3×3×5 = 45 tokens: not a multiple of 2 or 4
 LATENT_45_B1 = [1, 16, 3, 6, 10]
@@ -78,7 +88,12 @@ LAYOUTS = {
     },
 }
 CASES = {
-    world: {f"{name}-{v}": {**case, "variant": v} for name, case in layouts.items() for v in VARIANTS}
+    world: {
+        f"{name}-{v}": {**case, "variant": v}
+        for name, case in layouts.items()
+        for v, variant in VARIANTS.items()
+        if variant.layouts is None or name in variant.layouts
+    }
     for world, layouts in LAYOUTS.items()
 }
 """world size -> case name -> case: every layout with every variant."""

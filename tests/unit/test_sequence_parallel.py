@@ -4,8 +4,9 @@ Each world size is one launch of N worker processes (tests/unit/parallel_worker.
 of that size; the tests below read what each rank measured. Token counts are not multiples of the
 number of slices (45 tokens; 5 tokens, where with 4 slices the last rank holds only padding).
 
-To check an acceleration under parallelism, add it to ``VARIANTS`` in parallel_worker.py: every layout
-then also runs with it.
+Every layout runs plain, and a few also with the blocks compiled (regional torch.compile, fullgraph). To
+check another acceleration under parallelism (quantization, a step cache), add it to ``VARIANTS`` in
+parallel_worker.py: every layout then also runs with it.
 """
 
 from __future__ import annotations
