@@ -49,11 +49,21 @@ class ParallelGroups:
             dist.destroy_process_group(group)
 
 
+def _member_lists(config: ParallelConfig) -> tuple[list[list[int]], list[list[int]]]:
+    """Parent-group ranks of every Ulysses group and every ring group, in one fixed order."""
+    u, r, seq = config.ulysses, config.ring, config.sequence_degree
+    bases = [c * seq for c in range(config.cfg_degree)]
+    ulysses = [[b + j * u + i for i in range(u)] for b in bases for j in range(r)]
+    ring = [[b + i * u + j for i in range(r)] for b in bases for j in range(u)]
+    return ulysses, ring
+
+
 def build_groups(config: ParallelConfig, parent: ProcessGroup) -> ParallelGroups:
     """Create the Ulysses and ring sub-groups of ``parent`` for ``config``.
 
-    Only the members of each sub-group take part in making it (``use_local_synchronization``), so
-    ``parent`` may itself be a sub-group of the world.
+    Every rank makes every sub-group, in the same order (``new_group`` is collective over the world, and
+    NCCL splits sub-communicators from the world's): a layout that needs sub-groups therefore runs on the
+    whole world. Layouts without sub-groups (pure Ulysses, pure ring) may run on any group.
     """
     size = parent.size()
     if size != config.world_size:
@@ -62,26 +72,22 @@ def build_groups(config: ParallelConfig, parent: ProcessGroup) -> ParallelGroups
             f"build the config with world_size={size}"
         )
     ranks = dist.get_process_group_ranks(parent)
-    if ranks != sorted(ranks):
-        raise ValueError(f"the process group's ranks must be in ascending order, got {ranks}")
     me = dist.get_rank(parent)
-    u_deg, r_deg, seq = config.ulysses, config.ring, config.sequence_degree
-    cfg_index, shard_index = divmod(me, seq)
-    ring_index, ulysses_index = divmod(shard_index, u_deg)
-    base = cfg_index * seq
-    created: list[ProcessGroup] = []
+    cfg_index, shard_index = divmod(me, config.sequence_degree)
+    ulysses_lists, ring_lists = _member_lists(config)
+    to_make = [m for m in ulysses_lists + ring_lists if 1 < len(m) < size]
+    if to_make and size != dist.get_world_size():
+        raise ValueError(
+            f"{config.describe()} needs sub-groups, which are made by every rank of the world: "
+            f"run it on the whole world (group=None), or use pure Ulysses or pure ring on this {size}-rank group"
+        )
+    made = {tuple(m): dist.new_group([ranks[i] for i in m]) for m in to_make}
+    created = tuple(g for m, g in made.items() if me in m)
 
-    def subgroup(members: list[int]) -> Comm | None:
+    def mine(lists: list[list[int]]) -> Comm | None:
+        members = next(m for m in lists if me in m)
         if len(members) == 1:
             return None
-        if len(members) == size:
-            return Comm.of(parent)
-        group = dist.new_group([ranks[m] for m in members], use_local_synchronization=True)
-        created.append(group)
-        return Comm.of(group)
+        return Comm.of(parent if len(members) == size else made[tuple(members)])
 
-    ulysses = subgroup([base + ring_index * u_deg + i for i in range(u_deg)])
-    ring = subgroup([base + i * u_deg + ulysses_index for i in range(r_deg)])
-    assert ulysses is None or ulysses.rank == ulysses_index
-    assert ring is None or ring.rank == ring_index
-    return ParallelGroups(Comm.of(parent), cfg_index, shard_index, ulysses, ring, tuple(created))
+    return ParallelGroups(Comm.of(parent), cfg_index, shard_index, mine(ulysses_lists), mine(ring_lists), created)

@@ -156,6 +156,14 @@ def checks(world: int, device: str) -> dict:
     out["enable_twice"] = _error(lambda: enable_sequence_parallel(model, ParallelConfig(world, world)))
     out["all_reduce"] = plan.all_reduce(torch.tensor([float(dist.get_rank() + 1)], device=device)).item()
     disable_sequence_parallel(model)
+    if world == 4:  # two independent pairs, each running Ulysses on its own 2-rank group
+        pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+        x, ctx = _inputs({"latent": LATENT_45}, torch.float32, device)
+        t = torch.full((x.shape[0],), 500.0, device=device)
+        ref = model(x, t, ctx)
+        enable_sequence_parallel(model, ParallelConfig(2, 2), group=pairs[dist.get_rank() // 2])
+        out["pair_ulysses_err"] = (model(x, t, ctx) - ref).abs().max().item()
+        disable_sequence_parallel(model)
     return out
 
 

@@ -83,3 +83,8 @@ def test_misconfigurations_are_clear_errors(runs, world):
 @pytest.mark.parametrize("world", sorted(CASES))
 def test_all_reduce_sums_over_every_rank(runs, world):
     assert [r["checks"]["all_reduce"] for r in runs(world)] == [world * (world + 1) / 2] * world
+
+
+def test_a_group_smaller_than_the_world_runs_its_own_layout(runs):
+    for rank, results in enumerate(runs(4)):
+        assert results["checks"]["pair_ulysses_err"] <= TOLERANCE["fp32"] * 2, rank  # outputs are below 2
