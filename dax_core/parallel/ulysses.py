@@ -6,7 +6,7 @@ Two schedules compute the same numbers:
 * plain: each of q, k, v and the output is exchanged whole and waited for before anything else runs;
 * overlapped: q's exchange runs while k and v are projected, and the attention is cut into units (one
   batch element × one chunk of heads) so the inputs of the next unit and the output of the previous one
-  are in flight while a unit is computed. Only the last unit's inputs-before and output-after are exposed.
+  are in flight while a unit is computed. Only the first unit's v and the last unit's output wait on the wire.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _heads_first(t: torch.Tensor, group: Comm) -> torch.Tensor:
     """[B, s, H, D] -> all_to_all input [U, B, s, H/U, D]: part j holds the heads of rank j."""
     u = group.size
     b, s, h, d = t.shape
-    return t.view(b, s, u, h // u, d).permute(2, 0, 1, 3, 4)
+    return t.reshape(b, s, u, h // u, d).permute(2, 0, 1, 3, 4)
 
 
 def ulysses_plain(attn: WanAttention, x: torch.Tensor, rope: Rope, group: Comm, attend: Attend) -> torch.Tensor:
