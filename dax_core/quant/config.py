@@ -57,7 +57,10 @@ class QuantizeConfig(Acceleration):
 
     def check(self, spec: WanSpec) -> None:
         """Validate the keep list against a model of ``spec`` (built on the meta device: no memory, no weights)."""
-        plan_quantization(WanModel(spec, device="meta"), self.qconfig_dict())
+        try:
+            plan_quantization(WanModel(spec, device="meta"), self.qconfig_dict())
+        except QuantizationError as e:
+            raise QuantizationError(f"keep list: {e}") from e
 
     def apply(self, model: Any, env: Any) -> None:
         if self.dtype == "fp8":

@@ -70,15 +70,15 @@ def _validated_rules(
             try:
                 pattern = re.compile(key[len(REGEX_PREFIX) :])
             except re.error as e:
-                raise QuantizationError(f"qconfig_dict key {key!r} is not a valid regular expression: {e}") from e
+                raise QuantizationError(f"{key!r} is not a valid regular expression: {e}") from e
             if not any(pattern.fullmatch(n) for n in module_names):
-                raise QuantizationError(f"qconfig_dict key {key!r} matches no module name of the model")
+                raise QuantizationError(f"{key!r} matches no module name of the model")
             patterns.append((pattern, value))
         elif key in known:
             exact[key] = value
         else:
             raise QuantizationError(
-                f"qconfig_dict key {key!r} names no module of the model ({_closest(key, module_names + other_names)})"
+                f"{key!r} names no module of the model ({_closest(key, module_names + other_names)})"
             )
     return exact, patterns
 
@@ -99,7 +99,7 @@ def resolve_qconfigs(model: nn.Module, qconfig_dict: Mapping[str, QConfig | None
     for key, value in exact.items():
         if value is not None and not any(isinstance(m, nn.Linear) for m in model.get_submodule(key).modules()):
             kind = type(model.get_submodule(key)).__name__
-            raise QuantizationError(f"qconfig_dict key {key!r} holds no linear layer ({kind}); only linears quantize")
+            raise QuantizationError(f"{key!r} holds no linear layer ({kind}); only linear layers are quantized")
     return resolved
 
 

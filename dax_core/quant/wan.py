@@ -48,13 +48,16 @@ def translate_keys(
     A key given in Wan naming wins over one reached through a diffusers alias.
     """
     module_names = {name for name, _ in model.named_modules()}
+    linears = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     aliases = diffusers_aliases(model)
     out: dict[str, QConfig | None] = {}
     explicit = {k: v for k, v in qconfig_dict.items() if k in module_names or k.startswith("re:") or k not in aliases}
     for key, value in qconfig_dict.items():
         if key in explicit:
             continue
-        for wan_module in aliases[key]:
+        # only the linears matter; an alias holding none maps to its module, for the "holds no linear" error
+        targets = [m for m in aliases[key] if m in linears] or list(aliases[key][:1])
+        for wan_module in targets:
             if wan_module not in explicit:
                 out[wan_module] = value
     out.update(explicit)
