@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 
 REGEX_PREFIX = "re:"
 BACKENDS = ("auto", "torch", "torchao")
-# Schemes that "auto" runs through torchao on CUDA when torchao is importable: FP8 rowwise and INT8 dynamic.
-AUTO_TORCHAO_SCHEMES = frozenset({("fp8", "per-token-per-channel"), ("int8", "per-token-per-channel")})
+# Schemes that "auto" runs through torchao (on CUDA, when it is importable). Empty: on the H100 (torch 2.11,
+# torchao 0.18), DAX's own path ran the compiled linears of a 14B block faster for every scheme torchao has
+# (FP8 rowwise 41.7 vs 42.7 ms, INT8 per token 59.3 vs 61.3 ms): one activation quantization serves q, k and v
+# where torchao quantizes x once per layer, and its INT8 epilogue rounds once instead of twice.
+# docs/benchmarks/quant_h100.md has the table; backend="torchao" selects torchao by name.
+AUTO_TORCHAO_SCHEMES: frozenset[tuple[str, str]] = frozenset()
 QUANTIZED_LINEARS = (QuantLinear, TorchaoQuantLinear)
 
 
@@ -138,9 +142,10 @@ def quantize_dynamic(
 
     Weights are quantized now, one layer at a time on the device they are on (FP8 weights with a per-tensor
     scale are taken as they are); activations at every call. ``backend``: ``"torch"`` (``_scaled_mm`` /
-    ``_int_mm``, and the reference path off CUDA), ``"torchao"``, or ``"auto"`` (torchao for FP8 rowwise and
-    INT8 per-token when it is importable, else torch). ``compute_dtype`` is the activation dtype the biases are
-    kept in (default: ``model.compute_dtype`` if the model has one, else each bias's own dtype).
+    ``_int_mm`` on CUDA, the reference path elsewhere), ``"torchao"`` (torchao's tensors; it must be installed),
+    or ``"auto"`` (torchao for the schemes in ``AUTO_TORCHAO_SCHEMES``, none at present: see there).
+    ``compute_dtype`` is the activation dtype the biases are kept in (default: ``model.compute_dtype`` if the
+    model has one, else each bias's own dtype).
     """
     if backend not in BACKENDS:
         raise QuantizationError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
