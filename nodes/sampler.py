@@ -10,10 +10,9 @@ import torch
 
 from dax_core.recipe import Recipe
 from dax_core.runtime.engine import SampleRequest, WanEngine
+from dax_core.runtime.engine_cache import EngineCache
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
-
-from .engine_cache import EngineCache
 
 log = logging.getLogger(__name__)
 
@@ -110,4 +109,4 @@ class DaxMultiGPUSampler:
         result = engine.sample(request, on_step=on_step)
         out = dict(latent_image)
         out["samples"] = result.latent
-        return {"ui": {"dax_summary": [result.summary()]}, "result": (out,)}
+        return {"ui": {"dax_summary": result.summary_lines()}, "result": (out,)}
