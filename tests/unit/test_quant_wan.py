@@ -13,11 +13,14 @@ import torch
 from torch import nn
 
 from dax_core.accelerations import CONFIG_MODULES, BuildEnv, apply_accelerations
+from dax_core.models.loading import load_wan_model
 from dax_core.models.spec import WanSpec
+from dax_core.models.tiny import write_tiny_model
 from dax_core.models.wan import WanLinear, WanModel
 from dax_core.quant import QuantizationError, QuantLinear, linear_weight_bytes, require_fp8_support
 from dax_core.quant.config import QuantizeConfig, parse_keep_list
 from dax_core.recipe import Recipe, RecipeError
+from dax_core.runtime.engine import SampleRequest, WanEngine
 
 SPEC = WanSpec(dim=128, num_layers=3, num_heads=4, ffn_dim=256, text_dim=64, freq_dim=32)
 CPU = BuildEnv(torch.device("cpu"))
@@ -199,3 +202,30 @@ def test_fp8_on_a_gpu_older_than_ada_names_the_gpu_and_suggests_int8(monkeypatch
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     require_fp8_support(torch.device("cuda", 0))
     require_fp8_support(torch.device("cpu"))  # the CPU runs the reference path
+
+
+@pytest.mark.parametrize("granularity", ["per-tensor", "per-token-per-channel"])
+def test_a_scaled_fp8_file_goes_from_the_loader_into_the_fp8_layers_without_a_copy(tmp_path, granularity):
+    path = write_tiny_model(tmp_path / "wan_fp8_scaled.safetensors", dtype="fp8_scaled", seed=3)
+    model = load_wan_model(path, device="cpu", compute_dtype=torch.bfloat16)  # weight_dtype "default" keeps fp8
+    stored = {n: (m.weight.data_ptr(), m.weight_scale) for n, m in model.named_modules()
+              if isinstance(m, WanLinear) and n.startswith("blocks.")}  # fmt: skip
+    assert stored and all(scale is not None for _, scale in stored.values())
+    QuantizeConfig(dtype="fp8", granularity=granularity).apply(model, CPU)
+    for name, (ptr, scale) in stored.items():
+        layer = model.get_submodule(name)
+        assert layer.qweight.data_ptr() == ptr, name  # the loaded float8 bytes themselves
+        assert torch.equal(layer.weight_scale, scale.float().expand_as(layer.weight_scale)), name
+
+
+def test_the_engine_builds_and_samples_with_quantized_linears(tmp_path):
+    path = write_tiny_model(tmp_path / "wan_bf16.safetensors", dtype="bf16", seed=4)
+    recipe = Recipe(str(path)).with_acceleration(QuantizeConfig(dtype="int8"))
+    engine = WanEngine.build(recipe, "cpu")
+    assert isinstance(engine.model.blocks[1].self_attn.o, QuantLinear)
+    g = torch.Generator().manual_seed(5)
+    text = torch.randn(1, 7, 768, generator=g)
+    request = SampleRequest(positive=text, negative=-text, latent=torch.zeros(1, 16, 1, 8, 8), seed=1, steps=2,
+                            cfg=5.0, sampler="euler")  # fmt: skip
+    result = engine.sample(request)
+    assert result.latent.shape == (1, 16, 1, 8, 8) and torch.isfinite(result.latent).all()
