@@ -25,7 +25,7 @@ def check_shape(name: str, linear: nn.Linear) -> None:
     bad = [f"{label} {size}" for label, size in sizes if size % GEMM_ALIGNMENT]
     if bad:
         raise QuantizationError(
-            f"{name or 'the model'}: {' and '.join(bad)} not a multiple of {GEMM_ALIGNMENT}, which 8-bit GEMMs need; "
+            f"{name or 'the model'}: {' and '.join(bad)}, but 8-bit GEMMs need multiples of {GEMM_ALIGNMENT}; "
             f"keep it in high precision (map {name!r} to None in qconfig_dict, or add it to the keep list)"
         )
 
