@@ -1,6 +1,7 @@
 """ComfyUI nodes of DAX: thin wrappers that turn widgets into dax_core configs and make one dax_core call."""
 
 from .attention import DaxSetAttentionBackend
+from .compile import DaxCompile
 from .load_wan import DaxLoadWan
 from .sampler import DaxMultiGPUSampler
 
@@ -8,9 +9,11 @@ NODE_CLASS_MAPPINGS = {
     "DaxLoadWan": DaxLoadWan,
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
     "DaxSetAttentionBackend": DaxSetAttentionBackend,
+    "DaxCompile": DaxCompile,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
     "DaxSetAttentionBackend": "Set Attention Backend",
+    "DaxCompile": "Compile (DAX)",
 }

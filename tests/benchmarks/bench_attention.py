@@ -1,0 +1,283 @@
+"""Attention backends on the GPU, in one run: the bare kernels at Wan2.1's shapes (TFLOP/s), one whole 14B 720p
+forward per backend, and, from torch.profiler, the attention kernels' time inside the model against the same
+call measured alone, with any copy/transpose kernels next to (or inside) attention named.
+
+    python -m tests.benchmarks.bench_attention --out attention.json
+
+Backends that are not installed are recorded as such. About 3-4 minutes on an H100 with SageAttention2 installed
+(each 14B forward takes 8-17 s; three per backend: one warm-up, two timed, the last one under the profiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from dax_core.attention import BackendUnavailable, BoundAttention, backend_names, bind_attention
+
+from .common import CASES, TEXT_TOKENS, build_ours, cuda_time, device_name, median, write_json
+
+log = logging.getLogger("bench_attention")
+
+DT = torch.bfloat16
+HEAD_DIM = 128
+KERNEL_SHAPES = {
+    # name: (heads, tokens): self-attention of one CFG branch, batch 1
+    "14b-720p": (40, CASES["14b-720p"].tokens),
+    "1.3b-480p": (12, CASES["1.3b-480p"].tokens),
+}
+FORWARD_CASE = "14b-720p"
+SELF_LABEL, CROSS_LABEL = "dax.self_attention", "dax.cross_attention"
+COPY_KERNEL = re.compile(r"copy|transpose|contiguous|CatArray|memcpy|permute", re.IGNORECASE)
+# Measured on the H100 this benchmark targets, for the table (ms per 14B 720p self-attention call).
+CEILINGS_MS = {"sdpa_cudnn": 203.0, "sdpa_flash": 331.0, "sage": 141.0}
+SAGE_SPEEDUP_TARGET = 1.25
+INSIDE_VS_BARE_TOLERANCE = 0.05
+
+
+def attention_flops(heads: int, s_q: int, s_k: int, d: int = HEAD_DIM) -> float:
+    return 4.0 * heads * s_q * s_k * d
+
+
+def random_qkv(heads: int, s_q: int, s_k: int, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(1, s_q, heads, HEAD_DIM, generator=g, device="cuda", dtype=DT)
+    k = torch.randn(1, s_k, heads, HEAD_DIM, generator=g, device="cuda", dtype=DT)
+    v = torch.randn(1, s_k, heads, HEAD_DIM, generator=g, device="cuda", dtype=DT)
+    return q, k, v
+
+
+def bind_all() -> tuple[dict[str, BoundAttention], dict[str, str]]:
+    bound, status = {}, {}
+    for name in backend_names():
+        try:
+            b = bind_attention(name, "cuda", DT)
+        except BackendUnavailable as err:
+            status[name] = f"not installed / not runnable: {err}"
+            continue
+        status[name] = b.kernel
+        if name != "auto":  # auto is one of the others; its choice is in the status
+            bound[name] = b
+    return bound, status
+
+
+# --- profiler helpers ---------------------------------------------------------------------------------------------
+
+
+def gpu_kernels(prof) -> tuple[list, list]:
+    """(kernels, annotations): device-side events sorted by start; annotations are record_function ranges."""
+    events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    labels = {SELF_LABEL, CROSS_LABEL}
+    kernels = sorted((e for e in events if e.name not in labels), key=lambda e: e.time_range.start)
+    annotations = sorted((e for e in events if e.name in labels), key=lambda e: e.time_range.start)
+    return kernels, annotations
+
+
+def duration_us(e) -> float:
+    return e.time_range.end - e.time_range.start
+
+
+def profile_call(fn: Callable[[], object]) -> dict:
+    """All GPU kernels of one call: total time and names (what the call costs on the GPU, copies included)."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels, _ = gpu_kernels(prof)
+    return {
+        "kernel_ms": sum(duration_us(k) for k in kernels) / 1e3,
+        "kernels": [{"name": k.name[:160], "ms": duration_us(k) / 1e3} for k in kernels],
+        "copy_kernels": sorted({k.name[:160] for k in kernels if COPY_KERNEL.search(k.name)}),
+    }
+
+
+def attention_in_model(prof, label: str, layers: int) -> dict:
+    """Kernels inside each ``label`` range of a profiled forward, per layer, and copies inside or next to them."""
+    kernels, annotations = gpu_kernels(prof)
+    ranges = [a for a in annotations if a.name == label]
+    if len(ranges) != layers:
+        return {"error": f"found {len(ranges)} {label} ranges on the GPU timeline, expected {layers}"}
+    starts = [k.time_range.start for k in kernels]
+    total_us, inside_names, inside_copies, adjacent_copies = 0.0, {}, {}, {}
+    for r in ranges:
+        idx = [
+            i for i, s in enumerate(starts) if r.time_range.start <= s and kernels[i].time_range.end <= r.time_range.end
+        ]
+        if not idx:
+            continue
+        for i in idx:
+            k = kernels[i]
+            total_us += duration_us(k)
+            inside_names[k.name[:160]] = inside_names.get(k.name[:160], 0.0) + duration_us(k) / 1e3
+            if COPY_KERNEL.search(k.name):
+                inside_copies[k.name[:160]] = inside_copies.get(k.name[:160], 0) + 1
+        for j in (idx[0] - 1, idx[-1] + 1):
+            if 0 <= j < len(kernels) and COPY_KERNEL.search(kernels[j].name):
+                adjacent_copies[kernels[j].name[:160]] = adjacent_copies.get(kernels[j].name[:160], 0) + 1
+    return {
+        "per_layer_ms": total_us / 1e3 / layers,
+        "kernels_ms_total": inside_names,
+        "copy_kernels_inside": inside_copies,
+        "copy_kernels_adjacent": adjacent_copies,
+    }
+
+
+def labelled(attn: BoundAttention, label: str):
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        with record_function(label):
+            return attn(q, k, v, scale)
+
+    return run
+
+
+# --- the three parts ------------------------------------------------------------------------------------------------
+
+
+def _bench_shape(bound: dict[str, BoundAttention], heads: int, tokens: int, warmup: int, reps: int) -> dict:
+    q, k, v = random_qkv(heads, tokens, tokens)
+    flops = attention_flops(heads, tokens, tokens)
+    result = {"heads": heads, "tokens": tokens, "flops": flops, "backends": {}}
+    for name, attn in bound.items():
+        times = cuda_time(lambda attn=attn: attn(q, k, v), warmup, reps)
+        t = median(times)
+        result["backends"][name] = {"median_ms": t * 1e3, "times_ms": [x * 1e3 for x in times],
+                                    "tflops": flops / t / 1e12}  # fmt: skip
+        log.info("H%d S%d %-11s %8.1f ms %6.0f TFLOP/s", heads, tokens, name, t * 1e3, flops / t / 1e12)
+    return result
+
+
+def bench_kernels(bound: dict[str, BoundAttention], warmup: int, reps: int) -> dict:
+    results = {}
+    for shape, (heads, tokens) in KERNEL_SHAPES.items():
+        results[shape] = _bench_shape(bound, heads, tokens, warmup, reps)
+        torch.cuda.empty_cache()
+    return results
+
+
+def bench_bare_at_model_shapes(bound: dict[str, BoundAttention]) -> dict:
+    """One call of each backend at the shapes the 14B 720p forward runs, profiled: the reference for inside-model."""
+    spec, tokens = CASES[FORWARD_CASE].spec, CASES[FORWARD_CASE].tokens
+    q, k, v = random_qkv(spec.num_heads, tokens, tokens, seed=1)
+    _, ck, cv = random_qkv(spec.num_heads, 1, TEXT_TOKENS, seed=2)
+    results = {}
+    for name, attn in bound.items():
+        attn(q, k, v)  # warm-up: kernel selection, JIT compilation
+        attn(q, ck, cv)
+        results[name] = {
+            "self": profile_call(lambda attn=attn: attn(q, k, v)),
+            "cross": profile_call(lambda attn=attn: attn(q, ck, cv)),
+        }
+    return results
+
+
+@torch.inference_mode()
+def bench_forward(bound: dict[str, BoundAttention], bare: dict, names: list[str], seed: int = 0) -> dict:
+    case = CASES[FORWARD_CASE]
+    layers = case.spec.num_layers
+    model = build_ours(case.spec, "cuda", DT, seed)
+    g = torch.Generator(device="cuda").manual_seed(seed + 1)
+    x = torch.randn(case.latent_shape, generator=g, device="cuda")
+    t = torch.tensor([700.0], device="cuda")
+    ctx = torch.randn(1, TEXT_TOKENS, case.spec.text_dim, generator=g, device="cuda").to(DT)
+    results: dict = {"case": case.name, "tokens": case.tokens, "layers": layers, "backends": {}}
+    outputs: dict[str, torch.Tensor] = {}
+    for name in names:
+        attn = bound[name]
+        model.set_attention(labelled(attn, SELF_LABEL), labelled(attn, CROSS_LABEL))
+        model(x, t, ctx)  # warm-up
+        torch.cuda.synchronize()
+        plain = cuda_time(lambda: model(x, t, ctx), 0, 1)[0]
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            out = model(x, t, ctx)
+            torch.cuda.synchronize()
+            profiled = time.perf_counter() - start
+        outputs[name] = out.float().cpu()
+        del out
+        entry = {"kernel": attn.kernel, "times_s": [plain, profiled], "median_s": (plain + profiled) / 2}
+        for which, label in (("self", SELF_LABEL), ("cross", CROSS_LABEL)):
+            inside = attention_in_model(prof, label, layers)
+            alone = bare[name][which]["kernel_ms"]
+            if "per_layer_ms" in inside:
+                inside["bare_ms"] = alone
+                inside["inside_over_bare"] = inside["per_layer_ms"] / alone
+            entry[f"{which}_attention"] = inside
+        results["backends"][name] = entry
+        log.info("forward %-11s %.2f s (%s)", name, entry["median_s"], attn.kernel)
+    if "sdpa" in outputs:
+        ref = outputs["sdpa"]
+        for name, out in outputs.items():
+            results["backends"][name]["output_rel_diff_vs_sdpa"] = ((out - ref).norm() / ref.norm()).item()
+    if "sdpa" in results["backends"] and "sage" in results["backends"]:
+        speedup = results["backends"]["sdpa"]["median_s"] / results["backends"]["sage"]["median_s"]
+        results["sage_speedup_over_default_sdpa"] = speedup
+        results["sage_speedup_meets_target"] = speedup >= SAGE_SPEEDUP_TARGET
+    return results
+
+
+def print_table(results: dict) -> None:
+    lines = [f"attention on {results['device']} (torch {results['torch']})", ""]
+    lines += [f"  {name:11s} {status}" for name, status in results["status"].items()]
+    for shape, r in results["kernels"].items():
+        lines += ["", f"self-attention {shape} (H{r['heads']} S{r['tokens']} D{HEAD_DIM}):"]
+        for name, b in r["backends"].items():
+            ceiling = CEILINGS_MS.get(name) if shape == FORWARD_CASE else None
+            note = f"  (H100 reference {ceiling:.0f} ms)" if ceiling else ""
+            lines.append(f"  {name:11s} {b['median_ms']:8.1f} ms  {b['tflops']:6.0f} TFLOP/s{note}")
+    fwd = results.get("forward")
+    if fwd:
+        lines += ["", f"whole forward {fwd['case']} ({fwd['layers']} layers):"]
+        for name, b in fwd["backends"].items():
+            s, c = b["self_attention"], b["cross_attention"]
+            ratio = s.get("inside_over_bare")
+            ratio_text = f"{ratio:.3f}" if ratio is not None else s.get("error", "?")
+            copies = sorted({*s.get("copy_kernels_adjacent", {}), *c.get("copy_kernels_adjacent", {})})
+            lines.append(
+                f"  {name:11s} {b['median_s']:6.2f} s  self-attn in model / alone {ratio_text}"
+                f"  diff vs sdpa {b.get('output_rel_diff_vs_sdpa', float('nan')):.1e}"
+                f"  adjacent copies: {', '.join(copies) or 'none'}"
+            )
+        if "sage_speedup_over_default_sdpa" in fwd:
+            lines.append(
+                f"  SageAttention2 forward speed-up over default SDPA: {fwd['sage_speedup_over_default_sdpa']:.2f}x "
+                f"(target >= {SAGE_SPEEDUP_TARGET}x)"
+            )
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=3, help="timed calls per bare kernel")
+    parser.add_argument("--forward-backends", nargs="*", default=None, help="default: every installed backend")
+    parser.add_argument("--skip-forward", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_attention needs a CUDA GPU")
+    bound, status = bind_all()
+    results: dict = {"device": device_name(), "torch": torch.__version__, "status": status}
+    results["kernels"] = bench_kernels(bound, args.warmup, args.reps)
+    write_json(args.out, results)
+    if not args.skip_forward:
+        names = [n for n in (args.forward_backends or list(bound)) if n in bound]
+        bare = bench_bare_at_model_shapes({n: bound[n] for n in names})
+        torch.cuda.empty_cache()
+        results["bare_at_model_shapes"] = bare
+        write_json(args.out, results)
+        results["forward"] = bench_forward(bound, bare, names)
+        write_json(args.out, results)
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
