@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from dax_core.attention import BoundAttention, available_backends, bind_attention
+from dax_core.attention import BackendUnavailable, BoundAttention, available_backends, bind_attention
 from dax_core.attention.custom_op import attention_op, no_lse
 from dax_core.attention.exact import exact_attention_lse
 from dax_core.models.rope import rope_cos_sin
@@ -66,10 +66,13 @@ def test_a_custom_op_kernel_compiles_fullgraph_with_inductor():
     assert _compiled_graphs() == 1
 
 
-@pytest.mark.parametrize("name", [n for n in available_backends()])
+@pytest.mark.parametrize("name", available_backends())
 @pytest.mark.parametrize("with_lse", [False, True], ids=["out", "out+lse"])
-def test_every_available_backend_compiles_fullgraph(name, with_lse):
-    attn = bind_attention(name, "cpu", torch.float32)
+def test_every_available_backend_compiles_fullgraph_on_the_cpu(name, with_lse):
+    try:
+        attn = bind_attention(name, "cpu", torch.float32)
+    except BackendUnavailable as err:  # GPU-only kernels (on a GPU machine): tests/gpu covers them
+        pytest.skip(str(err))
 
     def f(q, k, v):
         if with_lse:
