@@ -66,21 +66,25 @@ class AttentionConfig(Acceleration):
         """The backend that runs cross-attention."""
         return self.backend if self.cross_backend == SAME else self.cross_backend
 
-    def _bind_one(self, name: str, device: torch.device | str, dtype: torch.dtype) -> BoundAttention:
+    def _bind_one(self, name: str, role: str, device: torch.device | str, dtype: torch.dtype) -> BoundAttention:
         backend = get_backend(name)  # raises BackendUnavailable with the install hint
-        options = {"qk_quant_gran": self.sage_qk_quant, "pv_accum_dtype": self.sage_pv_accum}
-        return backend.bind(device, dtype, **(options if backend.options else {}))
+        options = {"role": role, "qk_quant_gran": self.sage_qk_quant, "pv_accum_dtype": self.sage_pv_accum}
+        return backend.bind(device, dtype, **{k: v for k, v in options.items() if k in backend.options})
 
     def bind(self, device: torch.device | str, dtype: torch.dtype) -> tuple[BoundAttention, BoundAttention]:
-        """(self-attention, cross-attention) kernels for ``device`` and ``dtype``; raises what cannot run there."""
-        self_attn = self._bind_one(self.backend, device, dtype)
-        cross_attn = self_attn if self.cross == self.backend else self._bind_one(self.cross, device, dtype)
-        return self_attn, cross_attn
+        """(self-attention, cross-attention) kernels for ``device`` and ``dtype``; raises what cannot run there.
+
+        ``auto`` chooses per role: on Hopper it may pick SageAttention2 for self-attention and cuDNN for
+        cross-attention to the text, where SageAttention's quantization of the queries does not pay off."""
+        self_attn = self._bind_one(self.backend, "self", device, dtype)
+        if self.cross == self.backend and self.backend != "auto":
+            return self_attn, self_attn
+        return self_attn, self._bind_one(self.cross, "cross", device, dtype)
 
     def describe(self, device: torch.device | str, dtype: torch.dtype) -> str:
         """What runs on ``device``, in words (binds, so it raises what bind raises)."""
         self_attn, cross_attn = self.bind(device, dtype)
-        if cross_attn is self_attn:
+        if cross_attn.kernel == self_attn.kernel:
             return f"attention ({self.backend}): {self_attn.kernel}"
         return (
             f"self-attention ({self.backend}): {self_attn.kernel}\ncross-attention ({self.cross}): {cross_attn.kernel}"

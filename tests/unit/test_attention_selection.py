@@ -311,3 +311,22 @@ def test_auto_passes_sage_options_to_sage_only(gpu, registry):
     registry.missing = {"sage"}
     bound = fresh(auto.AUTO).bind(CUDA, torch.bfloat16, pv_accum_dtype="fp32+fp32")
     assert bound.kernel.startswith("sdpa_cudnn kernel {}")
+
+
+@pytest.mark.parametrize(("capability", "chosen"), [((9, 0), "sdpa_cudnn"), ((8, 9), "flash")])
+def test_auto_keeps_sage_off_cross_attention(gpu, registry, capability, chosen):
+    gpu.capability = capability
+    assert fresh(auto.AUTO).bind(CUDA, torch.bfloat16, role="cross").backend == chosen
+
+
+def test_an_auto_config_chooses_self_and_cross_attention_separately(gpu, registry, monkeypatch):
+    from dax_core.attention import config
+    from dax_core.attention.config import AttentionConfig
+
+    monkeypatch.setattr(config, "get_backend", lambda name: fresh(auto.AUTO) if name == "auto" else _stub(name))
+    self_attn, cross_attn = AttentionConfig("auto").bind(CUDA, torch.bfloat16)
+    assert (self_attn.backend, cross_attn.backend) == ("sage", "sdpa_cudnn")
+    self_attn, cross_attn = AttentionConfig("auto", cross_backend="sage").bind(CUDA, torch.bfloat16)
+    assert (self_attn.backend, cross_attn.backend) == ("sage", "sage")
+    self_attn, cross_attn = AttentionConfig("sage").bind(CUDA, torch.bfloat16)
+    assert cross_attn is self_attn
