@@ -6,7 +6,7 @@ call measured alone, with any copy/transpose kernels next to (or inside) attenti
 
 The forwards run each installed backend for self- and cross-attention, then ``auto`` (which may pick different
 kernels for the two) and SageAttention2 with per-warp Q/K scales. The bare reference is the same attention call
-on the q, k, v the model's last layer produced, profiled right after the forward (same data, same clocks).
+on the q, k, v the model's last layer produced, queued right behind the profiled forward (same data, same clocks).
 Backends that are not installed are recorded as such. About 4 minutes on an H100 with SageAttention2 installed
 (each 14B forward takes 9-17 s; three per variant: one warm-up, one timed, one timed under the profiler).
 """
@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,13 +74,15 @@ def variants() -> tuple[dict[str, tuple[BoundAttention, BoundAttention]], dict[s
 
 # --- profiler helpers ---------------------------------------------------------------------------------------------
 
+ALONE_CALLS = 2
+LABELS = {SELF_LABEL, CROSS_LABEL, f"{SELF_LABEL}.alone", f"{CROSS_LABEL}.alone"}
+
 
 def gpu_kernels(prof) -> tuple[list, list]:
     """(kernels, annotations): device-side events sorted by start; annotations are record_function ranges."""
     events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-    labels = {SELF_LABEL, CROSS_LABEL}
-    kernels = sorted((e for e in events if e.name not in labels), key=lambda e: e.time_range.start)
-    annotations = sorted((e for e in events if e.name in labels), key=lambda e: e.time_range.start)
+    kernels = sorted((e for e in events if e.name not in LABELS), key=lambda e: e.time_range.start)
+    annotations = sorted((e for e in events if e.name in LABELS), key=lambda e: e.time_range.start)
     return kernels, annotations
 
 
@@ -90,46 +90,31 @@ def duration_us(e) -> float:
     return e.time_range.end - e.time_range.start
 
 
-def profile_call(fn: Callable[[], object]) -> dict:
-    """All GPU kernels of one call: total time and names (what the call costs on the GPU, copies included)."""
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    kernels, _ = gpu_kernels(prof)
-    return {
-        "kernel_ms": sum(duration_us(k) for k in kernels) / 1e3,
-        "kernels": [{"name": k.name[:160], "ms": duration_us(k) / 1e3} for k in kernels],
-        "copy_kernels": sorted({k.name[:160] for k in kernels if COPY_KERNEL.search(k.name)}),
-    }
-
-
-def attention_in_model(prof, label: str, layers: int) -> dict:
-    """Kernels inside each ``label`` range of a profiled forward, per layer, and copies inside or next to them."""
+def kernels_in_ranges(prof, label: str, calls: int) -> dict:
+    """Kernels inside each ``label`` range on the GPU timeline: time per call, and copies inside or next to them."""
     kernels, annotations = gpu_kernels(prof)
     ranges = [a for a in annotations if a.name == label]
-    if len(ranges) != layers:
-        return {"error": f"found {len(ranges)} {label} ranges on the GPU timeline, expected {layers}"}
+    if len(ranges) != calls:
+        return {"error": f"found {len(ranges)} {label} ranges on the GPU timeline, expected {calls}"}
     starts = [k.time_range.start for k in kernels]
-    total_us, inside_names, inside_copies, adjacent_copies = 0.0, {}, {}, {}
+    total_us, names, inside_copies, adjacent_copies = 0.0, {}, {}, {}
     for r in ranges:
-        idx = [
-            i for i, s in enumerate(starts) if r.time_range.start <= s and kernels[i].time_range.end <= r.time_range.end
-        ]
+        lo, hi = r.time_range.start, r.time_range.end
+        idx = [i for i, start in enumerate(starts) if lo <= start and kernels[i].time_range.end <= hi]
         if not idx:
             continue
         for i in idx:
-            k = kernels[i]
+            k, name = kernels[i], kernels[i].name[:160]
             total_us += duration_us(k)
-            inside_names[k.name[:160]] = inside_names.get(k.name[:160], 0.0) + duration_us(k) / 1e3
-            if COPY_KERNEL.search(k.name):
-                inside_copies[k.name[:160]] = inside_copies.get(k.name[:160], 0) + 1
+            names[name] = names.get(name, 0.0) + duration_us(k) / 1e3 / calls
+            if COPY_KERNEL.search(name):
+                inside_copies[name] = inside_copies.get(name, 0) + 1
         for j in (idx[0] - 1, idx[-1] + 1):
             if 0 <= j < len(kernels) and COPY_KERNEL.search(kernels[j].name):
                 adjacent_copies[kernels[j].name[:160]] = adjacent_copies.get(kernels[j].name[:160], 0) + 1
     return {
-        "per_layer_ms": total_us / 1e3 / layers,
-        "kernels_ms_total": inside_names,
+        "per_call_ms": total_us / 1e3 / calls,
+        "kernels_ms_per_call": names,
         "copy_kernels_inside": inside_copies,
         "copy_kernels_adjacent": adjacent_copies,
     }
@@ -173,13 +158,6 @@ def bench_kernels(bound: dict[str, BoundAttention], warmup: int, reps: int) -> d
     return results
 
 
-def _bare(wrapped: Labelled, reps: int = 3) -> dict:
-    """The call ``wrapped`` made last in the model, alone: the profiled call of median kernel time."""
-    q, k, v = wrapped.last
-    calls = sorted((profile_call(lambda: wrapped.attn(q, k, v)) for _ in range(reps)), key=lambda c: c["kernel_ms"])
-    return calls[len(calls) // 2]
-
-
 @torch.inference_mode()
 def bench_forward(bound: dict[str, tuple[BoundAttention, BoundAttention]], names: list[str], seed: int = 0) -> dict:
     case = CASES[FORWARD_CASE]
@@ -197,22 +175,30 @@ def bench_forward(bound: dict[str, tuple[BoundAttention, BoundAttention]], names
         model.set_attention(wrapped["self"], wrapped["cross"])
         model(x, t, ctx)  # warm-up
         plain = cuda_time(lambda: model(x, t, ctx), 0, 1)[0]
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            start = time.perf_counter()
+            begin.record()
             out = model(x, t, ctx)
+            end.record()
+            # The last layer's attention calls again, alone, queued right behind the forward: the same tensors at
+            # the same GPU clocks (a kernel run after an idle GPU runs at higher clocks than one inside a forward).
+            for which in ("self", "cross"):
+                for _ in range(ALONE_CALLS):
+                    with record_function(f"{wrapped[which].label}.alone"):
+                        wrapped[which].attn(*wrapped[which].last)
             torch.cuda.synchronize()
-            profiled = time.perf_counter() - start
+        profiled = begin.elapsed_time(end) / 1e3
         outputs[name] = out.float().cpu()
         del out
         entry = {"self_kernel": self_attn.kernel, "cross_kernel": cross_attn.kernel, "times_s": [plain, profiled],
                  "median_s": (plain + profiled) / 2}  # fmt: skip
         for which in ("self", "cross"):
-            inside = attention_in_model(prof, wrapped[which].label, layers)
-            bare = _bare(wrapped[which])
-            inside["bare_ms"] = bare["kernel_ms"]
-            inside["bare_kernels"] = bare["kernels"]
-            if "per_layer_ms" in inside:
-                inside["inside_over_bare"] = inside["per_layer_ms"] / bare["kernel_ms"]
+            label = wrapped[which].label
+            inside = kernels_in_ranges(prof, label, layers)
+            alone = kernels_in_ranges(prof, f"{label}.alone", ALONE_CALLS)
+            inside["alone"] = alone
+            if "per_call_ms" in inside and "per_call_ms" in alone:
+                inside["inside_over_alone"] = inside["per_call_ms"] / alone["per_call_ms"]
             entry[f"{which}_attention"] = inside
             wrapped[which].last = None
         results["backends"][name] = entry
@@ -230,9 +216,9 @@ def bench_forward(bound: dict[str, tuple[BoundAttention, BoundAttention]], names
 
 
 def _ratio_text(entry: dict) -> str:
-    if "inside_over_bare" not in entry:
-        return entry.get("error", "?")
-    return f"{entry['per_layer_ms']:.2f} / {entry['bare_ms']:.2f} = {entry['inside_over_bare']:.3f}"
+    if "inside_over_alone" not in entry:
+        return entry.get("error", entry["alone"].get("error", "?"))
+    return f"{entry['per_call_ms']:.2f} / {entry['alone']['per_call_ms']:.2f} = {entry['inside_over_alone']:.3f}"
 
 
 def print_table(results: dict) -> None:
@@ -247,7 +233,7 @@ def print_table(results: dict) -> None:
     fwd = results.get("forward")
     if fwd:
         speedups = fwd.get("speedup_over_default_sdpa", {})
-        lines += ["", f"whole forward {fwd['case']} ({fwd['layers']} layers); attention ms per layer, in the model / "
+        lines += ["", f"whole forward {fwd['case']} ({fwd['layers']} layers); attention ms per call, in the model / "
                   "alone = ratio:"]  # fmt: skip
         for name, b in fwd["backends"].items():
             lines.append(
