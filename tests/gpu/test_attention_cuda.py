@@ -127,16 +127,19 @@ GRID = (4, 24, 40)  # 3840 video tokens (a 720p frame is 45x80 patches)
 @pytest.fixture(scope="module")
 def block_case():
     """A Wan2.1-14B block with random weights in bf16 on the GPU, its SDPA output, and the same block evaluated
-    in float64 on the CPU (norms in float32, as Wan keeps them) as the exact reference."""
+    in float64 on the CPU (norms in float32, as Wan keeps them) as the exact reference.
+
+    Gates of order one (modulation std 1) make the block's update as large as its input, so the bf16 rounding of
+    the residual stream (2^-9 of the input) does not drown the attention errors the test is after."""
     spec = WAN21_T2V_14B
     torch.manual_seed(0)
     block = WanBlock(spec, device="cuda", dtype=DT).eval()
     with torch.no_grad():
         for name, p in block.named_parameters():
             if "modulation" in name:
-                p.normal_(0, 0.1)
+                p.normal_(0, 1.0)
             elif p.ndim >= 2:
-                p.normal_(0, 0.5 / p.shape[-1] ** 0.5)
+                p.normal_(0, p.shape[-1] ** -0.5)
             else:
                 p.normal_(1.0 if "norm" in name else 0.0, 0.02)
     tokens = GRID[0] * GRID[1] * GRID[2]
@@ -165,11 +168,12 @@ def test_whole_14b_block_per_backend_against_sdpa(name, block_case):
     with torch.no_grad():
         out = block(x, e0, ctx, rope, attn, attn)
     # What the block adds to its input (the residual would hide attention errors), against float64 and against
-    # SDPA. The bf16 block is ~1e-2 from exact through the rounding of its linears alone, whatever the attention;
-    # a backend may add at most its attention tolerance to SDPA's error (a broken kernel is off by O(1)).
+    # SDPA. The bf16 block with SDPA is ~5e-3 from exact (rounding in its linears and norms); a backend may add at
+    # most its attention tolerance to that (attention errors reach the update damped by the projections and the
+    # FFN around them: a 3% attention error shows as ~2.5%); a broken kernel is off by O(1).
     x_cpu = x.double().cpu()
     error = rel(out.double().cpu() - x_cpu, exact_update)
     vs_sdpa = rel(out.float() - x.float(), reference.float() - x.float())
     print(f"{name}: block update vs float64 {error:.2e} (sdpa {sdpa_error:.2e}), vs sdpa {vs_sdpa:.2e}")
     assert error < sdpa_error + tolerance(attn), f"{name} ({attn.kernel}): {error:.2e} vs SDPA's {sdpa_error:.2e}"
-    assert vs_sdpa < 2 * sdpa_error + tolerance(attn)
+    assert vs_sdpa < tolerance(attn), f"{name} ({attn.kernel}): {vs_sdpa:.2e} from SDPA's block"
