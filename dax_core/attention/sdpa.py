@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .custom_op import attention_op
+from .custom_op import attention_op, no_lse
 from .exact import exact_attention_lse
 from .registry import AttentionBackend, BackendUnavailable, BoundAttention, check_qkv, register
 
@@ -83,13 +83,14 @@ def sdpa_with_lse(
     """The fused kernel PyTorch picks for these inputs, asked for its log-sum-exp; exact math on the CPU.
 
     A custom op because the pick (``torch._fused_sdp_choice``) is made on real tensors, as SDPA makes it."""
+    out, lse = None, None
     if q.device.type == "cuda":
         choice = SDPBackend(torch._fused_sdp_choice(bhsd(q), bhsd(k), bhsd(v), scale=scale))
         if choice in _LSE_KERNELS:
             out, lse = _LSE_KERNELS[choice](q, k, v, scale)
-            return out.contiguous(), lse
-    out, lse = exact_attention_lse(q, k, v, scale)
-    return out.contiguous(), lse
+    if out is None:
+        out, lse = exact_attention_lse(q, k, v, scale)
+    return out.contiguous(), (lse if return_lse else no_lse(q))
 
 
 def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None):

@@ -224,3 +224,13 @@ def test_bad_shapes_are_named():
         bind_attention("sdpa", "cpu").with_lse(q.flatten(2), k, v)
     with pytest.raises(ValueError, match="must share batch and heads"):
         bind_attention("sdpa", "cpu").with_lse(q, k[:, :, :2], v[:, :, :2])
+
+
+def test_the_sdpa_lse_op_honours_its_schema():
+    """The custom op's real and fake implementations agree on what it returns (torch.library's own check)."""
+    from dax_core.attention.sdpa import sdpa_with_lse
+
+    q, k, v = qkv(s_q=9, s_k=5)
+    for return_lse in (False, True):
+        torch.library.opcheck(sdpa_with_lse, (q, k, v, None, return_lse))
+    assert sdpa_with_lse(q, k, v, None, False)[1].numel() == 0
