@@ -20,6 +20,8 @@ SAGE_TOL = 6e-2
 # log-sum-exp, absolute: exact kernels compute logits in fp32 from exact bf16 products (~1e-4); int8 Q·K moves each
 # logit by ~|q||k|/127 per element sum, ~1e-2 at these magnitudes.
 LSE_TOL = {"exact": 5e-3, "sage": 5e-2}
+# A whole 14B block's update against SDPA's (see the test).
+BLOCK_TOL = {"exact": 1e-2, "sage": 2e-2}
 
 SHAPES = {
     # name: (heads, query tokens, key tokens): the Wan head layouts (D=128), sizes a float64 reference handles
@@ -168,12 +170,13 @@ def test_whole_14b_block_per_backend_against_sdpa(name, block_case):
     with torch.no_grad():
         out = block(x, e0, ctx, rope, attn, attn)
     # What the block adds to its input (the residual would hide attention errors), against float64 and against
-    # SDPA. The bf16 block with SDPA is ~5e-3 from exact (rounding in its linears and norms); a backend may add at
-    # most its attention tolerance to that (attention errors reach the update damped by the projections and the
-    # FFN around them: a 3% attention error shows as ~2.5%); a broken kernel is off by O(1).
+    # SDPA. Measured on an H200: SDPA's block is 4.6e-3 from exact (rounding in its linears and norms); the other
+    # bf16 kernels are as close and 3.5e-3 from SDPA's; SageAttention2 is 5.4e-3 from exact and 6.3e-3 from SDPA's
+    # (its 3.7e-2 attention error is damped by the projections and the FFN around it). A backend may be at most
+    # twice as far from exact as SDPA, and about 3x its measured distance from SDPA; a broken kernel is off by O(1).
     x_cpu = x.double().cpu()
     error = rel(out.double().cpu() - x_cpu, exact_update)
     vs_sdpa = rel(out.float() - x.float(), reference.float() - x.float())
     print(f"{name}: block update vs float64 {error:.2e} (sdpa {sdpa_error:.2e}), vs sdpa {vs_sdpa:.2e}")
-    assert error < sdpa_error + tolerance(attn), f"{name} ({attn.kernel}): {error:.2e} vs SDPA's {sdpa_error:.2e}"
-    assert vs_sdpa < tolerance(attn), f"{name} ({attn.kernel}): {vs_sdpa:.2e} from SDPA's block"
+    assert error < 2 * sdpa_error, f"{name} ({attn.kernel}): {error:.2e} from exact, SDPA {sdpa_error:.2e}"
+    assert vs_sdpa < BLOCK_TOL["sage" if attn.backend == "sage" else "exact"], f"{name}: {vs_sdpa:.2e} from SDPA"
