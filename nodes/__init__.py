@@ -1,5 +1,6 @@
 """ComfyUI nodes of DAX: thin wrappers that turn widgets into dax_core configs and make one dax_core call."""
 
+from .attention import DaxSetAttentionBackend
 from .compile import DaxCompile
 from .load_wan import DaxLoadWan
 from .magcache import DaxMagcache
@@ -11,6 +12,7 @@ NODE_CLASS_MAPPINGS = {
     "DaxLoadWan": DaxLoadWan,
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
     "DaxQuantizeLinear": DaxQuantizeLinear,
+    "DaxSetAttentionBackend": DaxSetAttentionBackend,
     "DaxCompile": DaxCompile,
     "DaxTeacache": DaxTeacache,
     "DaxMagcache": DaxMagcache,
@@ -19,6 +21,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
     "DaxQuantizeLinear": "Quantize Linear (DAX)",
+    "DaxSetAttentionBackend": "Set Attention Backend",
     "DaxCompile": "Compile (DAX)",
     "DaxTeacache": "TeaCache (DAX)",
     "DaxMagcache": "MagCache (DAX)",

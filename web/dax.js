@@ -1,12 +1,14 @@
-// DAX front-end extension: shows the sampler's run summary (steps, time, skipped steps) under the Multi-GPU Sampler node.
+// DAX front-end extension: shows a node's summary (the sampler's steps and time, the attention kernels chosen)
+// under the node.
 import { app } from "../../scripts/app.js";
 
 const SUMMARY_WIDGET = "dax_summary";
+const NODES_WITH_SUMMARY = new Set(["DaxMultiGPUSampler", "DaxSetAttentionBackend"]);
 
 app.registerExtension({
   name: "dax.sampler.summary",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== "DaxMultiGPUSampler") {
+    if (!NODES_WITH_SUMMARY.has(nodeData.name)) {
       return;
     }
     const onExecuted = nodeType.prototype.onExecuted;

@@ -1,6 +1,36 @@
-"""Attention backend registry. Importing this package registers every built-in backend."""
+"""Attention backends: one registry, one signature (q, k, v [B, S, H, D] -> [B, S, H, D]), one file each.
 
-from . import sdpa as _sdpa  # noqa: F401  (registers "sdpa")
-from .registry import AttentionBackend, AttentionFn, BackendUnavailable, backend_names, get_backend
+Importing this package registers every built-in backend: ``sdpa``, ``sdpa_cudnn``, ``sdpa_flash``, ``flash``,
+``sage`` and ``auto``. Bind one for a device with ``bind_attention(name, device, dtype, **options)``.
+"""
 
-__all__ = ["AttentionBackend", "AttentionFn", "BackendUnavailable", "backend_names", "get_backend"]
+# isort: off
+# Registration order is the order the node lists them in.
+from . import sdpa, sdpa_cudnn, sdpa_flash, flash, sage, auto  # noqa: F401
+
+# isort: on
+from .registry import (
+    AttentionBackend,
+    AttentionFn,
+    BackendUnavailable,
+    BoundAttention,
+    available_backends,
+    backend_names,
+    bind_attention,
+    get_backend,
+    lse_backend_names,
+)
+from .sdpa import SDPA_DEFAULT
+
+__all__ = [
+    "SDPA_DEFAULT",
+    "AttentionBackend",
+    "AttentionFn",
+    "BackendUnavailable",
+    "BoundAttention",
+    "available_backends",
+    "backend_names",
+    "bind_attention",
+    "get_backend",
+    "lse_backend_names",
+]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import AttentionFn, get_backend
+from ..attention import SDPA_DEFAULT, AttentionFn
 from . import ops
 from .rope import rope_cos_sin
 from .spec import WanSpec
@@ -255,9 +255,8 @@ class WanModel(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(spec, device=device, dtype=dtype) for _ in range(spec.num_layers))
         self.head = WanHead(spec, device=device, dtype=dtype)
         self.compute_dtype = dtype or torch.float32
-        sdpa = get_backend("sdpa").fn
-        self.self_attn_fn: AttentionFn = sdpa
-        self.cross_attn_fn: AttentionFn = sdpa
+        self.self_attn_fn: AttentionFn = SDPA_DEFAULT
+        self.cross_attn_fn: AttentionFn = SDPA_DEFAULT
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.compiled: Any = None  # the CompileConfig in force, set by dax_core.compile
         self.step_cache: StepCache | None = None

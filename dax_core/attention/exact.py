@@ -1,0 +1,34 @@
+"""Exact attention with its log-sum-exp, in plain tensor arithmetic (any device, chunked over queries).
+
+Logits, softmax and the weighted sum are computed in float32 (float64 for float64 inputs); the output is cast
+back to the input dtype. Queries are processed in chunks so the [chunk, keys] logit block stays bounded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Elements of one float32 logit block [B, H, chunk, S_k]: 2**26 floats = 256 MiB.
+_BLOCK_ELEMENTS = 1 << 26
+
+
+def exact_attention_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k, v [B, S, H, D] -> (out [B, S, H, D] in q's dtype, lse float32 [B, H, S_q])."""
+    b, s_q, h, d = q.shape
+    s_k = k.shape[1]
+    scale = d**-0.5 if scale is None else scale
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qh = q.transpose(1, 2).to(acc)  # [B, H, S_q, D]
+    kt = k.permute(0, 2, 3, 1).to(acc)  # [B, H, D, S_k]
+    vh = v.transpose(1, 2).to(acc)  # [B, H, S_k, Dv]
+    chunk = max(1, _BLOCK_ELEMENTS // max(1, b * h * s_k))
+    outs, lses = [], []
+    for start in range(0, s_q, chunk):
+        logits = torch.matmul(qh[:, :, start : start + chunk], kt) * scale
+        lse = torch.logsumexp(logits, dim=-1)
+        outs.append(torch.matmul(torch.exp(logits - lse.unsqueeze(-1)), vh))
+        lses.append(lse)
+    out = torch.cat(outs, dim=2).transpose(1, 2).to(q.dtype)
+    return out, torch.cat(lses, dim=2).float()
