@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+NAMINGS = ("wan", "diffusers")
+
+# Names only one naming has: enough to tell the two apart from a file's keys.
+_WAN_ONLY = ("head.modulation", "blocks.0.self_attn.q.weight", "text_embedding.0.weight")
+_DIFFUSERS_ONLY = ("scale_shift_table", "blocks.0.attn1.to_q.weight", "condition_embedder.time_proj.weight")
 
 # diffusers name -> Wan name, applied to the part after "blocks.N." or to top-level names.
 _DIFFUSERS_BLOCK = {
@@ -73,3 +79,25 @@ def strip_comfy_prefix(name: str) -> str:
         if name.startswith(prefix):
             return name[len(prefix) :]
     return name
+
+
+def detect_naming(names: Collection[str]) -> str | None:
+    """'wan' or 'diffusers' for a set of (prefix-stripped) tensor names; None when it is neither."""
+    wan = sum(name in names for name in _WAN_ONLY)
+    diffusers = sum(name in names for name in _DIFFUSERS_ONLY)
+    if wan == diffusers == 0:
+        return None
+    return "wan" if wan >= diffusers else "diffusers"
+
+
+def to_wan_name(name: str, naming: str) -> str | None:
+    """The Wan name of one tensor name in ``naming`` (ComfyUI prefix stripped); None when it has no Wan counterpart."""
+    name = strip_comfy_prefix(name)
+    if naming == "wan":
+        return name
+    if naming != "diffusers":
+        raise ValueError(f"unknown naming {naming!r}; expected one of {NAMINGS}")
+    try:
+        return diffusers_to_wan(name)
+    except KeyError:
+        return None

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 DAX_CORE = Path(__file__).resolve().parents[2] / "dax_core"
-COMFY_MODULES = ("comfy", "comfy_extras", "comfy_execution", "comfy_api", "folder_paths", "nodes", "server", "execution")
+COMFY_MODULES = (
+    "comfy", "comfy_extras", "comfy_execution", "comfy_api", "folder_paths", "nodes", "server", "execution"
+)  # fmt: skip
 
 
 def _imported_modules(path: Path) -> set[str]:

@@ -64,7 +64,7 @@ def test_diffusers_names_round_trip():
 
 
 @pytest.fixture(scope="module")
-def comfy_wan(comfyui_importable):  # noqa: ARG001
+def comfy_wan(comfyui_importable):
     import comfy.ldm.wan.model
     import comfy.ops
 

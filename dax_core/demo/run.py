@@ -1,0 +1,235 @@
+"""The main job: run the shipped Wan2.1 T2V workflow end to end through a headless ComfyUI.
+
+    python -m dax_core demo [--comfyui PATH] [--model FILE --text-encoder FILE --vae FILE]
+                            [--width W --height H --length N --steps S --prompt TEXT --seed N --gpus N]
+
+Without weights it writes (once, cached in $DAX_CACHE or ~/.cache/dax-demo) a tiny random Wan DiT, a random T5-base
+text encoder and a random Wan2.1 VAE, and runs the workflow small (64x64, 5 frames, 4 steps): the video is noise,
+the point is that every node runs. With ``--model/--text-encoder/--vae`` it runs the workflow's own settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .comfy_server import (
+    REPO_ROOT,
+    ComfyServer,
+    ComfyServerError,
+    PromptFailed,
+    PromptRejected,
+    find_comfyui,
+    link_models,
+)
+from .text_encoder import write_random_t5_base
+from .vae import write_random_wan_vae
+
+log = logging.getLogger(__name__)
+
+WORKFLOW = REPO_ROOT / "workflows" / "wan21_t2v_1.3b_dax.api.json"
+TINY_SETTINGS = {"width": 64, "height": 64, "length": 5, "steps": 4}
+TINY_VERSION = "v1"  # bump when the generated files change, so stale caches are not reused
+
+# loader class -> (its file widget, the ComfyUI model folder it lists)
+LOADERS = {
+    "DaxLoadWan": ("model_name", "diffusion_models"),
+    "CLIPLoader": ("clip_name", "text_encoders"),
+    "VAELoader": ("vae_name", "vae"),
+}
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The three weight files (or, for the DiT, a diffusers folder) a Wan2.1 T2V workflow needs."""
+
+    model: Path
+    text_encoder: Path
+    vae: Path
+
+    def by_loader(self) -> dict[str, Path]:
+        return {"DaxLoadWan": self.model, "CLIPLoader": self.text_encoder, "VAELoader": self.vae}
+
+    def link_into(self, base: Path) -> None:
+        """Make the files visible to a ComfyUI whose base directory is ``base``."""
+        model_folder = "diffusers" if self.model.is_dir() else "diffusion_models"
+        link_models(base, {model_folder: [self.model], "text_encoders": [self.text_encoder], "vae": [self.vae]})
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DAX_CACHE") or Path.home() / ".cache" / "dax-demo")
+
+
+def _cached(path: Path, writer: Callable[[Path], object]) -> Path:
+    """``path``, written by ``writer`` unless it exists (written to a temporary name, then renamed)."""
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_tiny_dit(path: Path) -> None:
+    from dax_core.models.tiny import write_tiny_model
+
+    write_tiny_model(path, dim=64, num_layers=2, num_heads=4, ffn_dim=128, text_dim=768, naming="comfy", dtype="bf16")
+
+
+def tiny_models(cache: Path | None = None) -> ModelFiles:
+    """The tiny DiT (768-wide text input), random T5-base and random Wan2.1 VAE; generated on first use."""
+    cache = cache or cache_dir()
+    return ModelFiles(
+        model=_cached(cache / f"dax_tiny_wan_t2v_{TINY_VERSION}.safetensors", _write_tiny_dit),
+        text_encoder=_cached(cache / f"dax_random_t5_base_{TINY_VERSION}.safetensors", write_random_t5_base),
+        vae=_cached(cache / f"dax_random_wan21_vae_{TINY_VERSION}.safetensors", write_random_wan_vae),
+    )
+
+
+def load_workflow(path: Path = WORKFLOW) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def node_of(prompt: dict[str, Any], class_type: str) -> dict[str, Any]:
+    """The one node of ``class_type`` in an API-format prompt."""
+    found = [node for node in prompt.values() if node["class_type"] == class_type]
+    if len(found) != 1:
+        raise ValueError(f"the workflow has {len(found)} {class_type} nodes, expected one")
+    return found[0]
+
+
+def model_option(object_info: dict[str, Any], class_type: str, path: Path) -> str:
+    """The entry of a loader's file list that names ``path`` (a diffusers folder is listed with a suffix)."""
+    widget, folder = LOADERS[class_type]
+    if class_type not in object_info:
+        raise ValueError(f"ComfyUI has no {class_type} node: is the DAX pack installed and importing cleanly?")
+    spec = object_info[class_type]["input"]["required"][widget]
+    options = spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+    for option in options:
+        if option == path.name or (path.is_dir() and option.startswith(path.name + " ")):
+            return option
+    raise ValueError(f"{class_type}.{widget} does not list {path.name} (from models/{folder}); it lists {options}")
+
+
+def configure(
+    prompt: dict[str, Any], model_names: dict[str, str], settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A copy of an API-format Wan workflow with its loaders' files and the given settings replaced.
+
+    ``model_names``: loader class -> listed file name. ``settings`` keys: width, height, length (latent node),
+    steps, seed, cfg, shift, gpus (sampler), prompt and negative (the texts wired to the sampler).
+    """
+    prompt = copy.deepcopy(prompt)
+    for class_type, name in model_names.items():
+        node_of(prompt, class_type)["inputs"][LOADERS[class_type][0]] = name
+    sampler = node_of(prompt, "DaxMultiGPUSampler")["inputs"]
+    latent = node_of(prompt, "EmptyHunyuanLatentVideo")["inputs"]
+    for key, value in (settings or {}).items():
+        if value is None:
+            continue
+        if key in ("width", "height", "length"):
+            latent[key] = value
+        elif key in ("steps", "seed", "cfg", "shift", "gpus"):
+            sampler[key] = value
+        elif key in ("prompt", "negative"):
+            source = sampler["positive" if key == "prompt" else "negative"][0]
+            prompt[source]["inputs"]["text"] = value
+        else:
+            raise ValueError(f"unknown workflow setting {key!r}")
+    return prompt
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dax_core demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--comfyui", type=Path, help="ComfyUI checkout (default: $COMFYUI_PATH, the one holding this pack, "
+                   "~/ComfyUI)")  # fmt: skip
+    p.add_argument("--model", type=Path, help="Wan2.1 T2V DiT: .safetensors file or diffusers folder")
+    p.add_argument("--text-encoder", type=Path, help="umt5-xxl text encoder .safetensors (ComfyUI's)")
+    p.add_argument("--vae", type=Path, help="Wan2.1 VAE .safetensors")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--length", type=int, help="frames (4k+1)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--gpus", type=int)
+    p.add_argument("--prompt", help="positive prompt (default: the workflow's)")
+    p.add_argument("--negative", help="negative prompt (default: Wan's)")
+    p.add_argument("--device", choices=("cpu", "gpu"), help="where ComfyUI runs (default: cpu for the tiny models; "
+                   "for real weights the GPU when CUDA is available)")  # fmt: skip
+    p.add_argument("--output-dir", type=Path, help="where ComfyUI saves the video (default: <cache>/output)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed for the prompt (default 3600)")
+    return p
+
+
+def run(
+    comfyui: Path,
+    files: ModelFiles,
+    settings: dict[str, Any],
+    output_dir: Path,
+    *,
+    cpu: bool = True,
+    timeout: float = 3600.0,
+) -> list[Path]:
+    """Run the shipped workflow with ``files`` and ``settings`` in a fresh headless ComfyUI; returns saved files."""
+    with tempfile.TemporaryDirectory(prefix="dax-demo-") as base:
+        files.link_into(Path(base))
+        with ComfyServer(comfyui, Path(base), output_dir=output_dir, cpu=cpu) as server:
+            try:
+                info = server.object_info()
+                names = {cls: model_option(info, cls, path) for cls, path in files.by_loader().items()}
+                outputs = server.run(configure(load_workflow(), names, settings), timeout=timeout)
+            except Exception:
+                kept = Path(output_dir) / "comfyui-demo.log"  # the base directory and its log are about to go
+                shutil.copyfile(server.log_path, kept)
+                log.error("ComfyUI's log: %s", kept)
+                raise
+            return server.output_files(outputs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    comfyui = args.comfyui or find_comfyui()
+    if comfyui is None:
+        log.error("no ComfyUI found: pass --comfyui PATH or set $COMFYUI_PATH")
+        return 2
+    given = {"--model": args.model, "--text-encoder": args.text_encoder, "--vae": args.vae}
+    missing = [flag for flag, value in given.items() if value is None]
+    if 0 < len(missing) < len(given):
+        log.error("real weights need all of --model, --text-encoder and --vae; missing %s", ", ".join(missing))
+        return 2
+    settings = {key: getattr(args, key) for key in ("width", "height", "length", "steps", "seed", "gpus")}
+    settings.update(prompt=args.prompt, negative=args.negative)
+    try:
+        if missing:
+            log.info("no weights given: using tiny random models (the video will be noise)")
+            files = tiny_models()
+            settings = {**settings, **{k: v for k, v in TINY_SETTINGS.items() if settings[k] is None}}
+        else:
+            files = ModelFiles(args.model, args.text_encoder, args.vae)
+        output_dir = args.output_dir or cache_dir() / "output"
+        cpu = args.device == "cpu" if args.device else bool(missing) or not torch.cuda.is_available()
+        saved = run(comfyui, files, settings, output_dir, cpu=cpu, timeout=args.timeout)
+    except (ComfyServerError, PromptRejected, PromptFailed, OSError, ValueError) as e:
+        log.error("demo failed: %s", e)
+        return 1
+    if not saved:
+        log.error("the workflow ran but saved no file")
+        return 1
+    for path in saved:
+        log.info("video written to %s", path)
+    return 0

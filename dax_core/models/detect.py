@@ -1,0 +1,111 @@
+"""What a weights file holds, told from tensor names and shapes alone.
+
+``describe_foreign`` recognises the files people pick by mistake (Wan image-to-video or VACE models, the
+Wan VAE, the umt5 text encoder, CLIP vision, LoRAs); ``infer_spec`` reads a Wan2.1 T2V DiT's size from
+its shapes; ``expected_shapes`` is what that size must hold, taken from the model itself.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Collection, Mapping
+
+import torch
+
+from .spec import WanSpec
+from .wan import WanModel
+from .weights_error import WeightsError
+
+HEAD_DIM = 128  # every published Wan2.1 size: 1.3B is 1536 / 12 heads, 14B is 5120 / 40
+NUM_HEADS_METADATA = "dax.num_heads"  # safetensors metadata key overriding dim // HEAD_DIM (tiny test models)
+I2V_IN_DIM = 36  # 16 latent channels + 4 mask channels + 16 image-latent channels
+
+# (substring of a tensor name, what a file with such tensors is), checked in order.
+_WAN_VARIANTS = (
+    ("vace_", "a Wan VACE model (it has vace_blocks.* / vace_patch_embedding tensors)"),
+    ("img_emb.", "a Wan image-to-video (I2V/FLF2V) model (it has img_emb.* tensors)"),
+    ("cross_attn.k_img.", "a Wan image-to-video (I2V/FLF2V) model (it has cross_attn.k_img tensors)"),
+    ("condition_embedder.image_embedder.", "a Wan image-to-video model in diffusers naming (image_embedder.*)"),
+    ("attn2.add_k_proj.", "a Wan image-to-video model in diffusers naming (attn2.add_k_proj tensors)"),
+    ("control_adapter.", "a Wan camera-control model (it has control_adapter.* tensors)"),
+    ("casual_audio_encoder.", "a Wan speech-to-video (S2V) model"),
+    ("audio_proj.", "a Wan HuMo model (it has audio_proj.* tensors)"),
+    ("face_adapter.", "a Wan Animate model (it has face_adapter.* tensors)"),
+)
+
+
+def describe_foreign(names: Collection[str]) -> str | None:
+    """What a file with these (prefix-stripped) names is and where it belongs; None for a Wan2.1 T2V DiT."""
+    for marker, what in _WAN_VARIANTS:
+        if any(marker in name for name in names):
+            return f"looks like {what}, not a text-to-video model; DAX runs Wan2.1 text-to-video models"
+    if any("lora" in name.lower() for name in names):
+        return "looks like a LoRA (it has lora_* tensors): a LoRA is applied on top of a model, not loaded as one"
+    if "shared.weight" in names or "token_embedding.weight" in names or _any_prefix(names, "encoder.block."):
+        return "looks like a text encoder (T5 / umt5-xxl: shared.weight, encoder.block.*): load it as the text encoder"
+    if _any_prefix(names, "vision_model.", "visual."):
+        return "looks like a CLIP vision encoder (vision_model.* / visual.* tensors): load it as CLIP vision"
+    if "decoder.middle.0.residual.0.gamma" in names or "encoder.conv1.weight" in names:
+        return "looks like the Wan VAE (encoder.* / decoder.* convolution stacks): load it as the VAE"
+    if _any_prefix(names, "encoder.") and _any_prefix(names, "decoder."):
+        return "looks like a VAE (encoder.* / decoder.* tensors): load it as the VAE"
+    return None
+
+
+def _any_prefix(names: Collection[str], *prefixes: str) -> bool:
+    return any(name.startswith(prefixes) for name in names)
+
+
+def infer_spec(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None = None, where: str) -> WanSpec:
+    """The WanSpec of Wan-named parameter ``shapes``; ``where`` (the file) starts every error message.
+
+    Attention heads leave no trace in the shapes: ``num_heads`` overrides, else dim // 128 (Wan's head size).
+    """
+    needed = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight", "head.head.weight")
+    needed += ("blocks.0.ffn.0.weight",)
+    lacking = [name for name in needed if name not in shapes]
+    if lacking:
+        raise WeightsError(
+            f"{where}: lacks {', '.join(lacking)}, needed to tell the model size; "
+            "the file is incomplete or not a Wan2.1 text-to-video DiT"
+        )
+    patch_weight = shapes["patch_embedding.weight"]  # [dim, in_dim, pt, ph, pw]
+    if len(patch_weight) != 5:
+        raise WeightsError(f"{where}: patch_embedding.weight has shape {list(patch_weight)}, expected 5 dimensions")
+    dim, in_dim, patch_size = patch_weight[0], patch_weight[1], tuple(patch_weight[2:])
+    if in_dim == I2V_IN_DIM:
+        raise WeightsError(
+            f"{where}: looks like a Wan image-to-video (I2V) model (its patch embedding takes {in_dim} channels, "
+            "text-to-video models take 16); DAX runs Wan2.1 text-to-video models - pick a t2v file"
+        )
+    blocks = {int(m.group(1)) for name in shapes if (m := re.match(r"blocks\.(\d+)\.", name))}
+    if num_heads is None:
+        if dim % HEAD_DIM:
+            raise WeightsError(
+                f"{where}: cannot tell the number of attention heads: dim {dim} is not a multiple of Wan's head "
+                f"size {HEAD_DIM} and the file has no {NUM_HEADS_METADATA!r} metadata; write the file with that "
+                "metadata (tiny models from `python -m dax_core tiny-model` have it)"
+            )
+        num_heads = dim // HEAD_DIM
+    try:
+        return WanSpec(
+            dim=dim,
+            num_layers=max(blocks) + 1,
+            num_heads=num_heads,
+            ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
+            text_dim=shapes["text_embedding.0.weight"][-1],
+            freq_dim=shapes["time_embedding.0.weight"][-1],
+            in_dim=in_dim,
+            out_dim=shapes["head.head.weight"][0] // max(1, math.prod(patch_size)),
+            patch_size=patch_size,
+            cross_attn_norm="blocks.0.norm3.weight" in shapes,
+        )
+    except ValueError as e:
+        raise WeightsError(f"{where}: the tensor shapes describe no valid Wan2.1 model ({e})") from e
+
+
+def expected_shapes(spec: WanSpec) -> dict[str, tuple[int, ...]]:
+    """Every parameter a model of ``spec`` has, with its shape (built on the meta device: free even for 14B)."""
+    model = WanModel(spec, device=torch.device("meta"))
+    return {name: tuple(p.shape) for name, p in model.state_dict().items()}

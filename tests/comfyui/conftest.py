@@ -1,0 +1,65 @@
+"""The ComfyUI tier: one headless ComfyUI (a subprocess on 127.0.0.1) shared by the whole session.
+
+Its base directory holds the pack (symlinked into custom_nodes), the tiny demo models, empty placeholders under the
+shipped workflow's file names (so its file lists validate) and two wrong "DiT" files: a VAE and a non-safetensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dax_core.demo.comfy_server import ComfyServer
+from dax_core.demo.run import TINY_SETTINGS, ModelFiles, configure, load_workflow, tiny_models
+
+PLACEHOLDERS = {
+    "diffusion_models": "wan2.1_t2v_1.3B_bf16.safetensors",
+    "text_encoders": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+    "vae": "wan_2.1_vae.safetensors",
+}
+# kind -> file name in models/diffusion_models
+WRONG_DIT_FILES = {"vae": "wrong_dit_is_a_vae.safetensors", "garbage": "wrong_dit_is_garbage.safetensors"}
+
+
+@pytest.fixture(scope="session")
+def demo_models() -> ModelFiles:
+    """Tiny DiT, random T5-base and random Wan VAE (cached in $DAX_CACHE or ~/.cache/dax-demo)."""
+    return tiny_models()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(
+    comfyui_dir: Path, demo_models: ModelFiles, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ComfyServer]:
+    base = tmp_path_factory.mktemp("comfyui-base")
+    demo_models.link_into(base)
+    for folder, name in PLACEHOLDERS.items():
+        (base / "models" / folder / name).write_bytes(b"")
+    diffusion_models = base / "models" / "diffusion_models"
+    (diffusion_models / WRONG_DIT_FILES["vae"]).symlink_to(demo_models.vae)
+    (diffusion_models / WRONG_DIT_FILES["garbage"]).write_bytes(b"this is not a safetensors file\n" * 64)
+    with ComfyServer(comfyui_dir, base, start_timeout=120.0) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def wrong_dit_files() -> dict[str, str]:
+    """Files in the server's diffusion_models that are not Wan DiTs: kind ("vae", "garbage") -> file name."""
+    return dict(WRONG_DIT_FILES)
+
+
+@pytest.fixture(scope="session")
+def tiny_prompt(demo_models: ModelFiles) -> Callable[..., dict[str, Any]]:
+    """``tiny_prompt(seed=1, DaxLoadWan="other.safetensors")``: the shipped API workflow on the tiny models."""
+    workflow = load_workflow()
+
+    def make(**overrides: Any) -> dict[str, Any]:
+        names = {cls: path.name for cls, path in demo_models.by_loader().items()}
+        names.update({k: v for k, v in overrides.items() if k in names})
+        settings = {**TINY_SETTINGS, **{k: v for k, v in overrides.items() if k not in names}}
+        return configure(workflow, names, settings)
+
+    return make

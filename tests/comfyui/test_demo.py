@@ -1,0 +1,63 @@
+"""The README's main job, ``python -m dax_core demo``, end to end (it starts its own ComfyUI)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from dax_core.demo.run import ModelFiles, configure, load_workflow, main
+
+pytestmark = pytest.mark.comfyui
+
+
+def test_demo_runs_the_shipped_workflow_on_tiny_models(
+    comfyui_dir: Path, demo_models: ModelFiles, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dax_core.demo")
+    assert main(["--comfyui", str(comfyui_dir), "--output-dir", str(tmp_path), "--steps", "2"]) == 0
+    videos = sorted(tmp_path.rglob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 0
+    assert f"video written to {videos[0]}" in caplog.text
+
+
+def test_demo_fails_clearly_on_a_wrong_model(
+    comfyui_dir: Path, demo_models: ModelFiles, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = tmp_path / "not_a_dit.safetensors"
+    wrong.write_bytes(b"garbage" * 64)
+    args = ["--comfyui", str(comfyui_dir), "--output-dir", str(tmp_path / "out")]
+    args += ["--model", str(wrong), "--text-encoder", str(demo_models.text_encoder), "--vae", str(demo_models.vae)]
+    assert main(args) == 1
+    assert "demo failed: node" in caplog.text and "(DaxLoadWan) failed" in caplog.text
+    assert "not_a_dit.safetensors" in caplog.text
+
+
+def test_demo_needs_all_three_weights(comfyui_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["--comfyui", str(comfyui_dir), "--model", str(tmp_path / "dit.safetensors")]) == 2
+    assert "missing --text-encoder, --vae" in caplog.text
+
+
+def test_configure_changes_only_what_it_is_given() -> None:
+    workflow = load_workflow()
+    names = {"DaxLoadWan": "dit.safetensors", "CLIPLoader": "te.safetensors", "VAELoader": "vae.safetensors"}
+    prompt = configure(workflow, names, {"width": 64, "steps": 3, "prompt": "a red fox", "seed": None})
+    changed = {
+        (node_id, key): value
+        for node_id, node in prompt.items()
+        for key, value in node["inputs"].items()
+        if workflow[node_id]["inputs"][key] != value
+    }
+    by_type = {node["class_type"]: node_id for node_id, node in prompt.items()}
+    positive_id = prompt[by_type["DaxMultiGPUSampler"]]["inputs"]["positive"][0]
+    assert changed == {
+        (by_type["DaxLoadWan"], "model_name"): "dit.safetensors",
+        (by_type["CLIPLoader"], "clip_name"): "te.safetensors",
+        (by_type["VAELoader"], "vae_name"): "vae.safetensors",
+        (by_type["EmptyHunyuanLatentVideo"], "width"): 64,
+        (by_type["DaxMultiGPUSampler"], "steps"): 3,
+        (positive_id, "text"): "a red fox",
+    }
+    with pytest.raises(ValueError, match="unknown workflow setting 'fps'"):
+        configure(workflow, {}, {"fps": 8})
