@@ -1,0 +1,428 @@
+"""A worker group: N processes, started by PyTorch's launcher, that hold one engine and sample on request.
+
+The owner (ComfyUI's process, or any Python program) starts ``torch.distributed.run`` as a subprocess in a session
+of its own, with ``--max-restarts 0`` and a c10d rendezvous; the launcher starts the ranks
+(``dax_core.runtime.worker``), which connect back to the owner's control channel, authenticate with the group's
+secret (passed in the environment) and build the engine from the recipe. The group then serves any number of
+prompts until ``close()``.
+
+Failure model: a rank that raises reports its traceback and exits; a rank that dies drops its connection; a rank
+that hangs makes its peers' collectives time out (``collective_timeout_s``) so they raise. Any of these ends the
+run with a ``WorkerGroupError`` naming the rank, and tears the whole group down (every process of the launch is
+killed, so GPU memory returns to the driver): a group is never reused after a failure. A cancel is not a failure:
+the ranks stop together at the next step boundary and the group stays up.
+
+A group may span machines (``nnodes`` > 1): the owner's launcher is one agent of the rendezvous, the other machines
+each start one with ``agent_command`` (the same recipe file must exist at the same path on every machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..recipe import Recipe
+from .control import ADDRESS_ENV, SECRET_ENV, Channel, ControlServer, new_secret
+from .distributed import DEVICE_KINDS, ParallelConfig, parallel_to_dict
+from .engine import SampleRequest, SampleResult
+from .processes import LaunchedProcess
+from .sample_messages import request_fields
+from .wire import Message, ProtocolError
+
+log = logging.getLogger(__name__)
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding dax_core, put on the workers' PYTHONPATH
+WORKER_MODULE = "dax_core.runtime.worker"
+ProgressCallback = Callable[[int, int], None]
+"""Called with (steps done, total steps) after every step."""
+
+
+class WorkerGroupError(RuntimeError):
+    """The group failed (a rank raised, died or hung) and was torn down; the next group starts fresh."""
+
+
+class WorkerError(WorkerGroupError):
+    """A rank raised an exception; the message carries that rank's traceback."""
+
+    def __init__(self, message: str, rank: int, exception: str, traceback: str) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.exception = exception
+        self.traceback = traceback
+
+
+class SampleCancelled(Exception):
+    """Every rank stopped at the same step boundary after a cancel; the group is still usable."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"sampling cancelled after step {step}")
+        self.step = step
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """Where and how a group runs. Two groups with equal configs (and recipes) are interchangeable."""
+
+    nproc_per_node: int
+    device: str = "cuda"  # "cuda": one GPU per process, NCCL; "cpu": gloo (for tests and CPU-only machines)
+    parallel: ParallelConfig | None = None
+    cuda_devices: tuple[int, ...] | None = None  # CUDA_VISIBLE_DEVICES of the workers; None inherits the owner's
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None  # HOST:PORT of the c10d rendezvous; None: 127.0.0.1 and a free port
+    control_host: str = "127.0.0.1"  # where the control channel listens; another machine's ranks must reach it
+    control_port: int = 0  # 0: a free port (a multi-machine group needs a fixed one for the other agents)
+    local_addr: str | None = None  # this machine's address for the other ranks; None: 127.0.0.1 on one machine
+    collective_timeout_s: float = 600.0
+    start_timeout_s: float = 900.0
+    worker_module: str = WORKER_MODULE
+    env: tuple[tuple[str, str], ...] = field(default=())  # extra environment for the launcher and the workers
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.nproc_per_node, int) or self.nproc_per_node < 1:
+            raise ValueError(f"nproc_per_node must be a positive integer, got {self.nproc_per_node!r}")
+        if not isinstance(self.nnodes, int) or self.nnodes < 1:
+            raise ValueError(f"nnodes must be a positive integer, got {self.nnodes!r}")
+        if self.device not in DEVICE_KINDS:
+            raise ValueError(f"device {self.device!r} is not one of {', '.join(DEVICE_KINDS)}")
+        if self.cuda_devices is not None and len(self.cuda_devices) < self.nproc_per_node:
+            raise ValueError(f"{self.nproc_per_node} processes need as many GPUs, got {list(self.cuda_devices)}")
+        if self.parallel is not None and self.parallel.world_size != self.world_size:
+            raise ValueError(
+                f"the parallel layout is for {self.parallel.world_size} processes but the group has "
+                f"{self.nnodes} x {self.nproc_per_node} = {self.world_size}"
+            )
+        if self.nnodes > 1 and (self.rdzv_endpoint is None or self.control_port == 0):
+            raise ValueError(
+                "a group spanning machines needs a fixed rendezvous endpoint (rdzv_endpoint=HOST:PORT) and a fixed "
+                "control_port, so the agents on the other machines can be started before it"
+            )
+        for name in ("collective_timeout_s", "start_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+
+def agent_command(config: GroupConfig, rdzv_endpoint: str, run_id: str, python: str = sys.executable) -> list[str]:
+    """The ``torch.distributed.run`` agent of one machine of the group (the same on every machine)."""
+    local_addr = config.local_addr or ("127.0.0.1" if config.nnodes == 1 else None)
+    cmd = [python, "-m", "torch.distributed.run", "--nnodes", str(config.nnodes)]
+    cmd += ["--nproc-per-node", str(config.nproc_per_node), "--rdzv-backend", "c10d"]
+    cmd += ["--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", run_id, "--max-restarts", "0"]
+    cmd += ["--monitor-interval", "0.1", "--shutdown-timeout", "5"]
+    cmd += ["--local-addr", local_addr] if local_addr else []
+    return [*cmd, "-m", config.worker_module]
+
+
+def agent_environment(config: GroupConfig, control_address: str, secret: str) -> dict[str, str]:
+    """The environment of a launcher agent: the control address, the secret and the path to dax_core."""
+    env = dict(os.environ)
+    env.update(config.env)
+    env[ADDRESS_ENV] = control_address
+    env[SECRET_ENV] = secret
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    if config.cuda_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in config.cuda_devices)
+    if config.device == "cpu" and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.nproc_per_node))
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class _Rank:
+    channel: Channel
+    rank: int
+    pid: int
+    host: str
+
+    def describe(self) -> str:
+        return f"rank {self.rank} (pid {self.pid} on {self.host})"
+
+
+class WorkerGroup:
+    """Start a group (blocking until every rank has built the engine), sample with it, ``close()`` it.
+
+    ``secret``: the group secret, hex; a one-machine group makes a fresh one, a multi-machine group takes
+    ``$DAX_GROUP_SECRET`` (which every agent must be given too).
+    """
+
+    def __init__(self, recipe: Recipe, config: GroupConfig, secret: str | None = None) -> None:
+        self.recipe = recipe
+        self.config = config
+        self._secret = secret or self._default_secret(config)
+        self._ranks: dict[int, _Rank] = {}
+        self._selector = selectors.DefaultSelector()
+        self._next_id = 0
+        self._failed: str | None = None
+        self._closed = False
+        self._tree: list[psutil.Process] = []
+        self.run_id = uuid.uuid4().hex[:12]
+        self._server = ControlServer(self._secret, config.control_host, config.control_port)
+        host, port = self._server.address
+        self.control_address = f"{host}:{port}"
+        self.rdzv_endpoint = config.rdzv_endpoint or f"127.0.0.1:{free_port()}"
+        started = time.monotonic()
+        self._launcher = LaunchedProcess(
+            agent_command(config, self.rdzv_endpoint, self.run_id),
+            agent_environment(config, self.control_address, self._secret),
+            log_name="dax_core.workers",
+        )
+        try:
+            self._connect_ranks(started + config.start_timeout_s)
+            self._setup()
+        except BaseException:
+            self._teardown()
+            raise
+        self._tree = self._launcher.descendants()
+        log.info(
+            "worker group %s: %d ranks on %s ready in %.1f s",
+            self.run_id,
+            config.world_size,
+            config.device,
+            time.monotonic() - started,
+        )
+
+    @staticmethod
+    def _default_secret(config: GroupConfig) -> str:
+        if config.nnodes == 1:
+            return new_secret()
+        shared = os.environ.get(SECRET_ENV)
+        if not shared:
+            raise ValueError(
+                f"a group spanning machines needs the same secret on every machine: set {SECRET_ENV} to 64 hex "
+                "characters (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`) in the environment "
+                "of this process and of every agent"
+            )
+        return shared
+
+    # -- state -------------------------------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """Started, not closed, not failed, and the launcher still running."""
+        return not self._closed and self._failed is None and self._launcher.poll() is None
+
+    @property
+    def worker_pids(self) -> dict[int, int]:
+        """rank -> pid (on its own machine)."""
+        return {r.rank: r.pid for r in self._ranks.values()}
+
+    @property
+    def launcher_pid(self) -> int:
+        return self._launcher.pid
+
+    @property
+    def fingerprint(self) -> str:
+        return self.recipe.fingerprint()
+
+    # -- start-up ----------------------------------------------------------------------------------------------
+
+    def _connect_ranks(self, deadline: float) -> None:
+        world = self.config.world_size
+        self._selector.register(self._server, selectors.EVENT_READ)
+        while len(self._ranks) < world:
+            self._check_launcher("while the ranks were connecting")
+            if time.monotonic() > deadline:
+                raise WorkerGroupError(
+                    f"only {len(self._ranks)} of {world} ranks connected within {self.config.start_timeout_s:.0f} s"
+                    + ("; are the agents on the other machines running?" if self.config.nnodes > 1 else "")
+                    + self._log_tail()
+                )
+            if not self._selector.select(timeout=0.1):
+                continue
+            channel = self._server.accept()
+            if channel is None:
+                continue
+            peer = channel.peer
+            rank = peer.get("rank")
+            if not isinstance(rank, int) or not 0 <= rank < world or rank in self._ranks:
+                log.warning("control channel: dropped a worker with rank %r (want 0..%d, once each)", rank, world - 1)
+                channel.close()
+                continue
+            self._ranks[rank] = _Rank(channel, rank, int(peer.get("pid", -1)), str(peer.get("host", "?")))
+        self._selector.unregister(self._server)
+        self._server.close()  # every rank is here: nobody else may connect
+        for r in self._ranks.values():
+            self._selector.register(r.channel, selectors.EVENT_READ, r)
+
+    def _setup(self) -> None:
+        setup = {
+            "recipe": self.recipe.to_dict(),
+            "parallel": parallel_to_dict(self.config.parallel),
+            "device": self.config.device,
+            "collective_timeout_s": self.config.collective_timeout_s,
+        }
+        for r in self._ranks.values():
+            r.channel.send("setup", **setup)
+        waiting = set(self._ranks)
+        while waiting:
+            for r, msg in self._receive(0.1, "while the ranks were building the engine"):
+                if msg.kind == "ready":
+                    waiting.discard(r.rank)
+                else:
+                    self._fail_with(r, msg)
+
+    # -- sampling ----------------------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        req: SampleRequest,
+        on_step: ProgressCallback | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> SampleResult:
+        """Run one request on every rank; raises ``SampleCancelled`` or ``WorkerGroupError``."""
+        if not self.alive:
+            state = "down after a failure" if self._failed else "closed"
+            raise WorkerGroupError(f"worker group {self.run_id} is {state}: start a new one")
+        self._next_id += 1
+        request_id = self._next_id
+        fields, tensors = request_fields(req)
+        for r in self._ranks.values():
+            r.channel.send("request", tensors, id=request_id, **fields)
+        pending = set(self._ranks)
+        result: SampleResult | None = None
+        cancelled_at: int | None = None
+        cancel_sent = False
+        while pending:
+            for r, msg in self._receive(0.05, "while sampling"):
+                if msg.kind == "error" or msg.get("id") != request_id:
+                    self._fail_with(r, msg)
+                elif msg.kind == "progress":
+                    if on_step is not None:
+                        on_step(int(msg["step"]), int(msg["total"]))
+                elif msg.kind == "result":
+                    result = SampleResult(msg.tensors["latent"], int(msg["steps"]), float(msg["seconds"]))
+                    pending.discard(r.rank)
+                elif msg.kind == "done":
+                    pending.discard(r.rank)
+                elif msg.kind == "cancelled":
+                    cancelled_at = int(msg["step"])
+                    pending.discard(r.rank)
+                else:
+                    self._fail_with(r, msg)
+            if not cancel_sent and should_cancel is not None and should_cancel():
+                cancel_sent = True
+                for r in self._ranks.values():
+                    r.channel.send("cancel", id=request_id)
+        if cancelled_at is not None:
+            raise SampleCancelled(cancelled_at)
+        if result is None:
+            raise WorkerGroupError("rank 0 finished without a result")  # a protocol bug, not a user error
+        return result
+
+    def _receive(self, timeout: float, doing: str) -> list[tuple[_Rank, Message]]:
+        """Messages that arrived within ``timeout``; a dropped connection or a dead launcher fails the group."""
+        out = []
+        for key, _ in self._selector.select(timeout=timeout):
+            r: _Rank = key.data
+            try:
+                out.append((r, r.channel.recv()))
+            except (ProtocolError, OSError) as e:
+                self._fail(f"{r.describe()} dropped its connection {doing} ({e}): it crashed or was killed", doing)
+        if not out:
+            self._check_launcher(doing)
+        return out
+
+    def _check_launcher(self, doing: str) -> None:
+        code = self._launcher.poll()
+        if code is not None:
+            self._fail(f"the launcher exited with code {code} {doing}", doing)
+
+    # -- failure -----------------------------------------------------------------------------------------------
+
+    def _fail_with(self, r: _Rank, msg: Message) -> None:
+        if msg.kind == "error":
+            self._fail(self._describe_error(r, msg), "", error=msg, rank=r)
+        self._fail(f"{r.describe()} sent an unexpected {msg.kind!r} message (id {msg.get('id')})", "")
+
+    @staticmethod
+    def _describe_error(r: _Rank, msg: Message) -> str:
+        return f"{r.describe()} raised {msg.get('exception', 'an exception')}: {msg.get('message', '')}"
+
+    def _fail(self, first: str, doing: str, error: Message | None = None, rank: _Rank | None = None) -> None:
+        """Note what the other ranks say for a moment (their errors are usually consequences), tear down, raise."""
+        then: list[str] = []
+        reported = {rank.rank} if rank is not None else set()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and self._selector.get_map():
+            for key, _ in self._selector.select(timeout=0.1):
+                r: _Rank = key.data
+                try:
+                    msg = r.channel.recv()
+                except (ProtocolError, OSError):
+                    self._selector.unregister(r.channel)
+                    continue
+                if msg.kind == "error" and r.rank not in reported:
+                    reported.add(r.rank)
+                    then.append(self._describe_error(r, msg))
+        tail = self._log_tail()
+        self._failed = first
+        self._teardown()
+        message = f"worker group failed {doing}: {first}" if doing else f"worker group failed: {first}"
+        if then:
+            message += "\nthen: " + "; ".join(then)
+        if error is not None and rank is not None:
+            trace = str(error.get("traceback", ""))
+            message += f"\n\nTraceback of rank {rank.rank}:\n{trace}"
+            raise WorkerError(message + tail, rank.rank, str(error.get("exception")), trace)
+        raise WorkerGroupError(message + tail)
+
+    def _log_tail(self) -> str:
+        tail = self._launcher.tail(25)
+        return f"\n--- launcher log (last lines) ---\n{tail}" if tail else ""
+
+    # -- teardown ----------------------------------------------------------------------------------------------
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Ask every rank to finish, wait for the launcher, then make sure nothing of the group is left."""
+        if self._closed:
+            return
+        if self.alive:
+            for r in self._ranks.values():
+                try:
+                    r.channel.send("shutdown")
+                except OSError:
+                    pass
+            try:
+                self._launcher.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("worker group %s still running %.0f s after shutdown: killing it", self.run_id, timeout_s)
+        self._teardown()
+        log.info("worker group %s closed", self.run_id)
+
+    def _teardown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for r in self._ranks.values():
+            r.channel.close()
+        self._selector.close()
+        self._server.close()
+        self._launcher.terminate_tree(also=self._tree)
+
+    def __enter__(self) -> WorkerGroup:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
