@@ -381,7 +381,12 @@ class WorkerGroup:
         self._teardown()
         message = f"worker group failed {doing}: {first}" if doing else f"worker group failed: {first}"
         if then:
-            message += "\nthen: " + "; ".join(then)
+            message += "\nother ranks then reported: " + "; ".join(then)
+        if "timed out" in message.lower():
+            message += (
+                f"\nhint: a collective waited {self.config.collective_timeout_s:.0f} s for a rank that stopped making "
+                "progress (hung, stopped, or much slower than the others)"
+            )
         if error is not None and rank is not None:
             trace = str(error.get("traceback", ""))
             message += f"\n\nTraceback of rank {rank.rank}:\n{trace}"

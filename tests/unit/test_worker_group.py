@@ -1,0 +1,181 @@
+"""The worker group on CPU (gloo, 2 processes): reuse across prompts, rebuild on a new recipe, cancel, and
+failures (a rank raising, a rank killed with SIGKILL, a rank hung) that end the run with a clear error, leave no
+process behind, and let the next prompt start a fresh group.
+
+One group serves the tests in turn (process start-up is the cost); a failure test leaves it down and the next
+prompt starts another, through the sampler node's own cache (``nodes/engine_cache.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import time
+
+import pytest
+import torch
+from faulty_worker import MODULE as FAULTY_WORKER
+from faulty_worker import RAISE_SEED
+from group_helpers import (
+    assert_all_gone,
+    group_processes,
+    in_process,
+    load_engine_cache,
+    tiny_recipe,
+    tiny_request,
+)
+
+from dax_core.runtime.control import new_secret
+from dax_core.runtime.group import GroupConfig, SampleCancelled, WorkerError, WorkerGroup, WorkerGroupError
+
+WORLD = 2
+COLLECTIVE_TIMEOUT_S = 5.0  # a hung rank must fail the run within this, so keep it short here
+SECRET = new_secret()
+CONFIG = GroupConfig(WORLD, device="cpu", collective_timeout_s=COLLECTIVE_TIMEOUT_S, worker_module=FAULTY_WORKER)
+
+
+class Groups:
+    """The sampler node's policy: one cached group per (recipe, config), started again when it is down."""
+
+    def __init__(self) -> None:
+        self.cache = load_engine_cache().EngineCache()
+        self.started: list[WorkerGroup] = []
+
+    def get(self, recipe, config: GroupConfig = CONFIG) -> WorkerGroup:
+        def start(r):
+            group = WorkerGroup(r, config, secret=SECRET)
+            self.started.append(group)
+            return group
+
+        return self.cache.get(recipe, start, variant=repr(config), valid=lambda g: g.alive)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    return tiny_recipe(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def reference(recipe):
+    return in_process(recipe, tiny_request())
+
+
+@pytest.fixture(scope="module")
+def groups():
+    g = Groups()
+    yield g
+    g.cache.clear()
+
+
+def test_group_gives_the_in_process_result_and_is_reused_across_prompts(groups, recipe, reference):
+    group = groups.get(recipe)
+    pids = group.worker_pids
+    assert sorted(pids) == [0, 1]
+    progress: list[tuple[int, int]] = []
+    first = group.sample(tiny_request(), on_step=lambda s, t: progress.append((s, t)))
+    assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    # same code on the same CPU: each rank computes the whole result exactly as one process does
+    assert torch.equal(first.latent, reference.latent)
+    again = groups.get(type(recipe).from_dict(recipe.to_dict()))  # an equal recipe: the same group
+    assert again is group and again.worker_pids == pids
+    assert torch.equal(again.sample(tiny_request()).latent, reference.latent)
+    assert len(groups.started) == 1
+
+
+def test_control_channel_takes_no_connection_once_every_rank_joined(groups, recipe):
+    group = groups.get(recipe)
+    host, port = group.control_address.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=2).close()
+    assert group.sample(tiny_request(steps=1)).steps == 1  # and the group is unharmed
+
+
+def test_secret_is_not_on_any_command_line(groups, recipe):
+    group = groups.get(recipe)
+    procs = group_processes(group)
+    assert len(procs) == 1 + WORLD
+    assert all(SECRET not in " ".join(p.cmdline()) for p in procs)
+
+
+def test_cancel_stops_every_rank_within_one_step_and_keeps_the_group(groups, recipe, reference):
+    group = groups.get(recipe)
+    pids = group.worker_pids
+    seen: list[int] = []
+    with pytest.raises(SampleCancelled) as cancelled:
+        group.sample(tiny_request(steps=40), on_step=lambda s, t: seen.append(s), should_cancel=lambda: 2 in seen)
+    # asked after step 2 arrived: the ranks stop at the boundary of the step they are in (2 or 3)
+    assert cancelled.value.step in (2, 3)
+    assert seen[-1] <= 3
+    assert group.alive and group.worker_pids == pids
+    assert torch.equal(group.sample(tiny_request()).latent, reference.latent)
+
+
+def test_a_rank_raising_fails_the_run_with_its_traceback_then_the_next_prompt_succeeds(groups, recipe, reference):
+    group = groups.get(recipe)
+    procs = group_processes(group)
+    with pytest.raises(WorkerError) as failed:
+        group.sample(dataclasses.replace(tiny_request(), seed=RAISE_SEED))
+    error = failed.value
+    assert error.rank == WORLD - 1 and error.exception == "InjectedFault"
+    assert f"rank {WORLD - 1} (pid {group.worker_pids[WORLD - 1]}" in str(error)
+    assert "injected fault after step 1" in str(error)
+    assert "Traceback" in str(error) and "faulty_worker.py" in error.traceback
+    assert not group.alive
+    assert_all_gone(procs)
+    _next_prompt_starts_a_fresh_group(groups, recipe, reference, group)
+
+
+def test_a_rank_killed_with_sigkill_fails_the_run_then_the_next_prompt_succeeds(groups, recipe, reference):
+    group = groups.get(recipe)
+    procs = group_processes(group)
+    victim = group.worker_pids[1]
+
+    def kill_rank_1(step: int, total: int) -> None:
+        if step == 1:
+            os.kill(victim, signal.SIGKILL)
+
+    with pytest.raises(WorkerGroupError) as failed:
+        group.sample(tiny_request(steps=40), on_step=kill_rank_1)
+    assert f"rank 1 (pid {victim}" in str(failed.value)
+    assert "crashed or was killed" in str(failed.value)
+    assert_all_gone(procs)
+    _next_prompt_starts_a_fresh_group(groups, recipe, reference, group)
+
+
+def test_a_hung_rank_fails_the_run_by_the_collective_timeout(groups, recipe, reference):
+    group = groups.get(recipe)
+    procs = group_processes(group)
+    victim = group.worker_pids[1]
+
+    def stop_rank_1(step: int, total: int) -> None:
+        if step == 1:
+            os.kill(victim, signal.SIGSTOP)  # alive but silent: only a timeout can tell
+
+    start = time.monotonic()
+    with pytest.raises(WorkerGroupError) as failed:
+        group.sample(tiny_request(steps=40), on_step=stop_rank_1)
+    elapsed = time.monotonic() - start
+    assert "rank 0" in str(failed.value)  # the rank whose collective timed out reports it
+    assert COLLECTIVE_TIMEOUT_S * 0.9 < elapsed < COLLECTIVE_TIMEOUT_S + 15
+    assert_all_gone(procs)
+    _next_prompt_starts_a_fresh_group(groups, recipe, reference, group)
+
+
+def test_group_is_rebuilt_when_the_recipe_changes(groups, recipe, tmp_path):
+    old = groups.get(recipe)
+    old_procs = group_processes(old)
+    other = tiny_recipe(tmp_path, seed=1)
+    new = groups.get(other)
+    assert new is not old and not old.alive
+    assert_all_gone(old_procs)
+    req = tiny_request()
+    assert torch.equal(new.sample(req).latent, in_process(other, req).latent)
+
+
+def _next_prompt_starts_a_fresh_group(groups: Groups, recipe, reference, failed: WorkerGroup) -> None:
+    count = len(groups.started)
+    fresh = groups.get(recipe)
+    assert fresh is not failed and len(groups.started) == count + 1
+    assert torch.equal(fresh.sample(tiny_request()).latent, reference.latent)
