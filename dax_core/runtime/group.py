@@ -37,6 +37,7 @@ from ..recipe import Recipe
 from .control import ADDRESS_ENV, SECRET_ENV, Channel, ControlServer, new_secret
 from .distributed import DEVICE_KINDS, ParallelConfig, parallel_to_dict
 from .engine import SampleRequest, SampleResult
+from .failures import RankEvent, explain, primary_event
 from .processes import LaunchedProcess
 from .sample_messages import request_fields
 from .wire import Message, ProtocolError
@@ -81,6 +82,7 @@ class GroupConfig:
     cuda_devices: tuple[int, ...] | None = None  # CUDA_VISIBLE_DEVICES of the workers; None inherits the owner's
     nnodes: int = 1
     rdzv_endpoint: str | None = None  # HOST:PORT of the c10d rendezvous; None: 127.0.0.1 and a free port
+    rdzv_id: str = "dax-worker-group"  # every agent of the group passes the same one
     control_host: str = "127.0.0.1"  # where the control channel listens; another machine's ranks must reach it
     control_port: int = 0  # 0: a free port (a multi-machine group needs a fixed one for the other agents)
     local_addr: str | None = None  # this machine's address for the other ranks; None: 127.0.0.1 on one machine
@@ -117,12 +119,12 @@ class GroupConfig:
         return self.nnodes * self.nproc_per_node
 
 
-def agent_command(config: GroupConfig, rdzv_endpoint: str, run_id: str, python: str = sys.executable) -> list[str]:
+def agent_command(config: GroupConfig, rdzv_endpoint: str, python: str = sys.executable) -> list[str]:
     """The ``torch.distributed.run`` agent of one machine of the group (the same on every machine)."""
     local_addr = config.local_addr or ("127.0.0.1" if config.nnodes == 1 else None)
     cmd = [python, "-m", "torch.distributed.run", "--nnodes", str(config.nnodes)]
     cmd += ["--nproc-per-node", str(config.nproc_per_node), "--rdzv-backend", "c10d"]
-    cmd += ["--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", run_id, "--max-restarts", "0"]
+    cmd += ["--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", config.rdzv_id, "--max-restarts", "0"]
     cmd += ["--monitor-interval", "0.1", "--shutdown-timeout", "5"]
     cmd += ["--local-addr", local_addr] if local_addr else []
     return [*cmd, "-m", config.worker_module]
@@ -184,7 +186,7 @@ class WorkerGroup:
         self.rdzv_endpoint = config.rdzv_endpoint or f"127.0.0.1:{free_port()}"
         started = time.monotonic()
         self._launcher = LaunchedProcess(
-            agent_command(config, self.rdzv_endpoint, self.run_id),
+            agent_command(config, self.rdzv_endpoint),
             agent_environment(config, self.control_address, self._secret),
             log_name="dax_core.workers",
         )
@@ -338,8 +340,9 @@ class WorkerGroup:
             r: _Rank = key.data
             try:
                 out.append((r, r.channel.recv()))
-            except (ProtocolError, OSError) as e:
-                self._fail(f"{r.describe()} dropped its connection {doing} ({e}): it crashed or was killed", doing)
+            except (ProtocolError, OSError):
+                self._selector.unregister(r.channel)
+                self._fail(RankEvent(r.rank, r.describe(), "drop", time.time()), doing)
         if not out:
             self._check_launcher(doing)
         return out
@@ -347,50 +350,59 @@ class WorkerGroup:
     def _check_launcher(self, doing: str) -> None:
         code = self._launcher.poll()
         if code is not None:
-            self._fail(f"the launcher exited with code {code} {doing}", doing)
+            self._failed = f"the launcher exited with code {code}"
+            self._teardown()
+            raise WorkerGroupError(f"worker group failed {doing}: {self._failed}{self._log_tail()}")
 
     # -- failure -----------------------------------------------------------------------------------------------
 
     def _fail_with(self, r: _Rank, msg: Message) -> None:
         if msg.kind == "error":
-            self._fail(self._describe_error(r, msg), "", error=msg, rank=r)
-        self._fail(f"{r.describe()} sent an unexpected {msg.kind!r} message (id {msg.get('id')})", "")
+            self._fail(self._error_event(r, msg), "")
+        self._failed = f"{r.describe()} sent an unexpected {msg.kind!r} message (id {msg.get('id')})"
+        self._teardown()
+        raise WorkerGroupError(f"worker group failed: {self._failed}")  # a protocol bug, not a user error
 
     @staticmethod
-    def _describe_error(r: _Rank, msg: Message) -> str:
-        return f"{r.describe()} raised {msg.get('exception', 'an exception')}: {msg.get('message', '')}"
+    def _error_event(r: _Rank, msg: Message) -> RankEvent:
+        return RankEvent(
+            r.rank,
+            r.describe(),
+            "error",
+            float(msg.get("time", time.time())),
+            str(msg.get("exception", "an exception")),
+            str(msg.get("message", "")),
+            str(msg.get("traceback", "")),
+        )
 
-    def _fail(self, first: str, doing: str, error: Message | None = None, rank: _Rank | None = None) -> None:
-        """Note what the other ranks say for a moment (their errors are usually consequences), tear down, raise."""
-        then: list[str] = []
-        reported = {rank.rank} if rank is not None else set()
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and self._selector.get_map():
+    def _fail(self, first: RankEvent, doing: str) -> None:
+        """Hear the other ranks out for a moment (to tell the cause from its consequences), tear down, raise."""
+        events = [first]
+        heard = {first.rank}
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and len(heard) < len(self._ranks) and self._selector.get_map():
             for key, _ in self._selector.select(timeout=0.1):
                 r: _Rank = key.data
                 try:
                     msg = r.channel.recv()
                 except (ProtocolError, OSError):
                     self._selector.unregister(r.channel)
+                    if r.rank not in heard:
+                        events.append(RankEvent(r.rank, r.describe(), "drop", time.time()))
+                        heard.add(r.rank)
                     continue
-                if msg.kind == "error" and r.rank not in reported:
-                    reported.add(r.rank)
-                    then.append(self._describe_error(r, msg))
+                if msg.kind == "error" and r.rank not in heard:
+                    events.append(self._error_event(r, msg))
+                    heard.add(r.rank)
+        silent = [r.describe() for r in self._ranks.values() if r.rank not in heard]
         tail = self._log_tail()
-        self._failed = first
+        cause = primary_event(events)
+        self._failed = cause.describe()
         self._teardown()
-        message = f"worker group failed {doing}: {first}" if doing else f"worker group failed: {first}"
-        if then:
-            message += "\nother ranks then reported: " + "; ".join(then)
-        if "timed out" in message.lower():
-            message += (
-                f"\nhint: a collective waited {self.config.collective_timeout_s:.0f} s for a rank that stopped making "
-                "progress (hung, stopped, or much slower than the others)"
-            )
-        if error is not None and rank is not None:
-            trace = str(error.get("traceback", ""))
-            message += f"\n\nTraceback of rank {rank.rank}:\n{trace}"
-            raise WorkerError(message + tail, rank.rank, str(error.get("exception")), trace)
+        message = explain(events, silent, doing, self.config.collective_timeout_s)
+        if cause.kind == "error":
+            message += f"\n\nTraceback of rank {cause.rank}:\n{cause.traceback}"
+            raise WorkerError(message + tail, cause.rank, cause.exception, cause.traceback)
         raise WorkerGroupError(message + tail)
 
     def _log_tail(self) -> str:

@@ -22,6 +22,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -186,6 +187,7 @@ class Worker:
                 "error",
                 id=request_id,
                 rank=self.env.rank,
+                time=time.time(),
                 exception=type(exc).__name__,
                 message=str(exc),
                 traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),

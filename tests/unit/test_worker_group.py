@@ -157,7 +157,9 @@ def test_a_hung_rank_fails_the_run_by_the_collective_timeout(groups, recipe, ref
     with pytest.raises(WorkerGroupError) as failed:
         group.sample(tiny_request(steps=40), on_step=stop_rank_1)
     elapsed = time.monotonic() - start
-    assert "rank 0" in str(failed.value)  # the rank whose collective timed out reports it
+    message = str(failed.value)
+    assert "rank 0" in message and "Timed out" in message  # the rank whose collective timed out reports it
+    assert f"no word from rank 1 (pid {victim}" in message  # and the stopped rank is named
     assert COLLECTIVE_TIMEOUT_S * 0.9 < elapsed < COLLECTIVE_TIMEOUT_S + 15
     assert_all_gone(procs)
     _next_prompt_starts_a_fresh_group(groups, recipe, reference, group)
