@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 APPLY_ORDER = ("quantize", "attention", "teacache", "compile")
 
 # Modules that define (and register) acceleration configs; imported before a recipe is rebuilt from a dict.
-CONFIG_MODULES: tuple[str, ...] = ()
+CONFIG_MODULES: tuple[str, ...] = ("dax_core.compile.regional",)
 
 
 @dataclass(frozen=True)

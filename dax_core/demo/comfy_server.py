@@ -65,6 +65,14 @@ class PromptFailed(RuntimeError):
         )
 
 
+def _die_with_parent() -> None:
+    """Run in the child before exec: on Linux, the kernel kills it when the process that started it dies."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def find_comfyui(repo: Path = REPO_ROOT) -> Path | None:
     """A ComfyUI checkout: $COMFYUI_PATH, else the ComfyUI whose custom_nodes holds this pack, else ~/ComfyUI."""
     candidates = [os.environ.get("COMFYUI_PATH")]
@@ -221,6 +229,7 @@ class ComfyServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, so stop() reaches every child
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # no orphan if we are killed
             )
 
     def _wait_until_serving(self) -> None:

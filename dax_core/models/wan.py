@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -208,6 +209,7 @@ class WanModel(nn.Module):
         self.self_attn_fn: AttentionFn = sdpa
         self.cross_attn_fn: AttentionFn = sdpa
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.compiled: Any = None  # the CompileConfig in force, set by dax_core.compile
 
     def set_attention(self, self_attn: AttentionFn, cross_attn: AttentionFn | None = None) -> None:
         """Attention kernels for this model instance only (cross-attention defaults to the same)."""

@@ -69,10 +69,14 @@ class SampleResult:
     latent: torch.Tensor  # ComfyUI's (un-normalised) latent, float32 on the CPU
     steps: int
     seconds: float  # wall time of the sampling loop
+    first_step_seconds: float  # includes compilation when the model is compiled
 
     def summary(self) -> str:
-        per_step = self.seconds / max(self.steps, 1)
-        return f"{self.steps} steps in {self.seconds:.1f} s ({per_step:.2f} s/step)"
+        later = (self.seconds - self.first_step_seconds) / max(self.steps - 1, 1)
+        text = f"{self.steps} steps in {self.seconds:.1f} s"
+        if self.steps > 1:
+            text += f" (first step {self.first_step_seconds:.1f} s, then {later:.2f} s/step)"
+        return text
 
 
 class WanEngine:
@@ -145,10 +149,25 @@ class WanEngine:
         s0 = float(sigmas[0])
         x = s0 * noise + (1.0 - s0) * image
         start = time.perf_counter()
-        x = sample(req.sampler, self.denoiser(req), x, sigmas, callback=on_step)
+        first_step_end: list[float] = []
+
+        def step_done(i: int, total: int, x_now: torch.Tensor) -> None:
+            if i == 0:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                first_step_end.append(time.perf_counter())
+                if self.model.compiled is not None:
+                    log.info("first step with compilation: %.1f s", first_step_end[0] - start)
+            if on_step is not None:
+                on_step(i, total, x_now)
+
+        x = sample(req.sampler, self.denoiser(req), x, sigmas, callback=step_done)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        result = SampleResult(latents.denormalize(x.float()).cpu(), len(sigmas) - 1, time.perf_counter() - start)
+        end = time.perf_counter()
+        result = SampleResult(
+            latents.denormalize(x.float()).cpu(), len(sigmas) - 1, end - start, first_step_end[0] - start
+        )
         log.info(
             "%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, req.scheduler, req.cfg
         )

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.comfyui
 
 
 def test_demo_runs_the_shipped_workflow_on_tiny_models(
-    comfyui_dir: Path, demo_models: ModelFiles, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    comfyui_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="dax_core.demo")
     assert main(["--comfyui", str(comfyui_dir), "--output-dir", str(tmp_path), "--steps", "2"]) == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,25 +14,10 @@ from dax_core.runtime.schedules import flow_sigmas
 _CHANNELS = 4
 
 
-def _comfyui_root() -> Path:
-    return Path(os.environ.get("COMFYUI_PATH") or Path.home() / "ComfyUI").expanduser()
-
-
 @pytest.fixture(scope="module")
-def comfy_sample_euler() -> Callable:
-    root = _comfyui_root()
-    if not (root / "comfy" / "k_diffusion" / "sampling.py").is_file():
-        pytest.skip(f"no ComfyUI checkout at {root} (set COMFYUI_PATH)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        import comfy.cli_args
+def comfy_sample_euler(comfyui_importable: Path) -> Callable:
+    import comfy.k_diffusion.sampling
 
-        if "comfy.model_management" not in sys.modules and not torch.cuda.is_available():
-            comfy.cli_args.args.cpu = True  # comfy.model_management probes a GPU at import time
-        import comfy.k_diffusion.sampling
-    except ImportError as exc:
-        pytest.skip(f"ComfyUI at {root} is not importable: {exc}")
     return comfy.k_diffusion.sampling.sample_euler
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,26 +12,11 @@ import torch
 from dax_core.runtime.schedules import SCHEDULERS, flow_sigmas, sigma_table, sigma_to_timestep
 
 
-def _comfyui_root() -> Path:
-    return Path(os.environ.get("COMFYUI_PATH") or Path.home() / "ComfyUI").expanduser()
-
-
 @pytest.fixture(scope="module")
-def comfy() -> SimpleNamespace:
-    root = _comfyui_root()
-    if not (root / "comfy" / "samplers.py").is_file():
-        pytest.skip(f"no ComfyUI checkout at {root} (set COMFYUI_PATH)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        import comfy.cli_args
+def comfy(comfyui_importable: Path) -> SimpleNamespace:
+    import comfy.model_sampling
+    import comfy.samplers
 
-        if "comfy.model_management" not in sys.modules and not torch.cuda.is_available():
-            comfy.cli_args.args.cpu = True  # comfy.model_management probes a GPU at import time
-        import comfy.model_sampling
-        import comfy.samplers
-    except ImportError as exc:
-        pytest.skip(f"ComfyUI at {root} is not importable: {exc}")
     return SimpleNamespace(model_sampling=comfy.model_sampling, samplers=comfy.samplers)
 
 
