@@ -314,7 +314,8 @@ class WorkerGroup:
                     if on_step is not None:
                         on_step(int(msg["step"]), int(msg["total"]))
                 elif msg.kind == "result":
-                    result = SampleResult(msg.tensors["latent"], int(msg["steps"]), float(msg["seconds"]))
+                    latent, steps, seconds = msg.tensors["latent"], int(msg["steps"]), float(msg["seconds"])
+                    result = SampleResult(latent, steps, seconds, float(msg["first_step_seconds"]))
                     pending.discard(r.rank)
                 elif msg.kind == "done":
                     pending.discard(r.rank)

@@ -175,7 +175,14 @@ class Worker:
         inbox.forget(request_id)
         if lead:
             tensors = {"latent": result.latent}
-            self.channel.send("result", tensors, id=request_id, steps=result.steps, seconds=result.seconds)
+            self.channel.send(
+                "result",
+                tensors,
+                id=request_id,
+                steps=result.steps,
+                seconds=result.seconds,
+                first_step_seconds=result.first_step_seconds,
+            )
         else:
             self.channel.send("done", id=request_id)
         return True
