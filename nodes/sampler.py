@@ -107,6 +107,8 @@ def _sample_in_group(recipe: Recipe, request: SampleRequest, config: GroupConfig
 
     group = ENGINES.get(recipe, start, variant=variant, valid=lambda g: g.alive)
     _free_devices(config)  # ComfyUI may have loaded its models again since the last prompt
+    gpus = config.world_size
+    log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", request.steps, group.run_id, gpus)
     try:
         return group.sample(
             request,

@@ -152,6 +152,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @dataclass
+class _Run:
+    """One request in flight: the ranks yet to finish it and what they said."""
+
+    request_id: int
+    pending: set[int]
+    result: SampleResult | None = None
+    cancelled_at: int | None = None
+    cancel_sent: bool = False
+
+
+@dataclass
 class _Rank:
     channel: Channel
     rank: int
@@ -293,46 +304,70 @@ class WorkerGroup:
         on_step: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> SampleResult:
-        """Run one request on every rank; raises ``SampleCancelled`` or ``WorkerGroupError``."""
+        """Run one request on every rank; raises ``SampleCancelled`` or ``WorkerGroupError``.
+
+        If ``on_step`` or ``should_cancel`` raises (ComfyUI's progress hook raises on Cancel), the ranks are
+        cancelled and waited for before the exception goes on, so the group is ready for the next request.
+        """
         if not self.alive:
             state = "down after a failure" if self._failed else "closed"
             raise WorkerGroupError(f"worker group {self.run_id} is {state}: start a new one")
         self._next_id += 1
-        request_id = self._next_id
+        run = _Run(self._next_id, set(self._ranks))
         fields, tensors = request_fields(req)
         for r in self._ranks.values():
-            r.channel.send("request", tensors, id=request_id, **fields)
-        pending = set(self._ranks)
-        result: SampleResult | None = None
-        cancelled_at: int | None = None
-        cancel_sent = False
-        while pending:
-            for r, msg in self._receive(0.05, "while sampling"):
-                if msg.kind == "error" or msg.get("id") != request_id:
-                    self._fail_with(r, msg)
-                elif msg.kind == "progress":
-                    if on_step is not None:
-                        on_step(int(msg["step"]), int(msg["total"]))
-                elif msg.kind == "result":
-                    latent, steps, seconds = msg.tensors["latent"], int(msg["steps"]), float(msg["seconds"])
-                    result = SampleResult(latent, steps, seconds, float(msg["first_step_seconds"]))
-                    pending.discard(r.rank)
-                elif msg.kind == "done":
-                    pending.discard(r.rank)
-                elif msg.kind == "cancelled":
-                    cancelled_at = int(msg["step"])
-                    pending.discard(r.rank)
-                else:
-                    self._fail_with(r, msg)
-            if not cancel_sent and should_cancel is not None and should_cancel():
-                cancel_sent = True
-                for r in self._ranks.values():
-                    r.channel.send("cancel", id=request_id)
-        if cancelled_at is not None:
-            raise SampleCancelled(cancelled_at)
-        if result is None:
+            r.channel.send("request", tensors, id=run.request_id, **fields)
+        try:
+            while run.pending:
+                self._follow(run, on_step)
+                if not run.cancel_sent and should_cancel is not None and should_cancel():
+                    self._cancel(run)
+        except WorkerGroupError:
+            raise
+        except BaseException:
+            self._abandon(run)
+            raise
+        if run.cancelled_at is not None:
+            raise SampleCancelled(run.cancelled_at)
+        if run.result is None:
             raise WorkerGroupError("rank 0 finished without a result")  # a protocol bug, not a user error
-        return result
+        return run.result
+
+    def _follow(self, run: _Run, on_step: ProgressCallback | None) -> None:
+        for r, msg in self._receive(0.05, "while sampling"):
+            if msg.kind == "error" or msg.get("id") != run.request_id:
+                self._fail_with(r, msg)
+            elif msg.kind == "progress":
+                if on_step is not None:
+                    on_step(int(msg["step"]), int(msg["total"]))
+            elif msg.kind == "result":
+                latent, steps, seconds = msg.tensors["latent"], int(msg["steps"]), float(msg["seconds"])
+                run.result = SampleResult(latent, steps, seconds, float(msg["first_step_seconds"]))
+                run.pending.discard(r.rank)
+            elif msg.kind == "done":
+                run.pending.discard(r.rank)
+            elif msg.kind == "cancelled":
+                run.cancelled_at = int(msg["step"])
+                run.pending.discard(r.rank)
+            else:
+                self._fail_with(r, msg)
+
+    def _cancel(self, run: _Run) -> None:
+        run.cancel_sent = True
+        for r in self._ranks.values():
+            r.channel.send("cancel", id=run.request_id)
+
+    def _abandon(self, run: _Run) -> None:
+        """The caller gave up on ``run``: stop the ranks and wait until each has finished with it."""
+        if not self.alive or not run.pending:
+            return
+        try:
+            if not run.cancel_sent:
+                self._cancel(run)
+            while run.pending:
+                self._follow(run, None)
+        except (WorkerGroupError, OSError) as e:
+            log.warning("worker group %s failed while stopping an abandoned request: %s", self.run_id, e)
 
     def _receive(self, timeout: float, doing: str) -> list[tuple[_Rank, Message]]:
         """Messages that arrived within ``timeout``; a dropped connection or a dead launcher fails the group."""

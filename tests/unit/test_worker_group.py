@@ -112,6 +112,26 @@ def test_cancel_stops_every_rank_within_one_step_and_keeps_the_group(groups, rec
     assert torch.equal(group.sample(tiny_request()).latent, reference.latent)
 
 
+class CallerGaveUp(Exception):
+    pass
+
+
+def test_a_raising_progress_callback_stops_the_ranks_and_keeps_the_group(groups, recipe, reference):
+    # ComfyUI's progress hook raises on Cancel: the ranks must be stopped and drained, or the next request
+    # would read this one's leftover messages
+    group = groups.get(recipe)
+    pids = group.worker_pids
+
+    def give_up(step: int, total: int) -> None:
+        if step == 2:
+            raise CallerGaveUp
+
+    with pytest.raises(CallerGaveUp):
+        group.sample(tiny_request(steps=40), on_step=give_up)
+    assert group.alive and group.worker_pids == pids
+    assert torch.equal(group.sample(tiny_request()).latent, reference.latent)
+
+
 def test_a_rank_raising_fails_the_run_with_its_traceback_then_the_next_prompt_succeeds(groups, recipe, reference):
     group = groups.get(recipe)
     procs = group_processes(group)
