@@ -290,11 +290,12 @@ class WorkerGroup:
             r.channel.send("setup", **setup)
         waiting = set(self._ranks)
         while waiting:
-            for r, msg in self._receive(0.1, "while the ranks were building the engine"):
+            doing = "while the ranks were building the engine"
+            for r, msg in self._receive(0.1, doing):
                 if msg.kind == "ready":
                     waiting.discard(r.rank)
                 else:
-                    self._fail_with(r, msg)
+                    self._fail_with(r, msg, doing)
 
     # -- sampling ----------------------------------------------------------------------------------------------
 
@@ -334,9 +335,10 @@ class WorkerGroup:
         return run.result
 
     def _follow(self, run: _Run, on_step: ProgressCallback | None) -> None:
-        for r, msg in self._receive(0.05, "while sampling"):
+        doing = "while sampling"
+        for r, msg in self._receive(0.05, doing):
             if msg.kind == "error" or msg.get("id") != run.request_id:
-                self._fail_with(r, msg)
+                self._fail_with(r, msg, doing)
             elif msg.kind == "progress":
                 if on_step is not None:
                     on_step(int(msg["step"]), int(msg["total"]))
@@ -350,7 +352,7 @@ class WorkerGroup:
                 run.cancelled_at = int(msg["step"])
                 run.pending.discard(r.rank)
             else:
-                self._fail_with(r, msg)
+                self._fail_with(r, msg, doing)
 
     def _cancel(self, run: _Run) -> None:
         run.cancel_sent = True
@@ -392,9 +394,9 @@ class WorkerGroup:
 
     # -- failure -----------------------------------------------------------------------------------------------
 
-    def _fail_with(self, r: _Rank, msg: Message) -> None:
+    def _fail_with(self, r: _Rank, msg: Message, doing: str) -> None:
         if msg.kind == "error":
-            self._fail(self._error_event(r, msg), "")
+            self._fail(self._error_event(r, msg), doing)
         self._failed = f"{r.describe()} sent an unexpected {msg.kind!r} message (id {msg.get('id')})"
         self._teardown()
         raise WorkerGroupError(f"worker group failed: {self._failed}")  # a protocol bug, not a user error

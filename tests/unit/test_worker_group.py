@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,6 +195,16 @@ def test_group_is_rebuilt_when_the_recipe_changes(groups, recipe, tmp_path):
     assert_all_gone(old_procs)
     req = tiny_request()
     assert torch.equal(new.sample(req).latent, in_process(other, req).latent)
+
+
+def test_a_rank_that_cannot_load_the_model_fails_the_start_with_its_error(tmp_path):
+    # what a machine without the model file at the recipe's path sees
+    recipe = tiny_recipe(tmp_path)
+    Path(recipe.weights).unlink()
+    with pytest.raises(WorkerError) as failed:
+        WorkerGroup(recipe, CONFIG, secret=SECRET)
+    assert "while the ranks were building the engine" in str(failed.value)
+    assert recipe.weights in str(failed.value)
 
 
 def _next_prompt_starts_a_fresh_group(groups: Groups, recipe, reference, failed: WorkerGroup) -> None:
