@@ -245,10 +245,6 @@ class WorkerGroup:
     def launcher_pid(self) -> int:
         return self._launcher.pid
 
-    @property
-    def fingerprint(self) -> str:
-        return self.recipe.fingerprint()
-
     # -- start-up ----------------------------------------------------------------------------------------------
 
     def _connect_ranks(self, deadline: float) -> None:
@@ -269,8 +265,15 @@ class WorkerGroup:
                 continue
             peer = channel.peer
             rank = peer.get("rank")
-            if not isinstance(rank, int) or not 0 <= rank < world or rank in self._ranks:
-                log.warning("control channel: dropped a worker with rank %r (want 0..%d, once each)", rank, world - 1)
+            valid = isinstance(rank, int) and 0 <= rank < world and rank not in self._ranks
+            if not valid or peer.get("world_size") != world:
+                log.warning(
+                    "control channel: dropped a worker claiming rank %r of %r (want 0..%d of %d, once each)",
+                    rank,
+                    peer.get("world_size"),
+                    world - 1,
+                    world,
+                )
                 channel.close()
                 continue
             self._ranks[rank] = _Rank(channel, rank, int(peer.get("pid", -1)), str(peer.get("host", "?")))
@@ -289,8 +292,8 @@ class WorkerGroup:
         for r in self._ranks.values():
             r.channel.send("setup", **setup)
         waiting = set(self._ranks)
+        doing = "while the ranks were building the engine"
         while waiting:
-            doing = "while the ranks were building the engine"
             for r, msg in self._receive(0.1, doing):
                 if msg.kind == "ready":
                     waiting.discard(r.rank)
