@@ -125,7 +125,7 @@ def agent_command(config: GroupConfig, rdzv_endpoint: str, python: str = sys.exe
     cmd = [python, "-m", "torch.distributed.run", "--nnodes", str(config.nnodes)]
     cmd += ["--nproc-per-node", str(config.nproc_per_node), "--rdzv-backend", "c10d"]
     cmd += ["--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", config.rdzv_id, "--max-restarts", "0"]
-    cmd += ["--monitor-interval", "0.1", "--shutdown-timeout", "5"]
+    cmd += ["--monitor-interval", "0.1"]
     cmd += ["--local-addr", local_addr] if local_addr else []
     return [*cmd, "-m", config.worker_module]
 
