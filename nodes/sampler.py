@@ -13,11 +13,10 @@ from dax_core.models.loading import inspect_weights
 from dax_core.recipe import Recipe
 from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, parallel_layout
 from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
+from dax_core.runtime.engine_cache import EngineCache
 from dax_core.runtime.group import GroupConfig, SampleCancelled, WorkerGroup
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
-
-from .engine_cache import EngineCache
 
 log = logging.getLogger(__name__)
 

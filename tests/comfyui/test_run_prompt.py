@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,3 +58,17 @@ def test_wrong_model_file_fails_in_the_loader_then_server_recovers(
         assert "vae" in message.lower(), message
     # the next good prompt (a new seed, so ComfyUI's cache cannot answer it) runs to a video
     _run_to_video(comfy_server, tiny_prompt(seed=seed))
+
+
+def test_free_memory_releases_the_engine_and_the_next_prompt_rebuilds_it(
+    comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]
+) -> None:
+    _run_to_video(comfy_server, tiny_prompt(seed=11))
+    released_before = comfy_server.log_text().count("released DAX engine")
+    # the "Free model and node cache" button of the editor
+    comfy_server._request("POST", "/free", {"unload_models": True, "free_memory": True})
+    deadline = time.monotonic() + 60
+    while comfy_server.log_text().count("released DAX engine") == released_before:
+        assert time.monotonic() < deadline, "the engine was not released after /free\n" + comfy_server.log_tail()
+        time.sleep(0.25)
+    _run_to_video(comfy_server, tiny_prompt(seed=12))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
-from types import ModuleType
 
 import psutil
 import torch
@@ -60,12 +58,3 @@ def assert_all_gone(procs: list[psutil.Process], within_s: float = 10.0) -> None
         time.sleep(0.05)
     left = [f"{p.pid} {' '.join(p.cmdline()[:6])}" for p in procs if _running(p)]
     assert not left, f"processes left behind: {left}"
-
-
-def load_engine_cache() -> ModuleType:
-    """nodes/engine_cache.py without the ``nodes`` package (whose other modules need ComfyUI)."""
-    spec = importlib.util.spec_from_file_location("dax_engine_cache", REPO / "nodes" / "engine_cache.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

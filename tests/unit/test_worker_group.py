@@ -3,7 +3,7 @@ failures (a rank raising, a rank killed with SIGKILL, a rank hung) that end the 
 process behind, and let the next prompt start a fresh group.
 
 One group serves the tests in turn (process start-up is the cost); a failure test leaves it down and the next
-prompt starts another, through the sampler node's own cache (``nodes/engine_cache.py``).
+prompt starts another, through the sampler node's own cache (``dax_core.runtime.engine_cache``).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from group_helpers import (
     assert_all_gone,
     group_processes,
     in_process,
-    load_engine_cache,
     tiny_recipe,
     tiny_request,
 )
 
 from dax_core.runtime.control import new_secret
+from dax_core.runtime.engine_cache import EngineCache
 from dax_core.runtime.group import GroupConfig, SampleCancelled, WorkerError, WorkerGroup, WorkerGroupError
 
 WORLD = 2
@@ -41,7 +41,7 @@ class Groups:
     """The sampler node's policy: one cached group per (recipe, config), started again when it is down."""
 
     def __init__(self) -> None:
-        self.cache = load_engine_cache().EngineCache()
+        self.cache = EngineCache()
         self.started: list[WorkerGroup] = []
 
     def get(self, recipe, config: GroupConfig = CONFIG) -> WorkerGroup:

@@ -1,12 +1,13 @@
-"""Engines built from recipes, kept while ComfyUI keeps the DAX_MODEL that asked for them.
+"""Engines built from recipes, kept while some recipe object that asked for them is alive.
 
-ComfyUI caches node outputs and drops them when the graph changes or when the user frees memory.
-Each engine lives exactly as long as some DAX_MODEL recipe object with its fingerprint is alive, so
-ComfyUI's own cache decides when the model's memory is released; no ComfyUI class is patched.
+In ComfyUI the recipe objects are the DAX_MODEL outputs that ComfyUI caches and drops when the graph
+changes or the user frees memory: each engine lives exactly as long as one of them, so ComfyUI's own
+cache decides when the model's memory is released, and no ComfyUI class is patched.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
@@ -14,7 +15,7 @@ import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from dax_core.recipe import Recipe
+from ..recipe import Recipe
 
 log = logging.getLogger(__name__)
 E = TypeVar("E")
@@ -59,7 +60,8 @@ class EngineCache(Generic[E]):
             if exclusive:
                 for other in [k for k in self._engines if k != key]:
                     self._drop(other)
-        engine = build(recipe)
+        # the engine keeps an equal copy: holding this very object would keep it alive forever
+        engine = build(dataclasses.replace(recipe))
         with self._lock:
             self._engines[key] = engine
         return engine

@@ -1,0 +1,61 @@
+"""Engines live while a recipe object that asked for them is alive, one recipe at a time."""
+
+from __future__ import annotations
+
+import gc
+
+from dax_core.recipe import Recipe
+from dax_core.runtime.engine_cache import EngineCache
+
+
+class FakeEngine:
+    def __init__(self, recipe: Recipe, log: list[str]) -> None:
+        self.recipe = recipe
+        self.log = log
+        log.append(f"build {recipe.weights}")
+
+    def close(self) -> None:
+        self.log.append(f"close {self.recipe.weights}")
+
+
+def _cache() -> tuple[EngineCache, list[str]]:
+    released: list[str] = []
+    return EngineCache(on_release=lambda: released.append("released")), released
+
+
+def test_same_recipe_builds_once_and_equal_recipes_share_the_engine():
+    log: list[str] = []
+    cache, _ = _cache()
+    a = Recipe("a.safetensors")
+    a_again = Recipe("a.safetensors")  # an equal recipe from another node output
+    first = cache.get(a, lambda r: FakeEngine(r, log))
+    assert cache.get(a, lambda r: FakeEngine(r, log)) is first
+    assert cache.get(a_again, lambda r: FakeEngine(r, log)) is first
+    assert log == ["build a.safetensors"]
+    assert first.recipe == a and first.recipe is not a  # the engine must not keep the caller's object alive
+
+
+def test_engine_is_released_when_the_last_recipe_object_is_gone():
+    log: list[str] = []
+    cache, released = _cache()
+    a, a_again = Recipe("a.safetensors"), Recipe("a.safetensors")
+    cache.get(a, lambda r: FakeEngine(r, log))
+    cache.get(a_again, lambda r: FakeEngine(r, log))
+    del a
+    gc.collect()
+    assert len(cache) == 1 and released == []  # a_again still holds it
+    del a_again
+    gc.collect()
+    assert len(cache) == 0
+    assert log == ["build a.safetensors", "close a.safetensors"]
+    assert released == ["released"]
+
+
+def test_a_new_recipe_replaces_the_old_engine():
+    log: list[str] = []
+    cache, _ = _cache()
+    a, b = Recipe("a.safetensors"), Recipe("b.safetensors")
+    cache.get(a, lambda r: FakeEngine(r, log))
+    cache.get(b, lambda r: FakeEngine(r, log))
+    assert log == ["build a.safetensors", "close a.safetensors", "build b.safetensors"]
+    assert len(cache) == 1
