@@ -9,12 +9,16 @@ prompt starts another, through the sampler node's own cache (``dax_core.runtime.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from faulty_worker import MODULE as FAULTY_WORKER
@@ -212,3 +216,32 @@ def _next_prompt_starts_a_fresh_group(groups: Groups, recipe, reference, failed:
     fresh = groups.get(recipe)
     assert fresh is not failed and len(groups.started) == count + 1
     assert torch.equal(fresh.sample(tiny_request()).latent, reference.latent)
+
+
+OWNER_SCRIPT = """
+import json, sys, time
+sys.path[:0] = [{repo!r}, {here!r}]
+from group_helpers import group_processes, tiny_recipe
+from pathlib import Path
+from dax_core.runtime.group import GroupConfig, WorkerGroup
+group = WorkerGroup(tiny_recipe(Path({folder!r})), GroupConfig(2, device="cpu"))
+print(json.dumps([p.pid for p in group_processes(group)]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_an_owner_killed_with_sigkill_leaves_no_orphan(tmp_path):
+    # ComfyUI itself dies: nobody calls close(), yet every rank notices its control connection closing and exits,
+    # and the launcher follows its ranks
+    here = Path(__file__).resolve().parent
+    script = OWNER_SCRIPT.format(repo=str(here.parents[1]), here=str(here), folder=str(tmp_path))
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = json.loads(owner.stdout.readline())
+        procs = [psutil.Process(pid) for pid in pids]
+        assert len(procs) == 3
+        owner.kill()
+        owner.wait(10)
+        assert_all_gone(procs, within_s=20)
+    finally:
+        owner.kill()
