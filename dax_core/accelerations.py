@@ -2,7 +2,8 @@
 
 Each acceleration is a frozen config (``dax_core.recipe.Acceleration`` subclass) that knows how to apply
 itself to one model instance: ``apply(model, env)``. Quantization comes first (it replaces linear
-layers), then the attention backend, the step cache, and compilation last (it traces what the others set).
+layers), then the attention backend, the step cache (TeaCache or MagCache), and compilation last (it traces
+what the others set).
 """
 
 from __future__ import annotations
@@ -12,24 +13,30 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from .models.wan import WanModel
 from .recipe import Acceleration, Recipe
 
 log = logging.getLogger(__name__)
 
-APPLY_ORDER = ("quantize", "attention", "teacache", "compile")
+APPLY_ORDER = ("quantize", "attention", "teacache", "magcache", "compile")
 
 # Modules that define (and register) acceleration configs; imported before a recipe is rebuilt from a dict.
-CONFIG_MODULES: tuple[str, ...] = ("dax_core.compile.regional",)
+CONFIG_MODULES: tuple[str, ...] = ("dax_core.compile.regional", "dax_core.cache.config")
 
 
 @dataclass(frozen=True)
 class BuildEnv:
-    """What an acceleration may need to know about where the model runs."""
+    """What an acceleration may need to know about where the model runs.
+
+    ``sequence_group``: the process group the video tokens are split over (sequence parallelism), or None on
+    one device; accelerations that must decide alike on every rank (step caches) reduce over it.
+    """
 
     device: torch.device
     world_size: int = 1
+    sequence_group: dist.ProcessGroup | None = None
 
 
 def register_config_modules() -> None:

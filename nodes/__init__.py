@@ -2,15 +2,21 @@
 
 from .compile import DaxCompile
 from .load_wan import DaxLoadWan
+from .magcache import DaxMagcache
 from .sampler import DaxMultiGPUSampler
+from .teacache import DaxTeacache
 
 NODE_CLASS_MAPPINGS = {
     "DaxLoadWan": DaxLoadWan,
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
     "DaxCompile": DaxCompile,
+    "DaxTeacache": DaxTeacache,
+    "DaxMagcache": DaxMagcache,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
     "DaxCompile": "Compile (DAX)",
+    "DaxTeacache": "TeaCache (DAX)",
+    "DaxMagcache": "MagCache (DAX)",
 }

@@ -179,7 +179,7 @@ class DaxMultiGPUSampler:
             result = _sample_in_group(dax_model, request, config, pbar)
         out = dict(latent_image)
         out["samples"] = result.latent
-        return {"ui": {"dax_summary": [result.summary()]}, "result": (out,)}
+        return {"ui": {"dax_summary": result.summary_lines()}, "result": (out,)}
 
     @staticmethod
     def _sample_here(recipe: Recipe, request: SampleRequest, pbar) -> SampleResult:

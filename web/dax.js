@@ -1,4 +1,4 @@
-// DAX front-end extension: shows the sampler's run summary (steps, time) under the Multi-GPU Sampler node.
+// DAX front-end extension: shows the sampler's run summary (steps, time, skipped steps) under the Multi-GPU Sampler node.
 import { app } from "../../scripts/app.js";
 
 const SUMMARY_WIDGET = "dax_summary";

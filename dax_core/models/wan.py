@@ -8,8 +8,9 @@ Float32 where Wan keeps it: time embedding, modulation, norms and rotary embeddi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ from ..attention import AttentionFn, get_backend
 from . import ops
 from .rope import rope_cos_sin
 from .spec import WanSpec
+
+if TYPE_CHECKING:
+    from ..cache.base import StepCache
 
 
 class WanLinear(nn.Linear):
@@ -176,12 +180,26 @@ class Prepared:
     grid: tuple[int, int, int]  # (frames, height, width) in patches
     out_shape: tuple[int, ...]  # [B, C, F, H, W] of the input latent
 
+    def select(self, rows: slice | torch.Tensor) -> Prepared:
+        """The same inputs for some batch rows only (a step cache runs the blocks for the rows that need them)."""
+        tokens = self.tokens[rows]
+        return replace(
+            self,
+            tokens=tokens,
+            e=self.e[rows],
+            e0=self.e0[rows],
+            context=self.context[rows],
+            out_shape=(tokens.shape[0], *self.out_shape[1:]),
+        )
+
 
 class WanModel(nn.Module):
     """The Wan2.1 T2V diffusion transformer.
 
     ``forward(x, t, context)`` takes the latent [B, 16, F, H, W], the timestep [B] on Wan's 0..1000
     scale and the text [B, L, text_dim]; it returns the flow (velocity) prediction, same shape as x.
+    A ``step_cache`` (TeaCache...), when set, decides between ``prepare`` and ``run_blocks`` whether the block
+    stack runs; ``branches`` then names the stream (e.g. CFG's "cond" / "uncond") of each batch row.
     """
 
     def __init__(self, spec: WanSpec, device=None, dtype: torch.dtype | None = None) -> None:
@@ -210,6 +228,7 @@ class WanModel(nn.Module):
         self.cross_attn_fn: AttentionFn = sdpa
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.compiled: Any = None  # the CompileConfig in force, set by dax_core.compile
+        self.step_cache: StepCache | None = None
 
     def set_attention(self, self_attn: AttentionFn, cross_attn: AttentionFn | None = None) -> None:
         """Attention kernels for this model instance only (cross-attention defaults to the same)."""
@@ -251,6 +270,7 @@ class WanModel(nn.Module):
         return Prepared(tokens, e, e0, ctx, self.rope(grid, x.device), grid, tuple(x.shape))
 
     def run_blocks(self, p: Prepared) -> torch.Tensor:
+        """The block stack on ``p.tokens`` (left unchanged: step caches take residuals against it)."""
         x = p.tokens
         for block in self.blocks:
             x = block(x, p.e0, p.context, p.rope, self.self_attn_fn, self.cross_attn_fn)
@@ -264,6 +284,12 @@ class WanModel(nn.Module):
         out = out.view(b, f, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return out.reshape(b, c, f * pt, h * ph, w * pw)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, branches: Sequence[str] | None = None
+    ) -> torch.Tensor:
         p = self.prepare(x, t, context)
-        return self.finish(self.run_blocks(p), p)
+        if self.step_cache is None:
+            return self.finish(self.run_blocks(p), p)
+        if branches is None:  # unnamed rows are one stream
+            branches = ("default",) * x.shape[0]
+        return self.finish(self.step_cache.run_blocks(self, p, branches), p)

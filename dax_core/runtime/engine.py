@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..accelerations import BuildEnv, apply_accelerations
-from ..models.loading import load_wan_model
+from ..cache.base import StepCache, StepCacheReport
 from ..models.wan import WanModel
 from ..recipe import Recipe
 from . import latents
@@ -70,13 +71,20 @@ class SampleResult:
     steps: int
     seconds: float  # wall time of the sampling loop
     first_step_seconds: float  # includes compilation when the model is compiled
+    step_cache: StepCacheReport | None = None  # what a step cache (TeaCache, MagCache) skipped, per branch
+
+    def summary_lines(self) -> list[str]:
+        text = f"{self.steps} step{'s' if self.steps != 1 else ''} in {self.seconds:.1f} s"
+        if self.steps > 1:
+            later = (self.seconds - self.first_step_seconds) / (self.steps - 1)
+            text += f" (first step {self.first_step_seconds:.1f} s, then {later:.2f} s/step)"
+        lines = [text]
+        if self.step_cache is not None:
+            lines.append(self.step_cache.summary())
+        return lines
 
     def summary(self) -> str:
-        later = (self.seconds - self.first_step_seconds) / max(self.steps - 1, 1)
-        text = f"{self.steps} steps in {self.seconds:.1f} s"
-        if self.steps > 1:
-            text += f" (first step {self.first_step_seconds:.1f} s, then {later:.2f} s/step)"
-        return text
+        return "; ".join(self.summary_lines())
 
 
 class WanEngine:
@@ -91,6 +99,8 @@ class WanEngine:
     @classmethod
     def build(cls, recipe: Recipe, device: torch.device | str) -> WanEngine:
         """Load the recipe's weights on ``device`` and apply its accelerations."""
+        from ..models.loading import load_wan_model  # the weight loader is needed only here
+
         device = torch.device(device)
         start = time.perf_counter()
         model = load_wan_model(
@@ -109,7 +119,10 @@ class WanEngine:
         return emb.expand(batch, -1, -1) if emb.shape[0] == 1 else emb
 
     def denoiser(self, req: SampleRequest) -> Callable[[torch.Tensor, float], torch.Tensor]:
-        """(x, sigma) -> denoised x0 with classifier-free guidance, the two branches batched when they fit."""
+        """(x, sigma) -> denoised x0 with classifier-free guidance, the two branches batched when they fit.
+
+        Every model call names the CFG branch of each batch row ("cond" / "uncond") for the model's step cache.
+        """
         batch = req.latent.shape[0]
         use_cfg = req.cfg != 1.0
         pos = self._text(req.positive, batch)
@@ -117,19 +130,20 @@ class WanEngine:
         batched = use_cfg and neg is not None and neg.shape[1] == pos.shape[1]
         context = torch.cat([pos, neg]) if batched else pos
         model = self.model
+        cond, uncond = ("cond",) * batch, ("uncond",) * batch
 
-        def velocity(x: torch.Tensor, sigma: float, ctx: torch.Tensor) -> torch.Tensor:
+        def velocity(x: torch.Tensor, sigma: float, ctx: torch.Tensor, branches: tuple[str, ...]) -> torch.Tensor:
             n = ctx.shape[0] // x.shape[0]
             x_in = x.repeat(n, 1, 1, 1, 1) if n > 1 else x
             t = torch.full((x_in.shape[0],), sigma_to_timestep(sigma), device=self.device, dtype=torch.float32)
-            return model(x_in, t, ctx).float()
+            return model(x_in, t, ctx, branches=branches).float()
 
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
             if batched:
-                v_cond, v_uncond = velocity(x, sigma, context).chunk(2)
+                v_cond, v_uncond = velocity(x, sigma, context, cond + uncond).chunk(2)
             else:
-                v_cond = velocity(x, sigma, pos)
-                v_uncond = velocity(x, sigma, neg) if use_cfg else None
+                v_cond = velocity(x, sigma, pos, cond)
+                v_uncond = velocity(x, sigma, neg, uncond) if use_cfg else None
             x0_cond = x - sigma * v_cond
             if v_uncond is None:
                 return x0_cond
@@ -148,6 +162,9 @@ class WanEngine:
             image = latents.normalize(image)
         s0 = float(sigmas[0])
         x = s0 * noise + (1.0 - s0) * image
+        steps = len(sigmas) - 1
+        cache = self.model.step_cache
+        denoise = self.denoiser(req)
         start = time.perf_counter()
         first_step_end: list[float] = []
 
@@ -161,14 +178,38 @@ class WanEngine:
             if on_step is not None:
                 on_step(i, total, x_now)
 
-        x = sample(req.sampler, self.denoiser(req), x, sigmas, callback=step_done)
+        report = None
+        if cache is not None:
+            cache.start_run(steps)  # a new run: nothing of an earlier prompt or workflow is reused
+            denoise = _announcing_steps(denoise, cache)
+        try:
+            x = sample(req.sampler, denoise, x, sigmas, callback=step_done)
+        finally:
+            if cache is not None:
+                report = cache.end_run()  # also after a cancelled run: the residuals are released
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         end = time.perf_counter()
         result = SampleResult(
-            latents.denormalize(x.float()).cpu(), len(sigmas) - 1, end - start, first_step_end[0] - start
+            latents.denormalize(x.float()).cpu(), steps, end - start, first_step_end[0] - start, report
         )
         log.info(
             "%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, req.scheduler, req.cfg
         )
+        if report is not None:
+            for branch in report.branches:
+                log.info("%s %s steps: %s (C computed, S skipped)", report.cache, branch.name, branch.pattern)
         return result
+
+
+def _announcing_steps(
+    denoise: Callable[[torch.Tensor, float], torch.Tensor], cache: StepCache
+) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """The denoiser, telling the cache which step each call belongs to (the samplers call it once per step)."""
+    counter = itertools.count()
+
+    def run(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        cache.start_step(next(counter))
+        return denoise(x, sigma)
+
+    return run

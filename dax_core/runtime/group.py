@@ -39,7 +39,7 @@ from .distributed import DEVICE_KINDS, ParallelConfig, parallel_to_dict
 from .engine import SampleRequest, SampleResult
 from .failures import RankEvent, explain, primary_event
 from .processes import LaunchedProcess
-from .sample_messages import request_fields
+from .sample_messages import request_fields, result_from_message
 from .wire import Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -346,8 +346,7 @@ class WorkerGroup:
                 if on_step is not None:
                     on_step(int(msg["step"]), int(msg["total"]))
             elif msg.kind == "result":
-                latent, steps, seconds = msg.tensors["latent"], int(msg["steps"]), float(msg["seconds"])
-                run.result = SampleResult(latent, steps, seconds, float(msg["first_step_seconds"]))
+                run.result = result_from_message(msg)
                 run.pending.discard(r.rank)
             elif msg.kind == "done":
                 run.pending.discard(r.rank)

@@ -1,4 +1,4 @@
-"""A ``SampleRequest`` as a control-channel message and back: scalar fields in the header, tensors as tensors."""
+"""Requests and results as control-channel messages and back: scalar fields in the header, tensors as tensors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from .engine import SampleRequest
+from ..cache.base import BranchReport, StepCacheReport
+from .engine import SampleRequest, SampleResult
 from .wire import Message
 
 _SCALARS = ("seed", "steps", "cfg", "shift", "sampler", "scheduler")
@@ -31,4 +32,33 @@ def request_from_message(msg: Message) -> SampleRequest:
         negative=msg.tensors.get("negative"),
         latent=msg.tensors["latent"],
         **{name: msg[name] for name in _SCALARS},
+    )
+
+
+def result_fields(result: SampleResult) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    fields: dict[str, Any] = {
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "first_step_seconds": result.first_step_seconds,
+        "step_cache": None,
+    }
+    report = result.step_cache
+    if report is not None:
+        branches = [{"name": b.name, "pattern": b.pattern} for b in report.branches]
+        fields["step_cache"] = {"cache": report.cache, "steps": report.steps, "branches": branches}
+    return fields, {"latent": result.latent}
+
+
+def result_from_message(msg: Message) -> SampleResult:
+    report = msg.get("step_cache")
+    step_cache = None
+    if report is not None:
+        branches = tuple(BranchReport(b["name"], b["pattern"]) for b in report["branches"])
+        step_cache = StepCacheReport(report["cache"], int(report["steps"]), branches)
+    return SampleResult(
+        latent=msg.tensors["latent"],
+        steps=int(msg["steps"]),
+        seconds=float(msg["seconds"]),
+        first_step_seconds=float(msg["first_step_seconds"]),
+        step_cache=step_cache,
     )

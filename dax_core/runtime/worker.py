@@ -34,7 +34,7 @@ from ..recipe import Recipe
 from .control import ADDRESS_ENV, SECRET_ENV, Channel, connect, parse_address
 from .distributed import ParallelConfig, RankEnv, build_engine, init_process_group, parallel_from_dict
 from .engine import SampleRequest, SampleResult, StepCallback
-from .sample_messages import request_from_message
+from .sample_messages import request_from_message, result_fields
 from .wire import Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -174,15 +174,8 @@ class Worker:
             return False
         inbox.forget(request_id)
         if lead:
-            tensors = {"latent": result.latent}
-            self.channel.send(
-                "result",
-                tensors,
-                id=request_id,
-                steps=result.steps,
-                seconds=result.seconds,
-                first_step_seconds=result.first_step_seconds,
-            )
+            fields, tensors = result_fields(result)
+            self.channel.send("result", tensors, id=request_id, **fields)
         else:
             self.channel.send("done", id=request_id)
         return True
