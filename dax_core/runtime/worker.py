@@ -96,8 +96,9 @@ class Inbox:
             return request_id in self._cancelled
 
     def forget(self, request_id: int) -> None:
+        """Drop cancels of this request and earlier ones (a cancel can arrive just after its request ended)."""
         with self._lock:
-            self._cancelled.discard(request_id)
+            self._cancelled = {i for i in self._cancelled if i > request_id}
 
 
 class StopVote:
