@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -82,13 +82,18 @@ class WanAttention(nn.Module):
         self.norm_q = RMSNormWeight(dim, device=device, dtype=dtype)
         self.norm_k = RMSNormWeight(dim, device=device, dtype=dtype)
 
+    def query(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Self-attention queries [B, S, H, D]: projection, RMSNorm across heads, rotary embedding."""
+        return ops.rms_norm_rope(self.q(x), self.norm_q.weight, *rope, self.num_heads, self.eps)
+
+    def key(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return ops.rms_norm_rope(self.k(x), self.norm_k.weight, *rope, self.num_heads, self.eps)
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.v(x).unflatten(-1, (self.num_heads, -1))
+
     def self_attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: AttentionFn):
-        cos, sin = rope
-        h = self.num_heads
-        q = ops.rms_norm_rope(self.q(x), self.norm_q.weight, cos, sin, h, self.eps)
-        k = ops.rms_norm_rope(self.k(x), self.norm_k.weight, cos, sin, h, self.eps)
-        v = self.v(x).unflatten(-1, (h, -1))
-        out = attn(q, k, v)
+        out = attn(self.query(x, rope), self.key(x, rope), self.value(x))
         return self.o(out.flatten(2))
 
     def cross_attention(self, x: torch.Tensor, context: torch.Tensor, attn: AttentionFn) -> torch.Tensor:
@@ -123,10 +128,18 @@ class WanBlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         self_attn: AttentionFn,
         cross_attn: AttentionFn,
+        parallel: SequenceParallelHooks | None = None,
     ) -> torch.Tensor:
-        """x: [B, S, D]; e0: [B, 6, D] float32 time projection; context: [B, L, D] embedded text."""
+        """x: [B, S, D]; e0: [B, 6, D] float32 time projection; context: [B, L, D] embedded text.
+
+        With ``parallel``, x holds this rank's slice of the tokens and self-attention runs across ranks.
+        """
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e0).chunk(6, dim=1)
-        y = self.self_attn.self_attention(ops.modulated_layer_norm(x, shift, scale, self.eps), rope, self_attn)
+        xn = ops.modulated_layer_norm(x, shift, scale, self.eps)
+        if parallel is None:
+            y = self.self_attn.self_attention(xn, rope, self_attn)
+        else:
+            y = parallel.self_attention(self.self_attn, xn, rope, self_attn)
         x = ops.gated_residual(x, y, gate)
         if self.norm3 is not None:
             xn = ops.affine_layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps)
@@ -172,12 +185,12 @@ def _linear_f32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 class Prepared:
     """Everything the block stack needs for one forward; produced by ``WanModel.prepare``."""
 
-    tokens: torch.Tensor  # [B, S, D] in the compute dtype
+    tokens: torch.Tensor  # [B, S, D] in the compute dtype (this rank's batch and tokens when sequence-parallel)
     e: torch.Tensor  # [B, D] float32 time embedding (for the head)
     e0: torch.Tensor  # [B, 6, D] float32 time projection (for the blocks)
     context: torch.Tensor  # [B, L, D] embedded text
-    rope: tuple[torch.Tensor, torch.Tensor]
-    grid: tuple[int, int, int]  # (frames, height, width) in patches
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [S, head_dim/2] for the tokens above
+    grid: tuple[int, int, int]  # (frames, height, width) in patches, of the whole video
     out_shape: tuple[int, ...]  # [B, C, F, H, W] of the input latent
 
     def select(self, rows: slice | torch.Tensor) -> Prepared:
@@ -191,6 +204,25 @@ class Prepared:
             context=self.context[rows],
             out_shape=(tokens.shape[0], *self.out_shape[1:]),
         )
+
+
+class SequenceParallelHooks(Protocol):
+    """What a sequence-parallel plan (``dax_core.parallel``) does at the model's four seams: take this rank's
+    guidance branch, take its slice of the video tokens, run self-attention across ranks, gather the output."""
+
+    def split_batch(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def shard_tokens(
+        self, tokens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def self_attention(
+        self, attn: WanAttention, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kernel: AttentionFn
+    ) -> torch.Tensor: ...
+
+    def gather_tokens(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 class WanModel(nn.Module):
@@ -229,6 +261,8 @@ class WanModel(nn.Module):
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.compiled: Any = None  # the CompileConfig in force, set by dax_core.compile
         self.step_cache: StepCache | None = None
+        self.sequence_parallel: SequenceParallelHooks | None = None
+        """Set by ``dax_core.parallel.enable_sequence_parallel`` on this instance only."""
 
     def set_attention(self, self_attn: AttentionFn, cross_attn: AttentionFn | None = None) -> None:
         """Attention kernels for this model instance only (cross-attention defaults to the same)."""
@@ -257,27 +291,36 @@ class WanModel(nn.Module):
                 f"latent frames/height/width {tuple(x.shape[2:])} must be multiples of the patch size "
                 f"{spec.patch_size}; pick a width and height divisible by 16"
             )
+        out_shape = tuple(x.shape)
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
+        sp = self.sequence_parallel
+        if sp is not None:
+            x, t, context = sp.split_batch(x, t, context)
         tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
         grid = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2).to(self.compute_dtype)
+        rope = self.rope(grid, x.device)
+        if sp is not None:
+            tokens, rope = sp.shard_tokens(tokens, rope, grid)
 
-        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
         e = _linear_f32(
             self.time_embedding[2], F.silu(_linear_f32(self.time_embedding[0], sinusoidal_embedding(spec.freq_dim, t)))
         )
         e0 = _linear_f32(self.time_projection[1], F.silu(e)).unflatten(1, (6, spec.dim))
         ctx = self.text_embedding(context.to(self.compute_dtype))
-        return Prepared(tokens, e, e0, ctx, self.rope(grid, x.device), grid, tuple(x.shape))
+        return Prepared(tokens, e, e0, ctx, rope, grid, out_shape)
 
     def run_blocks(self, p: Prepared) -> torch.Tensor:
         """The block stack on ``p.tokens`` (left unchanged: step caches take residuals against it)."""
         x = p.tokens
         for block in self.blocks:
-            x = block(x, p.e0, p.context, p.rope, self.self_attn_fn, self.cross_attn_fn)
+            x = block(x, p.e0, p.context, p.rope, self.self_attn_fn, self.cross_attn_fn, self.sequence_parallel)
         return x
 
     def finish(self, x: torch.Tensor, p: Prepared) -> torch.Tensor:
         out = self.head(x, p.e)
+        if self.sequence_parallel is not None:
+            out = self.sequence_parallel.gather_tokens(out)
         b, c = p.out_shape[0], self.spec.out_dim
         f, h, w = p.grid
         pt, ph, pw = self.spec.patch_size
@@ -292,4 +335,9 @@ class WanModel(nn.Module):
             return self.finish(self.run_blocks(p), p)
         if branches is None:  # unnamed rows are one stream
             branches = ("default",) * x.shape[0]
+        if p.tokens.shape[0] != len(branches):
+            raise ValueError(
+                "a step cache (TeaCache/MagCache) cannot be combined with CFG-parallel, where each rank holds "
+                "one branch; use a Ulysses/ring layout without cfg_parallel, or drop the step cache"
+            )
         return self.finish(self.step_cache.run_blocks(self, p, branches), p)
