@@ -7,7 +7,6 @@ collective timeout is bounded so that a hung or dead peer turns into an error on
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -18,9 +17,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..parallel import ParallelConfig, enable_sequence_parallel
 from ..recipe import Recipe
 from .engine import WanEngine
-from .parallel_standin import ParallelConfig, enable_sequence_parallel
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +79,11 @@ def init_process_group(env: RankEnv, device: torch.device, timeout_s: float) -> 
 
 
 def parallel_from_dict(data: Mapping[str, Any] | None) -> ParallelConfig | None:
-    return None if data is None else ParallelConfig(**data)
+    return None if data is None else ParallelConfig.from_dict(dict(data))
 
 
 def parallel_to_dict(cfg: ParallelConfig | None) -> dict[str, Any] | None:
-    return None if cfg is None else dataclasses.asdict(cfg)
+    return None if cfg is None else cfg.to_dict()
 
 
 def build_engine(recipe: Recipe, device: torch.device, parallel: ParallelConfig | None) -> WanEngine:

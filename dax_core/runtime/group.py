@@ -445,6 +445,10 @@ class WorkerGroup:
             raise WorkerError(message + tail, cause.rank, cause.exception, cause.traceback)
         raise WorkerGroupError(message + tail)
 
+    def launcher_log(self, lines: int = 200) -> str:
+        """The last lines the launcher and the ranks printed (they are also logged as ``dax_core.workers``)."""
+        return self._launcher.tail(lines)
+
     def _log_tail(self) -> str:
         tail = self._launcher.tail(25)
         return f"\n--- launcher log (last lines) ---\n{tail}" if tail else ""

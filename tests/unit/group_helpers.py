@@ -39,6 +39,12 @@ def in_process(recipe: Recipe, req: SampleRequest) -> SampleResult:
     return WanEngine.build(recipe, "cpu").sample(req)
 
 
+def assert_same_latent(got: SampleResult, expected: SampleResult) -> None:
+    """The group's latent against the in-process one. With the tokens split over ranks, matmuls run on token slices
+    and attention partials may be merged: float32 rounding of ~1e-6 per step; a wrong split or a lost step is O(1)."""
+    torch.testing.assert_close(got.latent, expected.latent, rtol=1e-5, atol=1e-5)
+
+
 def group_processes(group: WorkerGroup) -> list[psutil.Process]:
     """The launcher and everything under it, while the group is up."""
     launcher = psutil.Process(group.launcher_pid)

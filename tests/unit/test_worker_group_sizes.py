@@ -9,12 +9,12 @@ import signal
 import subprocess
 
 import pytest
-import torch
 from faulty_worker import MODULE as FAULTY_WORKER
 from faulty_worker import RAISE_SEED
-from group_helpers import assert_all_gone, group_processes, in_process, tiny_recipe, tiny_request
+from group_helpers import assert_all_gone, assert_same_latent, group_processes, in_process, tiny_recipe, tiny_request
 
 from dax_core.runtime.control import SECRET_ENV, new_secret
+from dax_core.runtime.distributed import parallel_layout
 from dax_core.runtime.group import (
     GroupConfig,
     SampleCancelled,
@@ -38,11 +38,12 @@ def reference(recipe):
 
 
 def test_four_ranks_cancel_raise_and_sigkill(recipe, reference):
-    config = GroupConfig(4, device="cpu", collective_timeout_s=30, worker_module=FAULTY_WORKER)
+    hybrid = parallel_layout(4, "hybrid", ulysses_degree=2)  # Ulysses pairs, a ring of 2 pairs
+    config = GroupConfig(4, device="cpu", parallel=hybrid, collective_timeout_s=30, worker_module=FAULTY_WORKER)
     group = WorkerGroup(recipe, config)
     try:
         assert sorted(group.worker_pids) == [0, 1, 2, 3]
-        assert torch.equal(group.sample(tiny_request()).latent, reference.latent)
+        assert_same_latent(group.sample(tiny_request()), reference)
 
         seen: list[int] = []
         with pytest.raises(SampleCancelled) as cancelled:
@@ -59,7 +60,7 @@ def test_four_ranks_cancel_raise_and_sigkill(recipe, reference):
 
     group = WorkerGroup(recipe, config)  # the next prompt: a fresh group
     try:
-        assert torch.equal(group.sample(tiny_request()).latent, reference.latent)
+        assert_same_latent(group.sample(tiny_request()), reference)
         procs = group_processes(group)
         victim = group.worker_pids[2]
         with pytest.raises(WorkerGroupError, match=f"rank 2 \\(pid {victim}"):
@@ -76,6 +77,7 @@ def test_two_launcher_agents_form_one_group(recipe, reference, monkeypatch):
         1,
         device="cpu",
         nnodes=2,
+        parallel=parallel_layout(2),  # the all-to-all crosses the two "machines"
         rdzv_endpoint=f"127.0.0.1:{free_port()}",
         control_port=free_port(),
         local_addr="127.0.0.1",
@@ -95,8 +97,8 @@ def test_two_launcher_agents_form_one_group(recipe, reference, monkeypatch):
             assert sorted(group.worker_pids) == [0, 1]
             local = {p.pid for p in group_processes(group)}
             assert len(set(group.worker_pids.values()) - local) == 1  # one rank runs under the other agent
-            assert torch.equal(group.sample(tiny_request()).latent, reference.latent)
-            assert torch.equal(group.sample(tiny_request()).latent, reference.latent)
+            assert_same_latent(group.sample(tiny_request()), reference)
+            assert_same_latent(group.sample(tiny_request()), reference)
         # closing the group ends the other machine's agent too: its rank was told to shut down
         output = other.communicate(timeout=60)[0].decode(errors="replace")
         assert other.returncode == 0, output
