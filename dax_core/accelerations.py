@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 APPLY_ORDER = ("quantize", "attention", "teacache", "magcache", "compile")
 
 # Modules that define (and register) acceleration configs; imported before a recipe is rebuilt from a dict.
-CONFIG_MODULES: tuple[str, ...] = ("dax_core.compile.regional", "dax_core.cache.config")
+CONFIG_MODULES: tuple[str, ...] = ("dax_core.quant.config", "dax_core.compile.regional", "dax_core.cache.config")
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,14 @@
 from .compile import DaxCompile
 from .load_wan import DaxLoadWan
 from .magcache import DaxMagcache
+from .quantize import DaxQuantizeLinear
 from .sampler import DaxMultiGPUSampler
 from .teacache import DaxTeacache
 
 NODE_CLASS_MAPPINGS = {
     "DaxLoadWan": DaxLoadWan,
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
+    "DaxQuantizeLinear": DaxQuantizeLinear,
     "DaxCompile": DaxCompile,
     "DaxTeacache": DaxTeacache,
     "DaxMagcache": DaxMagcache,
@@ -16,6 +18,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
+    "DaxQuantizeLinear": "Quantize Linear (DAX)",
     "DaxCompile": "Compile (DAX)",
     "DaxTeacache": "TeaCache (DAX)",
     "DaxMagcache": "MagCache (DAX)",

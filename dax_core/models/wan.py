@@ -335,7 +335,7 @@ class WanModel(nn.Module):
             return self.finish(self.run_blocks(p), p)
         if branches is None:  # unnamed rows are one stream
             branches = ("default",) * x.shape[0]
-        if p.tokens.shape[0] != len(branches):
+        if self.sequence_parallel is not None and p.tokens.shape[0] != x.shape[0]:
             raise ValueError(
                 "a step cache (TeaCache/MagCache) cannot be combined with CFG-parallel, where each rank holds "
                 "one branch; use a Ulysses/ring layout without cfg_parallel, or drop the step cache"

@@ -1,0 +1,71 @@
+"""Quantize Linear: DAX_MODEL -> DAX_MODEL whose linear layers run in FP8 or INT8 (weights quantized at build)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from dax_core.models.spec import WanSpec
+from dax_core.quant.config import DTYPES, QuantizeConfig, parse_keep_list
+from dax_core.quant.qconfig import GRANULARITIES, PER_TOKEN_PER_CHANNEL, require_fp8_support
+from dax_core.quant.wan import WAN_KEEP_DEFAULT
+from dax_core.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+TOOLTIPS = {
+    "dtype": "fp8 (e4m3): fastest on Ada/Hopper/Blackwell (compute capability 8.9+). int8: any CUDA GPU, but on "
+    "Hopper its GEMM plus rescaling is no faster than bf16.",
+    "granularity": "per-token-per-channel: one scale per token and per output channel (accurate, the default). "
+    "per-tensor: one scale per activation and per weight (ComfyUI's scaled fp8 files).",
+    "keep_high_precision": "Comma list of module-name prefixes kept in bf16 (Wan or diffusers names, or "
+    "'re:<regex>'). Default: text and time embedders, patch embedding and the output head.",
+}
+
+
+def _sampling_device() -> torch.device:
+    import comfy.model_management as mm
+
+    return mm.get_torch_device()
+
+
+def _weights_spec(path: str) -> WanSpec:
+    from dax_core.models.loading import inspect_weights
+
+    return inspect_weights(path).spec
+
+
+class DaxQuantizeLinear:
+    """Run the model's linear layers in FP8 or INT8: activations quantized at every call, weights once."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "dax_model": ("DAX_MODEL",),
+                "dtype": (list(DTYPES), {"default": "fp8", "tooltip": TOOLTIPS["dtype"]}),
+                "granularity": (
+                    list(GRANULARITIES),
+                    {"default": PER_TOKEN_PER_CHANNEL, "tooltip": TOOLTIPS["granularity"]},
+                ),
+                "keep_high_precision": (
+                    "STRING",
+                    {"default": ", ".join(WAN_KEEP_DEFAULT), "tooltip": TOOLTIPS["keep_high_precision"]},
+                ),
+            }
+        }
+
+    RETURN_TYPES = ("DAX_MODEL",)
+    RETURN_NAMES = ("dax_model",)
+    FUNCTION = "patch"
+    CATEGORY = "DAX"
+    DESCRIPTION = "FP8 or INT8 linear layers for the DAX sampler (a new DAX_MODEL; the input is unchanged)."
+
+    def patch(self, dax_model: Recipe, dtype: str, granularity: str, keep_high_precision: str) -> tuple[Recipe]:
+        config = QuantizeConfig(dtype=dtype, granularity=granularity, keep=parse_keep_list(keep_high_precision))
+        if dtype == "fp8":
+            require_fp8_support(_sampling_device())
+        config.check(_weights_spec(dax_model.weights))
+        log.info("Quantize Linear: %s %s, kept in high precision: %s", dtype, granularity, ", ".join(config.keep))
+        return (dax_model.with_acceleration(config),)
