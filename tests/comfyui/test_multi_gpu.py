@@ -48,7 +48,7 @@ def test_two_prompts_share_one_worker_group_and_a_cancel_keeps_it(
     prompt_id = comfy_server.queue_prompt(tiny_prompt(seed=23, gpus=2, steps=1000))
     _wait_for_log(comfy_server, SAMPLING, started + 1, timeout=RUN_TIMEOUT)
     time.sleep(0.5)
-    comfy_server._request("POST", "/interrupt", {})
+    comfy_server.interrupt()
     cancelled_at = time.monotonic()
     with pytest.raises(PromptFailed) as failed:
         comfy_server.wait_for(prompt_id, timeout=RUN_TIMEOUT)
