@@ -3,6 +3,7 @@
 Commands:
   tiny-model   write a small random Wan2.1 DiT (ComfyUI and/or diffusers naming)
   demo         run the shipped workflow end to end through a headless ComfyUI on 127.0.0.1
+  generate     sample a latent from text embeddings, in one process or under torchrun (sequence parallel)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "tiny-model": "dax_core.models.tiny",
         "demo": "dax_core.demo.run",
+        "generate": "dax_core.runtime.generate",
     }
     if not argv or argv[0] not in commands:
         sys.stderr.write(__doc__ or "")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import comfy.model_management as mm
 import comfy.utils
 import torch
 
+from dax_core.models.loading import inspect_weights
 from dax_core.recipe import Recipe
-from dax_core.runtime.engine import SampleRequest, WanEngine
+from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, parallel_layout
+from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
 from dax_core.runtime.engine_cache import EngineCache
+from dax_core.runtime.group import GroupConfig, SampleCancelled, WorkerGroup
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
 
@@ -18,10 +22,17 @@ log = logging.getLogger(__name__)
 
 TOOLTIPS = {
     "shift": "Flow shift: Wan2.1 uses 8 for T2V at 480p (5 at 720p).",
-    "gpus": "GPUs to split the video tokens over (sequence parallelism).",
+    "gpus": "1: sample in ComfyUI's process. More: a group of worker processes, one per GPU, that split the video "
+    "tokens (sequence parallelism); it stays up between prompts. On a CPU-only ComfyUI: CPU workers (for testing).",
+    "sequence_parallel": "How the workers split attention over the video tokens: ulysses (all-to-all over heads; "
+    "the degree must divide the heads: 12 for 1.3B, 40 for 14B), ring (key/value blocks passed around), or hybrid.",
+    "ulysses_degree": "hybrid only: the Ulysses degree; the ring degree is the rest.",
+    "cfg_parallel": "Run the positive and negative branches on two halves of the GPUs (needs an even count).",
+    "overlap": "Overlap the workers' communication with computation.",
 }
+CPU_WORKERS_MAX = 8
 
-ENGINES: EngineCache[WanEngine] = EngineCache(on_release=mm.soft_empty_cache)
+ENGINES: EngineCache[WanEngine | WorkerGroup] = EngineCache(on_release=mm.soft_empty_cache)
 
 
 def _text_embedding(conditioning: list, which: str) -> torch.Tensor:
@@ -46,11 +57,66 @@ def _build_engine(recipe: Recipe) -> WanEngine:
 
 
 def _bytes_needed(recipe: Recipe) -> int:
-    from dax_core.models.loading import inspect_weights
-
     info = inspect_weights(recipe.weights)
     per_param = {"fp8_e4m3fn": 1, "fp32": 4}.get(recipe.weight_dtype, 2)
     return int(info.spec.parameter_count() * per_param * 1.2)
+
+
+def _max_processes() -> int:
+    device = mm.get_torch_device()
+    if device.type == "cuda":
+        return max(1, torch.cuda.device_count())
+    return CPU_WORKERS_MAX if device.type == "cpu" else 1
+
+
+def _group_config(
+    recipe: Recipe, gpus: int, mode: str, ulysses_degree: int, cfg_parallel: bool, overlap: bool
+) -> GroupConfig:
+    device = mm.get_torch_device()
+    if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        if gpus > visible:
+            raise ValueError(
+                f"gpus = {gpus} but ComfyUI sees {visible} GPU(s) (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): lower gpus or make more GPUs visible"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"the worker group runs on CUDA GPUs (or CPUs, for testing), not {device.type}: use gpus = 1")
+    layout = parallel_layout(gpus, mode, ulysses_degree, cfg_parallel, overlap)
+    layout.validate_for(inspect_weights(recipe.weights).spec)  # a layout error before any process starts
+    return GroupConfig(nproc_per_node=gpus, device=device.type, parallel=layout)
+
+
+def _free_devices(config: GroupConfig) -> None:
+    """ComfyUI's own models (text encoder, VAE...) leave the GPUs the group uses."""
+    if config.device != "cuda":
+        return
+    for index in range(config.nproc_per_node):
+        mm.free_memory(1e30, torch.device("cuda", index))
+    mm.soft_empty_cache()
+
+
+def _sample_in_group(recipe: Recipe, request: SampleRequest, config: GroupConfig, pbar) -> SampleResult:
+    # a change of recipe, layout or GPU set (the first gpus of CUDA_VISIBLE_DEVICES) starts a new group
+    variant = f"{config}|CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
+
+    def start(r: Recipe) -> WorkerGroup:
+        _free_devices(config)
+        return WorkerGroup(r, config)
+
+    group = ENGINES.get(recipe, start, variant=variant, valid=lambda g: g.alive)
+    _free_devices(config)  # ComfyUI may have loaded its models again since the last prompt
+    gpus = config.world_size
+    log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", request.steps, group.run_id, gpus)
+    try:
+        return group.sample(
+            request,
+            on_step=lambda step, total: pbar.update_absolute(step, total),
+            should_cancel=mm.processing_interrupted,
+        )
+    except SampleCancelled:
+        mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
+        raise
 
 
 class DaxMultiGPUSampler:
@@ -73,8 +139,17 @@ class DaxMultiGPUSampler:
                 ),
                 "sampler_name": (list(SAMPLERS), {"default": "uni_pc_bh2"}),
                 "scheduler": (list(SCHEDULERS), {"default": "simple"}),
-                "gpus": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": TOOLTIPS["gpus"]}),
-            }
+                "gpus": ("INT", {"default": 1, "min": 1, "max": _max_processes(), "tooltip": TOOLTIPS["gpus"]}),
+            },
+            "optional": {
+                "sequence_parallel": (
+                    list(SEQUENCE_PARALLEL_MODES),
+                    {"default": "ulysses", "tooltip": TOOLTIPS["sequence_parallel"]},
+                ),
+                "ulysses_degree": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": TOOLTIPS["ulysses_degree"]}),
+                "cfg_parallel": ("BOOLEAN", {"default": False, "tooltip": TOOLTIPS["cfg_parallel"]}),
+                "overlap": ("BOOLEAN", {"default": True, "tooltip": TOOLTIPS["overlap"]}),
+            },
         }
 
     RETURN_TYPES = ("LATENT",)
@@ -83,11 +158,8 @@ class DaxMultiGPUSampler:
     DESCRIPTION = "Text-to-video sampling with the DAX engine: one GPU in ComfyUI's process, or a worker group."
 
     def sample(self, dax_model: Recipe, positive, negative, latent_image, seed, steps, cfg, shift, sampler_name,
-               scheduler, gpus):  # fmt: skip
-        if gpus != 1:
-            raise ValueError(
-                f"gpus = {gpus}: the multi-GPU worker group is not available yet in this version of DAX; use gpus = 1"
-            )
+               scheduler, gpus, sequence_parallel="ulysses", ulysses_degree=2, cfg_parallel=False,
+               overlap=True):  # fmt: skip
         request = SampleRequest(
             positive=_text_embedding(positive, "positive"),
             negative=_text_embedding(negative, "negative"),
@@ -99,14 +171,22 @@ class DaxMultiGPUSampler:
             sampler=sampler_name,
             scheduler=scheduler,
         )
-        engine = ENGINES.get(dax_model, _build_engine)
         pbar = comfy.utils.ProgressBar(steps)
+        if gpus == 1:
+            result = self._sample_here(dax_model, request, pbar)
+        else:
+            config = _group_config(dax_model, gpus, sequence_parallel, ulysses_degree, cfg_parallel, overlap)
+            result = _sample_in_group(dax_model, request, config, pbar)
+        out = dict(latent_image)
+        out["samples"] = result.latent
+        return {"ui": {"dax_summary": result.summary_lines()}, "result": (out,)}
+
+    @staticmethod
+    def _sample_here(recipe: Recipe, request: SampleRequest, pbar) -> SampleResult:
+        engine = ENGINES.get(recipe, _build_engine)
 
         def on_step(i: int, total: int, _x: torch.Tensor) -> None:
             pbar.update_absolute(i + 1, total)
             mm.throw_exception_if_processing_interrupted()  # ComfyUI's Cancel stops between steps
 
-        result = engine.sample(request, on_step=on_step)
-        out = dict(latent_image)
-        out["samples"] = result.latent
-        return {"ui": {"dax_summary": result.summary_lines()}, "result": (out,)}
+        return engine.sample(request, on_step=on_step)

@@ -283,6 +283,10 @@ class ComfyServer:
             self._check_alive()  # a dead server says so, with its log
             raise ComfyServerError(f"{method} {route} at {self.url}: {e}\n{self.log_tail()}") from e
 
+    def interrupt(self) -> None:
+        """ComfyUI's Cancel button: POST /interrupt stops the prompt that is running."""
+        self._request("POST", "/interrupt", {})
+
     def object_info(self) -> dict[str, Any]:
         return self._request("GET", "/object_info", timeout=60.0)
 

@@ -33,13 +33,28 @@ class EngineCache(Generic[E]):
     def __len__(self) -> int:
         return len(self._engines)
 
-    def get(self, recipe: Recipe, build: Callable[[Recipe], E], exclusive: bool = True) -> E:
-        """The engine for ``recipe``, built on first use. ``exclusive`` drops engines of other recipes first."""
-        key = recipe.fingerprint()
+    def get(
+        self,
+        recipe: Recipe,
+        build: Callable[[Recipe], E],
+        *,
+        variant: str = "",
+        valid: Callable[[E], bool] | None = None,
+        exclusive: bool = True,
+    ) -> E:
+        """The engine for ``recipe`` (and ``variant``: where and how it runs), built on first use.
+
+        ``valid``: a cached engine failing it (a worker group that went down) is dropped and built again.
+        ``exclusive`` drops engines of other recipes and variants first: they hold the same devices.
+        """
+        key = recipe.fingerprint() + (f"|{variant}" if variant else "")
         with self._lock:
             owners = self._owners.setdefault(key, [])
             if not any(ref() is recipe for ref in owners):
                 owners.append(weakref.ref(recipe, lambda _ref, k=key: self._owner_gone(k)))
+            if key in self._engines and valid is not None and not valid(self._engines[key]):
+                log.info("DAX engine %s is no longer usable: building it again", key)
+                self._drop(key)
             if key in self._engines:
                 return self._engines[key]
             if exclusive:

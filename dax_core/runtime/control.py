@@ -1,0 +1,180 @@
+"""The control channel between a worker group's owner and its ranks: TCP, mutually authenticated.
+
+The owner listens (on 127.0.0.1 unless the group spans machines); every rank connects. Both sides prove that
+they hold the group's secret without sending it: the server sends a random nonce, the client answers with
+``HMAC-SHA256(secret, "client" | server nonce | client nonce)`` and its own nonce, the server answers with
+``HMAC-SHA256(secret, "server" | client nonce | server nonce)``. A connection that fails this (no secret, a
+wrong one, or anything that is not the protocol) is refused and closed before any request is read from it.
+The secret reaches workers through the environment (``SECRET_ENV``), never on a command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import socket
+import threading
+from typing import Any
+
+import torch
+
+from .wire import Message, ProtocolError, recv_message, send_message
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+SECRET_ENV = "DAX_GROUP_SECRET"
+ADDRESS_ENV = "DAX_CONTROL_ADDRESS"
+_HANDSHAKE_HEADER_LIMIT = 4096  # before authentication a peer may only send a small header and no tensors
+
+
+class AuthenticationError(ConnectionError):
+    """The peer did not prove that it holds the group's secret."""
+
+
+def new_secret() -> str:
+    """A fresh per-group secret, hex encoded (32 random bytes)."""
+    return secrets.token_hex(32)
+
+
+def _secret_bytes(secret: str) -> bytes:
+    try:
+        raw = bytes.fromhex(secret)
+    except ValueError:
+        raise ValueError(f"the group secret must be hex encoded (e.g. from `{new_secret.__qualname__}()`)") from None
+    if len(raw) < 16:
+        raise ValueError("the group secret must be at least 16 bytes (32 hex characters)")
+    return raw
+
+
+def _mac(secret: bytes, role: bytes, first: str, second: str) -> str:
+    return hmac.new(secret, role + b"|" + first.encode() + b"|" + second.encode(), hashlib.sha256).hexdigest()
+
+
+class Channel:
+    """One authenticated connection. ``send`` is thread-safe; ``recv`` belongs to one reader."""
+
+    def __init__(self, sock: socket.socket, peer: dict[str, Any]) -> None:
+        self.sock = sock
+        self.peer = peer
+        self._send_lock = threading.Lock()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, kind: str, tensors: dict[str, torch.Tensor] | None = None, **fields: Any) -> None:
+        with self._send_lock:
+            send_message(self.sock, kind, fields, tensors)
+
+    def recv(self) -> Message:
+        return recv_message(self.sock)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class ControlServer:
+    """Listens for the ranks of one group and authenticates each connection."""
+
+    def __init__(self, secret: str, host: str = "127.0.0.1", port: int = 0, handshake_timeout_s: float = 10.0):
+        self._secret = _secret_bytes(secret)
+        self._handshake_timeout_s = handshake_timeout_s
+        self._listener = socket.create_server((host, port), backlog=64)
+        self.refused = 0  # connections refused so far (failed or malformed handshakes)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._listener.getsockname()[:2]
+        return host, port
+
+    def fileno(self) -> int:
+        return self._listener.fileno()
+
+    def accept(self) -> Channel | None:
+        """Accept one pending connection; the authenticated channel, or None if it was refused."""
+        sock, addr = self._listener.accept()
+        sock.settimeout(self._handshake_timeout_s)
+        try:
+            peer = self._handshake(sock)
+        except (AuthenticationError, ProtocolError, OSError) as e:
+            self.refused += 1
+            log.warning("control channel: refused a connection from %s:%s: %s", addr[0], addr[1], e)
+            sock.close()
+            return None
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return Channel(sock, peer)
+
+    def _handshake(self, sock: socket.socket) -> dict[str, Any]:
+        server_nonce = secrets.token_hex(16)
+        send_message(sock, "challenge", {"nonce": server_nonce, "protocol": PROTOCOL_VERSION})
+        answer = recv_message(sock, max_header=_HANDSHAKE_HEADER_LIMIT, max_payload=0)
+        client_nonce, mac, hello = answer.get("nonce"), answer.get("mac"), answer.get("hello")
+        if answer.kind != "auth" or not isinstance(client_nonce, str) or not isinstance(mac, str):
+            self._refuse(sock)
+            raise AuthenticationError(f"expected an authentication answer, got a {answer.kind!r} message")
+        if not hmac.compare_digest(mac, _mac(self._secret, b"client", server_nonce, client_nonce)):
+            self._refuse(sock)
+            raise AuthenticationError("wrong group secret")
+        if answer.get("protocol") != PROTOCOL_VERSION:
+            self._refuse(sock)
+            raise AuthenticationError(f"protocol {answer.get('protocol')} (this side speaks {PROTOCOL_VERSION})")
+        send_message(sock, "welcome", {"mac": _mac(self._secret, b"server", client_nonce, server_nonce)})
+        return hello if isinstance(hello, dict) else {}
+
+    @staticmethod
+    def _refuse(sock: socket.socket) -> None:
+        try:
+            send_message(sock, "refused", {"reason": "authentication failed"})
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def connect(address: tuple[str, int], secret: str, hello: dict[str, Any], timeout_s: float = 30.0) -> Channel:
+    """Connect to a group's control server and authenticate both ways; raises ``AuthenticationError``."""
+    key = _secret_bytes(secret)
+    sock = socket.create_connection(address, timeout=timeout_s)
+    try:
+        challenge = recv_message(sock, max_header=_HANDSHAKE_HEADER_LIMIT, max_payload=0)
+        server_nonce = challenge.get("nonce")
+        if challenge.kind != "challenge" or not isinstance(server_nonce, str):
+            raise AuthenticationError(f"expected a challenge from the control server, got {challenge.kind!r}")
+        client_nonce = secrets.token_hex(16)
+        send_message(
+            sock,
+            "auth",
+            {
+                "nonce": client_nonce,
+                "mac": _mac(key, b"client", server_nonce, client_nonce),
+                "protocol": PROTOCOL_VERSION,
+                "hello": hello,
+            },
+        )
+        welcome = recv_message(sock, max_header=_HANDSHAKE_HEADER_LIMIT, max_payload=0)
+        if welcome.kind != "welcome":
+            raise AuthenticationError(f"the control server refused this worker: {welcome.get('reason', welcome.kind)}")
+        expected = _mac(key, b"server", client_nonce, server_nonce)
+        if not hmac.compare_digest(str(welcome.get("mac")), expected):
+            raise AuthenticationError("the control server did not prove the group secret")
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Channel(sock, {"address": address})
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,160 @@
+"""``python -m dax_core generate``: a text-to-video latent from text embeddings, in one process or under torchrun.
+
+One process::
+
+    python -m dax_core generate --weights wan2.1_t2v_1.3B_bf16.safetensors \\
+        --text-embeddings prompt.safetensors --out latent.safetensors [--width 832 --height 480 --frames 81 ...]
+
+Several GPUs of one machine (each process takes the GPU of its local rank and the video tokens are split over
+them, like upstream DAX's ``--sequence_parallel``)::
+
+    torchrun --nproc_per_node 8 -m dax_core generate ... [--ulysses 4 --ring 2] [--cfg-parallel]
+
+Several machines: the same command on every machine, with one rendezvous endpoint (a port on the first machine
+that the others can reach) and the weights and embeddings at the same path on each::
+
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m dax_core generate ...
+
+The embeddings file holds ``positive`` (and ``negative``, unless ``--cfg 1``): [tokens, width] or
+[batch, tokens, width] tensors, e.g. umt5-xxl outputs. Rank 0 writes ``latent`` to ``--out``: ComfyUI's
+un-normalised [batch, 16, (frames - 1) // 4 + 1, height / 8, width / 8] video latent in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..recipe import COMPUTE_DTYPES, WEIGHT_DTYPES, Recipe
+from .distributed import ParallelConfig, RankEnv, build_engine, init_process_group
+from .engine import SampleRequest
+from .samplers import SAMPLERS
+from .schedules import SCHEDULERS
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dax_core generate",
+        description="Sample a Wan2.1 text-to-video latent; under torchrun the processes split the video tokens.",
+    )
+    p.add_argument("--weights", required=True, help="Wan2.1 T2V DiT: a .safetensors file or a diffusers folder")
+    p.add_argument("--text-embeddings", required=True, type=Path, help="safetensors with positive (and negative)")
+    p.add_argument("--out", required=True, type=Path, help="safetensors file to write the latent to")
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--frames", type=int, default=81, help="video frames (the latent has (frames - 1) // 4 + 1)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg", type=float, default=6.0)
+    p.add_argument("--shift", type=float, default=8.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=SAMPLERS, default="uni_pc_bh2")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="simple")
+    p.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="default")
+    p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="bf16")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ulysses", type=int, help="Ulysses degree (default: all the processes of a branch)")
+    p.add_argument("--ring", type=int, help="ring degree (default: what Ulysses leaves)")
+    p.add_argument("--cfg-parallel", action="store_true", help="the two guidance branches on two halves")
+    p.add_argument("--no-overlap", action="store_true", help="do not overlap communication with computation")
+    p.add_argument("--collective-timeout", type=float, default=600.0, help="seconds before a stuck collective fails")
+    return p
+
+
+def layout_from_args(args: argparse.Namespace, world_size: int) -> ParallelConfig:
+    """The parallel layout the flags ask for; unset degrees take what the others leave."""
+    branches = 2 if args.cfg_parallel else 1
+    if world_size % branches:
+        raise ValueError(f"--cfg-parallel needs an even number of processes, got {world_size}")
+    seq = world_size // branches
+    ulysses, ring = args.ulysses, args.ring
+    if ulysses is None and ring is None:
+        ulysses, ring = seq, 1
+    elif ulysses is None:
+        if ring < 1 or seq % ring:
+            raise ValueError(f"--ring {ring} must divide the {seq} processes per branch")
+        ulysses = seq // ring
+    elif ring is None:
+        if ulysses < 1 or seq % ulysses:
+            raise ValueError(f"--ulysses {ulysses} must divide the {seq} processes per branch")
+        ring = seq // ulysses
+    return ParallelConfig(
+        world_size=world_size, ulysses=ulysses, ring=ring, cfg_parallel=args.cfg_parallel, overlap=not args.no_overlap
+    )
+
+
+def _embeddings(path: Path, need_negative: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise ValueError(f"cannot read the text embeddings {path}: {e}") from None
+    if "positive" not in tensors:
+        raise ValueError(f"{path} has no 'positive' tensor (found {sorted(tensors)}): save the prompt's embedding so")
+    if need_negative and "negative" not in tensors:
+        raise ValueError(f"{path} has no 'negative' tensor, which --cfg other than 1 needs (or pass --cfg 1)")
+
+    def batched(t: torch.Tensor) -> torch.Tensor:
+        return t.unsqueeze(0) if t.ndim == 2 else t
+
+    negative = tensors.get("negative")
+    return batched(tensors["positive"]), None if negative is None else batched(negative)
+
+
+def _request(args: argparse.Namespace) -> SampleRequest:
+    for name in ("width", "height", "frames", "batch"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be positive")
+    positive, negative = _embeddings(args.text_embeddings, args.cfg != 1.0)
+    shape = (args.batch, 16, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    return SampleRequest(
+        positive=positive,
+        negative=negative,
+        latent=torch.zeros(shape),
+        seed=args.seed,
+        steps=args.steps,
+        cfg=args.cfg,
+        shift=args.shift,
+        sampler=args.sampler,
+        scheduler=args.scheduler,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    env = RankEnv.from_environ()
+    try:
+        layout = layout_from_args(args, env.world_size) if env.world_size > 1 else None
+        request = _request(args)
+        recipe = Recipe(args.weights, args.weight_dtype, args.compute_dtype)
+    except ValueError as e:
+        parser.error(str(e))
+    device = env.device(args.device)
+    if env.world_size > 1:
+        init_process_group(env, device, args.collective_timeout)
+    try:
+        engine = build_engine(recipe, device, layout)
+
+        def progress(i: int, total: int, _x: torch.Tensor) -> None:
+            if env.rank == 0:
+                log.info("step %d/%d", i + 1, total)
+
+        result = engine.sample(request, on_step=progress)
+        if env.rank == 0:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            meta = {"seed": str(args.seed), "steps": str(args.steps), "cfg": str(args.cfg), "weights": args.weights}
+            save_file({"latent": result.latent.contiguous()}, str(args.out), metadata=meta)
+            log.info("wrote %s: latent %s, %s", args.out, tuple(result.latent.shape), result.summary())
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

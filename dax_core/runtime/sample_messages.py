@@ -1,0 +1,64 @@
+"""Requests and results as control-channel messages and back: scalar fields in the header, tensors as tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..cache.base import BranchReport, StepCacheReport
+from .engine import SampleRequest, SampleResult
+from .wire import Message
+
+_SCALARS = ("seed", "steps", "cfg", "shift", "sampler", "scheduler")
+
+
+def request_fields(req: SampleRequest) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(header fields, tensors) of a request; text embeddings keep their dtype, the latent its float dtype."""
+    tensors = {"positive": req.positive, "latent": req.latent}
+    if req.negative is not None:
+        tensors["negative"] = req.negative
+    return {name: getattr(req, name) for name in _SCALARS}, tensors
+
+
+def request_from_message(msg: Message) -> SampleRequest:
+    """Rebuild (and so re-validate) the request a message carries."""
+    missing = [name for name in _SCALARS if name not in msg.fields]
+    missing += [name for name in ("positive", "latent") if name not in msg.tensors]
+    if missing:
+        raise ValueError(f"sample request message lacks {missing}")
+    return SampleRequest(
+        positive=msg.tensors["positive"],
+        negative=msg.tensors.get("negative"),
+        latent=msg.tensors["latent"],
+        **{name: msg[name] for name in _SCALARS},
+    )
+
+
+def result_fields(result: SampleResult) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    fields: dict[str, Any] = {
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "first_step_seconds": result.first_step_seconds,
+        "step_cache": None,
+    }
+    report = result.step_cache
+    if report is not None:
+        branches = [{"name": b.name, "pattern": b.pattern} for b in report.branches]
+        fields["step_cache"] = {"cache": report.cache, "steps": report.steps, "branches": branches}
+    return fields, {"latent": result.latent}
+
+
+def result_from_message(msg: Message) -> SampleResult:
+    report = msg.get("step_cache")
+    step_cache = None
+    if report is not None:
+        branches = tuple(BranchReport(b["name"], b["pattern"]) for b in report["branches"])
+        step_cache = StepCacheReport(report["cache"], int(report["steps"]), branches)
+    return SampleResult(
+        latent=msg.tensors["latent"],
+        steps=int(msg["steps"]),
+        seconds=float(msg["seconds"]),
+        first_step_seconds=float(msg["first_step_seconds"]),
+        step_cache=step_cache,
+    )

@@ -1,0 +1,229 @@
+"""One rank of a worker group: ``python -m dax_core.runtime.worker``, started by ``torch.distributed.run``.
+
+A rank's life:
+
+1. connect to the owner's control channel (its address and the group secret come from the environment) and
+   authenticate; the owner answers with the setup: the recipe as a dict, the parallel layout, the device kind
+   and the collective timeout;
+2. join the process group (NCCL on GPUs, gloo on CPU), build the engine from the recipe, enable sequence
+   parallelism, report ready;
+3. serve requests until told to shut down. Every rank receives the same request and runs the same sampling
+   loop; rank 0 reports progress after each step and returns the latent. At every step boundary the ranks
+   agree whether to stop (a cancel reached any of them) with one tiny all_reduce, so all stop at the same step;
+4. an exception is reported with this rank's traceback, then the rank exits (its peers may be blocked in a
+   collective; the owner tears the group down). If the control channel drops, the owner is gone: exit at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from ..recipe import Recipe
+from .control import ADDRESS_ENV, SECRET_ENV, Channel, connect, parse_address
+from .distributed import ParallelConfig, RankEnv, build_engine, init_process_group, parallel_from_dict
+from .engine import SampleRequest, SampleResult, StepCallback
+from .sample_messages import request_from_message, result_fields
+from .wire import Message, ProtocolError
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILED = 1
+EXIT_BAD_LAUNCH = 2
+EXIT_OWNER_GONE = 3
+
+
+class SamplingEngine(Protocol):
+    def sample(self, req: SampleRequest, on_step: StepCallback | None = None) -> SampleResult: ...
+
+
+EngineBuilder = Callable[[Recipe, torch.device, "ParallelConfig | None", RankEnv], SamplingEngine]
+
+
+def default_builder(recipe: Recipe, device: torch.device, parallel: ParallelConfig | None, env: RankEnv):
+    return build_engine(recipe, device, parallel)
+
+
+class Cancelled(Exception):
+    """All ranks agreed to stop this request after ``step`` steps."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"cancelled after step {step}")
+        self.step = step
+
+
+class Inbox:
+    """Reads the control channel on a thread: cancels are noted at once, everything else is queued in order."""
+
+    def __init__(self, channel: Channel, rank: int) -> None:
+        self.channel = channel
+        self.rank = rank
+        self.messages: queue.Queue[Message] = queue.Queue()
+        self._cancelled: set[int] = set()
+        self._lock = threading.Lock()
+        self.closing = False
+        self._thread = threading.Thread(target=self._read, name="dax-control-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self.channel.recv()
+            except (ProtocolError, OSError) as e:
+                if self.closing:
+                    return
+                log.error("rank %d: control channel lost (%s): the group's owner is gone, exiting", self.rank, e)
+                os._exit(EXIT_OWNER_GONE)  # the main thread may be blocked inside a collective
+            if msg.kind == "cancel":
+                with self._lock:
+                    self._cancelled.add(int(msg["id"]))
+            else:
+                self.messages.put(msg)
+
+    def cancelled(self, request_id: int) -> bool:
+        with self._lock:
+            return request_id in self._cancelled
+
+    def forget(self, request_id: int) -> None:
+        """Drop cancels of this request and earlier ones (a cancel can arrive just after its request ended)."""
+        with self._lock:
+            self._cancelled = {i for i in self._cancelled if i > request_id}
+
+
+class StopVote:
+    """One all_reduce(MAX) of a 0/1 flag: every rank learns whether any rank wants to stop."""
+
+    def __init__(self, env: RankEnv, device: torch.device) -> None:
+        self.distributed = env.world_size > 1
+        self._flag = torch.zeros(1, dtype=torch.int32, device=device)
+
+    def any(self, stop: bool) -> bool:
+        if not self.distributed:
+            return stop
+        self._flag.fill_(int(stop))
+        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX)
+        return bool(self._flag.item())
+
+
+class Worker:
+    def __init__(self, channel: Channel, env: RankEnv, build: EngineBuilder) -> None:
+        self.channel = channel
+        self.env = env
+        self.build = build
+
+    def serve(self) -> int:
+        setup = self.channel.recv()
+        if setup.kind != "setup":
+            self._report(None, RuntimeError(f"expected the group setup, got a {setup.kind!r} message"))
+            return EXIT_FAILED
+        try:
+            device = self.env.device(setup["device"])
+            if self.env.world_size > 1:
+                init_process_group(self.env, device, float(setup["collective_timeout_s"]))
+            recipe, parallel = Recipe.from_dict(setup["recipe"]), parallel_from_dict(setup["parallel"])
+            engine = self.build(recipe, device, parallel, self.env)
+            votes = StopVote(self.env, device)
+        except Exception as e:
+            self._report(None, e)
+            return EXIT_FAILED
+        self.channel.send("ready", rank=self.env.rank)
+        inbox = Inbox(self.channel, self.env.rank)
+        while True:
+            msg = inbox.messages.get()
+            if msg.kind == "shutdown":
+                inbox.closing = True
+                break
+            if msg.kind != "request":
+                self._report(msg.get("id"), RuntimeError(f"unexpected {msg.kind!r} message on the control channel"))
+                return EXIT_FAILED
+            if not self._run(engine, msg, inbox, votes):
+                return EXIT_FAILED
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.channel.close()
+        return 0
+
+    def _run(self, engine: SamplingEngine, msg: Message, inbox: Inbox, votes: StopVote) -> bool:
+        request_id = int(msg["id"])
+        lead = self.env.rank == 0
+
+        def on_step(i: int, total: int, _x: torch.Tensor) -> None:
+            if lead:
+                self.channel.send("progress", id=request_id, step=i + 1, total=total)
+            if votes.any(inbox.cancelled(request_id)):
+                raise Cancelled(i + 1)
+
+        try:
+            result = engine.sample(request_from_message(msg), on_step=on_step)
+        except Cancelled as c:
+            inbox.forget(request_id)
+            self.channel.send("cancelled", id=request_id, step=c.step)
+            return True
+        except Exception as e:
+            self._report(request_id, e)
+            return False
+        inbox.forget(request_id)
+        if lead:
+            fields, tensors = result_fields(result)
+            self.channel.send("result", tensors, id=request_id, **fields)
+        else:
+            self.channel.send("done", id=request_id)
+        return True
+
+    def _report(self, request_id: int | None, exc: BaseException) -> None:
+        log.error("rank %d failed: %s: %s", self.env.rank, type(exc).__name__, exc)
+        try:
+            self.channel.send(
+                "error",
+                id=request_id,
+                rank=self.env.rank,
+                time=time.time(),
+                exception=type(exc).__name__,
+                message=str(exc),
+                traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            )
+        except OSError:
+            pass  # the owner is gone; the exit code still tells the launcher
+
+
+def hello(env: RankEnv) -> dict[str, Any]:
+    return {
+        "rank": env.rank,
+        "world_size": env.world_size,
+        "local_rank": env.local_rank,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+
+
+def main(build: EngineBuilder = default_builder) -> int:
+    env = RankEnv.from_environ()
+    fmt = f"%(asctime)s [rank {env.rank}] %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
+    secret = os.environ.pop(SECRET_ENV, "")  # read once; nothing this rank starts inherits it
+    address = os.environ.get(ADDRESS_ENV, "")
+    if not secret or not address:
+        log.error(
+            "a worker needs %s (HOST:PORT of the owner's control channel) and %s in its environment; "
+            "workers are started by dax_core.runtime.group.WorkerGroup (or by a torchrun agent joining one)",
+            ADDRESS_ENV,
+            SECRET_ENV,
+        )
+        return EXIT_BAD_LAUNCH
+    channel = connect(parse_address(address), secret, hello(env))
+    return Worker(channel, env, build).serve()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

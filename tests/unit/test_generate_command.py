@@ -1,0 +1,79 @@
+"""``python -m dax_core generate``: one process, and the same command under torchrun (2 processes splitting the
+video tokens) give the same latent. (Two launcher agents meeting at one endpoint are tested with the worker group.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from group_helpers import REPO, TINY, tiny_recipe
+from safetensors.torch import load_file, save_file
+
+from dax_core.runtime.generate import main
+from dax_core.runtime.group import free_port
+
+ARGS = ["--width", "64", "--height", "32", "--frames", "5", "--steps", "3", "--seed", "7", "--cfg", "4.5"]
+ARGS += ["--compute-dtype", "fp32", "--device", "cpu", "--sampler", "euler"]
+TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("generate")
+    recipe = tiny_recipe(folder)
+    g = torch.Generator().manual_seed(3)
+    embeddings = folder / "prompt.safetensors"
+    save_file(
+        {"positive": torch.randn(5, TINY["text_dim"], generator=g), "negative": torch.randn(7, TINY["text_dim"])},
+        str(embeddings),
+    )
+    return ["--weights", recipe.weights, "--text-embeddings", str(embeddings), *ARGS]
+
+
+@pytest.fixture(scope="module")
+def single(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "latent.safetensors"
+    assert main([*inputs, "--out", str(out)]) == 0
+    return load_file(str(out))["latent"]
+
+
+def test_single_process_writes_comfyui_latent(single):
+    assert single.shape == (1, 16, 2, 4, 8) and single.dtype == torch.float32
+    assert torch.isfinite(single).all() and single.abs().max() > 0
+
+
+def _agent(nnodes: int, nproc: int, endpoint: str, args: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc)]
+    cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "generate-test"]
+    cmd += ["--max-restarts", "0", "--local-addr", "127.0.0.1", "-m", "dax_core", "generate", *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize(
+    ("flags", "layout"), [([], "ulysses=2"), (["--ring", "2"], "ring=2")], ids=["default-ulysses", "ring"]
+)
+def test_under_torchrun_gives_the_single_process_latent(inputs, single, tmp_path, flags, layout):
+    out = tmp_path / "latent.safetensors"
+    agent = _agent(1, 2, f"127.0.0.1:{free_port()}", [*inputs, *flags, "--out", str(out)])
+    try:
+        log = agent.communicate(timeout=TIMEOUT_S)[0]
+    finally:
+        agent.kill()
+    assert agent.returncode == 0, log
+    assert "rank 1 of 2 joined the process group" in log
+    assert f"sequence parallel on rank 1: 2 GPUs: {layout}" in log  # the tokens really were split
+    # the tokens are split over the 2 ranks: the ring merges partial attentions by log-sum-exp, which reorders
+    # float32 sums (~1e-6 per step); over 3 steps that stays far below these bounds, a wrong split does not
+    torch.testing.assert_close(load_file(str(out))["latent"], single, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_layout_is_refused_with_the_fix(inputs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit):
+        main([*inputs, "--out", str(tmp_path / "x.safetensors"), "--cfg-parallel"])
+    assert "--cfg-parallel needs an even number of processes, got 3" in capsys.readouterr().err

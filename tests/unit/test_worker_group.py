@@ -1,0 +1,256 @@
+"""The worker group on CPU (gloo, 2 processes): reuse across prompts, rebuild on a new recipe, cancel, and
+failures (a rank raising, a rank killed with SIGKILL, a rank hung) that end the run with a clear error, leave no
+process behind, and let the next prompt start a fresh group.
+
+One group serves the tests in turn (process start-up is the cost); a failure test leaves it down and the next
+prompt starts another, through the sampler node's own cache (``dax_core.runtime.engine_cache``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from faulty_worker import MODULE as FAULTY_WORKER
+from faulty_worker import RAISE_SEED
+from group_helpers import (
+    assert_all_gone,
+    assert_same_latent,
+    group_processes,
+    in_process,
+    tiny_recipe,
+    tiny_request,
+)
+
+from dax_core.runtime.control import new_secret
+from dax_core.runtime.distributed import parallel_layout
+from dax_core.runtime.engine_cache import EngineCache
+from dax_core.runtime.group import GroupConfig, SampleCancelled, WorkerError, WorkerGroup, WorkerGroupError
+
+WORLD = 2
+COLLECTIVE_TIMEOUT_S = 5.0  # a hung rank must fail the run within this, so keep it short here
+SECRET = new_secret()
+# Ulysses over the 2 ranks: the failure tests then break collectives inside the forward too
+CONFIG = GroupConfig(
+    WORLD,
+    device="cpu",
+    parallel=parallel_layout(WORLD),
+    collective_timeout_s=COLLECTIVE_TIMEOUT_S,
+    worker_module=FAULTY_WORKER,
+)
+
+
+class Groups:
+    """The sampler node's policy: one cached group per (recipe, config), started again when it is down."""
+
+    def __init__(self) -> None:
+        self.cache = EngineCache()
+        self.started: list[WorkerGroup] = []
+
+    def get(self, recipe, config: GroupConfig = CONFIG) -> WorkerGroup:
+        def start(r):
+            group = WorkerGroup(r, config, secret=SECRET)
+            self.started.append(group)
+            return group
+
+        return self.cache.get(recipe, start, variant=repr(config), valid=lambda g: g.alive)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    return tiny_recipe(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def reference(recipe):
+    return in_process(recipe, tiny_request())
+
+
+@pytest.fixture(scope="module")
+def groups():
+    g = Groups()
+    yield g
+    g.cache.clear()
+
+
+def test_group_gives_the_in_process_result_and_is_reused_across_prompts(groups, recipe, reference):
+    group = groups.get(recipe)
+    pids = group.worker_pids
+    assert sorted(pids) == [0, 1]
+    progress: list[tuple[int, int]] = []
+    first = group.sample(tiny_request(), on_step=lambda s, t: progress.append((s, t)))
+    assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert "sequence parallel on rank 1: 2 GPUs: ulysses=2" in group.launcher_log()  # the tokens were split
+    assert_same_latent(first, reference)
+    again = groups.get(type(recipe).from_dict(recipe.to_dict()))  # an equal recipe: the same group
+    assert again is group and again.worker_pids == pids
+    assert_same_latent(again.sample(tiny_request()), reference)
+    assert len(groups.started) == 1
+
+
+def test_control_channel_takes_no_connection_once_every_rank_joined(groups, recipe):
+    group = groups.get(recipe)
+    host, port = group.control_address.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=2).close()
+    assert group.sample(tiny_request(steps=1)).steps == 1  # and the group is unharmed
+
+
+def test_secret_is_not_on_any_command_line(groups, recipe):
+    group = groups.get(recipe)
+    procs = group_processes(group)
+    assert len(procs) == 1 + WORLD
+    assert all(SECRET not in " ".join(p.cmdline()) for p in procs)
+
+
+def test_cancel_stops_every_rank_within_one_step_and_keeps_the_group(groups, recipe, reference):
+    group = groups.get(recipe)
+    pids = group.worker_pids
+    seen: list[int] = []
+    with pytest.raises(SampleCancelled) as cancelled:
+        group.sample(tiny_request(steps=40), on_step=lambda s, t: seen.append(s), should_cancel=lambda: 2 in seen)
+    # asked after step 2 arrived: the ranks stop at the boundary of the step they are in (2 or 3)
+    assert cancelled.value.step in (2, 3)
+    assert seen[-1] <= 3
+    assert group.alive and group.worker_pids == pids
+    assert_same_latent(group.sample(tiny_request()), reference)
+
+
+class CallerGaveUp(Exception):
+    pass
+
+
+def test_a_raising_progress_callback_stops_the_ranks_and_keeps_the_group(groups, recipe, reference):
+    # ComfyUI's progress hook raises on Cancel: the ranks must be stopped and drained, or the next request
+    # would read this one's leftover messages
+    group = groups.get(recipe)
+    pids = group.worker_pids
+
+    def give_up(step: int, total: int) -> None:
+        if step == 2:
+            raise CallerGaveUp
+
+    with pytest.raises(CallerGaveUp):
+        group.sample(tiny_request(steps=40), on_step=give_up)
+    assert group.alive and group.worker_pids == pids
+    assert_same_latent(group.sample(tiny_request()), reference)
+
+
+def test_a_rank_raising_fails_the_run_with_its_traceback_then_the_next_prompt_succeeds(groups, recipe, reference):
+    group = groups.get(recipe)
+    procs = group_processes(group)
+    with pytest.raises(WorkerError) as failed:
+        group.sample(dataclasses.replace(tiny_request(), seed=RAISE_SEED))
+    error = failed.value
+    assert error.rank == WORLD - 1 and error.exception == "InjectedFault"
+    assert f"rank {WORLD - 1} (pid {group.worker_pids[WORLD - 1]}" in str(error)
+    assert "injected fault after step 1" in str(error)
+    assert "Traceback" in str(error) and "faulty_worker.py" in error.traceback
+    assert not group.alive
+    assert_all_gone(procs)
+    _next_prompt_starts_a_fresh_group(groups, recipe, reference, group)
+
+
+def test_a_rank_killed_with_sigkill_fails_the_run_then_the_next_prompt_succeeds(groups, recipe, reference):
+    group = groups.get(recipe)
+    procs = group_processes(group)
+    victim = group.worker_pids[1]
+
+    def kill_rank_1(step: int, total: int) -> None:
+        if step == 1:
+            os.kill(victim, signal.SIGKILL)
+
+    with pytest.raises(WorkerGroupError) as failed:
+        group.sample(tiny_request(steps=40), on_step=kill_rank_1)
+    assert f"rank 1 (pid {victim}" in str(failed.value)
+    assert "crashed or was killed" in str(failed.value)
+    assert_all_gone(procs)
+    _next_prompt_starts_a_fresh_group(groups, recipe, reference, group)
+
+
+def test_a_hung_rank_fails_the_run_by_the_collective_timeout(groups, recipe, reference):
+    group = groups.get(recipe)
+    procs = group_processes(group)
+    victim = group.worker_pids[1]
+
+    def stop_rank_1(step: int, total: int) -> None:
+        if step == 1:
+            os.kill(victim, signal.SIGSTOP)  # alive but silent: only a timeout can tell
+
+    start = time.monotonic()
+    with pytest.raises(WorkerGroupError) as failed:
+        group.sample(tiny_request(steps=40), on_step=stop_rank_1)
+    elapsed = time.monotonic() - start
+    message = str(failed.value)
+    # the rank whose collective timed out reports it (gloo words it in several ways), with the hint
+    assert "rank 0" in message and f"a collective waited {COLLECTIVE_TIMEOUT_S:.0f} s" in message
+    assert f"no word from rank 1 (pid {victim}" in message  # and the stopped rank is named
+    assert COLLECTIVE_TIMEOUT_S * 0.9 < elapsed < COLLECTIVE_TIMEOUT_S + 15
+    assert_all_gone(procs)
+    _next_prompt_starts_a_fresh_group(groups, recipe, reference, group)
+
+
+def test_group_is_rebuilt_when_the_recipe_changes(groups, recipe, tmp_path):
+    old = groups.get(recipe)
+    old_procs = group_processes(old)
+    other = tiny_recipe(tmp_path, seed=1)
+    new = groups.get(other)
+    assert new is not old and not old.alive
+    assert_all_gone(old_procs)
+    req = tiny_request()
+    assert_same_latent(new.sample(req), in_process(other, req))
+
+
+def test_a_rank_that_cannot_load_the_model_fails_the_start_with_its_error(tmp_path):
+    # what a machine without the model file at the recipe's path sees
+    recipe = tiny_recipe(tmp_path)
+    Path(recipe.weights).unlink()
+    with pytest.raises(WorkerError) as failed:
+        WorkerGroup(recipe, CONFIG, secret=SECRET)
+    assert "while the ranks were building the engine" in str(failed.value)
+    assert recipe.weights in str(failed.value)
+
+
+def _next_prompt_starts_a_fresh_group(groups: Groups, recipe, reference, failed: WorkerGroup) -> None:
+    count = len(groups.started)
+    fresh = groups.get(recipe)
+    assert fresh is not failed and len(groups.started) == count + 1
+    assert_same_latent(fresh.sample(tiny_request()), reference)
+
+
+OWNER_SCRIPT = """
+import json, sys, time
+sys.path[:0] = [{repo!r}, {here!r}]
+from group_helpers import group_processes, tiny_recipe
+from pathlib import Path
+from dax_core.runtime.group import GroupConfig, WorkerGroup
+group = WorkerGroup(tiny_recipe(Path({folder!r})), GroupConfig(2, device="cpu"))
+print(json.dumps([p.pid for p in group_processes(group)]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_an_owner_killed_with_sigkill_leaves_no_orphan(tmp_path):
+    # ComfyUI itself dies: nobody calls close(), yet every rank notices its control connection closing and exits,
+    # and the launcher follows its ranks
+    here = Path(__file__).resolve().parent
+    script = OWNER_SCRIPT.format(repo=str(here.parents[1]), here=str(here), folder=str(tmp_path))
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = json.loads(owner.stdout.readline())
+        procs = [psutil.Process(pid) for pid in pids]
+        assert len(procs) == 3
+        owner.kill()
+        owner.wait(10)
+        assert_all_gone(procs, within_s=20)
+    finally:
+        owner.kill()
