@@ -2,10 +2,10 @@
 
 All blocks share one Python code path (``WanBlock.forward``) and one set of guards: parameters are graph
 inputs, so block 2..N reuse the graph compiled for block 1 instead of recompiling 40 times. Static shapes by
-default; a new resolution, frame count or batch compiles once more (PyTorch bounds the cache by its
-recompile limit). Element-wise work is traced in its PyTorch form (``ops`` bypasses the Triton kernels while
-compiling) so inductor fuses it with its neighbours; attention backends are custom ops, so the block is one
-graph with no break.
+default; a new resolution, frame count, batch or text length compiles once more (PyTorch bounds the cache by
+its recompile limit), and ``CompiledBlocks`` says so in the log. Element-wise work is traced in its PyTorch form
+(``ops`` bypasses the Triton kernels while compiling) so inductor fuses it with its neighbours; attention
+backends are custom ops, so the block is one graph with no break.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import torch
 
 from ..recipe import Acceleration, RecipeError, register_acceleration
 
@@ -47,22 +49,70 @@ class CompileConfig(Acceleration):
             kwargs["mode"] = self.mode
         return kwargs
 
+    def describe(self, backend: str | None = None) -> str:
+        """In words, for logs: "inductor, mode default, static shapes" (``backend`` names an overriding one)."""
+        mode = [f"mode {self.mode}"] if backend is None and self.backend == "inductor" else []
+        return ", ".join([backend or self.backend, *mode, "dynamic shapes" if self.dynamic else "static shapes"])
+
     def apply(self, model: Any, env: Any) -> None:
         compile_blocks(model, self)
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """What a static-shape block graph is specialised on: the batch, the video tokens, the text tokens."""
+
+    batch: int
+    tokens: int
+    text_tokens: int
+
+    def __str__(self) -> str:
+        return f"batch {self.batch} x {self.tokens} video tokens x {self.text_tokens} text tokens"
+
+
+class CompiledBlocks:
+    """What ``compile_blocks`` leaves on a model (``model.compiled``): the config and the block input shapes met
+    so far. ``WanModel.run_blocks`` reports each block-stack input; a shape not met before is one more
+    compilation (with static shapes), announced in one log line."""
+
+    def __init__(self, config: CompileConfig, num_blocks: int, described: str) -> None:
+        self.config = config
+        self.num_blocks = num_blocks
+        self.described = described
+        self.shapes: list[BlockShape] = []
+
+    def note_shapes(self, tokens: torch.Tensor, context: torch.Tensor) -> None:
+        """Called with the block stack's input tokens [B, S, D] and embedded text [B, L, D] before it runs."""
+        shape = BlockShape(tokens.shape[0], tokens.shape[1], context.shape[1])
+        if shape in self.shapes:
+            return
+        self.shapes.append(shape)
+        if len(self.shapes) == 1:
+            log.info(
+                "compiling the transformer block for %s (%s); all %d blocks share its graph",
+                shape, self.described, self.num_blocks,
+            )  # fmt: skip
+        elif self.config.dynamic:
+            log.info("new shape %s: the dynamic-shape graph takes it unless a size of 0 or 1 needs its own", shape)
+        else:
+            count = len(self.shapes)
+            log.info("new shape %s: compiling the transformer block once more (%d shapes so far)", shape, count)
 
 
 def compile_blocks(model: Any, config: CompileConfig, backend: Any | None = None) -> None:
     """Compile every block of ``model`` in place (per instance, reversible with ``uncompile_blocks``).
 
     ``backend`` overrides the config's backend with a callable (tests count compilations with one).
+    Compilation happens on first use, for each new block input shape (``CompiledBlocks`` logs each).
     """
     kwargs = config.torch_compile_kwargs()
     if backend is not None:
         kwargs = {"backend": backend, "fullgraph": config.fullgraph, "dynamic": config.dynamic}
     for block in model.blocks:
         block.compile(**kwargs)
-    model.compiled = config
-    log.info("compiling %d transformer blocks on first use (%s)", len(model.blocks), kwargs)
+    described = config.describe(None if backend is None else type(backend).__name__)
+    model.compiled = CompiledBlocks(config, len(model.blocks), described)
+    log.info("%d transformer blocks compile on first use (%s)", len(model.blocks), described)
 
 
 def uncompile_blocks(model: Any) -> None:

@@ -258,7 +258,7 @@ class WanModel(nn.Module):
         self.self_attn_fn: AttentionFn = SDPA_DEFAULT
         self.cross_attn_fn: AttentionFn = SDPA_DEFAULT
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.compiled: Any = None  # the CompileConfig in force, set by dax_core.compile
+        self.compiled: Any = None  # dax_core.compile's CompiledBlocks (config, shapes met) while compiled
         self.step_cache: StepCache | None = None
         self.sequence_parallel: SequenceParallelHooks | None = None
         """Set by ``dax_core.parallel.enable_sequence_parallel`` on this instance only."""
@@ -297,7 +297,11 @@ class WanModel(nn.Module):
             x, t, context = sp.split_batch(x, t, context)
         tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
         grid = tuple(tokens.shape[2:])
-        tokens = tokens.flatten(2).transpose(1, 2).to(self.compute_dtype)
+        # One copy (in bf16, the cast's) into row-major [B, S, D], the layout of every block's output on CUDA. A
+        # transposed view of the patch embedding costs the fused kernels of block 1 a copy each and, under
+        # torch.compile with dynamic shapes, block 1 a graph of its own (a view is guarded on its base).
+        contiguous = torch.contiguous_format
+        tokens = tokens.flatten(2).transpose(1, 2).to(self.compute_dtype, memory_format=contiguous, copy=True)
         rope = self.rope(grid, x.device)
         if sp is not None:
             tokens, rope = sp.shard_tokens(tokens, rope, grid)
@@ -312,6 +316,8 @@ class WanModel(nn.Module):
     def run_blocks(self, p: Prepared) -> torch.Tensor:
         """The block stack on ``p.tokens`` (left unchanged: step caches take residuals against it)."""
         x = p.tokens
+        if self.compiled is not None:
+            self.compiled.note_shapes(x, p.context)  # logs when a new shape makes the blocks compile once more
         for block in self.blocks:
             x = block(x, p.e0, p.context, p.rope, self.self_attn_fn, self.cross_attn_fn, self.sequence_parallel)
         return x

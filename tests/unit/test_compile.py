@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -32,6 +34,13 @@ class CountingBackend:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
         self.graphs += 1
         return gm.forward
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
 
 def _request(seed: int, text_len: int = 5, cfg: float = 5.0, steps: int = 3) -> SampleRequest:
@@ -97,3 +106,55 @@ def test_first_step_time_is_reported():
     result = WanEngine(model, Recipe("unused.safetensors"), "cpu").sample(_request(0, steps=2))
     assert 0 < result.first_step_seconds <= result.seconds
     assert "first step" in result.summary()
+
+
+def _forward(model: WanModel, batch: int, height: int = 4, text: int = 5) -> None:
+    g = torch.Generator().manual_seed(batch * 100 + height * 10 + text)
+    x = torch.randn(batch, 16, 2, height, 6, generator=g)
+    with torch.no_grad():
+        model(x, torch.full((batch,), 500.0), torch.randn(batch, text, SPEC.text_dim, generator=g))
+
+
+def _announced(caplog) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records if r.name == "dax_core.compile.regional"]
+    return [line for line in lines if line.startswith(("compiling the", "new shape"))]
+
+
+def test_every_compilation_is_announced_in_one_line(caplog):
+    caplog.set_level(logging.INFO, logger="dax_core.compile")
+    model = _model()
+    counter = CountingBackend()
+    compile_blocks(model, CompileConfig(), backend=counter)
+    _forward(model, batch=2)
+    _forward(model, batch=2)  # the same shape: nothing compiles, nothing is said
+    _forward(model, batch=1)
+    _forward(model, batch=1, height=6, text=9)
+    assert counter.graphs == 3
+    assert _announced(caplog) == [
+        "compiling the transformer block for batch 2 x 12 video tokens x 5 text tokens "
+        "(CountingBackend, static shapes); all 4 blocks share its graph",
+        "new shape batch 1 x 12 video tokens x 5 text tokens: compiling the transformer block once more "
+        "(2 shapes so far)",
+        "new shape batch 1 x 18 video tokens x 9 text tokens: compiling the transformer block once more "
+        "(3 shapes so far)",
+    ]
+    uncompile_blocks(model)
+    caplog.clear()
+    _forward(model, batch=3)
+    assert _announced(caplog) == [] and counter.graphs == 3
+
+
+def test_dynamic_shapes_serve_every_block_and_new_sizes_with_one_graph(caplog):
+    """The tokens enter the blocks row-major, not as a transposed view of the patch embedding: a view is guarded on
+    its base, which block 2's input (block 1's output) does not have, so block 1 used to compile alone."""
+    caplog.set_level(logging.INFO, logger="dax_core.compile")
+    model = _model()  # float32: the compute-dtype cast is no copy, so only the layout change makes one
+    counter = CountingBackend()
+    compile_blocks(model, CompileConfig(dynamic=True), backend=counter)
+    _forward(model, batch=2)
+    _forward(model, batch=3, height=6, text=9)
+    assert counter.graphs == 1
+    assert _announced(caplog)[1] == (
+        "new shape batch 3 x 18 video tokens x 9 text tokens: the dynamic-shape graph takes it unless a size of "
+        "0 or 1 needs its own"
+    )
