@@ -100,6 +100,7 @@ def test_inductor_sampling_run_equals_eager_with_every_lever_on(dtype):
     assert quantization > 1e-4  # the eager run really is quantized
     assert _rel(compiled.latent, eager.latent) < 0.1 * quantization
 
+
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])
 def test_blocks_compile_once_per_input_shape_across_steps_branches_and_prompts(dtype, caplog):
     """With static shapes a block graph is specialised on (batch, video tokens, text tokens) and nothing else:
