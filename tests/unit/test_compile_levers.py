@@ -77,7 +77,7 @@ def fresh_dynamo():
 
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])
 def test_inductor_sampling_run_equals_eager_with_every_lever_on(dtype):
-    """Inductor on the CPU (C++ codegen): 15-30 s per scheme on two cores with a cold compile cache."""
+    """Inductor on the CPU (C++ codegen): 13-31 s per scheme on two cores with a cold compile cache."""
     req = tiny_request(steps=STEPS)
     eager = _engine(*_levers(dtype)).sample(req)
     # compile listed first: apply_accelerations applies it last, after the layers it traces are in place
@@ -91,14 +91,14 @@ def test_inductor_sampling_run_equals_eager_with_every_lever_on(dtype):
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]  # one graph, both blocks
     # Compiled and eager differ only in the order of float32 sums (~1e-7 per forward, measured). Where that tips
     # an activation over an 8-bit rounding boundary, one element moves by a whole quantization step, and later
-    # steps carry it: on the final latent, measured over three prompts, 4e-7 to 1.9e-5 (fp8) and 5e-7 to 3.8e-6
-    # (int8), at most 1/77 and 1/100 of what quantization itself changes (1.5e-3 fp8, 3.8e-4 int8, against the
-    # same run with float linears). A tenth of it leaves ~8x room; a compiled graph that lost the quantization,
-    # or a scale, is off by the whole of it or more.
+    # steps carry it. Measured on the final latent over four prompts: 4e-7 to 1.6e-6 (fp8) and 2.7e-6 to 6.5e-6
+    # (int8), at most 1/900 and 1/51 of what the quantization itself changes (1.2e-3 to 1.5e-3 fp8, 3.3e-4 to
+    # 3.8e-4 int8, against the same run with float linears). A fifth of it leaves 10x room; a compiled graph that
+    # lost the quantization, or quantized per tensor instead of per token, is off by about the whole of it.
     unquantized = _engine(*_levers(None)).sample(req)
     quantization = _rel(unquantized.latent, eager.latent)
     assert quantization > 1e-4  # the eager run really is quantized
-    assert _rel(compiled.latent, eager.latent) < 0.1 * quantization
+    assert _rel(compiled.latent, eager.latent) < 0.2 * quantization
 
 
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])
@@ -140,7 +140,7 @@ def test_blocks_compile_once_per_input_shape_across_steps_branches_and_prompts(d
     # 3. A negative prompt of another length: the branches run one after the other, batch 1 each. The positive
     #    (7 text tokens) reuses the batch-1 graph of 2.; the negative (5 text tokens) compiles once more.
     model.step_cache = None
-    apply_accelerations(model, Recipe("unused.safetensors", accelerations=(TEACACHE,)), CPU)
+    TEACACHE.apply(model, CPU)  # the recipe's TeaCache again
     engine.sample(tiny_request(prompt_seed=1, seed=3, steps=STEPS, negative_tokens=5))
     engine.sample(tiny_request(prompt_seed=2, seed=4, steps=STEPS, negative_tokens=5))
     assert counter.graphs == 3
