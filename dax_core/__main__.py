@@ -2,7 +2,7 @@
 
 Commands:
   tiny-model   write a small random Wan2.1 DiT (ComfyUI and/or diffusers naming)
-  demo         run the shipped workflow end to end through a headless ComfyUI on 127.0.0.1
+  demo         run a shipped workflow end to end through a headless ComfyUI on 127.0.0.1
   generate     sample a latent from text embeddings, in one process or under torchrun (sequence parallel)
 """
 

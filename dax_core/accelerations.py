@@ -37,6 +37,8 @@ class BuildEnv:
 
     ``sequence_group``: the process group the video tokens are split over (sequence parallelism), or None on
     one device; accelerations that must decide alike on every rank (step caches) reduce over it.
+    ``world_size``: the ranks one forward is split over; quantization refuses per-tensor activation scales when
+    it is above 1 (a scale taken on a slice of the tokens is another scale).
     """
 
     device: torch.device

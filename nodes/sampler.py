@@ -28,7 +28,8 @@ TOOLTIPS = {
     "the degree must divide the heads: 12 for 1.3B, 40 for 14B), ring (key/value blocks passed around), or hybrid.",
     "ulysses_degree": "hybrid only: the Ulysses degree; the ring degree is the rest.",
     "cfg_parallel": "Run the positive and negative branches on two halves of the GPUs (needs an even count).",
-    "overlap": "Overlap the workers' communication with computation.",
+    "overlap": "Overlap the workers' all-to-alls with attention. Measured on 2 NVLink H200s: 1.9% faster at 1.3B "
+    "480p, 2.4% slower at 14B 720p; likelier to pay on slower links.",
 }
 CPU_WORKERS_MAX = 8
 

@@ -1,6 +1,6 @@
-"""The main job: run the shipped Wan2.1 T2V workflow end to end through a headless ComfyUI.
+"""The main job: run a shipped Wan2.1 T2V workflow end to end through a headless ComfyUI.
 
-    python -m dax_core demo [--comfyui PATH] [--model FILE --text-encoder FILE --vae FILE]
+    python -m dax_core demo [--comfyui PATH] [--workflow FILE.api.json] [--model FILE --text-encoder FILE --vae FILE]
                             [--width W --height H --length N --steps S --prompt TEXT --seed N --gpus N]
 
 Without weights it writes (once, cached in $DAX_CACHE or ~/.cache/dax-demo) a tiny random Wan DiT, a random T5-base
@@ -38,8 +38,11 @@ from .vae import write_random_wan_vae
 
 log = logging.getLogger(__name__)
 
-WORKFLOW = REPO_ROOT / "workflows" / "wan21_t2v_1.3b_dax.api.json"
-TINY_SETTINGS = {"width": 64, "height": 64, "length": 5, "steps": 4}
+WORKFLOWS = REPO_ROOT / "workflows"
+WORKFLOW = WORKFLOWS / "wan21_t2v_1.3b_dax.api.json"
+# The tiny DiT is no Wan size with a published TeaCache polynomial or MagCache calibration: the step caches of a
+# workflow run on it use the 14B ones (any would do: the video is noise).
+TINY_SETTINGS = {"width": 64, "height": 64, "length": 5, "steps": 4, "step_cache_model": "wan2.1-t2v-14b"}
 TINY_VERSION = "v1"  # bump when the generated files change, so stale caches are not reused
 
 # loader class -> (its file widget, the ComfyUI model folder it lists)
@@ -48,6 +51,13 @@ LOADERS = {
     "CLIPLoader": ("clip_name", "text_encoders"),
     "VAELoader": ("vae_name", "vae"),
 }
+# setting -> the (node class, input) it sets. The latent and sampler nodes must be in the workflow; the others are
+# set on every node of their class the workflow has, if any.
+NODE_SETTINGS = {
+    **{key: ("EmptyHunyuanLatentVideo", key) for key in ("width", "height", "length")},
+    **{key: ("DaxMultiGPUSampler", key) for key in ("steps", "seed", "cfg", "shift", "gpus")},
+}
+OPTIONAL_NODE_SETTINGS = {"step_cache_model": (("DaxTeacache", "coefficients"), ("DaxMagcache", "model"))}
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,11 @@ def tiny_models(cache: Path | None = None) -> ModelFiles:
     )
 
 
+def shipped_workflows() -> list[Path]:
+    """The API-format workflows in workflows/ (each has a UI-format twin without the ``.api``)."""
+    return sorted(WORKFLOWS.glob("*.api.json"))
+
+
 def load_workflow(path: Path = WORKFLOW) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -132,20 +147,24 @@ def configure(
     """A copy of an API-format Wan workflow with its loaders' files and the given settings replaced.
 
     ``model_names``: loader class -> listed file name. ``settings`` keys: width, height, length (latent node),
-    steps, seed, cfg, shift, gpus (sampler), prompt and negative (the texts wired to the sampler).
+    steps, seed, cfg, shift, gpus (sampler), prompt and negative (the texts wired to the sampler), step_cache_model
+    (the published model whose TeaCache polynomial and MagCache calibration the step cache nodes use, if any).
     """
     prompt = copy.deepcopy(prompt)
     for class_type, name in model_names.items():
         node_of(prompt, class_type)["inputs"][LOADERS[class_type][0]] = name
     sampler = node_of(prompt, "DaxMultiGPUSampler")["inputs"]
-    latent = node_of(prompt, "EmptyHunyuanLatentVideo")["inputs"]
     for key, value in (settings or {}).items():
         if value is None:
             continue
-        if key in ("width", "height", "length"):
-            latent[key] = value
-        elif key in ("steps", "seed", "cfg", "shift", "gpus"):
-            sampler[key] = value
+        if key in NODE_SETTINGS:
+            class_type, name = NODE_SETTINGS[key]
+            node_of(prompt, class_type)["inputs"][name] = value
+        elif key in OPTIONAL_NODE_SETTINGS:
+            for class_type, name in OPTIONAL_NODE_SETTINGS[key]:
+                for node in prompt.values():
+                    if node["class_type"] == class_type:
+                        node["inputs"][name] = value
         elif key in ("prompt", "negative"):
             source = sampler["positive" if key == "prompt" else "negative"][0]
             prompt[source]["inputs"]["text"] = value
@@ -158,6 +177,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dax_core demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--comfyui", type=Path, help="ComfyUI checkout (default: $COMFYUI_PATH, the one holding this pack, "
                    "~/ComfyUI)")  # fmt: skip
+    p.add_argument("--workflow", type=Path, default=WORKFLOW, help=f"API-format workflow to run (default: "
+                   f"workflows/{WORKFLOW.name}; the others in workflows/ work too)")  # fmt: skip
     p.add_argument("--model", type=Path, help="Wan2.1 T2V DiT: .safetensors file or diffusers folder")
     p.add_argument("--text-encoder", type=Path, help="umt5-xxl text encoder .safetensors (ComfyUI's)")
     p.add_argument("--vae", type=Path, help="Wan2.1 VAE .safetensors")
@@ -182,17 +203,20 @@ def run(
     settings: dict[str, Any],
     output_dir: Path,
     *,
+    workflow: dict[str, Any] | None = None,
     cpu: bool = True,
     timeout: float = 3600.0,
 ) -> list[Path]:
-    """Run the shipped workflow with ``files`` and ``settings`` in a fresh headless ComfyUI; returns saved files."""
+    """Run an API-format ``workflow`` (default: the shipped 1.3B one) with ``files`` and ``settings`` in a fresh
+    headless ComfyUI; returns the saved files."""
+    workflow = workflow if workflow is not None else load_workflow()
     with tempfile.TemporaryDirectory(prefix="dax-demo-") as base:
         files.link_into(Path(base))
         with ComfyServer(comfyui, Path(base), output_dir=output_dir, cpu=cpu) as server:
             try:
                 info = server.object_info()
                 names = {cls: model_option(info, cls, path) for cls, path in files.by_loader().items()}
-                outputs = server.run(configure(load_workflow(), names, settings), timeout=timeout)
+                outputs = server.run(configure(workflow, names, settings), timeout=timeout)
             except Exception:
                 kept = Path(output_dir) / "comfyui-demo.log"  # the base directory and its log are about to go
                 shutil.copyfile(server.log_path, kept)
@@ -215,15 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     settings = {key: getattr(args, key) for key in ("width", "height", "length", "steps", "seed", "gpus")}
     settings.update(prompt=args.prompt, negative=args.negative)
     try:
+        workflow = load_workflow(args.workflow)  # a missing or malformed file fails before anything starts
         if missing:
             log.info("no weights given: using tiny random models (the video will be noise)")
             files = tiny_models()
-            settings = {**settings, **{k: v for k, v in TINY_SETTINGS.items() if settings[k] is None}}
+            settings = {**settings, **{k: v for k, v in TINY_SETTINGS.items() if settings.get(k) is None}}
         else:
             files = ModelFiles(args.model, args.text_encoder, args.vae)
         output_dir = args.output_dir or cache_dir() / "output"
         cpu = args.device == "cpu" if args.device else bool(missing) or not torch.cuda.is_available()
-        saved = run(comfyui, files, settings, output_dir, cpu=cpu, timeout=args.timeout)
+        saved = run(comfyui, files, settings, output_dir, workflow=workflow, cpu=cpu, timeout=args.timeout)
     except (ComfyServerError, PromptRejected, PromptFailed, OSError, ValueError) as e:
         log.error("demo failed: %s", e)
         return 1

@@ -146,11 +146,25 @@ def enable_sequence_parallel(
     if model.sequence_parallel is not None:
         raise RuntimeError("sequence parallelism is already enabled on this model; call disable_sequence_parallel")
     config.validate_for(model.spec)
+    _check_token_local(model)
     groups = build_groups(config, group if group is not None else dist.group.WORLD)
     plan = SequenceParallel(config, groups)
     model.sequence_parallel = plan
     log.info("sequence parallel on rank %d: %s (token slice %d)", plan.rank, config.describe(), groups.shard_index)
     return plan
+
+
+def _check_token_local(model: WanModel) -> None:
+    """Refuse layers that declare ``token_local = False``: their output for one token depends on the other tokens
+    of their input (a per-tensor activation scale), so on this rank's slice they would compute something else."""
+    coupled = [name for name, m in model.named_modules() if not getattr(m, "token_local", True)]
+    if coupled:
+        more = f" and {len(coupled) - 1} more layers" if len(coupled) > 1 else ""
+        raise ValueError(
+            f"{coupled[0]}{more} compute each token's output from every token of their input (per-tensor "
+            "activation scales): on a slice of the tokens they would compute something else than on one GPU; "
+            "quantize with per-token-per-channel scales to split the sequence"
+        )
 
 
 def disable_sequence_parallel(model: WanModel) -> None:

@@ -8,7 +8,15 @@ from typing import Any, ClassVar
 from ..models.spec import WanSpec
 from ..models.wan import WanModel
 from ..recipe import Acceleration, RecipeError, register_acceleration
-from .qconfig import GRANULARITIES, PER_TOKEN_PER_CHANNEL, QConfig, QuantizationError, qconfig_for, require_fp8_support
+from .qconfig import (
+    GRANULARITIES,
+    PER_TOKEN_PER_CHANNEL,
+    SPLIT_TOKENS_HINT,
+    QConfig,
+    QuantizationError,
+    qconfig_for,
+    require_fp8_support,
+)
 from .quantize import BACKENDS, REGEX_PREFIX, plan_quantization, quantize_dynamic
 from .wan import WAN_KEEP_DEFAULT
 
@@ -63,6 +71,10 @@ class QuantizeConfig(Acceleration):
             raise QuantizationError(f"keep list: {e}") from e
 
     def apply(self, model: Any, env: Any) -> None:
+        world = getattr(env, "world_size", 1)
+        if world > 1 and not self.qconfig.per_token:
+            where = f"Quantize Linear ({self.dtype}, {self.granularity}) on {world} GPUs"
+            raise QuantizationError(f"{where}: {SPLIT_TOKENS_HINT}")
         if self.dtype == "fp8":
             require_fp8_support(env.device)
         try:

@@ -94,6 +94,8 @@ class QuantLinear(nn.Module):
         self.per_token = qconfig.per_token
         self.is_fp8 = qconfig.family == "fp8"
         self.fast_accum = qconfig.fast_accum
+        # each output row depends on its own input row alone (checked by sequence parallelism)
+        self.token_local = qconfig.per_token
 
     @classmethod
     def from_linear(

@@ -19,6 +19,13 @@ FP8_ACTIVATION_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 FP8_WEIGHT_DTYPES = (torch.float8_e4m3fn,)
 
 
+SPLIT_TOKENS_HINT = (
+    "a per-tensor activation scale is the largest value over every token of a layer's input, so with the tokens "
+    "split over GPUs each GPU would take its own scale and the result would differ from one GPU's; use granularity "
+    "'per-token-per-channel' (as fast, and more accurate) or run on one GPU"
+)
+
+
 class QuantizationError(ValueError):
     """A quantization request cannot be met; the message says what to change."""
 
@@ -58,7 +65,11 @@ class QConfig:
 
     @property
     def per_token(self) -> bool:
-        """One scale per activation row and per weight output channel (else one per tensor)."""
+        """One scale per activation row and per weight output channel (else one per tensor).
+
+        Per token, every output row of a layer depends on its own input row alone, so a layer run on a slice
+        of the tokens (sequence parallelism) computes exactly the rows it computes on all of them.
+        """
         return self.granularity == PER_TOKEN_PER_CHANNEL
 
     def describe(self) -> str:

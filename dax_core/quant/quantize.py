@@ -26,7 +26,7 @@ from torch import nn
 from ..models.wan import WanModel
 from . import wan
 from .linear import QuantLinear, check_shape, takes_weight_as_stored
-from .qconfig import QConfig, QuantizationError, require_fp8_support
+from .qconfig import SPLIT_TOKENS_HINT, QConfig, QuantizationError, require_fp8_support
 from .torchao_linear import TorchaoQuantLinear, require_torchao, torchao_available
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,8 @@ def quantize_dynamic(
     ``_int_mm`` on CUDA, the reference path elsewhere), ``"torchao"`` (torchao's tensors; it must be installed),
     or ``"auto"`` (torchao for the schemes in ``AUTO_TORCHAO_SCHEMES``, none at present: see there).
     ``compute_dtype`` is the activation dtype the biases are kept in (default: ``model.compute_dtype`` if the
-    model has one, else each bias's own dtype).
+    model has one, else each bias's own dtype). Per-tensor schemes are refused on a model that runs
+    sequence-parallel (``enable_sequence_parallel`` refuses them in the other order).
     """
     if backend not in BACKENDS:
         raise QuantizationError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -156,6 +157,9 @@ def quantize_dynamic(
         raise QuantizationError(f"the model is already quantized ({already[0]}...): build it again from its weights")
     plan = plan_quantization(model, qconfig_dict)
     todo = {name: cfg for name, cfg in plan.items() if cfg is not None}
+    per_tensor = [name for name, cfg in todo.items() if not cfg.per_token]
+    if per_tensor and getattr(model, "sequence_parallel", None) is not None:
+        raise QuantizationError(f"{per_tensor[0]}: the model runs sequence-parallel, and {SPLIT_TOKENS_HINT}")
     for name, cfg in todo.items():  # every check before the first change: no half-quantized model on error
         if cfg.family == "fp8":
             require_fp8_support(model.get_submodule(name).weight.device)

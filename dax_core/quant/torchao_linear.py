@@ -76,6 +76,7 @@ class TorchaoQuantLinear(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
         self.qconfig = qconfig
+        self.token_local = qconfig.per_token  # as QuantLinear's
 
     @classmethod
     def from_linear(

@@ -87,11 +87,13 @@ def parallel_to_dict(cfg: ParallelConfig | None) -> dict[str, Any] | None:
 
 
 def build_engine(recipe: Recipe, device: torch.device, parallel: ParallelConfig | None) -> WanEngine:
-    """The recipe's engine on ``device``; with a parallel layout its forward is split over the process group."""
-    engine = WanEngine.build(recipe, device)
-    if parallel is not None and parallel.world_size > 1:
-        parallel.validate_for(engine.model.spec)
-        enable_sequence_parallel(engine.model, parallel)
+    """The recipe's engine on ``device``; with a parallel layout its forward is split over the process group
+    (the whole world), which the accelerations are given too (a step cache decides alike on every rank)."""
+    if parallel is None or parallel.world_size == 1:
+        return WanEngine.build(recipe, device)
+    engine = WanEngine.build(recipe, device, sequence_group=dist.group.WORLD)
+    parallel.validate_for(engine.model.spec)
+    enable_sequence_parallel(engine.model, parallel)
     return engine
 
 

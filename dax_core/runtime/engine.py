@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from ..accelerations import BuildEnv, apply_accelerations
 from ..cache.base import StepCache, StepCacheReport
@@ -97,16 +98,24 @@ class WanEngine:
         self.device = torch.device(device)
 
     @classmethod
-    def build(cls, recipe: Recipe, device: torch.device | str) -> WanEngine:
-        """Load the recipe's weights on ``device`` and apply its accelerations."""
+    def build(
+        cls, recipe: Recipe, device: torch.device | str, sequence_group: dist.ProcessGroup | None = None
+    ) -> WanEngine:
+        """Load the recipe's weights on ``device`` and apply its accelerations.
+
+        ``sequence_group``: the process group the model's tokens will be split over (sequence parallelism), or
+        None for one process. The accelerations see it: a step cache reduces its decision sums over it, and
+        quantization refuses per-tensor activation scales, which a split would change.
+        """
         from ..models.loading import load_wan_model  # the weight loader is needed only here
 
         device = torch.device(device)
+        world = 1 if sequence_group is None else sequence_group.size()
         start = time.perf_counter()
         model = load_wan_model(
             recipe.weights, device=device, weight_dtype=recipe.weight_dtype, compute_dtype=recipe.torch_compute_dtype
         ).eval()
-        apply_accelerations(model, recipe, BuildEnv(device))
+        apply_accelerations(model, recipe, BuildEnv(device, world, sequence_group))
         log.info("built %s on %s in %.1f s", model.spec.name, device, time.perf_counter() - start)
         return cls(model, recipe, device)
 

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dax_core.models.naming import diffusers_to_wan
-
-from .common import CASES, Case, build_ours, cuda_time, device_name, fill_seeded_, median, write_json
+from .common import CASES, Case, build_diffusers, build_ours, cuda_time, device_name, median, write_json
 
 log = logging.getLogger("bench_forward")
 
@@ -26,29 +24,6 @@ def _inputs(case: Case, dtype: torch.dtype, seed: int):
     t = torch.tensor([700.0], device="cuda")
     ctx = torch.randn(1, 512, case.spec.text_dim, generator=g, device="cuda").to(dtype)
     return x, t, ctx
-
-
-def _build_diffusers(case: Case, dtype: torch.dtype, seed: int):
-    from diffusers import WanTransformer3DModel
-
-    spec = case.spec
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("cuda"):
-            model = WanTransformer3DModel(
-                num_attention_heads=spec.num_heads, attention_head_dim=spec.head_dim, text_dim=spec.text_dim,
-                freq_dim=spec.freq_dim, ffn_dim=spec.ffn_dim, num_layers=spec.num_layers,
-            )  # fmt: skip
-    finally:
-        torch.set_default_dtype(previous)
-    # as from_pretrained does: these modules stay in float32
-    for name, module in model.named_modules():
-        if any(name.endswith(k) or f".{k}" in name for k in model._keep_in_fp32_modules):
-            module.float()
-    model.scale_shift_table.data = model.scale_shift_table.data.float()
-    fill_seeded_(model, seed, rename=diffusers_to_wan)
-    return model.eval()
 
 
 def _measure_and_free(make_forward, warmup: int, reps: int) -> tuple[dict, torch.Tensor]:
@@ -82,7 +57,7 @@ def run_case(key: str, warmup: int, reps: int, seed: int = 0) -> dict:
         return lambda: ours(x, t, ctx)
 
     def diffusers_forward():
-        ref = _build_diffusers(case, dtype, seed)
+        ref = build_diffusers(case.spec, "cuda", dtype, seed)
         return lambda: ref(x.to(dtype), t, ctx, return_dict=False)[0]
 
     result["dax_core"], out_ours = _measure_and_free(dax_forward, warmup, reps)

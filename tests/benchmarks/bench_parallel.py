@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dax_core.models.naming import diffusers_to_wan
 from dax_core.models.spec import WanSpec
 from dax_core.parallel import ParallelConfig, disable_sequence_parallel, enable_sequence_parallel
 
-from .common import CASES, TEXT_TOKENS, Case, build_ours, device_name, fill_seeded_, median, write_json
+from .common import CASES, TEXT_TOKENS, Case, build_diffusers, build_ours, device_name, median, write_json
 
 log = logging.getLogger("bench_parallel")
 DTYPE = torch.bfloat16
@@ -172,25 +171,10 @@ def _ours(case: Case, world: int, rank: int, device: torch.device, args) -> tupl
 
 
 def _diffusers(case: Case, world: int, device: torch.device, args, ref: torch.Tensor | None) -> dict:
-    from diffusers import ContextParallelConfig, WanTransformer3DModel
+    from diffusers import ContextParallelConfig
 
-    spec = case.spec
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(DTYPE)
-    try:
-        with device:
-            model = WanTransformer3DModel(
-                num_attention_heads=spec.num_heads, attention_head_dim=spec.head_dim, text_dim=spec.text_dim,
-                freq_dim=spec.freq_dim, ffn_dim=spec.ffn_dim, num_layers=spec.num_layers,
-            )  # fmt: skip
-    finally:
-        torch.set_default_dtype(previous)
-    for name, module in model.named_modules():  # as from_pretrained does: these modules stay in float32
-        if any(name.endswith(k) or f".{k}" in name for k in model._keep_in_fp32_modules):
-            module.float()
-    model.scale_shift_table.data = model.scale_shift_table.data.float()
-    fill_seeded_(model, SEED, rename=diffusers_to_wan)
-    model.eval().enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+    model = build_diffusers(case.spec, device, DTYPE, SEED)
+    model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
     x, t, ctx = _inputs(case, device)
     step = lambda: model(x.to(DTYPE), t, ctx, return_dict=False)[0]  # noqa: E731
     stats, out = _time(step, device, args.warmup, args.reps, together=True)

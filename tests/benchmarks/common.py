@@ -90,6 +90,31 @@ def build_ours(spec: WanSpec, device: str, dtype: torch.dtype, seed: int) -> Wan
     return model.eval()
 
 
+def build_diffusers(spec: WanSpec, device: torch.device | str, dtype: torch.dtype, seed: int):
+    """diffusers' WanTransformer3DModel built directly on ``device`` with the same seeded weights as
+    ``build_ours`` (float32 where ``from_pretrained`` keeps it)."""
+    from diffusers import WanTransformer3DModel
+
+    from dax_core.models.naming import diffusers_to_wan
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = WanTransformer3DModel(
+                num_attention_heads=spec.num_heads, attention_head_dim=spec.head_dim, text_dim=spec.text_dim,
+                freq_dim=spec.freq_dim, ffn_dim=spec.ffn_dim, num_layers=spec.num_layers,
+            )  # fmt: skip
+    finally:
+        torch.set_default_dtype(previous)
+    for name, module in model.named_modules():
+        if any(name.endswith(k) or f".{k}" in name for k in model._keep_in_fp32_modules):
+            module.float()
+    model.scale_shift_table.data = model.scale_shift_table.data.float()
+    fill_seeded_(model, seed, rename=diffusers_to_wan)
+    return model.eval()
+
+
 def cuda_time(fn: Callable[[], object], warmup: int, reps: int) -> list[float]:
     for _ in range(warmup):
         fn()

@@ -1,7 +1,8 @@
 """The ComfyUI tier: one headless ComfyUI (a subprocess on 127.0.0.1) shared by the whole session.
 
 Its base directory holds the pack (symlinked into custom_nodes), the tiny demo models, empty placeholders under the
-shipped workflow's file names (so its file lists validate) and two wrong "DiT" files: a VAE and a non-safetensors.
+file names of every shipped workflow's loaders (so their file lists validate) and two wrong "DiT" files: a VAE and a
+non-safetensors.
 """
 
 from __future__ import annotations
@@ -13,15 +14,30 @@ from typing import Any
 import pytest
 
 from dax_core.demo.comfy_server import ComfyServer
-from dax_core.demo.run import TINY_SETTINGS, ModelFiles, configure, load_workflow, tiny_models
+from dax_core.demo.run import (
+    LOADERS,
+    TINY_SETTINGS,
+    WORKFLOW,
+    ModelFiles,
+    configure,
+    load_workflow,
+    shipped_workflows,
+    tiny_models,
+)
 
-PLACEHOLDERS = {
-    "diffusion_models": "wan2.1_t2v_1.3B_bf16.safetensors",
-    "text_encoders": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-    "vae": "wan_2.1_vae.safetensors",
-}
 # kind -> file name in models/diffusion_models
 WRONG_DIT_FILES = {"vae": "wrong_dit_is_a_vae.safetensors", "garbage": "wrong_dit_is_garbage.safetensors"}
+
+
+def placeholders() -> set[tuple[str, str]]:
+    """(model folder, file name) of every loader's file in the shipped workflows."""
+    found = set()
+    for path in shipped_workflows():
+        for node in load_workflow(path).values():
+            if node["class_type"] in LOADERS:
+                widget, folder = LOADERS[node["class_type"]]
+                found.add((folder, node["inputs"][widget]))
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +52,7 @@ def comfy_server(
 ) -> Iterator[ComfyServer]:
     base = tmp_path_factory.mktemp("comfyui-base")
     demo_models.link_into(base)
-    for folder, name in PLACEHOLDERS.items():
+    for folder, name in placeholders():
         (base / "models" / folder / name).write_bytes(b"")
     diffusion_models = base / "models" / "diffusion_models"
     (diffusion_models / WRONG_DIT_FILES["vae"]).symlink_to(demo_models.vae)
@@ -53,13 +69,13 @@ def wrong_dit_files() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_prompt(demo_models: ModelFiles) -> Callable[..., dict[str, Any]]:
-    """``tiny_prompt(seed=1, DaxLoadWan="other.safetensors")``: the shipped API workflow on the tiny models."""
-    workflow = load_workflow()
+    """``tiny_prompt(seed=1, DaxLoadWan="other.safetensors", workflow=path)``: a shipped API workflow (the 1.3B one
+    unless ``workflow`` names another) on the tiny models, with the tiny settings and any others given."""
 
-    def make(**overrides: Any) -> dict[str, Any]:
+    def make(workflow: Path = WORKFLOW, **overrides: Any) -> dict[str, Any]:
         names = {cls: path.name for cls, path in demo_models.by_loader().items()}
         names.update({k: v for k, v in overrides.items() if k in names})
         settings = {**TINY_SETTINGS, **{k: v for k, v in overrides.items() if k not in names}}
-        return configure(workflow, names, settings)
+        return configure(load_workflow(workflow), names, settings)
 
     return make

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dax_core.demo.run import ModelFiles, configure, load_workflow, main
+from dax_core.demo.run import WORKFLOWS, ModelFiles, configure, load_workflow, main
 
 pytestmark = pytest.mark.comfyui
 
@@ -61,3 +61,17 @@ def test_configure_changes_only_what_it_is_given() -> None:
     }
     with pytest.raises(ValueError, match="unknown workflow setting 'fps'"):
         configure(workflow, {}, {"fps": 8})
+
+
+def test_configure_pins_the_step_cache_model_of_every_step_cache_node_and_needs_none() -> None:
+    fast = load_workflow(WORKFLOWS / "wan21_t2v_14b_dax_fast.api.json")
+    prompt = configure(fast, {}, {"step_cache_model": "wan2.1-t2v-1.3b"})
+    changed = {
+        (node["class_type"], key): value
+        for node_id, node in prompt.items()
+        for key, value in node["inputs"].items()
+        if fast[node_id]["inputs"][key] != value
+    }
+    assert changed == {("DaxTeacache", "coefficients"): "wan2.1-t2v-1.3b"}
+    plain = load_workflow()
+    assert configure(plain, {}, {"step_cache_model": "wan2.1-t2v-1.3b"}) == plain  # no step cache: nothing to pin

@@ -1,7 +1,9 @@
-"""Whole prompts through POST /prompt: the tiny workflow writes a video; a wrong model file fails cleanly."""
+"""Whole prompts through POST /prompt: every shipped workflow, on the tiny models, writes a video with each of its
+acceleration nodes at work; a wrong model file fails cleanly."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,11 +12,13 @@ from typing import Any
 import pytest
 
 from dax_core.demo.comfy_server import ComfyServer, PromptFailed
-from dax_core.demo.run import TINY_SETTINGS
+from dax_core.demo.run import TINY_SETTINGS, shipped_workflows
 
 pytestmark = pytest.mark.comfyui
 
 RUN_TIMEOUT = 300.0
+# TeaCache in e0 mode always runs the first 5 steps and the last: 10 steps leave 4 it may skip.
+LEVER_STEPS = 10
 
 
 def _check_video(path: Path) -> None:
@@ -26,18 +30,51 @@ def _check_video(path: Path) -> None:
     assert (frames[0].width, frames[0].height) == (TINY_SETTINGS["width"], TINY_SETTINGS["height"])
 
 
-def _run_to_video(server: ComfyServer, prompt: dict[str, Any]) -> None:
+def _run_to_video(server: ComfyServer, prompt: dict[str, Any]) -> dict[str, Any]:
     outputs = server.run(prompt, timeout=RUN_TIMEOUT)
     videos = [p for p in server.output_files(outputs) if p.suffix == ".mp4"]
     assert len(videos) == 1, f"expected one saved video, got {outputs}"
     _check_video(videos[0])
+    return outputs
 
 
-def test_tiny_workflow_writes_a_video(comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]) -> None:
-    _run_to_video(comfy_server, tiny_prompt(seed=1))
+def _check_levers(prompt: dict[str, Any], outputs: dict[str, Any], log: str) -> None:
+    """Each acceleration node of ``prompt`` left its mark on the run (``log``: ComfyUI's log of this prompt)."""
+    by_type = {node["class_type"]: node_id for node_id, node in prompt.items()}
+    levers = {t for t in by_type if t.startswith("Dax")} - {"DaxLoadWan", "DaxMultiGPUSampler"}
+    assert levers <= {"DaxQuantizeLinear", "DaxSetAttentionBackend", "DaxTeacache", "DaxCompile"}, (
+        f"add a check for {levers} here"
+    )
+    if "DaxQuantizeLinear" in by_type:
+        inputs = prompt[by_type["DaxQuantizeLinear"]]["inputs"]
+        done = re.search(rf"quantized (\d+) linear layers \[{inputs['dtype']} {inputs['granularity']}", log)
+        assert done and int(done[1]) > 0, log
+    if "DaxSetAttentionBackend" in by_type:
+        summary = outputs[by_type["DaxSetAttentionBackend"]]["dax_summary"][0]
+        assert "attention (auto): PyTorch SDPA" in summary, summary  # on CPU, auto is SDPA
+    if "DaxTeacache" in by_type:
+        summary = "\n".join(outputs[by_type["DaxMultiGPUSampler"]]["dax_summary"])
+        skips = re.search(rf"TeaCache skipped cond (\d+)/{LEVER_STEPS}, uncond (\d+)/{LEVER_STEPS} steps", summary)
+        assert skips and int(skips[1]) > 0 and int(skips[2]) > 0, summary
+    if "DaxCompile" in by_type:
+        backend = prompt[by_type["DaxCompile"]]["inputs"]["backend"]
+        assert re.search(rf"compiling \d+ transformer blocks on first use \({{'backend': '{backend}'", log), log
+        assert "first step with compilation" in log, log
+
+
+@pytest.mark.parametrize("workflow", shipped_workflows(), ids=lambda path: path.name.removesuffix(".api.json"))
+def test_tiny_workflow_writes_a_video(
+    comfy_server: ComfyServer, tiny_prompt: Callable[..., dict], workflow: Path
+) -> None:
+    # The whole graph as shipped, on the tiny models at the tiny size. On CPU: fp8 quantization takes the PyTorch
+    # path, attention auto picks SDPA, and Compile keeps inductor (its C++ kernels build in 10-20 s on two cores).
+    prompt = tiny_prompt(workflow=workflow, seed=1, steps=LEVER_STEPS)
+    log_start = len(comfy_server.log_text())
+    outputs = _run_to_video(comfy_server, prompt)
     log = comfy_server.log_text()
     assert "clip missing" not in log, "the random T5-base lacks keys SA-T5 expects"
     assert "Missing VAE keys" not in log, "the random Wan VAE lacks keys ComfyUI's WanVAE expects"
+    _check_levers(prompt, outputs, log[log_start:])
 
 
 @pytest.mark.parametrize(("kind", "seed"), [("vae", 3), ("garbage", 4)])

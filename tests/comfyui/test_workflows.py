@@ -1,20 +1,36 @@
-"""The shipped workflows: the API twin passes ComfyUI's validation, and the UI file converts to exactly that twin."""
+"""Every shipped workflow: the API twin passes ComfyUI's validation, and the UI file converts to exactly that twin."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dax_core.cache.coefficients import RECOMMENDED_THRESHOLDS
 from dax_core.demo.comfy_server import ComfyServer, PromptFailed, PromptRejected
-from dax_core.demo.run import WORKFLOW, load_workflow
+from dax_core.demo.run import LOADERS, WORKFLOWS, load_workflow, node_of, shipped_workflows
 
 pytestmark = pytest.mark.comfyui
 
-UI_WORKFLOW = WORKFLOW.with_name(WORKFLOW.name.replace(".api.json", ".json"))
+API_WORKFLOWS = shipped_workflows()
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-LOADERS = {"DaxLoadWan", "CLIPLoader", "VAELoader"}
+NODE_TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its ``pos``
+# the published model (TeaCache's naming) of each DiT file the shipped workflows load
+PUBLISHED_MODEL = {
+    "wan2.1_t2v_1.3B_bf16.safetensors": "wan2.1-t2v-1.3b",
+    "wan2.1_t2v_14B_bf16.safetensors": "wan2.1-t2v-14b",
+}
+
+each_workflow = pytest.mark.parametrize(
+    "workflow", API_WORKFLOWS, ids=[path.name.removesuffix(".api.json") for path in API_WORKFLOWS]
+)
+
+
+def ui_twin(api_workflow: Path) -> Path:
+    return api_workflow.with_name(api_workflow.name.removesuffix(".api.json") + ".json")
 
 
 def _widget_values(node: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
@@ -53,8 +69,24 @@ def ui_to_api(ui: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]
     return prompt
 
 
-def test_ui_workflow_is_well_formed() -> None:
-    ui = json.loads(UI_WORKFLOW.read_text(encoding="utf-8"))
+def test_every_ui_workflow_has_an_api_twin() -> None:
+    ui_files = {path for path in WORKFLOWS.glob("*.json") if not path.name.endswith(".api.json")}
+    assert ui_files == {ui_twin(path) for path in API_WORKFLOWS}
+    assert {path.name for path in API_WORKFLOWS} >= {"wan21_t2v_1.3b_dax.api.json", "wan21_t2v_14b_dax_fast.api.json"}
+
+
+def _box(node: dict[str, Any]) -> tuple[float, float, float, float]:
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - NODE_TITLE_HEIGHT, x + w, y + h
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@each_workflow
+def test_ui_workflow_is_well_formed(workflow: Path) -> None:
+    ui = json.loads(ui_twin(workflow).read_text(encoding="utf-8"))
     assert ui["version"] == 0.4
     nodes = {node["id"]: node for node in ui["nodes"]}
     assert ui["last_node_id"] == max(nodes) and ui["last_link_id"] == max(link[0] for link in ui["links"])
@@ -69,9 +101,46 @@ def test_ui_workflow_is_well_formed() -> None:
         assert len(node["pos"]) == 2 and len(node["size"]) == 2 and node["mode"] == 0
 
 
-def test_ui_and_api_twins_agree(comfy_server: ComfyServer) -> None:
-    ui = json.loads(UI_WORKFLOW.read_text(encoding="utf-8"))
-    api = load_workflow()
+@each_workflow
+def test_ui_workflow_layout_is_legible(workflow: Path) -> None:
+    ui = json.loads(ui_twin(workflow).read_text(encoding="utf-8"))
+    boxes = {node["id"]: _box(node) for node in ui["nodes"]}
+    for (a, box_a), (b, box_b) in itertools.combinations(boxes.items(), 2):
+        assert not _overlap(box_a, box_b), f"nodes {a} and {b} overlap"
+    groups = {}
+    for group in ui["groups"]:
+        x, y, w, h = group["bounding"]
+        groups[group["title"]] = (x, y, x + w, y + h)
+    for (a, box_a), (b, box_b) in itertools.combinations(groups.items(), 2):
+        assert not _overlap(box_a, box_b), f"groups {a!r} and {b!r} overlap"
+    for title, group in groups.items():
+        members = [node_id for node_id, box in boxes.items() if _overlap(box, group)]
+        assert members, f"group {title!r} holds no node"
+        for node_id in members:
+            x0, y0, x1, y1 = boxes[node_id]
+            inside = group[0] <= x0 and group[1] <= y0 and x1 <= group[2] and y1 <= group[3]
+            assert inside, f"node {node_id} straddles the border of group {title!r}"
+
+
+def test_teacache_thresholds_are_published_settings_for_the_model() -> None:
+    checked = 0
+    for workflow in API_WORKFLOWS:
+        prompt = load_workflow(workflow)
+        model = PUBLISHED_MODEL[node_of(prompt, "DaxLoadWan")["inputs"]["model_name"]]
+        for node in prompt.values():
+            if node["class_type"] == "DaxTeacache":
+                inputs = node["inputs"]
+                assert inputs["coefficients"] == "auto", f"{workflow.name}: the loaded model's own polynomial"
+                low, high = RECOMMENDED_THRESHOLDS[inputs["mode"]][model]
+                assert low <= inputs["threshold"] <= high, f"{workflow.name}: {model}, {inputs['mode']}: {low}-{high}"
+                checked += 1
+    assert checked, "no shipped workflow has a TeaCache node"
+
+
+@each_workflow
+def test_ui_and_api_twins_agree(comfy_server: ComfyServer, workflow: Path) -> None:
+    ui = json.loads(ui_twin(workflow).read_text(encoding="utf-8"))
+    api = load_workflow(workflow)
     assert ui_to_api(ui, comfy_server.object_info()) == {
         node_id: {"class_type": node["class_type"], "inputs": node["inputs"]} for node_id, node in api.items()
     }
@@ -79,17 +148,19 @@ def test_ui_and_api_twins_agree(comfy_server: ComfyServer) -> None:
     assert titles == {node_id: node["_meta"]["title"] for node_id, node in api.items()}
 
 
-def test_shipped_workflow_passes_validation(comfy_server: ComfyServer) -> None:
+@each_workflow
+def test_shipped_workflow_passes_validation(comfy_server: ComfyServer, workflow: Path) -> None:
     # POST /prompt validates the whole graph (types, links, value ranges, file lists) before queueing it.
-    prompt_id = comfy_server.queue_prompt(load_workflow())
+    prompt_id = comfy_server.queue_prompt(load_workflow(workflow))
     # The files under the workflow's names are empty placeholders, so running stops at the first loader.
     with pytest.raises(PromptFailed) as failed:
         comfy_server.wait_for(prompt_id, timeout=120)
     assert failed.value.node_type in LOADERS
 
 
-def test_unknown_model_file_is_rejected_with_node_errors(comfy_server: ComfyServer) -> None:
-    prompt = load_workflow()
+@each_workflow
+def test_unknown_model_file_is_rejected_with_node_errors(comfy_server: ComfyServer, workflow: Path) -> None:
+    prompt = load_workflow(workflow)
     loader_id = next(k for k, node in prompt.items() if node["class_type"] == "DaxLoadWan")
     prompt[loader_id]["inputs"]["model_name"] = "no_such_model.safetensors"
     with pytest.raises(PromptRejected) as rejected:

@@ -4,7 +4,9 @@ which starts N of them:
     python tests/unit/parallel_worker.py --rank R --world N --port P --cases JSON --out DIR [--device cuda]
 
 For every case it runs the tiny model single-process (the reference), then with sequence parallelism (both
-schedules), then again after disabling it, and writes the differences to DIR/rank<R>.json.
+schedules), then again after disabling it, and writes the differences to DIR/rank<R>.json. A case's variant
+says which accelerations the model carries; with a step cache, a "run" is a short ``WanEngine.sample`` instead
+of two bare forwards, and the schedule it took is recorded too.
 """
 
 from __future__ import annotations
@@ -28,34 +30,71 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from dax_core.compile import CompileConfig, compile_blocks  # noqa: E402
+from dax_core.accelerations import BuildEnv, apply_accelerations  # noqa: E402
+from dax_core.cache.config import TeacacheConfig  # noqa: E402
+from dax_core.compile import CompileConfig  # noqa: E402
 from dax_core.models.spec import WanSpec  # noqa: E402
+from dax_core.models.tiny import write_tiny_model  # noqa: E402
 from dax_core.models.wan import WanModel  # noqa: E402
 from dax_core.parallel import ParallelConfig, disable_sequence_parallel, enable_sequence_parallel  # noqa: E402
+from dax_core.quant import quantize_dynamic  # noqa: E402
+from dax_core.quant.config import QuantizeConfig  # noqa: E402
+from dax_core.recipe import Acceleration, Recipe  # noqa: E402
+from dax_core.runtime.distributed import build_engine  # noqa: E402
+from dax_core.runtime.engine import SampleRequest, WanEngine  # noqa: E402
 from tests.benchmarks.common import build_ours  # noqa: E402
 
 SPEC = WanSpec(dim=96, num_layers=2, num_heads=12, ffn_dim=128, text_dim=32, freq_dim=32)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TIMESTEPS = (900.0, 600.0)  # two forwards per run, so accelerations that keep state between steps are exercised
+SAMPLE_STEPS = 8  # a run of a model with a step cache: euler, CFG 5 with both branches batched
+
+# Graph capture (dynamo, fullgraph) and AOT tracing of the collectives; inductor needs a C++ toolchain
+COMPILE = CompileConfig(backend="aot_eager")
+FP8 = QuantizeConfig(dtype="fp8")  # per token and per channel: the CPU runs the GEMMs' numerics contract
+INT8 = QuantizeConfig(dtype="int8")
+# TeaCache on the time embedding (only the first and last steps forced), rescale(x) = x: the distances of these
+# models are 0.6 to 1.3 per step, so the 8-step runs skip about every other step, at steps that differ between
+# models of different seeds (so ranks holding different replicas decide differently unless they share decisions)
+TEACACHE = TeacacheConfig(threshold=1.2, mode="e", coefficients=(1.0, 0.0))
 
 
 @dataclass(frozen=True)
 class Variant:
-    """An acceleration applied to the model before both the reference and the parallel runs."""
+    """Accelerations applied to the model, as a worker group's rank applies a recipe's (with the process group),
+    before both the reference and the parallel runs."""
 
-    apply: Callable[[WanModel], None]
-    reset: Callable[[WanModel], None] = lambda model: None  # per-run state cleared before every run
+    accelerations: tuple[Acceleration, ...] = ()
     layouts: tuple[str, ...] | None = None  # the layouts it runs with; None: all of them
 
+    @property
+    def caches(self) -> bool:
+        """Whether the model gets a step cache: its runs are then short sampling runs."""
+        return any(a.kind in ("teacache", "magcache") for a in self.accelerations)
 
-def _compile(model: WanModel) -> None:
-    # Graph capture (dynamo, fullgraph) and AOT tracing of the collectives; inductor needs a C++ toolchain
-    compile_blocks(model, CompileConfig(backend="aot_eager"))
+    @property
+    def quantizes(self) -> bool:
+        return any(a.kind == "quantize" for a in self.accelerations)
 
+
+# Quantized linears compute each token's row from that row alone, so only the float32 reorderings of attention
+# reach them (0 with Ulysses, ~1e-7 in the ring). CFG-parallel layouts are left out: there every GEMM runs on half
+# the batch, the CPU GEMM rounds some rows differently in their last bit, and an 8-bit rounding of one element
+# then flips (measured 3e-5 of the scale with INT8): one rounding step, not an error of the split. Step caches
+# refuse CFG-parallel.
+QUANT_LAYOUTS = ("ulysses2", "ring2", "ulysses2-batch1", "ring2-5tokens", "ulysses2-ring2", "ulysses4", "ring4",
+                 "ulysses2-ring2-5tokens", "ring4-5tokens")  # fmt: skip
+CACHE_LAYOUTS = ("ulysses2", "ring2", "ring2-5tokens", "ulysses2-ring2", "ulysses4", "ring4")
+BOTH_LAYOUTS = ("ulysses2", "ring2", "ulysses2-ring2")  # Ulysses, ring, hybrid
 
 VARIANTS: dict[str, Variant] = {
-    "plain": Variant(apply=lambda model: None),
-    "compiled": Variant(apply=_compile, layouts=("ulysses2", "ring2", "ulysses2-ring2")),
+    "plain": Variant(),
+    "compiled": Variant((COMPILE,), layouts=("ulysses2", "ring2", "ulysses2-ring2")),
+    "fp8": Variant((FP8,), layouts=QUANT_LAYOUTS),
+    "int8": Variant((INT8,), layouts=QUANT_LAYOUTS),
+    "teacache": Variant((TEACACHE,), layouts=CACHE_LAYOUTS),
+    "teacache-fp8": Variant((FP8, TEACACHE), layouts=BOTH_LAYOUTS),
+    "teacache-int8": Variant((INT8, TEACACHE), layouts=BOTH_LAYOUTS),
 }
 
 LATENT_45 = [2, 16, 3, 6, 10]  # batch 2 (CFG batched), 3×3×5 = 45 tokens: not a multiple of 2 or 4
@@ -99,33 +138,50 @@ CASES = {
 """world size -> case name -> case: every layout with every variant."""
 
 
-def _inputs(case: dict, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def inputs(case: dict, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(case["latent"], generator=g)
     ctx = torch.randn(case["latent"][0], 7, SPEC.text_dim, generator=g).to(dtype)
     return x.to(device), ctx.to(device)
 
 
-def _run(model: WanModel, variant: Variant, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-    variant.reset(model)
-    outs = [model(x, torch.full((x.shape[0],), t, device=x.device), ctx) for t in TIMESTEPS]
-    return torch.stack(outs).float()
+def sample_request(x: torch.Tensor, ctx: torch.Tensor) -> SampleRequest:
+    """A run whose CFG batch (cond and uncond, 7 text tokens each) is the case's batch of 2."""
+    latent = torch.zeros(1, *x.shape[1:])
+    return SampleRequest(ctx[:1], ctx[1:2], latent, seed=3, steps=SAMPLE_STEPS, cfg=5.0, sampler="euler")
+
+
+def variant_model(case: dict, device: str, env: BuildEnv) -> tuple[WanModel, Recipe]:
+    """The seeded tiny model with the case's accelerations applied in ``env``."""
+    recipe = Recipe("seeded-random-weights", compute_dtype=case["dtype"])
+    for acc in VARIANTS[case["variant"]].accelerations:
+        recipe = recipe.with_acceleration(acc)
+    model = build_ours(SPEC, device, DTYPES[case["dtype"]], seed=0)
+    apply_accelerations(model, recipe, env)
+    return model, recipe
+
+
+def run(model: WanModel, recipe: Recipe, x: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, dict[str, str]]:
+    """Two forwards; with a step cache, a short sampling run (the latent) and each branch's schedule."""
+    if model.step_cache is None:
+        outs = [model(x, torch.full((x.shape[0],), t, device=x.device), ctx) for t in TIMESTEPS]
+        return torch.stack(outs).float(), {}
+    result = WanEngine(model, recipe, x.device).sample(sample_request(x, ctx))
+    assert result.step_cache is not None
+    return result.latent, {b.name: b.pattern for b in result.step_cache.branches}
 
 
 def run_case(case: dict, world: int, device: str) -> dict:
-    dtype = DTYPES[case["dtype"]]
-    variant = VARIANTS[case["variant"]]
-    model = build_ours(SPEC, device, dtype, seed=0)
-    variant.apply(model)
-    x, ctx = _inputs(case, dtype, device)
-    ref = _run(model, variant, x, ctx)
-    outs = {}
+    model, recipe = variant_model(case, device, BuildEnv(torch.device(device), world, dist.group.WORLD))
+    x, ctx = inputs(case, DTYPES[case["dtype"]], device)
+    ref, ref_schedule = run(model, recipe, x, ctx)
+    outs, schedules = {}, {"ref": ref_schedule}
     for overlap in (True, False):
         config = ParallelConfig(world, case["ulysses"], case["ring"], case["cfg_parallel"], overlap)
         enable_sequence_parallel(model, config)
-        outs[overlap] = _run(model, variant, x, ctx)
+        outs[overlap], schedules["overlap" if overlap else "plain"] = run(model, recipe, x, ctx)
         disable_sequence_parallel(model)
-    restored = _run(model, variant, x, ctx)
+    restored, schedules["restored"] = run(model, recipe, x, ctx)
     return {
         "ref_max": ref.abs().max().item(),
         "err_overlap": (outs[True] - ref).abs().max().item(),
@@ -133,6 +189,7 @@ def run_case(case: dict, world: int, device: str) -> dict:
         "overlap_vs_plain": (outs[True] - outs[False]).abs().max().item(),
         "restored_vs_ref": (restored - ref).abs().max().item(),
         "finite": bool(torch.isfinite(outs[True]).all() and torch.isfinite(outs[False]).all()),
+        "schedules": schedules,
     }
 
 
@@ -155,16 +212,55 @@ def checks(world: int, device: str) -> dict:
     out["odd_batch_cfg"] = _error(lambda: model(x, torch.tensor([500.0], device=device), ctx))
     out["enable_twice"] = _error(lambda: enable_sequence_parallel(model, ParallelConfig(world, world)))
     out["all_reduce"] = plan.all_reduce(torch.tensor([float(dist.get_rank() + 1)], device=device)).item()
+    per_tensor = QuantizeConfig(granularity="per-tensor").qconfig_dict()
+    out["quantize_when_split"] = _error(lambda: quantize_dynamic(model, per_tensor))
     disable_sequence_parallel(model)
+    quantize_dynamic(model, per_tensor)
+    out["split_per_tensor"] = _error(lambda: enable_sequence_parallel(model, ParallelConfig(world, world)))
     if world == 4:  # two independent pairs, each running Ulysses on its own 2-rank group
+        model = build_ours(SPEC, device, torch.float32, seed=0)
         pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
-        x, ctx = _inputs({"latent": LATENT_45}, torch.float32, device)
+        x, ctx = inputs({"latent": LATENT_45}, torch.float32, device)
         t = torch.full((x.shape[0],), 500.0, device=device)
         ref = model(x, t, ctx)
         enable_sequence_parallel(model, ParallelConfig(2, 2), group=pairs[dist.get_rank() // 2])
         out["pair_ulysses_err"] = (model(x, t, ctx) - ref).abs().max().item()
         disable_sequence_parallel(model)
     return out
+
+
+TINY_FILE = {"dim": SPEC.dim, "num_layers": SPEC.num_layers, "num_heads": SPEC.num_heads, "ffn_dim": SPEC.ffn_dim,
+             "text_dim": SPEC.text_dim, "freq_dim": SPEC.freq_dim}  # fmt: skip
+
+
+def tiny_weights(folder: Path, seed: int) -> Path:
+    return write_tiny_model(folder / f"tiny-seed{seed}.safetensors", seed=seed, dtype="fp32", **TINY_FILE)
+
+
+def file_recipe(weights: Path, quantize: QuantizeConfig = INT8) -> Recipe:
+    """What a worker group builds from the sampler's recipe: 8-bit linears and TeaCache on a weights file."""
+    return Recipe(str(weights), compute_dtype="fp32").with_acceleration(quantize).with_acceleration(TEACACHE)
+
+
+def build_checks(world: int, device: str, folder: Path) -> dict:
+    """``build_engine`` as a worker group's rank runs it, each rank on weights of its own seed.
+
+    Replicas that differ (on GPUs: in their last bits, from the kernels) must still take the same skip decisions,
+    or the ranks would run different collectives and hang: the accelerations are given the process group, and
+    every rank takes rank 0's decisions. A per-tensor quantization is refused before any weight is quantized.
+    """
+    weights = tiny_weights(folder, dist.get_rank())
+    layout = ParallelConfig(world, 2, world // 2)  # Ulysses pairs; with 4 ranks, a ring of two pairs
+    engine = build_engine(file_recipe(weights), torch.device(device), layout)
+    x, ctx = inputs({"latent": LATENT_45}, torch.float32, device)
+    report = engine.sample(sample_request(x, ctx)).step_cache
+    assert report is not None
+    disable_sequence_parallel(engine.model)
+    per_tensor = file_recipe(weights, QuantizeConfig(granularity="per-tensor"))
+    return {
+        "schedule": {b.name: b.pattern for b in report.branches},
+        "per_tensor": _error(lambda: build_engine(per_tensor, torch.device(device), layout)),
+    }
 
 
 def main() -> None:
@@ -189,6 +285,7 @@ def main() -> None:
             cases = json.loads(args.cases)
             results = {name: run_case(case, args.world, args.device) for name, case in cases.items()}
             results["checks"] = checks(args.world, args.device)
+            results["built"] = build_checks(args.world, args.device, args.out)
     finally:
         dist.destroy_process_group()
     (args.out / f"rank{args.rank}.json").write_text(json.dumps(results))

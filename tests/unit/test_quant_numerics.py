@@ -134,6 +134,22 @@ def test_error_against_the_bf16_layer_is_within_the_scheme_bound(name):
     assert rel > 1e-3, rel  # it did quantize: bf16 against itself would be 0
 
 
+@pytest.mark.parametrize("name", sorted(SCHEMES))
+def test_only_per_token_layers_give_a_slice_of_the_tokens_the_rows_they_give_all_of_them(name):
+    """What sequence parallelism relies on (``token_local``): a layer run on each rank's slice of the tokens."""
+    g = torch.Generator().manual_seed(6)
+    layer = QuantLinear.from_linear(_linear(g, torch.float32), SCHEMES[name])
+    x = _activations(g)
+    whole = layer(x)
+    sliced = torch.cat([layer(part) for part in x.tensor_split(3, dim=1)], dim=1)  # 43, 43, 42 tokens
+    assert layer.token_local == SCHEMES[name].per_token
+    if layer.token_local:
+        assert torch.equal(sliced, whole)  # each row from its own row alone: the same bits
+    else:
+        # each slice takes the amax of its own tokens: another scale, other roundings for every row
+        assert (sliced - whole).abs().max() > 1e-3 * whole.abs().max()
+
+
 def test_per_token_int8_survives_outlier_channels_that_break_per_tensor_int8():
     g = torch.Generator().manual_seed(4)
     lin = _linear(g, torch.bfloat16)

@@ -187,6 +187,17 @@ def test_keep_list_checks_against_the_checkpoint_shape():
         QuantizeConfig(keep=("text_embedding", "head")).check(SPEC)
 
 
+def test_per_tensor_scales_are_refused_when_the_tokens_are_split():
+    split = BuildEnv(torch.device("cpu"), world_size=2)  # what a worker group's rank is built with
+    with pytest.raises(QuantizationError) as refused:
+        QuantizeConfig(dtype="int8", granularity="per-tensor").apply(_model(torch.float32), split)
+    assert "Quantize Linear (int8, per-tensor) on 2 GPUs" in str(refused.value)
+    assert "use granularity 'per-token-per-channel'" in str(refused.value)
+    model = _model(torch.float32)
+    QuantizeConfig(dtype="int8").apply(model, split)  # per token: each rank computes its tokens' rows exactly
+    assert all(m.token_local for m in model.modules() if isinstance(m, QuantLinear))
+
+
 def test_parse_keep_list():
     assert parse_keep_list(" text_embedding, head ,,blocks.0.ffn ") == ("text_embedding", "head", "blocks.0.ffn")
     assert parse_keep_list("") == ()

@@ -2,8 +2,8 @@
 
 Decision level: each rank holds a shard of the tokens of the same modulated input (uneven shards), or a
 replica that differs in its last bits; model level: the tiny engine with TeaCache applied through
-``BuildEnv.sequence_group`` on every rank. (A model-level test with the tokens really split over ranks belongs
-with the sequence-parallel runtime.)
+``BuildEnv.sequence_group`` on every rank. With the tokens really split over ranks, the sampled latent and the
+schedule are checked in test_sequence_parallel.py.
 """
 
 from __future__ import annotations
