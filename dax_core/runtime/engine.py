@@ -174,6 +174,8 @@ class WanEngine:
         steps = len(sigmas) - 1
         cache = self.model.step_cache
         denoise = self.denoiser(req)
+        compiled = self.model.compiled
+        shapes_before = len(compiled.shapes) if compiled is not None else 0
         start = time.perf_counter()
         first_step_end: list[float] = []
 
@@ -182,8 +184,8 @@ class WanEngine:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 first_step_end.append(time.perf_counter())
-                if self.model.compiled is not None:
-                    log.info("first step with compilation: %.1f s", first_step_end[0] - start)
+                if compiled is not None and len(compiled.shapes) > shapes_before:  # this step compiled
+                    log.info("first step, compilation included: %.1f s", first_step_end[0] - start)
             if on_step is not None:
                 on_step(i, total, x_now)
 
