@@ -147,6 +147,11 @@ def enable_sequence_parallel(
         raise RuntimeError("sequence parallelism is already enabled on this model; call disable_sequence_parallel")
     config.validate_for(model.spec)
     _check_token_local(model)
+    if config.cfg_parallel and model.step_cache is not None:
+        raise ValueError(
+            "a step cache (TeaCache/MagCache) cannot run with CFG-parallel, where each rank holds one branch: "
+            "turn cfg_parallel off (Ulysses/ring split the tokens instead) or drop the step cache"
+        )
     groups = build_groups(config, group if group is not None else dist.group.WORLD)
     plan = SequenceParallel(config, groups)
     model.sequence_parallel = plan

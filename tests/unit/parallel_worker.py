@@ -217,6 +217,10 @@ def checks(world: int, device: str) -> dict:
     disable_sequence_parallel(model)
     quantize_dynamic(model, per_tensor)
     out["split_per_tensor"] = _error(lambda: enable_sequence_parallel(model, ParallelConfig(world, world)))
+    cached = build_ours(SPEC, device, torch.float32, seed=0)
+    TeacacheConfig(model="wan2.1-t2v-14b").apply(cached, BuildEnv(torch.device(device)))
+    cfg_split = ParallelConfig(world, world // 2, cfg_parallel=True)
+    out["cache_with_cfg_parallel"] = _error(lambda: enable_sequence_parallel(cached, cfg_split))
     if world == 4:  # two independent pairs, each running Ulysses on its own 2-rank group
         model = build_ours(SPEC, device, torch.float32, seed=0)
         pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]

@@ -117,6 +117,8 @@ def test_misconfigurations_are_clear_errors(runs, world):
         assert "per-tensor activation scales" in checks["split_per_tensor"], rank
         assert "per-token-per-channel" in checks["split_per_tensor"], rank
         assert "runs sequence-parallel" in checks["quantize_when_split"], rank
+        # each rank of a CFG-parallel layout holds one branch: a step cache is refused when the layout is set up
+        assert "cannot run with CFG-parallel" in checks["cache_with_cfg_parallel"], rank
 
 
 @pytest.mark.parametrize("world", sorted(CASES))
