@@ -21,7 +21,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
     "DaxQuantizeLinear": "Quantize Linear (DAX)",
-    "DaxSetAttentionBackend": "Set Attention Backend",
+    "DaxSetAttentionBackend": "Set Attention Backend (DAX)",
     "DaxCompile": "Compile (DAX)",
     "DaxTeacache": "TeaCache (DAX)",
     "DaxMagcache": "MagCache (DAX)",

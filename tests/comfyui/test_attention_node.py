@@ -39,7 +39,7 @@ def with_attention(prompt: dict[str, Any], backend: str, cross: str = "same") ->
 def test_node_is_listed(comfy_server: ComfyServer) -> None:
     node = comfy_server.object_info().get("DaxSetAttentionBackend")
     assert node, f"Set Attention Backend missing from /object_info\n{comfy_server.log_tail()}"
-    assert node["display_name"] == "Set Attention Backend"
+    assert node["display_name"] == "Set Attention Backend (DAX)"
     assert node["output"] == ["DAX_MODEL"]
     inputs = node["input"]["required"]
     assert inputs["dax_model"][0] == "DAX_MODEL"
