@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -98,9 +99,26 @@ class Recipe:
         return next((a for a in self.accelerations if a.kind == kind), None)
 
     def with_acceleration(self, acc: Acceleration) -> Recipe:
-        """A new recipe with ``acc`` added, replacing any earlier acceleration of the same kind."""
+        """A new recipe with ``acc`` added, replacing any earlier acceleration of the same kind.
+
+        The new recipe remembers this one (``lineage``; not part of its value, equality or dict).
+        """
         kept = tuple(a for a in self.accelerations if a.kind != acc.kind)
-        return Recipe(self.weights, self.weight_dtype, self.compute_dtype, (*kept, acc))
+        derived = Recipe(self.weights, self.weight_dtype, self.compute_dtype, (*kept, acc))
+        object.__setattr__(derived, "_derived_from", self)
+        return derived
+
+    def lineage(self) -> Iterator[Recipe]:
+        """This recipe, then the recipe it was derived from by ``with_acceleration``, and so on."""
+        recipe: Recipe | None = self
+        while recipe is not None:
+            yield recipe
+            recipe = getattr(recipe, "_derived_from", None)
+
+    def without(self, kinds: tuple[str, ...]) -> Recipe:
+        """A new recipe without the accelerations of these kinds."""
+        kept = tuple(a for a in self.accelerations if a.kind not in kinds)
+        return Recipe(self.weights, self.weight_dtype, self.compute_dtype, kept)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -9,6 +9,7 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 
+from dax_core.accelerations import STEP_CACHE_KINDS
 from dax_core.models.loading import inspect_weights
 from dax_core.recipe import Recipe
 from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, parallel_layout
@@ -49,6 +50,10 @@ def _text_embedding(conditioning: list, which: str) -> torch.Tensor:
     if unsupported:
         raise ValueError(f"{which} conditioning carries {unsupported}, which the DAX sampler does not support")
     return emb
+
+
+def _has_step_cache(recipe: Recipe) -> bool:
+    return any(a.kind in STEP_CACHE_KINDS for a in recipe.accelerations)
 
 
 def _build_engine(recipe: Recipe) -> WanEngine:
@@ -184,7 +189,12 @@ class DaxMultiGPUSampler:
 
     @staticmethod
     def _sample_here(recipe: Recipe, request: SampleRequest, pbar) -> SampleResult:
-        engine = ENGINES.get(recipe, _build_engine)
+        # A changed TeaCache/MagCache setting is taken by the built model, with no reload of the weights: the
+        # engine is keyed without step caches and kept alive by the last recipe upstream of the step cache
+        # node, which ComfyUI keeps cached while only the step cache's widgets change.
+        owner = next((r for r in recipe.lineage() if not _has_step_cache(r)), recipe)
+        engine = ENGINES.get(recipe, _build_engine, built_from=recipe.without(STEP_CACHE_KINDS), owner=owner)
+        engine.use_step_caches_of(recipe)
 
         def on_step(i: int, total: int, _x: torch.Tensor) -> None:
             pbar.update_absolute(i + 1, total)

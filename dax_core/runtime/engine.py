@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..accelerations import BuildEnv, apply_accelerations
+from ..accelerations import STEP_CACHE_KINDS, BuildEnv, apply_accelerations
 from ..cache.base import StepCache, StepCacheReport
 from ..models.wan import WanModel
 from ..recipe import Recipe
@@ -122,6 +123,22 @@ class WanEngine:
     @property
     def fingerprint(self) -> str:
         return self.recipe.fingerprint()
+
+    def use_step_caches_of(self, recipe: Recipe) -> None:
+        """Take ``recipe``'s step cache (TeaCache, MagCache, or none) on this built model, without rebuilding it.
+
+        ``recipe`` must differ from the engine's own recipe in its step caches only. In one process, where no
+        other rank must agree, a new threshold then costs nothing instead of a reload of the weights.
+        """
+        if recipe.without(STEP_CACHE_KINDS) != self.recipe.without(STEP_CACHE_KINDS):
+            raise ValueError("use_step_caches_of takes a recipe that differs from the engine's in its step caches only")
+        if recipe == self.recipe:
+            return
+        self.model.step_cache = None
+        caches = Recipe(recipe.weights, recipe.weight_dtype, recipe.compute_dtype,
+                        tuple(a for a in recipe.accelerations if a.kind in STEP_CACHE_KINDS))  # fmt: skip
+        apply_accelerations(self.model, caches, BuildEnv(self.device))
+        self.recipe = dataclasses.replace(recipe)  # a copy: the caller's object must stay free to be collected
 
     def _text(self, emb: torch.Tensor, batch: int) -> torch.Tensor:
         emb = emb.to(self.device, self.model.compute_dtype)

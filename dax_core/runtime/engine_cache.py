@@ -41,17 +41,25 @@ class EngineCache(Generic[E]):
         variant: str = "",
         valid: Callable[[E], bool] | None = None,
         exclusive: bool = True,
+        built_from: Recipe | None = None,
+        owner: Recipe | None = None,
     ) -> E:
         """The engine for ``recipe`` (and ``variant``: where and how it runs), built on first use.
 
         ``valid``: a cached engine failing it (a worker group that went down) is dropped and built again.
         ``exclusive`` drops engines of other recipes and variants first: they hold the same devices.
+        ``built_from``: the recipe the engine is built from and keyed by, when it is not ``recipe`` itself (the
+        recipe without what can change on a built engine).
+        ``owner``: the object whose lifetime keeps the engine (default ``recipe``), e.g. an ancestor in
+        ``recipe.lineage()`` that stays cached while only a later setting changes.
         """
-        key = recipe.fingerprint() + (f"|{variant}" if variant else "")
+        owner = owner if owner is not None else recipe
+        base = built_from if built_from is not None else recipe
+        key = base.fingerprint() + (f"|{variant}" if variant else "")
         with self._lock:
             owners = self._owners.setdefault(key, [])
-            if not any(ref() is recipe for ref in owners):
-                owners.append(weakref.ref(recipe, lambda _ref, k=key: self._owner_gone(k)))
+            if not any(ref() is owner for ref in owners):
+                owners.append(weakref.ref(owner, lambda _ref, k=key: self._owner_gone(k)))
             if key in self._engines and valid is not None and not valid(self._engines[key]):
                 log.info("DAX engine %s is no longer usable: building it again", key)
                 self._drop(key)
@@ -61,7 +69,7 @@ class EngineCache(Generic[E]):
                 for other in [k for k in self._engines if k != key]:
                     self._drop(other)
         # the engine keeps an equal copy: holding this very object would keep it alive forever
-        engine = build(dataclasses.replace(recipe))
+        engine = build(dataclasses.replace(base))
         with self._lock:
             self._engines[key] = engine
         return engine

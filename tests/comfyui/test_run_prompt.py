@@ -110,3 +110,19 @@ def test_free_memory_releases_the_engine_and_the_next_prompt_rebuilds_it(
         assert time.monotonic() < deadline, "the engine was not released after /free\n" + comfy_server.log_tail()
         time.sleep(0.25)
     _run_to_video(comfy_server, tiny_prompt(seed=12))
+
+
+def test_a_new_teacache_threshold_reuses_the_loaded_model(
+    comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]
+) -> None:
+    workflow = next(w for w in shipped_workflows() if "DaxTeacache" in w.read_text())
+    prompt = tiny_prompt(workflow=workflow, seed=21, steps=LEVER_STEPS)
+    _run_to_video(comfy_server, prompt)
+    built_before = comfy_server.log_text().count("built custom-")
+    teacache = next(node for node in prompt.values() if node["class_type"] == "DaxTeacache")
+    teacache["inputs"]["threshold"] = round(teacache["inputs"]["threshold"] / 2, 3)
+    start = len(comfy_server.log_text())
+    _run_to_video(comfy_server, prompt)
+    log = comfy_server.log_text()
+    assert log.count("built custom-") == built_before, "a new threshold reloaded the model\n" + log[start:]
+    assert f"threshold={teacache['inputs']['threshold']}" in log[start:], log[start:]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 
+from dax_core.accelerations import STEP_CACHE_KINDS
+from dax_core.cache.config import TeacacheConfig
 from dax_core.recipe import Recipe
 from dax_core.runtime.engine_cache import EngineCache
 
@@ -59,3 +61,37 @@ def test_a_new_recipe_replaces_the_old_engine():
     cache.get(b, lambda r: FakeEngine(r, log))
     assert log == ["build a.safetensors", "close a.safetensors", "build b.safetensors"]
     assert len(cache) == 1
+
+
+def test_recipes_built_from_one_base_share_the_engine_while_any_is_alive():
+    log: list[str] = []
+    cache, released = _cache()
+    base = Recipe("a.safetensors")
+    one = base.with_acceleration(TeacacheConfig(threshold=0.1))
+    two = base.with_acceleration(TeacacheConfig(threshold=0.2))
+    first = cache.get(one, lambda r: FakeEngine(r, log), built_from=one.without(STEP_CACHE_KINDS))
+    assert cache.get(two, lambda r: FakeEngine(r, log), built_from=two.without(STEP_CACHE_KINDS)) is first
+    assert log == ["build a.safetensors"] and first.recipe == base
+    del one
+    gc.collect()
+    assert released == []  # `two` still holds it
+    del two
+    gc.collect()
+    assert released == ["released"]
+
+
+def test_an_owner_upstream_keeps_the_engine_while_later_recipes_come_and_go():
+    log: list[str] = []
+    cache, released = _cache()
+    upstream = Recipe("a.safetensors")
+    first = upstream.with_acceleration(TeacacheConfig(threshold=0.1))
+    engine = cache.get(first, lambda r: FakeEngine(r, log), built_from=upstream, owner=upstream)
+    del first  # ComfyUI replaces the step cache node's output when its widget changes
+    gc.collect()
+    assert released == []
+    second = upstream.with_acceleration(TeacacheConfig(threshold=0.2))
+    assert cache.get(second, lambda r: FakeEngine(r, log), built_from=upstream, owner=upstream) is engine
+    assert log == ["build a.safetensors"]
+    del second, upstream
+    gc.collect()
+    assert released == ["released"]

@@ -39,3 +39,16 @@ def test_invalid_values_say_what_to_change(kwargs, message):
 def test_unknown_acceleration_kind_is_rejected():
     with pytest.raises(RecipeError, match="unknown acceleration kind"):
         Recipe.from_dict({"weights": "a", "accelerations": [{"kind": "warp-drive"}]})
+
+
+def test_lineage_walks_back_through_with_acceleration_and_is_not_part_of_the_value():
+    from dax_core.cache.config import TeacacheConfig
+    from dax_core.compile import CompileConfig
+
+    loaded = Recipe("a.safetensors")
+    cached = loaded.with_acceleration(TeacacheConfig())
+    compiled = cached.with_acceleration(CompileConfig())
+    assert list(compiled.lineage()) == [compiled, cached, loaded]
+    assert [r is s for r, s in zip(compiled.lineage(), (compiled, cached, loaded), strict=True)] == [True] * 3
+    rebuilt = Recipe.from_dict(compiled.to_dict())
+    assert rebuilt == compiled and list(rebuilt.lineage()) == [rebuilt]  # the dict carries no history

@@ -149,3 +149,22 @@ def test_node_inputs_and_errors():
         node.patch(Recipe("w"), 0.2, "custom", "e0", 0.0, 1.0, 0, "model", "1, two")
     with pytest.raises(RecipeError, match="must satisfy 0 <= start < end <= 1"):
         node.patch(Recipe("w"), 0.2, "auto", "e0", 0.8, 0.2, 0, "model")
+
+
+def test_a_built_engine_takes_a_new_step_cache_without_a_rebuild():
+    from dax_core.cache.config import MagcacheConfig
+    from dax_core.runtime.engine import WanEngine
+
+    base = Recipe("m.safetensors")
+    engine = WanEngine(tiny_model(), base, "cpu")
+    assert engine.model.step_cache is None
+    tea = base.with_acceleration(TeacacheConfig(threshold=0.3, model="wan2.1-t2v-14b"))
+    engine.use_step_caches_of(tea)
+    assert isinstance(engine.model.step_cache, TeaCache) and engine.model.step_cache.policy.threshold == 0.3
+    assert engine.recipe == tea and engine.recipe is not tea
+    engine.use_step_caches_of(base.with_acceleration(MagcacheConfig(model="wan2.1-t2v-14b")))
+    assert engine.model.step_cache.name == "MagCache"
+    engine.use_step_caches_of(base)
+    assert engine.model.step_cache is None
+    with pytest.raises(ValueError, match="step caches only"):
+        engine.use_step_caches_of(Recipe("other.safetensors"))
