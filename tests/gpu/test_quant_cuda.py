@@ -23,6 +23,7 @@ from dax_core.quant import (
 from dax_core.quant.config import QuantizeConfig
 from dax_core.quant.numerics import SCALE_FLOOR, quantize
 from dax_core.quant.wan import WAN_KEEP_DEFAULT
+from tests.unit.tiny_wan import fill_checkpoint_like_
 
 SCHEMES = {
     "fp8-per-token": get_dynamic_fp8_per_token_act_per_channel_weight_qconfig(),
@@ -202,16 +203,7 @@ SPEC = WanSpec(dim=256, num_layers=2, num_heads=4, ffn_dim=512, text_dim=64, fre
 
 
 def _wan() -> WanModel:
-    g = torch.Generator().manual_seed(0)
-    model = WanModel(SPEC, dtype=torch.bfloat16)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            std = 0.1 if pname.endswith("modulation") else 0.5 / p.shape[-1] ** 0.5 if p.ndim >= 2 else 0.02
-            values = torch.randn(p.shape, generator=g) * std
-            if p.ndim == 1 and "norm" in pname and pname.endswith("weight"):
-                values += 1.0
-            p.copy_(values)
-    return model.eval()
+    return fill_checkpoint_like_(WanModel(SPEC, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("name", ["fp8-per-token", "int8-per-token"])

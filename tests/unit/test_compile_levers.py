@@ -21,7 +21,7 @@ from dax_core.quant.config import QuantizeConfig
 from dax_core.recipe import Recipe
 from dax_core.runtime.engine import WanEngine
 from tests.unit.test_compile import CountingBackend
-from tests.unit.tiny_wan import TINY, tiny_request
+from tests.unit.tiny_wan import TINY, fill_checkpoint_like_, tiny_request
 
 CPU = BuildEnv(torch.device("cpu"))
 # rescale(d) = d on the relative change of the time embedding, which moves by 0.82-1.04 per step on this model:
@@ -39,16 +39,7 @@ def _model() -> WanModel:
     first one a reassociated float32 sum flips (a 1e-6 change) grows tenfold per CFG-5 step (measured), which
     says nothing about compile. Float32, because the CPU reference linears take any dtype and bf16 rounding in
     other places (inductor keeps fused intermediates in float32) would bury what is compared here."""
-    g = torch.Generator().manual_seed(0)
-    model = WanModel(TINY, dtype=torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            std = 0.1 if name.endswith("modulation") else 0.5 / p.shape[-1] ** 0.5 if p.ndim >= 2 else 0.02
-            values = torch.randn(p.shape, generator=g) * std
-            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
-                values += 1.0
-            p.copy_(values)
-    return model.eval()
+    return fill_checkpoint_like_(WanModel(TINY, dtype=torch.float32))
 
 
 def _levers(dtype: str | None) -> tuple:

@@ -21,6 +21,7 @@ from dax_core.quant import QuantizationError, QuantLinear, linear_weight_bytes, 
 from dax_core.quant.config import QuantizeConfig, parse_keep_list
 from dax_core.recipe import Recipe, RecipeError
 from dax_core.runtime.engine import SampleRequest, WanEngine
+from tests.unit.tiny_wan import fill_checkpoint_like_
 
 SPEC = WanSpec(dim=128, num_layers=3, num_heads=4, ffn_dim=256, text_dim=64, freq_dim=32)
 CPU = BuildEnv(torch.device("cpu"))
@@ -32,16 +33,7 @@ HIGH_PRECISION = ["head.head", "text_embedding.0", "text_embedding.2", "time_emb
 
 def _model(dtype: torch.dtype) -> WanModel:
     """Seeded like the benchmarks: 0.5/sqrt(fan_in) weights, 0.1 modulation, norm weights near 1."""
-    g = torch.Generator().manual_seed(0)
-    model = WanModel(SPEC, dtype=dtype)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            std = 0.1 if name.endswith("modulation") else 0.5 / p.shape[-1] ** 0.5 if p.ndim >= 2 else 0.02
-            values = torch.randn(p.shape, generator=g) * std
-            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
-                values += 1.0
-            p.copy_(values)
-    return model.eval()
+    return fill_checkpoint_like_(WanModel(SPEC, dtype=dtype))
 
 
 def _inputs():

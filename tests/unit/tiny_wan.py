@@ -1,4 +1,4 @@
-"""A seeded tiny Wan model, engine and request for the step-cache tests (also imported by their worker processes)."""
+"""Seeded tiny Wan models, engine and request shared by the tests (also imported by worker processes)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,20 @@ def tiny_model(seed: int = 0) -> WanModel:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def fill_checkpoint_like_(model: WanModel, seed: int = 0) -> WanModel:
+    """Seeded like a checkpoint (and the benchmarks): 0.5/sqrt(fan_in) weights, 0.1 modulation, norm weights
+    near 1. Returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            std = 0.1 if name.endswith("modulation") else 0.5 / p.shape[-1] ** 0.5 if p.ndim >= 2 else 0.02
+            values = torch.randn(p.shape, generator=g) * std
+            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
+                values += 1.0
+            p.copy_(values)
     return model.eval()
 
 
