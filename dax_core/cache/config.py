@@ -169,3 +169,9 @@ def _check_no_step_cache(model: Any, adding: str) -> None:
             f"this model already has a {existing.name} step cache; a model takes one: remove one of the "
             f"{existing.name} and {adding} nodes"
         )
+    plan = getattr(model, "sequence_parallel", None)
+    if plan is not None and plan.config.cfg_parallel:  # the other order is refused by enable_sequence_parallel
+        raise RecipeError(
+            f"{adding} cannot run with CFG-parallel, where each rank holds one branch: turn cfg_parallel off "
+            "(Ulysses/ring split the tokens instead) or drop the step cache"
+        )

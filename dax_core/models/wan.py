@@ -340,9 +340,4 @@ class WanModel(nn.Module):
             return self.finish(self.run_blocks(p), p)
         if branches is None:  # unnamed rows are one stream
             branches = ("default",) * x.shape[0]
-        if self.sequence_parallel is not None and p.tokens.shape[0] != x.shape[0]:
-            raise ValueError(
-                "a step cache (TeaCache/MagCache) cannot be combined with CFG-parallel, where each rank holds "
-                "one branch; use a Ulysses/ring layout without cfg_parallel, or drop the step cache"
-            )
         return self.finish(self.step_cache.run_blocks(self, p, branches), p)

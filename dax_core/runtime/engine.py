@@ -135,9 +135,9 @@ class WanEngine:
         if recipe == self.recipe:
             return
         self.model.step_cache = None
-        caches = Recipe(recipe.weights, recipe.weight_dtype, recipe.compute_dtype,
-                        tuple(a for a in recipe.accelerations if a.kind in STEP_CACHE_KINDS))  # fmt: skip
-        apply_accelerations(self.model, caches, BuildEnv(self.device))
+        for acc in recipe.accelerations:
+            if acc.kind in STEP_CACHE_KINDS:
+                acc.apply(self.model, BuildEnv(self.device))
         self.recipe = dataclasses.replace(recipe)  # a copy: the caller's object must stay free to be collected
 
     def _text(self, emb: torch.Tensor, batch: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -14,8 +15,19 @@ def comfyui_importable(comfyui_dir: Path) -> Path:
     if str(comfyui_dir) not in sys.path:
         sys.path.insert(0, str(comfyui_dir))
     import comfy.cli_args
-    import torch
 
     if not torch.cuda.is_available():
         comfy.cli_args.args.cpu = True  # what `main.py --cpu` sets; model_management reads it at import
     return comfyui_dir
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """torch.compile's caches and counters emptied before and after a test (PyTorch bounds recompiles per code
+    object, so compile tests must not inherit each other's graphs)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()

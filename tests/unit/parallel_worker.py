@@ -221,6 +221,11 @@ def checks(world: int, device: str) -> dict:
     TeacacheConfig(model="wan2.1-t2v-14b").apply(cached, BuildEnv(torch.device(device)))
     cfg_split = ParallelConfig(world, world // 2, cfg_parallel=True)
     out["cache_with_cfg_parallel"] = _error(lambda: enable_sequence_parallel(cached, cfg_split))
+    split_first = build_ours(SPEC, device, torch.float32, seed=0)
+    enable_sequence_parallel(split_first, cfg_split)  # the other order: the step cache comes second
+    teacache = TeacacheConfig(model="wan2.1-t2v-14b")
+    out["cfg_parallel_then_cache"] = _error(lambda: teacache.apply(split_first, BuildEnv(torch.device(device))))
+    disable_sequence_parallel(split_first)
     if world == 4:  # two independent pairs, each running Ulysses on its own 2-rank group
         model = build_ours(SPEC, device, torch.float32, seed=0)
         pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]

@@ -13,6 +13,8 @@ from dax_core.models.rope import rope_cos_sin
 from dax_core.models.spec import WanSpec
 from dax_core.models.wan import WanBlock
 
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
 
 def untraceable_attention(q, k, v, scale, return_lse):
     """Stands in for a kernel dynamo cannot trace (a compiled extension, a launcher doing host work)."""
@@ -34,14 +36,6 @@ OPAQUE = BoundAttention(
     run=lambda q, k, v, scale: opaque_attention(q, k, v, scale, False)[0],
     run_lse=lambda q, k, v, scale: opaque_attention(q, k, v, scale, True),
 )
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
 
 
 def _inputs():

@@ -13,6 +13,8 @@ from dax_core.models.wan import WanModel
 from dax_core.recipe import Recipe, RecipeError
 from dax_core.runtime.engine import SampleRequest, WanEngine
 
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
 SPEC = WanSpec(dim=64, num_layers=4, num_heads=4, ffn_dim=128, text_dim=32)
 
 
@@ -34,13 +36,6 @@ class CountingBackend:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
         self.graphs += 1
         return gm.forward
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def _request(seed: int, text_len: int = 5, cfg: float = 5.0, steps: int = 3) -> SampleRequest:

@@ -23,6 +23,8 @@ from dax_core.runtime.engine import WanEngine
 from tests.unit.test_compile import CountingBackend
 from tests.unit.tiny_wan import TINY, fill_checkpoint_like_, tiny_request
 
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
 CPU = BuildEnv(torch.device("cpu"))
 # rescale(d) = d on the relative change of the time embedding, which moves by 0.82-1.04 per step on this model:
 # the sum crosses 2.0 every two or three steps, 0.07 or more away from the threshold. The decisions depend on
@@ -56,14 +58,6 @@ def _engine(*accelerations) -> WanEngine:
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])

@@ -119,6 +119,7 @@ def test_misconfigurations_are_clear_errors(runs, world):
         assert "runs sequence-parallel" in checks["quantize_when_split"], rank
         # each rank of a CFG-parallel layout holds one branch: a step cache is refused when the layout is set up
         assert "cannot run with CFG-parallel" in checks["cache_with_cfg_parallel"], rank
+        assert "cannot run with CFG-parallel" in checks["cfg_parallel_then_cache"], rank
 
 
 @pytest.mark.parametrize("world", sorted(CASES))
