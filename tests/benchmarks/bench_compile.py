@@ -20,6 +20,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,58 +47,60 @@ def _model(case_key: str, accelerations: list[dict], seed: int = 0):
     return model, (x, t, ctx)
 
 
-def _warmup_seconds(model, inputs, mode: str) -> float:
+@torch.inference_mode()
+def child(case_key: str, accelerations: list[dict], mode: str, out: Path) -> None:
+    """A fresh process: only the compiled warm-up (compilation and the first forward), written to ``out``."""
+    model, inputs = _model(case_key, accelerations)
     compile_blocks(model, CompileConfig(mode=mode))
+    _, warmup, _ = _timed_after_first(model, inputs, 0)
+    write_json(out, {"warmup_s": warmup})
+
+
+def _timed_after_first(model, inputs, reps: int) -> tuple[torch.Tensor, float, list[float]]:
+    """The first forward (its output and its seconds: for a compiled model, the warm-up), then ``reps`` timed."""
     torch.cuda.synchronize()
     start = time.perf_counter()
-    model(*inputs)
+    out = model(*inputs).float()
     torch.cuda.synchronize()
-    return time.perf_counter() - start
+    first = time.perf_counter() - start
+    return out, first, cuda_time(lambda: model(*inputs), 0, reps)
 
 
 @torch.inference_mode()
-def child(case_key: str, accelerations: list[dict], mode: str) -> None:
-    """A fresh process: only the compiled warm-up, printed as JSON on the last line."""
+def run_variant(case_key: str, name: str, accelerations: list[dict], mode: str, reps: int, report) -> dict:
+    """Eager, then compiled, then a second process's warm-up; ``report(result)`` after each phase, so a run cut
+    short keeps what it measured."""
     model, inputs = _model(case_key, accelerations)
-    print(json.dumps({"warmup_s": _warmup_seconds(model, inputs, mode)}))
-
-
-def _eager_then_compiled(case_key: str, accelerations: list[dict], mode: str, reps: int):
-    model, inputs = _model(case_key, accelerations)
-    eager = cuda_time(lambda: model(*inputs), 1, reps)
-    out_eager = model(*inputs).float()
-    warmup = _warmup_seconds(model, inputs, mode)
-    compiled = cuda_time(lambda: model(*inputs), 1, reps)
-    out_compiled = model(*inputs).float()
-    rel = ((out_compiled - out_eager).norm() / out_eager.norm()).item()
-    return eager, compiled, warmup, rel
-
-
-@torch.inference_mode()
-def run_variant(case_key: str, name: str, accelerations: list[dict], mode: str, reps: int) -> dict:
-    eager, compiled, warmup, rel = _eager_then_compiled(case_key, accelerations, mode, reps)
-    gc.collect()
-    torch.cuda.empty_cache()
-    cmd = [sys.executable, "-m", "tests.benchmarks.bench_compile", "--child", "--case", case_key, "--mode", mode,
-           "--variant", f"{name}={json.dumps(accelerations)}"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=os.environ.copy())
-    second = json.loads(proc.stdout.strip().splitlines()[-1])["warmup_s"] if proc.returncode == 0 else None
-    if proc.returncode != 0:
-        log.error("second process failed: %s", proc.stderr[-2000:])
-    result = {
-        "accelerations": accelerations,
-        "mode": mode,
-        "eager_s": median(eager),
+    out_eager, _, eager = _timed_after_first(model, inputs, reps)
+    result: dict = {"accelerations": accelerations, "mode": mode, "eager_s": median(eager), "eager_times_s": eager}
+    report(result)
+    compile_blocks(model, CompileConfig(mode=mode))
+    out_compiled, warmup, compiled = _timed_after_first(model, inputs, reps)
+    result |= {
         "compiled_s": median(compiled),
+        "compiled_times_s": compiled,
         "speedup": median(eager) / median(compiled),
         "warmup_s": warmup,
-        "warmup_second_process_s": second,
-        "compiled_vs_eager_rel_diff": rel,
-        "eager_times_s": eager,
-        "compiled_times_s": compiled,
+        "compiled_vs_eager_rel_diff": ((out_compiled - out_eager).norm() / out_eager.norm()).item(),
     }
-    log.info("%s: eager %.3f s, compiled %.3f s (x%.3f), warm-up %.1f s, second process %s s", name,
-             result["eager_s"], result["compiled_s"], result["speedup"], warmup, second)  # fmt: skip
+    log.info("%s: eager %.3f s, compiled %.3f s (x%.3f), warm-up %.1f s", name, result["eager_s"],
+             result["compiled_s"], result["speedup"], warmup)  # fmt: skip
+    report(result)
+    del model, out_eager, out_compiled
+    gc.collect()
+    torch.cuda.empty_cache()
+    with tempfile.TemporaryDirectory() as folder:
+        child_out = Path(folder) / "child.json"
+        cmd = [sys.executable, "-m", "tests.benchmarks.bench_compile", "--child", str(child_out), "--case", case_key,
+               "--mode", mode, "--variant", f"{name}={json.dumps(accelerations)}"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=os.environ.copy())
+        if proc.returncode != 0:
+            log.error("second process failed: %s", proc.stderr[-2000:])
+        result["warmup_second_process_s"] = (
+            json.loads(child_out.read_text())["warmup_s"] if proc.returncode == 0 else None
+        )
+    log.info("%s: second process warm-up %s s", name, result["warmup_second_process_s"])
+    report(result)
     return result
 
 
@@ -116,18 +119,22 @@ def main() -> None:
     parser.add_argument("--mode", default="default")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     variants = _variants(args.variant)
     if args.child:
-        child(args.case, variants[0][1], args.mode)
+        child(args.case, variants[0][1], args.mode, args.child)
         return
     results = {"device": device_name(), "torch": torch.__version__, "case": CASES[args.case].name, "variants": {}}
-    for name, accs in variants:
-        results["variants"][name] = run_variant(args.case, name, accs, args.mode, args.reps)
+
+    def report(name: str, result: dict) -> None:
+        results["variants"][name] = result
         if args.out:
             write_json(args.out, results)
+
+    for name, accs in variants:
+        run_variant(args.case, name, accs, args.mode, args.reps, lambda r, name=name: report(name, r))
 
 
 if __name__ == "__main__":
