@@ -12,8 +12,11 @@ of two bare forwards, and the schedule it took is recorded too.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +47,7 @@ from dax_core.runtime.distributed import build_engine  # noqa: E402
 from dax_core.runtime.engine import SampleRequest, WanEngine  # noqa: E402
 from tests.benchmarks.common import build_ours  # noqa: E402
 
+log = logging.getLogger("parallel_worker")
 SPEC = WanSpec(dim=96, num_layers=2, num_heads=12, ffn_dim=128, text_dim=32, freq_dim=32)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TIMESTEPS = (900.0, 600.0)  # two forwards per run, so accelerations that keep state between steps are exercised
@@ -281,6 +285,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # launch() asks a rank that overran where it stands
+    logging.basicConfig(level=logging.INFO, format=f"rank {args.rank} %(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     if args.device == "cuda":
         torch.cuda.set_device(args.rank)
@@ -292,9 +298,15 @@ def main() -> None:
     try:
         with torch.inference_mode():
             cases = json.loads(args.cases)
-            results = {name: run_case(case, args.world, args.device) for name, case in cases.items()}
+            results = {}
+            for name, case in cases.items():
+                log.info("case %s", name)
+                results[name] = run_case(case, args.world, args.device)
+            log.info("checks")
             results["checks"] = checks(args.world, args.device)
+            log.info("build checks")
             results["built"] = build_checks(args.world, args.device, args.out)
+            log.info("done")
     finally:
         dist.destroy_process_group()
     (args.out / f"rank{args.rank}.json").write_text(json.dumps(results))
@@ -306,8 +318,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(world: int, cases: dict, out: Path, device: str = "cpu", timeout_s: float = 150.0) -> list[dict]:
-    """Run ``cases`` on ``world`` worker processes; every rank's results, or RuntimeError with a rank's log."""
+def _log_excerpt(rank: int, log_file: Path, stacks_from: int | None) -> str:
+    """The end of a rank's log; for a rank that overran, the end of its log before, then where it stood (its
+    threads' stacks, innermost frames first)."""
+    text = log_file.read_bytes().decode(errors="replace")
+    if stacks_from is None:
+        return f"--- rank {rank}:\n{text[-4000:]}"
+    return f"--- rank {rank}:\n{text[:stacks_from][-1500:]}\n--- rank {rank} stood at:\n{text[stacks_from:][:3000]}"
+
+
+def launch(world: int, cases: dict, out: Path, device: str = "cpu", timeout_s: float = 360.0) -> list[dict]:
+    """Run ``cases`` on ``world`` worker processes; every rank's results, or RuntimeError with the failed ranks'
+    logs. A rank still running at ``timeout_s`` first writes every thread's Python stack to its log, then is
+    killed. (About 25 s for 4 ranks on 2 CPU cores; the timeout leaves room for a slower, busier machine.)"""
     port = _free_port()
     logs = [out / f"rank{r}.log" for r in range(world)]
     procs = []
@@ -322,14 +345,19 @@ def launch(world: int, cases: dict, out: Path, device: str = "cpu", timeout_s: f
     except subprocess.TimeoutExpired:
         pass
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        overran = [p for p in procs if p.poll() is None]
+        stacks_from = {r: logs[r].stat().st_size for r, p in enumerate(procs) if p in overran}
+        for p in overran:
+            p.send_signal(signal.SIGUSR1)
+        time.sleep(2.0 if overran else 0.0)
+        for p in overran:
+            p.kill()
+            p.wait()
     failed = [r for r, p in enumerate(procs) if p.returncode != 0]
     if failed:
-        logs_text = "\n".join(f"--- rank {r}:\n{logs[r].read_text()[-2000:]}" for r in failed)
-        raise RuntimeError(f"{world}-process run failed on ranks {failed} (timeout {timeout_s:.0f} s):\n{logs_text}")
+        why = f"ranks {sorted(stacks_from)} still ran after {timeout_s:.0f} s" if stacks_from else ""
+        logs_text = "\n".join(_log_excerpt(r, logs[r], stacks_from.get(r)) for r in failed)
+        raise RuntimeError(f"{world}-process run failed on ranks {failed}; {why}\n{logs_text}")
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
