@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from dax_core.cache.config import AUTO, CACHE_DEVICES, MagcacheConfig
+from dax_core.cache.config import AUTO, MagcacheConfig
 from dax_core.cache.magcache_ratios import MAG_RATIOS
 from dax_core.recipe import Recipe
+
+from .step_cache_inputs import cache_device, consecutive_skips, end_percent, fraction
 
 log = logging.getLogger(__name__)
 
@@ -16,10 +18,7 @@ TOOLTIPS = {
     "0.24 with K 6 (14B, fastest).",
     "max_consecutive_skips": "MagCache's K: run the transformer after this many skipped steps in a row (0: no limit).",
     "retention_ratio": "Fraction of the first steps that always run (they shape the layout of the video).",
-    "end_percent": "Fraction of the steps from which every step runs (the last step always runs).",
     "model": "Whose calibrated magnitude ratios to use: auto picks the loaded model size (Wan2.1 T2V 1.3B or 14B).",
-    "cache_device": "Where the cached residuals live: model = the GPU (fastest); cpu = pinned host memory, saving "
-    "about 0.77 GB of GPU memory per CFG branch at 14B 720p for a copy each step.",
 }
 
 
@@ -35,20 +34,11 @@ class DaxMagcache:
                     "FLOAT",
                     {"default": 0.12, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": TOOLTIPS["threshold"]},
                 ),
-                "max_consecutive_skips": (
-                    "INT",
-                    {"default": 2, "min": 0, "max": 100, "tooltip": TOOLTIPS["max_consecutive_skips"]},
-                ),
-                "retention_ratio": (
-                    "FLOAT",
-                    {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": TOOLTIPS["retention_ratio"]},
-                ),
-                "end_percent": (
-                    "FLOAT",
-                    {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": TOOLTIPS["end_percent"]},
-                ),
+                "max_consecutive_skips": consecutive_skips(2, TOOLTIPS["max_consecutive_skips"]),
+                "retention_ratio": fraction(0.2, TOOLTIPS["retention_ratio"]),
+                "end_percent": end_percent(),
                 "model": ([AUTO, *MAG_RATIOS], {"default": AUTO, "tooltip": TOOLTIPS["model"]}),
-                "cache_device": (list(CACHE_DEVICES), {"default": "model", "tooltip": TOOLTIPS["cache_device"]}),
+                "cache_device": cache_device(),
             }
         }
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 from dax_core.cache.coefficients import MODELS, MODES
-from dax_core.cache.config import AUTO, CACHE_DEVICES, TeacacheConfig
+from dax_core.cache.config import AUTO, TeacacheConfig
 from dax_core.recipe import Recipe
+
+from .step_cache_inputs import cache_device, consecutive_skips, end_percent, fraction
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +24,8 @@ TOOLTIPS = {
     "mode": "e0: measure the time projection; the first 5 steps always run (TeaCache's retention steps: faster at "
     "the same quality, except on 1.3B). e: measure the time embedding; only the first step always runs.",
     "start_percent": "Fraction of the steps before which every step runs.",
-    "end_percent": "Fraction of the steps from which every step runs (the last step always runs).",
     "max_consecutive_skips": "Run the transformer after this many skipped steps in a row (0: no limit). 1-3 helps "
     "if the video shows blocky artifacts or frozen motion.",
-    "cache_device": "Where the cached residuals live: model = the GPU (fastest); cpu = pinned host memory, saving "
-    "about 0.77 GB of GPU memory per CFG branch at 14B 720p for a copy each step.",
     "custom_coefficients": "With coefficients = custom: the polynomial, highest power first, comma-separated.",
 }
 
@@ -58,19 +57,10 @@ class DaxTeacache:
                 ),
                 "coefficients": ([AUTO, *MODELS, CUSTOM], {"default": AUTO, "tooltip": TOOLTIPS["coefficients"]}),
                 "mode": (list(MODES), {"default": "e0", "tooltip": TOOLTIPS["mode"]}),
-                "start_percent": (
-                    "FLOAT",
-                    {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": TOOLTIPS["start_percent"]},
-                ),
-                "end_percent": (
-                    "FLOAT",
-                    {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": TOOLTIPS["end_percent"]},
-                ),
-                "max_consecutive_skips": (
-                    "INT",
-                    {"default": 0, "min": 0, "max": 100, "tooltip": TOOLTIPS["max_consecutive_skips"]},
-                ),
-                "cache_device": (list(CACHE_DEVICES), {"default": "model", "tooltip": TOOLTIPS["cache_device"]}),
+                "start_percent": fraction(0.0, TOOLTIPS["start_percent"]),
+                "end_percent": end_percent(),
+                "max_consecutive_skips": consecutive_skips(0, TOOLTIPS["max_consecutive_skips"]),
+                "cache_device": cache_device(),
             },
             "optional": {
                 "custom_coefficients": ("STRING", {"default": "", "tooltip": TOOLTIPS["custom_coefficients"]}),

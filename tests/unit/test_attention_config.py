@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +14,9 @@ from dax_core.attention.config import AttentionConfig, with_env_attention
 from dax_core.models.spec import WanSpec
 from dax_core.models.wan import WanModel
 from dax_core.recipe import Recipe, RecipeError
+from tests.unit.node_modules import node_module as load_node_module
 
 SPEC = WanSpec(dim=32, num_layers=2, num_heads=2, ffn_dim=64, text_dim=16)
-NODE_FILE = Path(__file__).resolve().parents[2] / "nodes" / "attention.py"
 
 
 def _installed(module: str) -> bool:
@@ -147,11 +145,7 @@ def test_apply_with_a_missing_backend_fails_before_sampling():
 
 @pytest.fixture
 def node_module(comfyui_importable):
-    spec = importlib.util.spec_from_file_location("dax_nodes_attention", NODE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.pop("dax_nodes_attention", None)
-    spec.loader.exec_module(module)
-    return module
+    return load_node_module("attention")
 
 
 def test_node_lists_the_backends_and_returns_a_new_recipe_with_the_config(node_module):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +13,8 @@ from dax_core.cache.config import MagcacheConfig, TeacacheConfig
 from dax_core.cache.magcache import MagCache, branch_ratios, resample
 from dax_core.cache.magcache_ratios import MAG_RATIOS
 from dax_core.recipe import Recipe, RecipeError
+from tests.unit.node_modules import node_module as load_node_module
 from tests.unit.tiny_wan import tiny_engine, tiny_model, tiny_request
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _published_pattern(model: str, steps: int, threshold: float, k: int, retention: float) -> tuple[str, str]:
@@ -133,9 +130,7 @@ def test_a_model_takes_one_step_cache():
 
 
 def test_node_returns_a_new_recipe_with_the_config():
-    spec = importlib.util.spec_from_file_location("dax_nodes_magcache", REPO / "nodes" / "magcache.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_node_module("magcache")
     node = module.DaxMagcache()
     base = Recipe("w")
     (patched,) = node.patch(base, 0.24, 6, 0.2, 1.0, "auto", "model")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from dax_core.models.tiny import write_tiny_model
 from dax_core.quant import QuantizationError
 from dax_core.quant.config import QuantizeConfig
 from dax_core.recipe import Recipe
+from tests.unit.node_modules import node_module as load_node_module
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,9 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def node_module(monkeypatch):
     """nodes/quantize.py on its own: it imports ComfyUI only to ask for the sampling device (stubbed here);
     the keep list is checked against the header of a real (tiny) checkpoint."""
-    spec = importlib.util.spec_from_file_location("dax_quantize_node", REPO / "nodes" / "quantize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_node_module("quantize")
     monkeypatch.setattr(module, "_sampling_device", lambda: torch.device("cpu"))
     return module
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,17 +17,15 @@ from dax_core.cache.config import TeacacheConfig
 from dax_core.cache.teacache import TeaCache
 from dax_core.recipe import Recipe, RecipeError
 from dax_core.runtime.engine import SampleResult
+from tests.unit.node_modules import node_module as load_node_module
 from tests.unit.tiny_wan import tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_node_module():
-    """nodes/teacache.py by path: it needs dax_core only (the nodes package itself imports ComfyUI)."""
-    spec = importlib.util.spec_from_file_location("dax_nodes_teacache", REPO / "nodes" / "teacache.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """nodes/teacache.py on its own: it needs dax_core only (the nodes package itself imports ComfyUI)."""
+    return load_node_module("teacache")
 
 
 def test_config_round_trips_through_json_in_a_recipe():
