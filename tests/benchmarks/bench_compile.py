@@ -8,7 +8,8 @@ Each variant is a name and a JSON list of acceleration dicts (as in a recipe), w
 
 It reports eager and compiled medians, the ratio, the warm-up (the first compiled forward, compilation
 included), and the warm-up of a second process with the same shapes (``--child``), which reuses
-PyTorch's compile caches.
+PyTorch's compile caches. Results are written after each phase, so a run cut short keeps what it measured.
+Smoke test on the CPU: ``--case tiny --device cpu --backend aot_eager``.
 """
 
 from __future__ import annotations
@@ -22,60 +23,112 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dax_core.accelerations import BuildEnv, apply_accelerations
 from dax_core.compile import CompileConfig, compile_blocks
+from dax_core.models.spec import WanSpec
 from dax_core.recipe import Recipe
 
-from .common import CASES, build_ours, cuda_time, device_name, median, write_json
+from .common import CASES, Case, build_ours, device_name, median, write_json
+
+REPO = Path(__file__).resolve().parents[2]
+CASES_HERE = {**CASES, "tiny": Case("tiny (smoke test)", WanSpec(64, 2, 4, 128, text_dim=32), 64, 64, 9)}
 
 log = logging.getLogger("bench_compile")
 
 
-def _model(case_key: str, accelerations: list[dict], seed: int = 0):
-    case = CASES[case_key]
-    model = build_ours(case.spec, "cuda", torch.bfloat16, seed)
+def _model(case_key: str, accelerations: list[dict], device: torch.device, seed: int = 0):
+    case = CASES_HERE[case_key]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = build_ours(case.spec, str(device), dtype, seed)
     recipe = Recipe.from_dict({"weights": "random", "accelerations": accelerations})
-    apply_accelerations(model, recipe, BuildEnv(torch.device("cuda")))
-    g = torch.Generator(device="cuda").manual_seed(seed + 1)
-    x = torch.randn(case.latent_shape, generator=g, device="cuda")
-    t = torch.tensor([700.0], device="cuda")
-    ctx = torch.randn(1, 512, case.spec.text_dim, generator=g, device="cuda").to(torch.bfloat16)
+    apply_accelerations(model, recipe, BuildEnv(device))
+    g = torch.Generator(device=device).manual_seed(seed + 1)
+    x = torch.randn(case.latent_shape, generator=g, device=device)
+    t = torch.tensor([700.0], device=device)
+    ctx = torch.randn(1, 512, case.spec.text_dim, generator=g, device=device).to(dtype)
     return model, (x, t, ctx)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Settings:
+    case: str
+    device: torch.device
+    mode: str
+    backend: str
+    reps: int
+
+    def compile_config(self) -> CompileConfig:
+        return CompileConfig(mode=self.mode, backend=self.backend)
+
+    def argv(self) -> list[str]:
+        return ["--case", self.case, "--device", str(self.device), "--mode", self.mode, "--backend", self.backend]
+
+
+def _timed_after_first(model, inputs, device: torch.device, reps: int) -> tuple[torch.Tensor, float, list[float]]:
+    """The first forward (its output and its seconds: for a compiled model, the warm-up), then ``reps`` timed."""
+    _sync(device)
+    start = time.perf_counter()
+    first_out = model(*inputs).float()
+    _sync(device)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        start = time.perf_counter()
+        model(*inputs)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return first_out, first, times
+
+
 @torch.inference_mode()
-def child(case_key: str, accelerations: list[dict], mode: str, out: Path) -> None:
+def child(settings: Settings, accelerations: list[dict], out: Path) -> None:
     """A fresh process: only the compiled warm-up (compilation and the first forward), written to ``out``."""
-    model, inputs = _model(case_key, accelerations)
-    compile_blocks(model, CompileConfig(mode=mode))
-    _, warmup, _ = _timed_after_first(model, inputs, 0)
+    model, inputs = _model(settings.case, accelerations, settings.device)
+    compile_blocks(model, settings.compile_config())
+    _, warmup, _ = _timed_after_first(model, inputs, settings.device, 0)
     write_json(out, {"warmup_s": warmup})
 
 
-def _timed_after_first(model, inputs, reps: int) -> tuple[torch.Tensor, float, list[float]]:
-    """The first forward (its output and its seconds: for a compiled model, the warm-up), then ``reps`` timed."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = model(*inputs).float()
-    torch.cuda.synchronize()
-    first = time.perf_counter() - start
-    return out, first, cuda_time(lambda: model(*inputs), 0, reps)
+def _second_process_warmup(settings: Settings, name: str, accelerations: list[dict]) -> float | None:
+    with tempfile.TemporaryDirectory() as folder:
+        child_out = Path(folder) / "child.json"
+        cmd = [sys.executable, "-m", "tests.benchmarks.bench_compile", "--child", str(child_out), *settings.argv(),
+               "--variant", f"{name}={json.dumps(accelerations)}"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=os.environ.copy())
+        if proc.returncode != 0:
+            log.error("second process failed: %s", proc.stderr[-2000:])
+            return None
+        return json.loads(child_out.read_text())["warmup_s"]
 
 
 @torch.inference_mode()
-def run_variant(case_key: str, name: str, accelerations: list[dict], mode: str, reps: int, report) -> dict:
+def run_variant(settings: Settings, name: str, accelerations: list[dict], report: Callable[[dict], None]) -> dict:
     """Eager, then compiled, then a second process's warm-up; ``report(result)`` after each phase, so a run cut
     short keeps what it measured."""
-    model, inputs = _model(case_key, accelerations)
-    out_eager, _, eager = _timed_after_first(model, inputs, reps)
-    result: dict = {"accelerations": accelerations, "mode": mode, "eager_s": median(eager), "eager_times_s": eager}
+    model, inputs = _model(settings.case, accelerations, settings.device)
+    out_eager, _, eager = _timed_after_first(model, inputs, settings.device, settings.reps)
+    result: dict = {
+        "accelerations": accelerations,
+        "mode": settings.mode,
+        "backend": settings.backend,
+        "eager_s": median(eager),
+        "eager_times_s": eager,
+    }
     report(result)
-    compile_blocks(model, CompileConfig(mode=mode))
-    out_compiled, warmup, compiled = _timed_after_first(model, inputs, reps)
+    compile_blocks(model, settings.compile_config())
+    out_compiled, warmup, compiled = _timed_after_first(model, inputs, settings.device, settings.reps)
     result |= {
         "compiled_s": median(compiled),
         "compiled_times_s": compiled,
@@ -88,17 +141,9 @@ def run_variant(case_key: str, name: str, accelerations: list[dict], mode: str, 
     report(result)
     del model, out_eager, out_compiled
     gc.collect()
-    torch.cuda.empty_cache()
-    with tempfile.TemporaryDirectory() as folder:
-        child_out = Path(folder) / "child.json"
-        cmd = [sys.executable, "-m", "tests.benchmarks.bench_compile", "--child", str(child_out), "--case", case_key,
-               "--mode", mode, "--variant", f"{name}={json.dumps(accelerations)}"]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=os.environ.copy())
-        if proc.returncode != 0:
-            log.error("second process failed: %s", proc.stderr[-2000:])
-        result["warmup_second_process_s"] = (
-            json.loads(child_out.read_text())["warmup_s"] if proc.returncode == 0 else None
-        )
+    if settings.device.type == "cuda":
+        torch.cuda.empty_cache()
+    result["warmup_second_process_s"] = _second_process_warmup(settings, name, accelerations)
     log.info("%s: second process warm-up %s s", name, result["warmup_second_process_s"])
     report(result)
     return result
@@ -112,21 +157,33 @@ def _variants(items: list[str]) -> list[tuple[str, list[dict]]]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", default="14b-720p", choices=sorted(CASES))
+    parser.add_argument("--case", default="14b-720p", choices=sorted(CASES_HERE))
+    parser.add_argument("--device", default="cuda")
     parser.add_argument("--variant", action="append", required=True)
     parser.add_argument("--mode", default="default")
+    parser.add_argument("--backend", default="inductor")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("need --reps >= 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = Settings(args.case, torch.device(args.device), args.mode, args.backend, args.reps)
+    if settings.device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: this benchmark times GPU forwards (smoke-test: --case tiny --device cpu)")
     variants = _variants(args.variant)
     if args.child:
-        child(args.case, variants[0][1], args.mode, args.child)
-        return
-    results = {"device": device_name(), "torch": torch.__version__, "case": CASES[args.case].name, "variants": {}}
+        child(settings, variants[0][1], args.child)
+        return {}
+    results = {
+        "device": device_name() if settings.device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "case": CASES_HERE[args.case].name,
+        "variants": {},
+    }
 
     def report(name: str, result: dict) -> None:
         results["variants"][name] = result
@@ -134,7 +191,8 @@ def main() -> None:
             write_json(args.out, results)
 
     for name, accs in variants:
-        run_variant(args.case, name, accs, args.mode, args.reps, lambda r, name=name: report(name, r))
+        run_variant(settings, name, accs, lambda r, name=name: report(name, r))
+    return results
 
 
 if __name__ == "__main__":
