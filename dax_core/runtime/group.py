@@ -160,6 +160,8 @@ class _Run:
     result: SampleResult | None = None
     cancelled_at: int | None = None
     cancel_sent: bool = False
+    last_step: int = 0
+    """The last step rank 0 reported done."""
 
 
 @dataclass
@@ -332,6 +334,8 @@ class WorkerGroup:
             self._abandon(run)
             raise
         if run.cancelled_at is not None:
+            log.info("worker group %s: request %d cancelled after step %d of %d", self.run_id, run.request_id,
+                     run.cancelled_at, req.steps)  # fmt: skip
             raise SampleCancelled(run.cancelled_at)
         if run.result is None:
             raise WorkerGroupError("rank 0 finished without a result")  # a protocol bug, not a user error
@@ -343,6 +347,7 @@ class WorkerGroup:
             if msg.kind == "error" or msg.get("id") != run.request_id:
                 self._fail_with(r, msg, doing)
             elif msg.kind == "progress":
+                run.last_step = int(msg["step"])
                 if on_step is not None:
                     on_step(int(msg["step"]), int(msg["total"]))
             elif msg.kind == "result":
@@ -370,6 +375,8 @@ class WorkerGroup:
                 self._cancel(run)
             while run.pending:
                 self._follow(run, None)
+            log.info("worker group %s: request %d stopped after step %d (the caller gave up)", self.run_id,
+                     run.request_id, run.cancelled_at if run.cancelled_at is not None else run.last_step)  # fmt: skip
         except (WorkerGroupError, OSError) as e:
             log.warning("worker group %s failed while stopping an abandoned request: %s", self.run_id, e)
 

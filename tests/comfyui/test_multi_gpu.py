@@ -17,6 +17,7 @@ pytestmark = pytest.mark.comfyui
 RUN_TIMEOUT = 300.0
 GROUP_READY = re.compile(r"worker group \w+: 2 ranks on cpu ready")
 SAMPLING = re.compile(r"Multi-GPU Sampler: (\d+) steps on worker group (\w+)")
+STOPPED = re.compile(r"worker group \w+: request \d+ (?:cancelled|stopped) after step (\d+)")
 
 
 def _videos(server: ComfyServer, outputs: dict[str, Any]) -> list:
@@ -49,11 +50,11 @@ def test_two_prompts_share_one_worker_group_and_a_cancel_keeps_it(
     _wait_for_log(comfy_server, SAMPLING, started + 1, timeout=RUN_TIMEOUT)
     time.sleep(0.5)
     comfy_server.interrupt()
-    cancelled_at = time.monotonic()
     with pytest.raises(PromptFailed) as failed:
         comfy_server.wait_for(prompt_id, timeout=RUN_TIMEOUT)
     assert failed.value.exception_type == "Interrupted"
-    assert time.monotonic() - cancelled_at < 30  # the ranks stop at the next step, not after 1000 of them
+    stopped = STOPPED.findall(comfy_server.log_text())
+    assert stopped and int(stopped[-1]) < 1000, comfy_server.log_tail()  # the ranks stopped, not ran to the end
 
     # the server serves the next prompt, on the same group
     _videos(comfy_server, comfy_server.run(tiny_prompt(seed=24, gpus=2), timeout=RUN_TIMEOUT))

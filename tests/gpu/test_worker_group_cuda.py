@@ -3,6 +3,7 @@ run with a clear error, leaves no process on the GPUs, gives their memory back, 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,6 +15,8 @@ import torch
 from dax_core.runtime.distributed import parallel_layout
 from dax_core.runtime.engine import WanEngine
 from dax_core.runtime.group import GroupConfig, SampleCancelled, WorkerGroup, WorkerGroupError
+from tests.unit.faulty_worker import HOLD_AFTER, HOLD_SEED
+from tests.unit.faulty_worker import MODULE as FAULTY_WORKER
 from tests.unit.group_helpers import assert_all_gone, group_processes, tiny_recipe, tiny_request
 
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
@@ -41,7 +44,9 @@ def test_two_gpu_group_cancel_and_sigkill(tmp_path):
     req = tiny_request()
     reference = WanEngine.build(recipe, "cuda:0").sample(req).latent
     used_before = _used_mib(1)  # this process never touches GPU 1
-    config = GroupConfig(2, device="cuda", parallel=parallel_layout(2), collective_timeout_s=60)
+    config = GroupConfig(
+        2, device="cuda", parallel=parallel_layout(2), collective_timeout_s=60, worker_module=FAULTY_WORKER
+    )
     group = WorkerGroup(recipe, config)
     try:
         workers = set(group.worker_pids.values())
@@ -52,8 +57,9 @@ def test_two_gpu_group_cancel_and_sigkill(tmp_path):
 
         seen: list[int] = []
         with pytest.raises(SampleCancelled) as cancelled:
-            group.sample(tiny_request(steps=200), on_step=lambda s, t: seen.append(s), should_cancel=lambda: 2 in seen)
-        assert cancelled.value.step in (2, 3) and group.alive
+            held = dataclasses.replace(tiny_request(steps=200), seed=HOLD_SEED)  # held after step HOLD_AFTER
+            group.sample(held, on_step=lambda s, t: seen.append(s), should_cancel=lambda: HOLD_AFTER in seen)
+        assert cancelled.value.step == HOLD_AFTER and group.alive
 
         procs = group_processes(group)
         victim = group.worker_pids[1]

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
-from group_helpers import REPO, TINY, tiny_recipe
 from safetensors.torch import load_file, save_file
 
 from dax_core.runtime.generate import main
 from dax_core.runtime.group import free_port
+from tests.unit.group_helpers import REPO, TINY, tiny_recipe
 
 ARGS = ["--width", "64", "--height", "32", "--frames", "5", "--steps", "3", "--seed", "7", "--cfg", "4.5"]
 ARGS += ["--compute-dtype", "fp32", "--device", "cpu", "--sampler", "euler"]

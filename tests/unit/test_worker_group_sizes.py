@@ -9,9 +9,6 @@ import signal
 import subprocess
 
 import pytest
-from faulty_worker import MODULE as FAULTY_WORKER
-from faulty_worker import RAISE_SEED
-from group_helpers import assert_all_gone, assert_same_latent, group_processes, in_process, tiny_recipe, tiny_request
 
 from dax_core.runtime.control import SECRET_ENV, new_secret
 from dax_core.runtime.distributed import parallel_layout
@@ -24,6 +21,16 @@ from dax_core.runtime.group import (
     agent_command,
     agent_environment,
     free_port,
+)
+from tests.unit.faulty_worker import HOLD_AFTER, HOLD_SEED, RAISE_SEED
+from tests.unit.faulty_worker import MODULE as FAULTY_WORKER
+from tests.unit.group_helpers import (
+    assert_all_gone,
+    assert_same_latent,
+    group_processes,
+    in_process,
+    tiny_recipe,
+    tiny_request,
 )
 
 
@@ -47,8 +54,9 @@ def test_four_ranks_cancel_raise_and_sigkill(recipe, reference):
 
         seen: list[int] = []
         with pytest.raises(SampleCancelled) as cancelled:
-            group.sample(tiny_request(steps=40), on_step=lambda s, t: seen.append(s), should_cancel=lambda: 1 in seen)
-        assert cancelled.value.step in (1, 2) and group.alive  # asked after step 1: stopped at step 1 or 2
+            held = dataclasses.replace(tiny_request(steps=40), seed=HOLD_SEED)  # held after step HOLD_AFTER
+            group.sample(held, on_step=lambda s, t: seen.append(s), should_cancel=lambda: HOLD_AFTER in seen)
+        assert cancelled.value.step == HOLD_AFTER and group.alive  # all 4 ranks stopped at that boundary
 
         procs = group_processes(group)
         with pytest.raises(WorkerError) as failed:
