@@ -10,6 +10,8 @@ DIFFUSERS_SUFFIX = " (diffusers)"
 
 
 def _diffusers_folders() -> dict[str, str]:
+    """Model folders under ComfyUI's ``diffusers`` roots: a ``transformer/`` subfolder or a sharded index. Other
+    entries (ComfyUI's own placeholder file, unreadable folders) are passed over."""
     found: dict[str, str] = {}
     try:
         roots = folder_paths.get_folder_paths("diffusers")
@@ -20,11 +22,20 @@ def _diffusers_folders() -> dict[str, str]:
             continue
         for name in sorted(os.listdir(root)):
             path = os.path.join(root, name)
-            if os.path.isdir(os.path.join(path, "transformer")) or any(
-                f.endswith(".safetensors.index.json") for f in os.listdir(path) if os.path.isdir(path)
-            ):
+            if _is_wan_folder(path):
                 found.setdefault(name + DIFFUSERS_SUFFIX, path)
     return found
+
+
+def _is_wan_folder(path: str) -> bool:
+    if not os.path.isdir(path):
+        return False
+    if os.path.isdir(os.path.join(path, "transformer")):
+        return True
+    try:
+        return any(f.endswith(".safetensors.index.json") for f in os.listdir(path))
+    except OSError:
+        return False
 
 
 def list_models() -> list[str]:
