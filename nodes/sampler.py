@@ -15,7 +15,7 @@ from dax_core.recipe import Recipe
 from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, parallel_layout
 from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
 from dax_core.runtime.engine_cache import EngineCache
-from dax_core.runtime.group import GroupConfig, SampleCancelled, WorkerGroup
+from dax_core.runtime.group import GroupConfig, SampleCancelled, StartCancelled, WorkerGroup
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
 
@@ -108,9 +108,13 @@ def _sample_in_group(recipe: Recipe, request: SampleRequest, config: GroupConfig
 
     def start(r: Recipe) -> WorkerGroup:
         _free_devices(config)
-        return WorkerGroup(r, config)
+        return WorkerGroup(r, config, should_cancel=mm.processing_interrupted)  # Cancel works while it starts
 
-    group = ENGINES.get(recipe, start, variant=variant, valid=lambda g: g.alive)
+    try:
+        group = ENGINES.get(recipe, start, variant=variant, valid=lambda g: g.alive)
+    except StartCancelled:
+        mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
+        raise
     _free_devices(config)  # ComfyUI may have loaded its models again since the last prompt
     gpus = config.world_size
     log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", request.steps, group.run_id, gpus)

@@ -22,7 +22,6 @@ import logging
 import os
 import selectors
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -46,12 +45,18 @@ log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding dax_core, put on the workers' PYTHONPATH
 WORKER_MODULE = "dax_core.runtime.worker"
+ABANDON_GRACE_S = 30.0
+"""After a cancel, how long past the collective timeout the ranks may take to stop before the group is taken down."""
 ProgressCallback = Callable[[int, int], None]
 """Called with (steps done, total steps) after every step."""
 
 
 class WorkerGroupError(RuntimeError):
     """The group failed (a rank raised, died or hung) and was torn down; the next group starts fresh."""
+
+
+class StartCancelled(Exception):
+    """The caller cancelled while the group was starting; everything started was taken down."""
 
 
 class WorkerError(WorkerGroupError):
@@ -182,34 +187,49 @@ class WorkerGroup:
     ``$DAX_GROUP_SECRET`` (which every agent must be given too).
     """
 
-    def __init__(self, recipe: Recipe, config: GroupConfig, secret: str | None = None) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        config: GroupConfig,
+        secret: str | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> None:
+        """``should_cancel`` is asked while the ranks connect and build the engine: once it answers True the start
+        stops, everything started is taken down, and ``StartCancelled`` is raised."""
         self.recipe = recipe
         self.config = config
         self._secret = secret or self._default_secret(config)
+        self._should_cancel = should_cancel
         self._ranks: dict[int, _Rank] = {}
-        self._selector = selectors.DefaultSelector()
         self._next_id = 0
         self._failed: str | None = None
         self._closed = False
         self._tree: list[psutil.Process] = []
         self.run_id = uuid.uuid4().hex[:12]
         self._server = ControlServer(self._secret, config.control_host, config.control_port)
+        self._selector = selectors.DefaultSelector()
         host, port = self._server.address
         self.control_address = f"{host}:{port}"
-        self.rdzv_endpoint = config.rdzv_endpoint or f"127.0.0.1:{free_port()}"
         started = time.monotonic()
-        self._launcher = LaunchedProcess(
-            agent_command(config, self.rdzv_endpoint),
-            agent_environment(config, self.control_address, self._secret),
-            log_name="dax_core.workers",
-        )
+        try:
+            self.rdzv_endpoint = config.rdzv_endpoint or f"127.0.0.1:{free_port()}"
+            self._launcher = LaunchedProcess(
+                agent_command(config, self.rdzv_endpoint),
+                agent_environment(config, self.control_address, self._secret),
+                log_name="dax_core.workers",
+            )
+        except BaseException:
+            self._selector.close()
+            self._server.close()
+            raise
         try:
             self._connect_ranks(started + config.start_timeout_s)
+            # the ranks' processes, taken while the launcher runs: if it dies from here on, they are still found
+            self._tree = self._launcher.descendants()
             self._setup()
         except BaseException:
             self._teardown()
             raise
-        self._tree = self._launcher.descendants()
         log.info(
             "worker group %s: %d ranks on %s ready in %.1f s",
             self.run_id,
@@ -254,6 +274,7 @@ class WorkerGroup:
         self._selector.register(self._server, selectors.EVENT_READ)
         while len(self._ranks) < world:
             self._check_launcher("while the ranks were connecting")
+            self._check_start_cancelled()
             if time.monotonic() > deadline:
                 raise WorkerGroupError(
                     f"only {len(self._ranks)} of {world} ranks connected within {self.config.start_timeout_s:.0f} s"
@@ -296,11 +317,16 @@ class WorkerGroup:
         waiting = set(self._ranks)
         doing = "while the ranks were building the engine"
         while waiting:
+            self._check_start_cancelled()
             for r, msg in self._receive(0.1, doing):
                 if msg.kind == "ready":
                     waiting.discard(r.rank)
                 else:
                     self._fail_with(r, msg, doing)
+
+    def _check_start_cancelled(self) -> None:
+        if self._should_cancel is not None and self._should_cancel():
+            raise StartCancelled(f"worker group {self.run_id}: start cancelled; nothing of it is left running")
 
     # -- sampling ----------------------------------------------------------------------------------------------
 
@@ -322,7 +348,11 @@ class WorkerGroup:
         run = _Run(self._next_id, set(self._ranks))
         fields, tensors = request_fields(req)
         for r in self._ranks.values():
-            r.channel.send("request", tensors, id=run.request_id, **fields)
+            try:
+                r.channel.send("request", tensors, id=run.request_id, **fields)
+            except OSError:
+                self._selector.unregister(r.channel)
+                self._fail(RankEvent(r.rank, r.describe(), "drop", time.time()), "while sending the request")
         try:
             while run.pending:
                 self._follow(run, on_step)
@@ -342,14 +372,17 @@ class WorkerGroup:
         return run.result
 
     def _follow(self, run: _Run, on_step: ProgressCallback | None) -> None:
+        """Take in what the ranks sent, then report the progress in it: every message of the batch is accounted
+        for before ``on_step`` runs, so a callback that raises loses nothing (``_abandon`` then knows every rank
+        that has finished)."""
         doing = "while sampling"
+        progress: list[tuple[int, int]] = []
         for r, msg in self._receive(0.05, doing):
             if msg.kind == "error" or msg.get("id") != run.request_id:
                 self._fail_with(r, msg, doing)
             elif msg.kind == "progress":
                 run.last_step = int(msg["step"])
-                if on_step is not None:
-                    on_step(int(msg["step"]), int(msg["total"]))
+                progress.append((int(msg["step"]), int(msg["total"])))
             elif msg.kind == "result":
                 run.result = result_from_message(msg)
                 run.pending.discard(r.rank)
@@ -360,6 +393,9 @@ class WorkerGroup:
                 run.pending.discard(r.rank)
             else:
                 self._fail_with(r, msg, doing)
+        if on_step is not None:
+            for step, total in progress:
+                on_step(step, total)
 
     def _cancel(self, run: _Run) -> None:
         run.cancel_sent = True
@@ -367,13 +403,21 @@ class WorkerGroup:
             r.channel.send("cancel", id=run.request_id)
 
     def _abandon(self, run: _Run) -> None:
-        """The caller gave up on ``run``: stop the ranks and wait until each has finished with it."""
+        """The caller gave up on ``run``: stop the ranks and wait until each has finished with it. Ranks stop at a
+        step boundary; one that never gets there (hung) makes the others' collectives time out, and one that
+        still has not answered a while after that takes the group down, so this never waits for ever."""
         if not self.alive or not run.pending:
             return
+        deadline = time.monotonic() + self.config.collective_timeout_s + ABANDON_GRACE_S
         try:
             if not run.cancel_sent:
                 self._cancel(run)
             while run.pending:
+                if time.monotonic() > deadline:
+                    ranks = ", ".join(self._ranks[i].describe() for i in sorted(run.pending))
+                    self._failed = f"{ranks} did not stop after a cancel"
+                    self._teardown()
+                    raise WorkerGroupError(f"worker group {self.run_id} taken down: {self._failed}")
                 self._follow(run, None)
             log.info("worker group %s: request %d stopped after step %d (the caller gave up)", self.run_id,
                      run.request_id, run.cancelled_at if run.cancelled_at is not None else run.last_step)  # fmt: skip
@@ -472,9 +516,7 @@ class WorkerGroup:
                     r.channel.send("shutdown")
                 except OSError:
                     pass
-            try:
-                self._launcher.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
+            if self._launcher.wait_exit(timeout_s) is None:
                 log.warning("worker group %s still running %.0f s after shutdown: killing it", self.run_id, timeout_s)
         self._teardown()
         log.info("worker group %s closed", self.run_id)

@@ -3,6 +3,9 @@
 ``torch.distributed.run`` starts each worker in a session of its own, so killing the launcher's process group
 does not reach the workers: teardown walks the launcher's process tree (psutil), kills the workers' process
 groups first (the launcher, still alive, reaps them), then the launcher's own group.
+
+The launcher is reaped only at the very end of teardown: until then, having exited or not, it holds its pid and
+its process group id, so a signal sent to either can never reach an unrelated process that reused the number.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import psutil
@@ -52,9 +56,29 @@ class LaunchedProcess:
         return "\n".join(list(self._tail)[-lines:])
 
     def poll(self) -> int | None:
-        return self.proc.poll()
+        """The launcher's exit code once it has exited (negative: the signal that ended it), without reaping it."""
+        if self.proc.returncode is not None or not hasattr(os, "waitid"):
+            return self.proc.poll()
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped already
+            return self.proc.poll()
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    def wait_exit(self, timeout_s: float) -> int | None:
+        """Wait up to ``timeout_s`` for the launcher to exit, without reaping it; its exit code, or None."""
+        deadline = time.monotonic() + timeout_s
+        while (code := self.poll()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return code
 
     def descendants(self) -> list[psutil.Process]:
+        """The processes the launcher started that are still its descendants (none once it has exited: they are
+        handed to another parent then, so take this list while the launcher runs)."""
+        if self.poll() is not None:
+            return []
         try:
             return psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
@@ -67,19 +91,24 @@ class LaunchedProcess:
         for p in workers:
             _kill_group_or_process(p)
         _, stuck = psutil.wait_procs(workers, timeout=grace_s)
-        if self.proc.poll() is None:
-            _signal_group(self.proc.pid, signal.SIGTERM)
+        if self.proc.returncode is None:  # not reaped: its pid and process group id are still ours to signal
+            if self.poll() is None:
+                _signal_group(self.proc.pid, signal.SIGTERM)
+                if self.wait_exit(grace_s) is None:
+                    _signal_group(self.proc.pid, signal.SIGKILL)
+                    self.wait_exit(grace_s)
+            _signal_group(self.proc.pid, signal.SIGKILL)  # anything left in the launcher's own group
             try:
                 self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                _signal_group(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=grace_s)
-        _signal_group(self.proc.pid, signal.SIGKILL)  # anything left in the launcher's own group
+                log.error("launcher %d did not exit after SIGKILL", self.proc.pid)
         for p in stuck:
             if _alive(p):
                 log.error("process %d (%s) survived SIGKILL", p.pid, _name(p))
         if self.proc.stdout is not None:
             self._pump.join(timeout=grace_s)
+            if not self._pump.is_alive():
+                self.proc.stdout.close()
 
 
 def _alive(p: psutil.Process) -> bool:
