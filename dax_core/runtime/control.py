@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .wire import Message, ProtocolError, recv_message, send_message
+from .wire import Message, recv_message, send_message
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,12 @@ def _secret_bytes(secret: str) -> bytes:
 
 def _mac(secret: bytes, role: bytes, first: str, second: str) -> str:
     return hmac.new(secret, role + b"|" + first.encode() + b"|" + second.encode(), hashlib.sha256).hexdigest()
+
+
+def _mac_matches(got: object, expected: str) -> bool:
+    """Constant-time check of a MAC the peer sent; anything but an ASCII string (which ``compare_digest`` would
+    raise on) is simply wrong."""
+    return isinstance(got, str) and got.isascii() and hmac.compare_digest(got, expected)
 
 
 class Channel:
@@ -97,14 +103,20 @@ class ControlServer:
         return self._listener.fileno()
 
     def accept(self) -> Channel | None:
-        """Accept one pending connection; the authenticated channel, or None if it was refused."""
+        """Accept one pending connection; the authenticated channel, or None if it was refused.
+
+        Any failure during the handshake refuses the connection: the peer is not authenticated yet, so whatever
+        it sent must not stop the server from accepting the group's real ranks.
+        """
         sock, addr = self._listener.accept()
         sock.settimeout(self._handshake_timeout_s)
         try:
             peer = self._handshake(sock)
-        except (AuthenticationError, ProtocolError, OSError) as e:
+        except Exception as e:
             self.refused += 1
-            log.warning("control channel: refused a connection from %s:%s: %s", addr[0], addr[1], e)
+            log.warning(
+                "control channel: refused a connection from %s:%s: %s: %s", addr[0], addr[1], type(e).__name__, e
+            )
             sock.close()
             return None
         sock.settimeout(None)
@@ -116,10 +128,10 @@ class ControlServer:
         send_message(sock, "challenge", {"nonce": server_nonce, "protocol": PROTOCOL_VERSION})
         answer = recv_message(sock, max_header=_HANDSHAKE_HEADER_LIMIT, max_payload=0)
         client_nonce, mac, hello = answer.get("nonce"), answer.get("mac"), answer.get("hello")
-        if answer.kind != "auth" or not isinstance(client_nonce, str) or not isinstance(mac, str):
+        if answer.kind != "auth" or not isinstance(client_nonce, str):
             self._refuse(sock)
             raise AuthenticationError(f"expected an authentication answer, got a {answer.kind!r} message")
-        if not hmac.compare_digest(mac, _mac(self._secret, b"client", server_nonce, client_nonce)):
+        if not _mac_matches(mac, _mac(self._secret, b"client", server_nonce, client_nonce)):
             self._refuse(sock)
             raise AuthenticationError("wrong group secret")
         if answer.get("protocol") != PROTOCOL_VERSION:
@@ -163,7 +175,7 @@ def connect(address: tuple[str, int], secret: str, hello: dict[str, Any], timeou
         if welcome.kind != "welcome":
             raise AuthenticationError(f"the control server refused this worker: {welcome.get('reason', welcome.kind)}")
         expected = _mac(key, b"server", client_nonce, server_nonce)
-        if not hmac.compare_digest(str(welcome.get("mac")), expected):
+        if not _mac_matches(welcome.get("mac"), expected):
             raise AuthenticationError("the control server did not prove the group secret")
     except BaseException:
         sock.close()

@@ -122,11 +122,15 @@ def _tensor_meta(entry: Any) -> tuple[str, torch.dtype, tuple[int, ...], int]:
     if not isinstance(entry, dict) or set(entry) != {"name", "dtype", "shape"}:
         raise ProtocolError(f"bad tensor descriptor {entry!r}")
     name, dtype_name, shape = entry["name"], entry["dtype"], entry["shape"]
-    if not isinstance(name, str) or dtype_name not in DTYPES:
+    if not isinstance(name, str) or not isinstance(dtype_name, str) or dtype_name not in DTYPES:
         raise ProtocolError(f"bad tensor name or dtype in {entry!r}")
     if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
         raise ProtocolError(f"bad tensor shape in {entry!r}")
     dtype = DTYPES[dtype_name]
+    # Bound the extent with zero-length dimensions counted as one: an empty tensor carries no bytes, but a shape
+    # like [0, 2**70] would still overflow when the tensor is built.
+    if math.prod(max(s, 1) for s in shape) * dtype.itemsize > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(f"tensor shape in {entry!r} exceeds the limit of {MAX_PAYLOAD_BYTES} bytes")
     nbytes = math.prod(shape) * dtype.itemsize
     return name, dtype, tuple(shape), nbytes
 
@@ -143,13 +147,17 @@ def recv_message(
         raise ProtocolError(f"bad frame magic {bytes(magic)!r}: the peer does not speak the DAX worker protocol")
     if length > max_header:
         raise ProtocolError(f"frame header of {length} bytes exceeds the limit of {max_header}")
+    raw_header = _recv_exact(sock, length)
     try:
-        header = json.loads(_recv_exact(sock, length).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError(f"frame header is not JSON: {e}") from None
+        header = json.loads(raw_header.decode())
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, an over-long integer, nested too deeply
+        raise ProtocolError(f"frame header is not JSON: {type(e).__name__}: {e}") from None
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise ProtocolError("frame header must be a JSON object with a string 'type'")
-    metas = [_tensor_meta(m) for m in header.pop("tensors", [])]
+    entries = header.pop("tensors", [])
+    if not isinstance(entries, list):
+        raise ProtocolError(f"frame header's 'tensors' must be a list of descriptors, not a {type(entries).__name__}")
+    metas = [_tensor_meta(m) for m in entries]
     total = sum(m[3] for m in metas)
     if total > max_payload:
         raise ProtocolError(f"frame carries {total} tensor bytes, more than the limit of {max_payload}")

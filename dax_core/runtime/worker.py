@@ -63,12 +63,35 @@ class Cancelled(Exception):
         self.step = step
 
 
-class Inbox:
-    """Reads the control channel on a thread: cancels are noted at once, everything else is queued in order."""
+def report_error(channel: Channel, rank: int, request_id: int | None, exc: BaseException) -> None:
+    """Send the owner this rank's exception with its traceback (best effort: the owner may be gone)."""
+    log.error("rank %d failed: %s: %s", rank, type(exc).__name__, exc)
+    try:
+        channel.send(
+            "error",
+            id=request_id,
+            rank=rank,
+            time=time.time(),
+            exception=type(exc).__name__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+    except OSError:
+        pass  # the owner is gone; the exit code still tells the launcher
 
-    def __init__(self, channel: Channel, rank: int) -> None:
+
+class Inbox:
+    """Reads the control channel on a thread: cancels are noted at once, everything else is queued in order.
+
+    The reader must never just stop: the main thread would then wait forever for the next message and the owner
+    forever for this rank. So any failure on the reader's side ends the process (``exit_process``, replaced only
+    by tests), after reporting the exception to the owner where the channel still works.
+    """
+
+    def __init__(self, channel: Channel, rank: int, exit_process: Callable[[int], object] = os._exit) -> None:
         self.channel = channel
         self.rank = rank
+        self._exit_process = exit_process
         self.messages: queue.Queue[Message] = queue.Queue()
         self._cancelled: set[int] = set()
         self._lock = threading.Lock()
@@ -77,6 +100,14 @@ class Inbox:
         self._thread.start()
 
     def _read(self) -> None:
+        try:
+            self._read_until_closed()
+        except Exception as e:
+            log.error("rank %d: the control channel reader failed, exiting", self.rank)
+            report_error(self.channel, self.rank, None, e)
+            self._exit_process(EXIT_FAILED)  # the main thread may be blocked inside a collective
+
+    def _read_until_closed(self) -> None:
         while True:
             try:
                 msg = self.channel.recv()
@@ -84,10 +115,14 @@ class Inbox:
                 if self.closing:
                     return
                 log.error("rank %d: control channel lost (%s): the group's owner is gone, exiting", self.rank, e)
-                os._exit(EXIT_OWNER_GONE)  # the main thread may be blocked inside a collective
+                self._exit_process(EXIT_OWNER_GONE)
+                return
             if msg.kind == "cancel":
+                request_id = msg.get("id")
+                if not isinstance(request_id, int) or isinstance(request_id, bool):
+                    raise ProtocolError(f"a cancel message needs an integer request 'id', got fields {msg.fields}")
                 with self._lock:
-                    self._cancelled.add(int(msg["id"]))
+                    self._cancelled.add(request_id)
             else:
                 self.messages.put(msg)
 
@@ -182,19 +217,7 @@ class Worker:
         return True
 
     def _report(self, request_id: int | None, exc: BaseException) -> None:
-        log.error("rank %d failed: %s: %s", self.env.rank, type(exc).__name__, exc)
-        try:
-            self.channel.send(
-                "error",
-                id=request_id,
-                rank=self.env.rank,
-                time=time.time(),
-                exception=type(exc).__name__,
-                message=str(exc),
-                traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-            )
-        except OSError:
-            pass  # the owner is gone; the exit code still tells the launcher
+        report_error(self.channel, self.env.rank, request_id, exc)
 
 
 def hello(env: RankEnv) -> dict[str, Any]:

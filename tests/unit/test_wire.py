@@ -44,8 +44,8 @@ def test_tensors_and_fields_round_trip_bit_exactly(pair):
         assert torch.equal(got, t), name
 
 
-def _raw_frame(header: dict, payload: bytes = b"") -> bytes:
-    body = json.dumps(header).encode()
+def _raw_frame(header: dict | bytes, payload: bytes = b"") -> bytes:
+    body = header if isinstance(header, bytes) else json.dumps(header).encode()
     return struct.pack("!4sI", MAGIC, len(body)) + body + payload
 
 
@@ -59,6 +59,12 @@ def _raw_frame(header: dict, payload: bytes = b"") -> bytes:
         (_raw_frame({"type": "x", "tensors": [{"name": "t", "dtype": "float32", "shape": [-1]}]}), "shape"),
         (_raw_frame({"type": "x", "tensors": [{"name": "t", "dtype": "float32", "shape": [4]}]}, b"\0" * 8), "inside"),
         (_raw_frame({"type": "x", "tensors": [{"name": "t", "dtype": "float32", "shape": [1 << 40]}]}), "limit"),
+        (_raw_frame({"type": "x", "tensors": [{"name": "t", "dtype": "float32", "shape": [0, 1 << 70]}]}), "limit"),
+        (_raw_frame({"type": "x", "tensors": [{"name": "t", "dtype": ["float32"], "shape": [1]}]}), "dtype"),
+        (_raw_frame({"type": "x", "tensors": 5}), "'tensors' must be a list"),
+        (_raw_frame({"type": "x", "tensors": None}), "'tensors' must be a list"),
+        (_raw_frame(b"[" * 5000 + b"]" * 5000), "RecursionError"),
+        (_raw_frame(b'{"type": "x", "n": ' + b"9" * 5000 + b"}"), "not JSON"),
     ],
 )
 def test_malformed_frames_are_rejected(pair, frame: bytes, error: str):
