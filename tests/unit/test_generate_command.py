@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from dax_core.recipe import Recipe
+from dax_core.runtime.engine import SampleRequest, WanEngine
 from dax_core.runtime.generate import main
 from dax_core.runtime.group import free_port
 from tests.unit.group_helpers import REPO, TINY, tiny_recipe
@@ -43,6 +45,18 @@ def single(inputs, tmp_path_factory):
 def test_single_process_writes_comfyui_latent(single):
     assert single.shape == (1, 16, 2, 4, 8) and single.dtype == torch.float32
     assert torch.isfinite(single).all() and single.abs().max() > 0
+
+
+def test_single_process_is_the_engine_with_the_arguments_given(inputs, single):
+    # every option of ARGS reaches the engine: the same request built by hand gives the same latent, bit for bit
+    weights = inputs[inputs.index("--weights") + 1]
+    embeddings = load_file(inputs[inputs.index("--text-embeddings") + 1])
+    engine = WanEngine.build(Recipe(weights, compute_dtype="fp32"), "cpu")
+    request = SampleRequest(
+        embeddings["positive"][None], embeddings["negative"][None], torch.zeros(1, 16, 2, 4, 8),
+        seed=7, steps=3, cfg=4.5, shift=8.0, sampler="euler", scheduler="simple",
+    )  # fmt: skip
+    assert torch.equal(single, engine.sample(request).latent)
 
 
 def _agent(nnodes: int, nproc: int, endpoint: str, args: list[str]) -> subprocess.Popen:

@@ -58,10 +58,13 @@ def test_merging_partials_over_key_chunks_equals_attention_over_all_keys():
 def test_cpu_dispatch_is_the_math_kernel():
     q, k, v = _qkv(3, dtype=torch.bfloat16)
     out, lse = attention_with_lse(q, k, v)
-    ref_out, _ = _reference(q, k, v)
+    math_out, math_lse = math_attention_with_lse(q, k, v)
+    assert torch.equal(out, math_out) and torch.equal(lse, math_lse)  # the exact-math kernel, not another
+    ref_out, ref_lse = _reference(q, k, v)
     assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
     # float32 math on bf16 inputs, rounded once to bf16 (2^-8 relative)
     torch.testing.assert_close(out.double(), ref_out, rtol=0, atol=1e-2)
+    torch.testing.assert_close(lse.double(), ref_lse, rtol=0, atol=1e-2)
 
 
 @pytest.mark.parametrize(

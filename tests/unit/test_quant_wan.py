@@ -90,7 +90,7 @@ def test_quantized_bf16_model_output_stays_within_bound_of_bf16(dtype, granulari
         got = quantized(x, t, ctx).double()
     rel = ((got - ref).norm() / ref.norm()).item()
     cos = torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0).item()
-    assert rel < 8e-3 and cos > 0.9999, (rel, cos)
+    assert 1e-3 < rel < 8e-3 and cos > 0.9999, (rel, cos)  # quantized (moved), but not far
 
 
 def test_fp8_checkpoint_model_is_quantized_without_copying_its_weights():
@@ -110,7 +110,8 @@ def test_fp8_checkpoint_model_is_quantized_without_copying_its_weights():
         assert model.get_submodule(name).qweight.data_ptr() == ptr, name
     with torch.no_grad():
         got = model(x, t, ctx).double()
-    assert ((got - ref).norm() / ref.norm()).item() < 8e-3  # only the activations are newly quantized
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert 1e-3 < rel < 8e-3, rel  # only the activations are newly quantized: they move the output, a little
 
 
 def test_block_linear_memory_halves():
