@@ -16,6 +16,6 @@ def test_benchmark_smoke(tmp_path):
     result = saved["variants"]["int8"]
     assert result["accelerations"] == [{"kind": "quantize", "dtype": "int8"}]
     assert len(result["eager_times_s"]) == len(result["compiled_times_s"]) == 1
-    assert result["speedup"] == result["eager_s"] / result["compiled_s"]
+    assert min(result["eager_times_s"] + result["compiled_times_s"]) > 0
     assert result["compiled_vs_eager_rel_diff"] < 1e-5  # aot_eager runs the same float32 ops
-    assert result["warmup_second_process_s"] is not None  # the second process ran and reported
+    assert result["warmup_second_process_s"] > 0  # the second process compiled, ran and reported
