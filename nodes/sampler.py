@@ -12,7 +12,7 @@ import torch
 from dax_core.accelerations import STEP_CACHE_KINDS
 from dax_core.models.loading import inspect_weights
 from dax_core.recipe import Recipe
-from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, parallel_layout
+from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, check_recipe_layout, parallel_layout
 from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
 from dax_core.runtime.engine_cache import EngineCache
 from dax_core.runtime.group import GroupConfig, SampleCancelled, StartCancelled, WorkerGroup
@@ -90,6 +90,7 @@ def _group_config(
         raise ValueError(f"the worker group runs on CUDA GPUs (or CPUs, for testing), not {device.type}: use gpus = 1")
     layout = parallel_layout(gpus, mode, ulysses_degree, cfg_parallel, overlap)
     layout.validate_for(inspect_weights(recipe.weights).spec)  # a layout error before any process starts
+    check_recipe_layout(recipe, layout)  # and a recipe the layout cannot run, before an earlier group is released
     return GroupConfig(nproc_per_node=gpus, device=device.type, parallel=layout)
 
 

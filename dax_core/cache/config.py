@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..parallel.config import step_cache_refused
 from ..recipe import Acceleration, RecipeError, register_acceleration
 from .coefficients import MODELS, MODES, published_coefficients
 from .magcache import MagCache
@@ -171,7 +172,4 @@ def _check_no_step_cache(model: Any, adding: str) -> None:
         )
     plan = getattr(model, "sequence_parallel", None)
     if plan is not None and plan.config.cfg_parallel:  # the other order is refused by enable_sequence_parallel
-        raise RecipeError(
-            f"{adding} cannot run with CFG-parallel, where each rank holds one branch: turn cfg_parallel off "
-            "(Ulysses/ring split the tokens instead) or drop the step cache"
-        )
+        raise RecipeError(step_cache_refused(adding))

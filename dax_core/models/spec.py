@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+
+VAE_SPATIAL_STRIDE = 8
+"""Pixels per latent cell along the height and the width (the Wan2.1 VAE's compression): sizes in messages are in
+pixels, the unit the user chose them in."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,41 @@ class WanSpec:
             if preset == self:
                 return preset_name
         return f"custom-d{self.dim}-l{self.num_layers}-h{self.num_heads}"
+
+    def check_latent(self, shape: Sequence[int]) -> None:
+        """Raise ValueError, saying what to change, unless a latent of ``shape`` fits this model.
+
+        One check for the model's forward and for a request checked before it reaches a worker group, where an
+        error inside the ranks would end the whole group.
+        """
+        shape = tuple(shape)
+        if len(shape) != 5 or shape[1] != self.in_dim:
+            raise ValueError(
+                f"expected a video latent [B, {self.in_dim}, frames, height, width], got shape {shape}: "
+                "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
+            )
+        pt, ph, pw = self.patch_size
+        if shape[2] % pt:
+            raise ValueError(f"the latent's {shape[2]} frames are not a multiple of the patch's {pt}")
+        for axis, size, patch in (("height", shape[3], ph), ("width", shape[4], pw)):
+            if size % patch:
+                step, pixels = patch * VAE_SPATIAL_STRIDE, size * VAE_SPATIAL_STRIDE
+                lower = pixels // step * step
+                use = f"{lower} or {lower + step}" if lower else str(step)
+                raise ValueError(
+                    f"{axis} {pixels} is not a multiple of {step}: use {use} (the latent's {axis} {size} must be a "
+                    f"multiple of the model's patch, {patch})"
+                )
+
+    def check_text(self, shape: Sequence[int], name: str = "the text embedding") -> None:
+        """Raise ValueError unless ``shape`` is a text embedding [B, tokens, text_dim] of this model's width."""
+        shape = tuple(shape)
+        if len(shape) != 3 or shape[2] != self.text_dim:
+            raise ValueError(
+                f"{name} must be [B, tokens, {self.text_dim}], got {shape}: this model takes "
+                f"{self.text_dim}-wide text; encode the prompt with the model's text encoder (umt5-xxl for Wan2.1, "
+                "4096 wide: CLIPLoader with type wan)"
+            )
 
     def to_dict(self) -> dict:
         out = asdict(self)

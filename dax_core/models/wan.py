@@ -277,19 +277,8 @@ class WanModel(nn.Module):
 
     def prepare(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> Prepared:
         spec = self.spec
-        if x.ndim != 5 or x.shape[1] != spec.in_dim:
-            raise ValueError(f"expected a latent [B, {spec.in_dim}, F, H, W], got {tuple(x.shape)}")
-        if context.ndim != 3 or context.shape[-1] != spec.text_dim:
-            raise ValueError(
-                f"expected text embeddings [B, L, {spec.text_dim}], got {tuple(context.shape)}: "
-                f"this model takes {spec.text_dim}-wide text (umt5-xxl gives 4096)"
-            )
-        pt, ph, pw = spec.patch_size
-        if x.shape[2] % pt or x.shape[3] % ph or x.shape[4] % pw:
-            raise ValueError(
-                f"latent frames/height/width {tuple(x.shape[2:])} must be multiples of the patch size "
-                f"{spec.patch_size}; pick a width and height divisible by 16"
-            )
+        spec.check_latent(x.shape)
+        spec.check_text(context.shape)
         out_shape = tuple(x.shape)
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
         sp = self.sequence_parallel

@@ -20,7 +20,7 @@ from torch.distributed import ProcessGroup
 from ..attention import AttentionFn
 from ..models.wan import WanAttention, WanModel
 from .collectives import all_gather, all_reduce
-from .config import ParallelConfig
+from .config import ParallelConfig, step_cache_refused
 from .groups import ParallelGroups, build_groups
 from .lse_attention import LseAttentionFn, attention_with_lse
 from .ring import ring_attention
@@ -55,9 +55,9 @@ class SequenceParallel:
         batch = x.shape[0]
         if batch % 2:
             raise ValueError(
-                f"CFG-parallel splits the batch into its conditional and unconditional halves, but the batch is "
-                f"{batch}: give both prompts text embeddings of the same length (Wan pads to 512 tokens) so they "
-                "are batched together, or turn cfg_parallel off"
+                f"CFG-parallel splits the batch into two halves, one per half of the GPUs, but the batch is {batch}: "
+                "give the model both guidance branches in one batch (WanEngine does when cfg is not 1 and both text "
+                "embeddings have the same length) or an even batch, or turn cfg_parallel off"
             )
         half = slice(self.groups.cfg_index * batch // 2, (self.groups.cfg_index + 1) * batch // 2)
         return x[half], t[half], context[half] if context.shape[0] == batch else context
@@ -148,10 +148,7 @@ def enable_sequence_parallel(
     config.validate_for(model.spec)
     _check_token_local(model)
     if config.cfg_parallel and model.step_cache is not None:
-        raise ValueError(
-            "a step cache (TeaCache/MagCache) cannot run with CFG-parallel, where each rank holds one branch: "
-            "turn cfg_parallel off (Ulysses/ring split the tokens instead) or drop the step cache"
-        )
+        raise ValueError(step_cache_refused())
     groups = build_groups(config, group if group is not None else dist.group.WORLD)
     plan = SequenceParallel(config, groups)
     model.sequence_parallel = plan

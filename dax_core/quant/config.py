@@ -70,11 +70,16 @@ class QuantizeConfig(Acceleration):
         except QuantizationError as e:
             raise QuantizationError(f"keep list: {e}") from e
 
-    def apply(self, model: Any, env: Any) -> None:
-        world = getattr(env, "world_size", 1)
-        if world > 1 and not self.qconfig.per_token:
-            where = f"Quantize Linear ({self.dtype}, {self.granularity}) on {world} GPUs"
+    def check_world_size(self, world_size: int) -> None:
+        """Refuse per-tensor activation scales on a forward split over ``world_size`` > 1 ranks: checked when the
+        model is built on each rank, and from the recipe before a worker group starts (to fail before every rank
+        has loaded the weights)."""
+        if world_size > 1 and not self.qconfig.per_token:
+            where = f"Quantize Linear ({self.dtype}, {self.granularity}) on {world_size} GPUs"
             raise QuantizationError(f"{where}: {SPLIT_TOKENS_HINT}")
+
+    def apply(self, model: Any, env: Any) -> None:
+        self.check_world_size(getattr(env, "world_size", 1))
         if self.dtype == "fp8":
             require_fp8_support(env.device)
         try:

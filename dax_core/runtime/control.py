@@ -88,7 +88,7 @@ class Channel:
 class ControlServer:
     """Listens for the ranks of one group and authenticates each connection."""
 
-    def __init__(self, secret: str, host: str = "127.0.0.1", port: int = 0, handshake_timeout_s: float = 10.0):
+    def __init__(self, secret: str, host: str = "127.0.0.1", port: int = 0, handshake_timeout_s: float = 10.0) -> None:
         self._secret = _secret_bytes(secret)
         self._handshake_timeout_s = handshake_timeout_s
         self._listener = socket.create_server((host, port), backlog=64)

@@ -17,7 +17,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..accelerations import STEP_CACHE_KINDS
 from ..parallel import ParallelConfig, enable_sequence_parallel
+from ..parallel.config import step_cache_refused
+from ..quant.config import QuantizeConfig
 from ..recipe import Recipe
 from .engine import WanEngine
 
@@ -25,7 +28,15 @@ log = logging.getLogger(__name__)
 
 DEVICE_KINDS = ("cuda", "cpu")
 
-__all__ = ["DEVICE_KINDS", "ParallelConfig", "RankEnv", "build_engine", "init_process_group", "parallel_from_dict"]
+__all__ = [
+    "DEVICE_KINDS",
+    "ParallelConfig",
+    "RankEnv",
+    "build_engine",
+    "check_recipe_layout",
+    "init_process_group",
+    "parallel_from_dict",
+]
 
 
 @dataclass(frozen=True)
@@ -94,7 +105,24 @@ def build_engine(recipe: Recipe, device: torch.device, parallel: ParallelConfig 
     engine = WanEngine.build(recipe, device, sequence_group=dist.group.WORLD)
     parallel.validate_for(engine.model.spec)
     enable_sequence_parallel(engine.model, parallel)
+    engine.parallel = parallel
     return engine
+
+
+def check_recipe_layout(recipe: Recipe, parallel: ParallelConfig | None) -> None:
+    """Raise ValueError if ``recipe``'s accelerations cannot run split as ``parallel``, from the recipe alone.
+
+    The ranks refuse the same (with the same words) only once each has loaded the weights, minutes at 14B: the
+    owner of a worker group checks first. Per-tensor activation scales differ on a slice of the tokens; a step
+    cache needs both guidance branches on every rank, which CFG-parallel splits.
+    """
+    if parallel is None or parallel.world_size == 1:  # build_engine splits nothing then
+        return
+    quantize = recipe.acceleration(QuantizeConfig.kind)
+    if isinstance(quantize, QuantizeConfig):
+        quantize.check_world_size(parallel.world_size)
+    if parallel.cfg_parallel and any(a.kind in STEP_CACHE_KINDS for a in recipe.accelerations):
+        raise ValueError(step_cache_refused())
 
 
 SEQUENCE_PARALLEL_MODES = ("ulysses", "ring", "hybrid")

@@ -15,7 +15,9 @@ import torch.distributed as dist
 
 from ..accelerations import STEP_CACHE_KINDS, BuildEnv, apply_accelerations
 from ..cache.base import StepCache, StepCacheReport
+from ..models.spec import WanSpec
 from ..models.wan import WanModel
+from ..parallel.config import ParallelConfig
 from ..recipe import Recipe
 from . import latents
 from .samplers import SAMPLERS, sample
@@ -66,6 +68,48 @@ class SampleRequest:
         if not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
 
+    @property
+    def uses_cfg(self) -> bool:
+        """Whether the unconditional branch runs (cfg 1 is the conditional prediction alone)."""
+        return self.cfg != 1.0
+
+    @property
+    def batches_branches(self) -> bool:
+        """Whether both guidance branches run in one forward: their text embeddings batch when of equal length."""
+        return self.uses_cfg and self.negative is not None and self.negative.shape[1] == self.positive.shape[1]
+
+
+def check_request(req: SampleRequest, spec: WanSpec, parallel: ParallelConfig | None = None) -> None:
+    """Raise ValueError, saying what to change, if ``req`` cannot run on a model of ``spec`` split as ``parallel``.
+
+    The engine checks every request before its first step, and a worker group's owner before the request reaches
+    any rank: inside the ranks the same error would end the whole group, and the next prompt would load the
+    weights again on every GPU.
+    """
+    spec.check_latent(req.latent.shape)
+    spec.check_text(req.positive.shape, "the positive text embedding")
+    if req.uses_cfg and req.negative is not None:
+        spec.check_text(req.negative.shape, "the negative text embedding")
+    if parallel is None or not parallel.cfg_parallel:
+        return
+    # CFG-parallel gives each half of the GPUs half of every forward's batch rows: the conditional or the
+    # unconditional ones when both branches are batched, else half of the latent's own rows
+    batch = req.latent.shape[0]
+    rows = 2 * batch if req.batches_branches else batch
+    if rows % 2 == 0:
+        return
+    if not req.uses_cfg:
+        raise ValueError(
+            "cfg_parallel runs the positive and the negative branch on two halves of the GPUs, but cfg is 1, which "
+            "runs the positive branch alone: set cfg above 1 or turn cfg_parallel off"
+        )
+    raise ValueError(
+        f"cfg_parallel runs both guidance branches in one forward, which needs text embeddings of the same length, "
+        f"but the positive one has {req.positive.shape[1]} tokens and the negative one {req.negative.shape[1]}: "
+        "ComfyUI's Wan text encoder pads every prompt to 512 tokens, so shorten the longer prompt to 512 tokens, "
+        "or turn cfg_parallel off"
+    )
+
 
 @dataclass(frozen=True)
 class SampleResult:
@@ -97,6 +141,8 @@ class WanEngine:
         self.model = model
         self.recipe = recipe
         self.device = torch.device(device)
+        self.parallel: ParallelConfig | None = None
+        """How the model's forward is split over ranks (set with sequence parallelism), for ``check_request``."""
 
     @classmethod
     def build(
@@ -120,24 +166,28 @@ class WanEngine:
         log.info("built %s on %s in %.1f s", model.spec.name, device, time.perf_counter() - start)
         return cls(model, recipe, device)
 
-    @property
-    def fingerprint(self) -> str:
-        return self.recipe.fingerprint()
-
     def use_step_caches_of(self, recipe: Recipe) -> None:
         """Take ``recipe``'s step cache (TeaCache, MagCache, or none) on this built model, without rebuilding it.
 
         ``recipe`` must differ from the engine's own recipe in its step caches only. In one process, where no
         other rank must agree, a new threshold then costs nothing instead of a reload of the weights.
+
+        If the new step cache cannot be applied, the engine keeps its previous one and its recipe: the recipe
+        always names the cache the model runs with (an equal recipe is taken to need no change).
         """
         if recipe.without(STEP_CACHE_KINDS) != self.recipe.without(STEP_CACHE_KINDS):
             raise ValueError("use_step_caches_of takes a recipe that differs from the engine's in its step caches only")
         if recipe == self.recipe:
             return
-        self.model.step_cache = None
-        for acc in recipe.accelerations:
-            if acc.kind in STEP_CACHE_KINDS:
-                acc.apply(self.model, BuildEnv(self.device))
+        previous = self.model.step_cache
+        self.model.step_cache = None  # a step cache refuses a model that already has one
+        try:
+            for acc in recipe.accelerations:
+                if acc.kind in STEP_CACHE_KINDS:
+                    acc.apply(self.model, BuildEnv(self.device))
+        except BaseException:
+            self.model.step_cache = previous
+            raise
         self.recipe = dataclasses.replace(recipe)  # a copy: the caller's object must stay free to be collected
 
     def _text(self, emb: torch.Tensor, batch: int) -> torch.Tensor:
@@ -150,10 +200,10 @@ class WanEngine:
         Every model call names the CFG branch of each batch row ("cond" / "uncond") for the model's step cache.
         """
         batch = req.latent.shape[0]
-        use_cfg = req.cfg != 1.0
+        use_cfg = req.uses_cfg
         pos = self._text(req.positive, batch)
         neg = self._text(req.negative, batch) if use_cfg else None
-        batched = use_cfg and neg is not None and neg.shape[1] == pos.shape[1]
+        batched = req.batches_branches
         context = torch.cat([pos, neg]) if batched else pos
         model = self.model
         cond, uncond = ("cond",) * batch, ("uncond",) * batch
@@ -181,6 +231,7 @@ class WanEngine:
     @torch.inference_mode()
     def sample(self, req: SampleRequest, on_step: StepCallback | None = None) -> SampleResult:
         """Run the sampling loop and return ComfyUI's (un-normalised) latent with the timing."""
+        check_request(req, self.model.spec, self.parallel)
         sigmas = flow_sigmas(req.scheduler, req.steps, req.shift)
         noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
         image = req.latent.to(self.device, torch.float32)

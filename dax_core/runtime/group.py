@@ -10,7 +10,8 @@ Failure model: a rank that raises reports its traceback and exits; a rank that d
 that hangs makes its peers' collectives time out (``collective_timeout_s``) so they raise. Any of these ends the
 run with a ``WorkerGroupError`` naming the rank, and tears the whole group down (every process of the launch is
 killed, so GPU memory returns to the driver): a group is never reused after a failure. A cancel is not a failure:
-the ranks stop together at the next step boundary and the group stays up.
+the ranks stop together at the next step boundary and the group stays up. Neither is a request the model cannot run:
+``sample`` refuses it (``check_request``) before any rank sees it.
 
 A group may span machines (``nnodes`` > 1): the owner's launcher is one agent of the rendezvous, the other machines
 each start one with ``agent_command`` (the same recipe file must exist at the same path on every machine).
@@ -32,10 +33,11 @@ from typing import Any
 
 import psutil
 
+from ..models.loading import inspect_weights
 from ..recipe import Recipe
 from .control import ADDRESS_ENV, SECRET_ENV, Channel, ControlServer, new_secret
-from .distributed import DEVICE_KINDS, ParallelConfig, parallel_to_dict
-from .engine import SampleRequest, SampleResult
+from .distributed import DEVICE_KINDS, ParallelConfig, check_recipe_layout, parallel_to_dict
+from .engine import SampleRequest, SampleResult, check_request
 from .failures import RankEvent, explain, primary_event
 from .processes import LaunchedProcess
 from .sample_messages import request_fields, result_from_message
@@ -196,6 +198,7 @@ class WorkerGroup:
     ) -> None:
         """``should_cancel`` is asked while the ranks connect and build the engine: once it answers True the start
         stops, everything started is taken down, and ``StartCancelled`` is raised."""
+        check_recipe_layout(recipe, config.parallel)  # before any process starts and loads the weights
         self.recipe = recipe
         self.config = config
         self._secret = secret or self._default_secret(config)
@@ -227,6 +230,8 @@ class WorkerGroup:
             # the ranks' processes, taken while the launcher runs: if it dies from here on, they are still found
             self._tree = self._launcher.descendants()
             self._setup()
+            # the ranks built the model from these weights (on this machine too): its size, for check_request
+            self.spec = inspect_weights(recipe.weights).spec
         except BaseException:
             self._teardown()
             raise
@@ -336,7 +341,8 @@ class WorkerGroup:
         on_step: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> SampleResult:
-        """Run one request on every rank; raises ``SampleCancelled`` or ``WorkerGroupError``.
+        """Run one request on every rank; raises ``SampleCancelled`` or ``WorkerGroupError``, or ValueError for a
+        request the model cannot run, which is checked here: inside the ranks it would end the group.
 
         If ``on_step`` or ``should_cancel`` raises (ComfyUI's progress hook raises on Cancel), the ranks are
         cancelled and waited for before the exception goes on, so the group is ready for the next request.
@@ -344,6 +350,7 @@ class WorkerGroup:
         if not self.alive:
             state = "down after a failure" if self._failed else "closed"
             raise WorkerGroupError(f"worker group {self.run_id} is {state}: start a new one")
+        check_request(req, self.spec, self.config.parallel)
         self._next_id += 1
         run = _Run(self._next_id, set(self._ranks))
         fields, tensors = request_fields(req)

@@ -51,7 +51,9 @@ class SamplingEngine(Protocol):
 EngineBuilder = Callable[[Recipe, torch.device, "ParallelConfig | None", RankEnv], SamplingEngine]
 
 
-def default_builder(recipe: Recipe, device: torch.device, parallel: ParallelConfig | None, env: RankEnv):
+def default_builder(
+    recipe: Recipe, device: torch.device, parallel: ParallelConfig | None, env: RankEnv
+) -> SamplingEngine:
     return build_engine(recipe, device, parallel)
 
 

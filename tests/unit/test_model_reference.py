@@ -97,7 +97,7 @@ def test_matches_comfyui_native_wan_model(comfy_wan):
 def test_odd_sized_latent_is_rejected_with_a_hint():
     model = _ours(SPEC, _random_state(SPEC, 0))
     x, t, ctx = _inputs(SPEC, 0, h=5)
-    with pytest.raises(ValueError, match="divisible by 16"):
+    with pytest.raises(ValueError, match="height 40 is not a multiple of 16: use 32 or 48"):
         model(x, t, ctx)
 
 

@@ -165,3 +165,19 @@ def test_a_built_engine_takes_a_new_step_cache_without_a_rebuild():
     assert engine.model.step_cache is None
     with pytest.raises(ValueError, match="step caches only"):
         engine.use_step_caches_of(Recipe("other.safetensors"))
+
+
+def test_a_step_cache_that_cannot_be_applied_leaves_the_engine_with_its_previous_one():
+    from dax_core.runtime.engine import WanEngine
+
+    base = Recipe("m.safetensors")
+    engine = WanEngine(tiny_model(), base, "cpu")
+    tea = base.with_acceleration(TeacacheConfig(threshold=0.3, model="wan2.1-t2v-14b"))
+    engine.use_step_caches_of(tea)
+    cache = engine.model.step_cache
+    # "auto" coefficients for a model of no published size: refused when applied
+    with pytest.raises(RecipeError, match="no published coefficients"):
+        engine.use_step_caches_of(base.with_acceleration(TeacacheConfig(threshold=0.3)))
+    assert engine.model.step_cache is cache and engine.recipe == tea
+    engine.use_step_caches_of(tea)  # back to the recipe it names: the cache it runs with is that recipe's
+    assert engine.model.step_cache is cache

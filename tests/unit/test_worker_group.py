@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from dax_core.runtime.control import new_secret
 from dax_core.runtime.distributed import parallel_layout
@@ -123,6 +124,22 @@ def test_cancel_stops_every_rank_at_the_next_step_boundary_and_keeps_the_group(g
     assert set(seen) == {1, HOLD_AFTER}
     assert group.alive and group.worker_pids == pids
     assert_same_latent(group.sample(tiny_request()), reference)
+
+
+def test_a_request_the_model_cannot_run_is_refused_before_any_rank_sees_it(groups, recipe, reference):
+    # checked inside the ranks, each of these would end the whole group and the next prompt would load it again
+    group = groups.get(recipe)
+    pids = group.worker_pids
+    good = tiny_request()
+    odd_width = dataclasses.replace(good, latent=torch.zeros(1, 16, 2, 8, 9))
+    with pytest.raises(ValueError, match="width 72 is not a multiple of 16: use 64 or 80"):
+        group.sample(odd_width)
+    wide_text = dataclasses.replace(good, positive=torch.zeros(1, 6, 4096))
+    with pytest.raises(ValueError, match=r"the positive text embedding must be \[B, tokens, 32\]"):
+        group.sample(wide_text)
+    assert group.alive and group.worker_pids == pids
+    assert_same_latent(group.sample(good), reference)
+    assert groups.get(recipe) is group
 
 
 class CallerGaveUp(Exception):
