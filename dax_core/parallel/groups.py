@@ -82,6 +82,11 @@ def build_groups(config: ParallelConfig, parent: ProcessGroup) -> ParallelGroups
             f"run it on the whole world (group=None), or use pure Ulysses or pure ring on this {size}-rank group"
         )
     made = {tuple(m): dist.new_group([ranks[i] for i in m]) for m in to_make}
+    if made and dist.get_backend(parent) == dist.Backend.GLOO:
+        # gloo connects a new group's members at once, and a member may be done before its peers are: if it then
+        # destroyed the group (a plan disabled before any collective ran in it), a peer still connecting would
+        # lose its connection. Every rank has finished connecting once it reaches this barrier.
+        dist.barrier(group=parent)
     created = tuple(g for m, g in made.items() if me in m)
 
     def mine(lists: list[list[int]]) -> Comm | None:
