@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 
 from dax_core.demo.comfy_server import ComfyServer, PromptFailed
 from dax_core.demo.run import node_of
+from tests.environment import installed
 
 pytestmark = pytest.mark.comfyui
 
@@ -55,7 +55,7 @@ def test_prompt_runs_with_the_chosen_backend_and_the_node_says_which(
     assert [p for p in comfy_server.output_files(outputs) if p.suffix == ".mp4"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sageattention") is not None, reason="sageattention is installed here")
+@pytest.mark.skipif(installed("sageattention"), reason="sageattention is installed here")
 def test_a_backend_that_is_not_installed_is_a_node_error(
     comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]
 ) -> None:

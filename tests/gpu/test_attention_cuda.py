@@ -11,6 +11,7 @@ from dax_core.attention import BackendUnavailable, BoundAttention, backend_names
 from dax_core.models.rope import rope_cos_sin
 from dax_core.models.spec import WAN21_T2V_14B
 from dax_core.models.wan import WanBlock
+from tests.numerics import rel_error
 
 DT = torch.bfloat16
 # bf16 kernels: inputs exact, fp32 accumulation, one bf16 rounding of P and of the output: ~3e-3 relative.
@@ -40,10 +41,6 @@ def bound_or_skip(name: str) -> BoundAttention:
 
 def tolerance(bound: BoundAttention) -> float:
     return SAGE_TOL if bound.backend == "sage" else BF16_TOL
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def wan_like_qkv(heads: int, s_q: int, s_k: int, seed: int = 0):
@@ -87,7 +84,7 @@ def test_backend_matches_float64(name, case):
     out = attn(q, k, v)
     assert out.shape == q.shape and out.dtype == DT
     assert out.is_contiguous(), "the output must be [B, S, H, D]-contiguous so out.flatten(2) copies nothing"
-    err = rel(out, expected)
+    err = rel_error(out, expected)
     print(f"{name} at {shape}: relative error {err:.2e} ({attn.kernel})")
     assert err < tolerance(attn), f"{name} ({attn.kernel}) at {shape}: relative error {err:.2e}"
 
@@ -103,7 +100,7 @@ def test_backend_lse_matches_float64(name, case):
     err = (lse.double() - expected_lse).abs().max().item()
     print(f"{name} lse at {shape}: max abs error {err:.2e}")
     assert err < LSE_TOL["sage" if attn.backend == "sage" else "exact"], f"{name} lse at {shape}: max error {err:.2e}"
-    assert rel(out, expected_out) < tolerance(attn)
+    assert rel_error(out, expected_out) < tolerance(attn)
 
 
 @pytest.mark.parametrize("name", backend_names())
@@ -118,7 +115,7 @@ def test_backend_compiles_fullgraph_on_cuda(name):
     counters.clear()
     got = torch.compile(layer, fullgraph=True)(q, k, v)
     assert dict(counters["graph_break"]) == {}
-    assert rel(got, layer(q, k, v)) < 1e-3  # the same kernel either way
+    assert rel_error(got, layer(q, k, v)) < 1e-3  # the same kernel either way
 
 
 # --- a whole 14B block -------------------------------------------------------------------------------------------
@@ -159,7 +156,7 @@ def block_case():
                           exact_sdpa, exact_sdpa)  # fmt: skip
     x_cpu = x.double().cpu()
     exact_update = exact_out - x_cpu
-    sdpa_error = rel(reference.double().cpu() - x_cpu, exact_update)
+    sdpa_error = rel_error(reference.double().cpu() - x_cpu, exact_update)
     return block, (x, e0, ctx, rope), reference, exact_update, sdpa_error
 
 
@@ -175,8 +172,8 @@ def test_whole_14b_block_per_backend_against_sdpa(name, block_case):
     # (its 3.7e-2 attention error is damped by the projections and the FFN around it). A backend may be at most
     # twice as far from exact as SDPA, and about 3x its measured distance from SDPA; a broken kernel is off by O(1).
     x_cpu = x.double().cpu()
-    error = rel(out.double().cpu() - x_cpu, exact_update)
-    vs_sdpa = rel(out.float() - x.float(), reference.float() - x.float())
+    error = rel_error(out.double().cpu() - x_cpu, exact_update)
+    vs_sdpa = rel_error(out.float() - x.float(), reference.float() - x.float())
     print(f"{name}: block update vs float64 {error:.2e} (sdpa {sdpa_error:.2e}), vs sdpa {vs_sdpa:.2e}")
     assert error < 2 * sdpa_error, f"{name} ({attn.kernel}): {error:.2e} from exact, SDPA {sdpa_error:.2e}"
     assert vs_sdpa < BLOCK_TOL["sage" if attn.backend == "sage" else "exact"], f"{name}: {vs_sdpa:.2e} from SDPA"

@@ -8,12 +8,9 @@ import torch
 from dax_core.models import fused_ops, ops
 from dax_core.models.rope import rope_cos_sin
 from dax_core.models.spec import WAN21_T2V_1_3B, WAN21_T2V_14B
+from tests.numerics import rel_error
 
 DT = torch.bfloat16
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("dim", [1536, 5120, 200])
@@ -25,8 +22,8 @@ def test_modulated_layer_norm(dim):
     torch_path = ops.modulated_layer_norm(x.cpu(), shift.cpu(), scale.cpu(), 1e-6)
     f64 = torch.nn.functional.layer_norm(x.double(), (dim,), eps=1e-6) * (1 + scale.double()) + shift.double()
     # one bf16 rounding of the output: ~2^-9 relative; anything structural (wrong batch row, mean) is O(1)
-    assert _rel(got.cpu(), torch_path) < 4e-3
-    assert _rel(got, f64) < 4e-3
+    assert rel_error(got.cpu(), torch_path) < 4e-3
+    assert rel_error(got, f64) < 4e-3
     assert torch.isfinite(got).all()
 
 
@@ -36,7 +33,7 @@ def test_gated_residual(dim):
     gate = torch.randn(2, 1, dim, device="cuda")
     got = fused_ops.gated_residual(x, y, gate)
     expected = x.double() + y.double() * gate.double()
-    assert _rel(got, expected) < 4e-3
+    assert rel_error(got, expected) < 4e-3
     assert torch.equal(got.cpu(), ops.gated_residual(x.cpu(), y.cpu(), gate.cpu()))
 
 
@@ -51,11 +48,11 @@ def test_rms_norm_rope(spec):
     torch_path = ops.rms_norm_rope(x.cpu(), w.cpu(), cos.cpu(), sin.cpu(), spec.num_heads, 1e-6)
     assert torch.isfinite(out).all()
     # identical roundings by construction; the only difference is the order of the float32 sum of squares
-    assert _rel(out.cpu(), torch_path) < 1e-3
+    assert rel_error(out.cpu(), torch_path) < 1e-3
     # float64 reference: normalise, weight, rotate interleaved pairs per head
     xd = x.double()
     n = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * w.double()
     n = n.unflatten(-1, (spec.num_heads, -1, 2))
     c, s = cos.double()[None, :, None, :], sin.double()[None, :, None, :]
     ref = torch.stack((n[..., 0] * c - n[..., 1] * s, n[..., 0] * s + n[..., 1] * c), -1).flatten(-2)
-    assert _rel(out, ref) < 8e-3
+    assert rel_error(out, ref) < 8e-3

@@ -23,6 +23,7 @@ from dax_core.quant import (
 from dax_core.quant.config import QuantizeConfig
 from dax_core.quant.numerics import SCALE_FLOOR, quantize
 from dax_core.quant.wan import WAN_KEEP_DEFAULT
+from tests.numerics import rel_error
 from tests.unit.tiny_wan import fill_checkpoint_like_
 
 SCHEMES = {
@@ -62,10 +63,6 @@ def _float64(qx, sx, qw, sw, bias) -> torch.Tensor:
     xd = qx.cpu().double() * sx.cpu().double()
     wd = qw.cpu().double() * sw.cpu().double()
     return xd @ wd.t() + bias.cpu().double()
-
-
-def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((got.cpu().double() - ref).norm() / ref.norm()).item()
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMES))
@@ -111,7 +108,7 @@ def test_gemm_path_matches_float64_dequantize_then_matmul(name, out_dtype):
     assert got.dtype == out_dtype and got.is_cuda
     qx, sx = quantize(x, cfg.activation_dtype, cfg.per_token)
     ref = _float64(qx, sx, layer.qweight, layer.weight_scale, layer.bias)
-    assert _rel(got, ref) < BOUNDS[(name, out_dtype)], _rel(got, ref)
+    assert rel_error(got, ref) < BOUNDS[(name, out_dtype)], rel_error(got, ref)
     if cfg.family == "int8" and out_dtype == torch.bfloat16:  # exact accumulation: every element within rounding
         gd = got.cpu().double()
         assert ((gd - ref).abs() <= ref.abs() * 2.0**-8 + 1e-6 * ref.abs().max()).all()
@@ -124,7 +121,7 @@ def test_int8_takes_fewer_rows_than_cublas_int8_gemm_needs(rows):
     x = _x(rows)
     qx, sx = quantize(x, cfg.activation_dtype, cfg.per_token)
     ref = _float64(qx, sx, layer.qweight, layer.weight_scale, layer.bias)
-    assert _rel(layer(x), ref) < 3e-3
+    assert rel_error(layer(x), ref) < 3e-3
 
 
 @pytest.mark.parametrize("name", ["fp8-per-token", "int8-per-token"])
@@ -142,7 +139,7 @@ def test_compiled_layer_fuses_the_activation_quantization_into_one_kernel(name):
     assert kernels == (1 if name.startswith("fp8") else 2), codes
     assert any("_scaled_mm" in c or "_int_mm" in c for c in codes)
     # inductor may round the division differently in a few elements: a code flip is 1/8 (fp8) of one value
-    assert _rel(out, layer(x).cpu().double()) < 2e-3
+    assert rel_error(out, layer(x).cpu().double()) < 2e-3
 
 
 def test_fp8_checkpoint_weight_goes_in_as_stored():
@@ -157,7 +154,7 @@ def test_fp8_checkpoint_weight_goes_in_as_stored():
         x = _x()
         qx, sx = quantize(x, torch.float8_e4m3fn, layer.per_token)
         ref = _float64(qx, sx, w8, torch.tensor(0.0004), lin.bias)
-        assert _rel(layer(x), ref) < 5e-3
+        assert rel_error(layer(x), ref) < 5e-3
 
 
 @pytest.mark.skipif(not torchao_available(), reason="torchao is not installed")
@@ -181,12 +178,12 @@ def test_torchao_path_matches_the_reference_numerics(name):
         bound = 6e-3  # two bf16 roundings
     qx, sx = act.qdata, act.scale.reshape(-1, 1) if cfg.per_token else act.scale.reshape(())
     ref = _float64(qx, sx, ours.qweight, ours.weight_scale, lin.bias)
-    assert _rel(got, ref) < bound, _rel(got, ref)
+    assert rel_error(got, ref) < bound, rel_error(got, ref)
     torch._dynamo.reset()
     compiled = torch.compile(layer, fullgraph=True)
     # inductor computes torchao's bf16 scale arithmetic in float32, so codes may differ from eager torchao's:
     # two valid quantizations of the same x differ by up to their rounding noise (~0.037 each for fp8)
-    assert _rel(compiled(x), got.cpu().double()) < 0.06
+    assert rel_error(compiled(x), got.cpu().double()) < 0.06
 
 
 def test_auto_backend_is_the_faster_own_path_and_torchao_is_chosen_by_name():
@@ -218,14 +215,14 @@ def test_quantized_wan_on_cuda_tracks_the_cpu_reference_and_compiles(name):
         ref = cpu(x, t, ctx).double()
         got = gpu(x.cuda(), t.cuda(), ctx.cuda())
         # bf16 element-wise kernels differ between the CPU and the GPU (fused Triton); both quantize the same way
-        assert _rel(got, ref) < 1e-2
+        assert rel_error(got, ref) < 1e-2
         p = gpu.prepare(x.cuda(), t.cuda(), ctx.cuda())
         block = gpu.blocks[0]
         args = (p.tokens, p.e0, p.context, p.rope, gpu.self_attn_fn, gpu.cross_attn_fn)
         torch._dynamo.reset()
         compiled = torch.compile(block, fullgraph=True)
         eager_out = block(*args).double()
-        assert ((compiled(*args).double() - eager_out).norm() / eager_out.norm()).item() < 1e-2
+        assert rel_error(compiled(*args), eager_out) < 1e-2
 
 
 @pytest.mark.parametrize("backend", ["torch", "torchao"])

@@ -13,7 +13,6 @@ from dax_core.recipe import Recipe
 from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
 from dax_core.runtime.group import WorkerGroup
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = {"dim": 64, "num_layers": 2, "num_heads": 4, "ffn_dim": 128, "text_dim": 32}
 
 

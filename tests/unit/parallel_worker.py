@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from dax_core.quant.config import QuantizeConfig  # noqa: E402
 from dax_core.recipe import Acceleration, Recipe  # noqa: E402
 from dax_core.runtime.distributed import build_engine  # noqa: E402
 from dax_core.runtime.engine import SampleRequest, WanEngine  # noqa: E402
+from dax_core.runtime.group import free_port  # noqa: E402
 from tests.benchmarks.common import build_ours  # noqa: E402
 
 log = logging.getLogger("parallel_worker")
@@ -312,12 +312,6 @@ def main() -> None:
     (args.out / f"rank{args.rank}.json").write_text(json.dumps(results))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _log_excerpt(rank: int, log_file: Path, stacks_from: int | None) -> str:
     """The end of a rank's log; for a rank that overran, the end of its log before, then where it stood (its
     threads' stacks, innermost frames first)."""
@@ -331,7 +325,7 @@ def launch(world: int, cases: dict, out: Path, device: str = "cpu", timeout_s: f
     """Run ``cases`` on ``world`` worker processes; every rank's results, or RuntimeError with the failed ranks'
     logs. A rank still running at ``timeout_s`` first writes every thread's Python stack to its log, then is
     killed. (About 25 s for 4 ranks on 2 CPU cores; the timeout leaves room for a slower, busier machine.)"""
-    port = _free_port()
+    port = free_port()
     logs = [out / f"rank{r}.log" for r in range(world)]
     procs = []
     for rank in range(world):

@@ -20,6 +20,8 @@ from dax_core.attention import (
 from dax_core.attention import exact as exact_module
 from dax_core.attention.exact import exact_attention_lse
 from dax_core.attention.registry import register
+from tests.environment import installed
+from tests.numerics import rel_error
 
 BACKENDS = ["sdpa", "sdpa_cudnn", "sdpa_flash", "flash", "sage", "auto"]
 
@@ -40,10 +42,6 @@ def qkv(b=2, s_q=37, s_k=23, h=3, d=16, dtype=torch.float32, seed=0):
     k = torch.randn(b, s_k, h, d, generator=g).to(dtype)
     v = torch.randn(b, s_k, h, d, generator=g).to(dtype)
     return q, k, v
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 # --- registry -----------------------------------------------------------------------------------------------------
@@ -104,13 +102,7 @@ def test_an_unavailable_backend_fails_at_bind_with_its_reason():
 # --- missing packages: errors with the install hint --------------------------------------------------------------
 
 
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-@pytest.mark.skipif(_installed("sageattention"), reason="sageattention is installed here")
+@pytest.mark.skipif(installed("sageattention"), reason="sageattention is installed here")
 def test_missing_sageattention_says_how_to_install_it():
     with pytest.raises(BackendUnavailable) as err:
         bind_attention("sage", "cuda", torch.bfloat16)
@@ -119,7 +111,7 @@ def test_missing_sageattention_says_how_to_install_it():
     assert "SageAttention2" in message and "pip install sageattention==1.0.6" in message
 
 
-@pytest.mark.skipif(_installed("flash_attn") or _installed("flash_attn_interface"), reason="flash-attn is installed")
+@pytest.mark.skipif(installed("flash_attn") or installed("flash_attn_interface"), reason="flash-attn is installed")
 def test_missing_flash_attn_says_how_to_install_it():
     with pytest.raises(BackendUnavailable, match=r"pip install flash-attn --no-build-isolation"):
         get_backend("flash")
@@ -149,7 +141,7 @@ def test_sdpa_matches_float64_attention(scale):
     expected, _ = reference(q, k, v, scale)
     assert out.shape == q.shape and out.dtype == q.dtype
     # float32 math over 16-wide heads and 23 keys: ~1e-7 relative; a wrong scale or layout gives O(1)
-    assert rel(out, expected) < 1e-5
+    assert rel_error(out, expected) < 1e-5
 
 
 def test_layout_is_batch_tokens_heads_dim():
@@ -170,7 +162,7 @@ def test_bf16_sdpa_is_within_bf16_rounding_of_float64():
     q, k, v = qkv(s_q=64, s_k=64, d=64, dtype=torch.bfloat16)
     out = bind_attention("sdpa", "cpu", torch.bfloat16)(q, k, v)
     # bf16 has an 8-bit mantissa (2**-9 = 2e-3 relative rounding); the output itself is stored in bf16
-    assert out.dtype == torch.bfloat16 and rel(out, reference(q, k, v)[0]) < 1e-2
+    assert out.dtype == torch.bfloat16 and rel_error(out, reference(q, k, v)[0]) < 1e-2
 
 
 # --- log-sum-exp ---------------------------------------------------------------------------------------------------
@@ -184,7 +176,7 @@ def test_sdpa_lse_matches_float64(scale):
     assert lse.dtype == torch.float32 and lse.shape == (2, 3, 37)
     # float32 logits: lse agrees to ~1e-6 absolute (it is O(log 23 + |logit|) ~ 5)
     torch.testing.assert_close(lse.double(), expected_lse, rtol=0, atol=1e-5)
-    assert rel(out, expected_out) < 1e-5
+    assert rel_error(out, expected_out) < 1e-5
 
 
 def test_exact_attention_is_exact_across_query_chunks(monkeypatch):
@@ -208,7 +200,7 @@ def test_lse_merges_key_blocks_into_full_attention():
     w2 = torch.exp(l2 - lse).transpose(1, 2).unsqueeze(-1)
     merged = o1 * w1 + o2 * w2
     expected_out, expected_lse = reference(q, k, v)
-    assert rel(merged, expected_out) < 1e-5
+    assert rel_error(merged, expected_out) < 1e-5
     torch.testing.assert_close(lse.double(), expected_lse, rtol=0, atol=1e-5)
 
 

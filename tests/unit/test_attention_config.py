@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -14,13 +13,10 @@ from dax_core.attention.config import AttentionConfig, with_env_attention
 from dax_core.models.spec import WanSpec
 from dax_core.models.wan import WanModel
 from dax_core.recipe import Recipe, RecipeError
+from tests.environment import installed
 from tests.unit.node_modules import node_module as load_node_module
 
 SPEC = WanSpec(dim=32, num_layers=2, num_heads=2, ffn_dim=64, text_dim=16)
-
-
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def test_config_module_is_registered_so_recipes_rebuild_from_plain_json():
@@ -133,7 +129,7 @@ def test_apply_uses_different_cross_attention_kernel():
     assert calls == [("self", 4, 4), ("cross", 4, 7)] * SPEC.num_layers
 
 
-@pytest.mark.skipif(_installed("sageattention"), reason="sageattention is installed here")
+@pytest.mark.skipif(installed("sageattention"), reason="sageattention is installed here")
 def test_apply_with_a_missing_backend_fails_before_sampling():
     recipe = Recipe("wan.safetensors").with_acceleration(AttentionConfig("sdpa", cross_backend="sage"))
     with pytest.raises(BackendUnavailable, match=r"sageattention is not installed.*pip install sageattention==1\.0\.6"):
@@ -161,7 +157,7 @@ def test_node_lists_the_backends_and_returns_a_new_recipe_with_the_config(node_m
     assert result["ui"]["dax_summary"][0].startswith("attention (sdpa): PyTorch SDPA")
 
 
-@pytest.mark.skipif(_installed("sageattention"), reason="sageattention is installed here")
+@pytest.mark.skipif(installed("sageattention"), reason="sageattention is installed here")
 def test_node_fails_at_execution_when_the_backend_is_not_installed(node_module):
     with pytest.raises(BackendUnavailable, match="sageattention is not installed: build SageAttention2"):
         node_module.DaxSetAttentionBackend().apply(Recipe("wan.safetensors"), "sage", "same", "auto", "auto")

@@ -20,6 +20,7 @@ from dax_core.quant import QuantLinear
 from dax_core.quant.config import QuantizeConfig
 from dax_core.recipe import Recipe
 from dax_core.runtime.engine import WanEngine
+from tests.numerics import rel_error
 from tests.unit.test_compile import CountingBackend
 from tests.unit.tiny_wan import TINY, fill_checkpoint_like_, tiny_request
 
@@ -56,10 +57,6 @@ def _engine(*accelerations) -> WanEngine:
     return WanEngine(model, recipe, "cpu")
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])
 def test_inductor_sampling_run_equals_eager_with_every_lever_on(dtype):
     """Inductor on the CPU (C++ codegen): 13-31 s per scheme on two cores with a cold compile cache."""
@@ -81,9 +78,9 @@ def test_inductor_sampling_run_equals_eager_with_every_lever_on(dtype):
     # 3.8e-4 int8, against the same run with float linears). A fifth of it leaves 10x room; a compiled graph that
     # lost the quantization, or quantized per tensor instead of per token, is off by about the whole of it.
     unquantized = _engine(*_levers(None)).sample(req)
-    quantization = _rel(unquantized.latent, eager.latent)
+    quantization = rel_error(unquantized.latent, eager.latent)
     assert quantization > 1e-4  # the eager run really is quantized
-    assert _rel(compiled.latent, eager.latent) < 0.2 * quantization
+    assert rel_error(compiled.latent, eager.latent) < 0.2 * quantization
 
 
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])

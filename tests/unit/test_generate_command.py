@@ -15,7 +15,8 @@ from dax_core.recipe import Recipe
 from dax_core.runtime.engine import SampleRequest, WanEngine
 from dax_core.runtime.generate import main
 from dax_core.runtime.group import free_port
-from tests.unit.group_helpers import REPO, TINY, tiny_recipe
+from tests.environment import REPO
+from tests.unit.group_helpers import TINY, tiny_recipe
 
 ARGS = ["--width", "64", "--height", "32", "--frames", "5", "--steps", "3", "--seed", "7", "--cfg", "4.5"]
 ARGS += ["--compute-dtype", "fp32", "--device", "cpu", "--sampler", "euler"]

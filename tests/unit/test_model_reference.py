@@ -8,6 +8,7 @@ import torch
 from dax_core.models.naming import diffusers_to_wan, wan_to_diffusers
 from dax_core.models.spec import WanSpec
 from dax_core.models.wan import WanModel
+from tests.numerics import rel_error
 
 SPEC = WanSpec(dim=96, num_layers=2, num_heads=4, ffn_dim=192, text_dim=64, freq_dim=32)
 
@@ -32,10 +33,6 @@ def _ours(spec: WanSpec, state: dict[str, torch.Tensor]) -> WanModel:
     return model.eval()
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
 def test_matches_diffusers_wan_transformer():
     import diffusers  # a test dependency: missing, it is a failure, not a skip
 
@@ -56,7 +53,7 @@ def test_matches_diffusers_wan_transformer():
     assert ours.shape == theirs.shape
     # float32 end to end: differences are rounding (diffusers builds rotary tables and the time embedding
     # through other float paths); a wrong head split, norm or modulation gives errors near 1.
-    assert _rel(ours, theirs) <= 1e-5
+    assert rel_error(ours, theirs) <= 1e-5
 
 
 def test_diffusers_names_round_trip():
@@ -91,7 +88,7 @@ def test_matches_comfyui_native_wan_model(comfy_wan):
     with torch.no_grad():
         ours = _ours(SPEC, state)(x, t, ctx)
         theirs = ref(x, t, ctx)
-    assert _rel(ours, theirs) <= 1e-5
+    assert rel_error(ours, theirs) <= 1e-5
 
 
 def test_odd_sized_latent_is_rejected_with_a_hint():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +11,8 @@ from dax_core.models.tiny import write_tiny_model
 from dax_core.quant import QuantizationError
 from dax_core.quant.config import QuantizeConfig
 from dax_core.recipe import Recipe
+from tests.environment import REPO
 from tests.unit.node_modules import node_module as load_node_module
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,10 +16,9 @@ from dax_core.cache.config import TeacacheConfig
 from dax_core.cache.teacache import TeaCache
 from dax_core.recipe import Recipe, RecipeError
 from dax_core.runtime.engine import SampleResult
+from tests.environment import REPO
 from tests.unit.node_modules import node_module as load_node_module
 from tests.unit.tiny_wan import tiny_model
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_node_module():

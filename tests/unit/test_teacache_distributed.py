@@ -11,27 +11,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from dax_core.runtime.group import free_port
+from tests.environment import REPO
 from tests.unit import teacache_sp_worker as worker
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_ranks(world: int, tmp_path: Path) -> list[dict]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     procs = []
     for rank in range(world):

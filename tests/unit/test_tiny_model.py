@@ -19,8 +19,8 @@ from dax_core.models.spec import WanSpec
 from dax_core.models.tiny import main, random_state_dict, stored_state_dict, write_state_dict, write_tiny_model
 from dax_core.models.wan import WanModel
 from dax_core.models.weight_conversion import is_block_linear_weight
+from tests.environment import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SPEC = WanSpec(dim=64, num_layers=2, num_heads=4, ffn_dim=128, text_dim=768, freq_dim=256)
 
 
