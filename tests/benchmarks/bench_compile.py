@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from dax_core.compile import CompileConfig, compile_blocks
 from dax_core.models.spec import WanSpec
 from dax_core.recipe import Recipe
 
-from .common import CASES, Case, build_ours, device_name, median, write_json
+from .common import CASES, Case, build_ours, device_name, median, timed, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 CASES_HERE = {**CASES, "tiny": Case("tiny (smoke test)", WanSpec(64, 2, 4, 128, text_dim=32), 64, 64, 9)}
@@ -55,11 +54,6 @@ def _model(case_key: str, accelerations: list[dict], device: torch.device, seed:
     return model, (x, t, ctx)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @dataclass(frozen=True)
 class Settings:
     case: str
@@ -77,19 +71,9 @@ class Settings:
 
 def _timed_after_first(model, inputs, device: torch.device, reps: int) -> tuple[torch.Tensor, float, list[float]]:
     """The first forward (its output and its seconds: for a compiled model, the warm-up), then ``reps`` timed."""
-    _sync(device)
-    start = time.perf_counter()
-    first_out = model(*inputs).float()
-    _sync(device)
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(reps):
-        _sync(device)
-        start = time.perf_counter()
-        model(*inputs)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return first_out, first, times
+    outputs = []
+    (first,) = timed(lambda: outputs.append(model(*inputs).float()), 1, device)
+    return outputs[0], first, timed(lambda: model(*inputs), reps, device)
 
 
 @torch.inference_mode()

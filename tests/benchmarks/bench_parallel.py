@@ -33,7 +33,7 @@ import torch.distributed as dist
 from dax_core.models.spec import WanSpec
 from dax_core.parallel import ParallelConfig, disable_sequence_parallel, enable_sequence_parallel
 
-from .common import CASES, TEXT_TOKENS, Case, build_diffusers, build_ours, device_name, median, write_json
+from .common import CASES, TEXT_TOKENS, Case, build_diffusers, build_ours, device_name, median, sync, write_json
 
 log = logging.getLogger("bench_parallel")
 DTYPE = torch.bfloat16
@@ -61,13 +61,8 @@ def _init(device_type: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _barrier(device: torch.device) -> None:
-    _sync(device)
+    sync(device)
     dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
 
 
@@ -91,10 +86,10 @@ def _time(step: Step, device: torch.device, warmup: int, reps: int, together: bo
         if together:
             _barrier(device)
         else:
-            _sync(device)
+            sync(device)
         start = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     if together:
         slowest = torch.tensor(times, device=device)
@@ -114,7 +109,7 @@ def _profile(step: Step, device: torch.device) -> dict:
     with profile(activities=activities) as prof:
         start = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         wall = time.perf_counter() - start
     kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
     nccl = sum(e.time_range.elapsed_us() for e in kernels if "nccl" in e.name.lower()) / 1e6

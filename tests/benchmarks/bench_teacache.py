@@ -24,7 +24,6 @@ import argparse
 import logging
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,7 +36,7 @@ from dax_core.models.wan import WanModel
 from dax_core.recipe import Recipe
 from dax_core.runtime.engine import SampleRequest, WanEngine
 
-from .common import CASES, Case, build_ours, device_name, write_json
+from .common import CASES, Case, build_ours, device_name, timed, write_json
 
 log = logging.getLogger("bench_teacache")
 
@@ -47,19 +46,6 @@ CASES_HERE = {**CASES, "tiny": Case("tiny (smoke test)", WanSpec(64, 2, 4, 128, 
 NEVER = 1e9  # a threshold the accumulated change never reaches: every step the window allows is skipped
 # MagCache4Wan2.1's published T2V-14B settings: (threshold, K, retention ratio)
 MAGCACHE_SETTINGS = {"E012K2R02": (0.12, 2, 0.2), "E024K6R02": (0.24, 6, 0.2)}
-
-
-def _timed(fn: Callable[[], object], reps: int, device: torch.device) -> list[float]:
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 class _Run:
@@ -90,11 +76,11 @@ def _stand_in_costs(
     residual kept on ``where`` ("model": the GPU, "cpu": pinned host memory) costs."""
     cache_device = torch.device("cpu") if where == "cpu" else None
     run_stub = _Run(model, _cache(case.spec.name, 0.0, 1, cache_device), x, t, ctx)
-    stub_computed = _timed(run_stub, reps, device)  # threshold 0: every step computes and stores
+    stub_computed = timed(run_stub, reps, device)  # threshold 0: every step computes and stores
     run_stub.end()
     run_stub = _Run(model, _cache(case.spec.name, NEVER, 1, cache_device), x, t, ctx)
     run_stub()  # step 0 stores a residual
-    stub_skipped = _timed(run_stub, reps, device)
+    stub_skipped = timed(run_stub, reps, device)
     run_stub.end()
     return {"store_s": statistics.median(stub_computed) - shell_s, "stub_skipped_s": statistics.median(stub_skipped)}
 
@@ -129,15 +115,15 @@ def run(case: Case, device: torch.device, compute_reps: int, reps: int, seed: in
     result: dict = {"case": case.name, "tokens": case.tokens, "batch": 2, "steps": STEPS}
     # real block stack: steps 0 .. compute_reps-1 computed, the following ones skipped
     run_real = _Run(model, _cache(case.spec.name, NEVER, compute_reps, None), x, t, ctx)
-    computed = _timed(run_real, compute_reps, device)
-    skipped = _timed(run_real, reps, device)
+    computed = timed(run_real, compute_reps, device)
+    skipped = timed(run_real, reps, device)
     pattern = run_real.end()
     assert pattern == "C" * compute_reps + "S" * reps, pattern
 
     # the block stack replaced by a stand-in: the cache's own cost with residuals in pinned CPU memory
     stand_in = torch.empty(2, case.tokens, case.spec.dim, device=device, dtype=dtype)
     model.run_blocks = lambda p: stand_in  # instance attribute: this benchmark's model only
-    shell = _timed(lambda: model(x, t, ctx), reps, device)  # prepare + stand-in + head, no cache
+    shell = timed(lambda: model(x, t, ctx), reps, device)  # prepare + stand-in + head, no cache
     costs = {}
     for where in ("model", "cpu"):
         try:

@@ -115,18 +115,28 @@ def build_diffusers(spec: WanSpec, device: torch.device | str, dtype: torch.dtyp
     return model.eval()
 
 
-def cuda_time(fn: Callable[[], object], warmup: int, reps: int) -> list[float]:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], reps: int, device: torch.device, warmup: int = 0) -> list[float]:
+    """Seconds of each of ``reps`` calls of ``fn`` after ``warmup`` untimed ones, each bracketed by ``sync``."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
     times = []
     for _ in range(reps):
-        torch.cuda.synchronize()
+        sync(device)
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync(device)
         times.append(time.perf_counter() - start)
     return times
+
+
+def cuda_time(fn: Callable[[], object], warmup: int, reps: int) -> list[float]:
+    return timed(fn, reps, torch.device("cuda", torch.cuda.current_device()), warmup)
 
 
 def median(xs: list[float]) -> float:
