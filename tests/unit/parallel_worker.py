@@ -46,6 +46,7 @@ from dax_core.runtime.distributed import build_engine  # noqa: E402
 from dax_core.runtime.engine import SampleRequest, WanEngine  # noqa: E402
 from dax_core.runtime.group import free_port  # noqa: E402
 from tests.benchmarks.common import build_ours  # noqa: E402
+from tests.numerics import rel_error  # noqa: E402
 
 log = logging.getLogger("parallel_worker")
 SPEC = WanSpec(dim=96, num_layers=2, num_heads=12, ffn_dim=128, text_dim=32, freq_dim=32)
@@ -186,8 +187,18 @@ def run_case(case: dict, world: int, device: str) -> dict:
         outs[overlap], schedules["overlap" if overlap else "plain"] = run(model, recipe, x, ctx)
         disable_sequence_parallel(model)
     restored, schedules["restored"] = run(model, recipe, x, ctx)
+    variant = VARIANTS[case["variant"]]
+    quant_shift = None
+    if variant.quantizes and variant.caches:  # what 8-bit rounding itself does to this run's latent
+        unquantized = {**case, "variant": "teacache"}
+        plain_model, plain_recipe = variant_model(unquantized, device, BuildEnv(torch.device(device)))
+        quant_shift = rel_error(ref, run(plain_model, plain_recipe, x, ctx)[0])
     return {
         "ref_max": ref.abs().max().item(),
+        "rel_overlap": rel_error(outs[True], ref),
+        "rel_plain": rel_error(outs[False], ref),
+        "rel_overlap_vs_plain": rel_error(outs[True], outs[False]),
+        "quant_shift": quant_shift,
         "err_overlap": (outs[True] - ref).abs().max().item(),
         "err_plain": (outs[False] - ref).abs().max().item(),
         "overlap_vs_plain": (outs[True] - outs[False]).abs().max().item(),

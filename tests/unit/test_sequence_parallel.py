@@ -30,30 +30,35 @@ from tests.unit.parallel_worker import CASES, launch
 # bfloat16: both runs round every activation to 8 bits of mantissa, in different places; the tolerance
 # is a few bf16 steps (2^-8 = 4e-3) of the output's scale.
 TOLERANCE = {"fp32": 1e-5, "bf16": 2e-2}
-# A sampling run with 8-bit linears: over 8 steps some element whose input differs in its last bit (ring merges)
-# sits at an 8-bit rounding boundary and rounds to the neighbouring level, one step (INT8: 1/127 of its row's
-# largest value; FP8: 1/16 of its own) that the next steps carry on. Measured with the ring and the hybrid:
-# 1.9e-5 (FP8) and 2.3e-5 to 3.5e-5 (INT8) of the latent's scale; quantization itself moves the same latent by
-# 1.3e-3 (FP8) and 5.3e-4 (INT8). A per-tensor scale taken on a slice moves one forward by 6e-4.
-SAMPLED_8BIT_TOLERANCE = 1e-4
+# A sampling run with 8-bit linears is compared differently. Its ring merges reorder float32 sums, so an activation
+# that sits within a last bit of an 8-bit rounding boundary can round to the neighbouring level (one step: INT8 1/127
+# of its row's largest value, FP8 up to 1/8 of its own), and 8 sampling steps carry that on: the largest element
+# differs by 3e-5 to 1.3e-4 of the scale, depending on the machine's float32 kernels. Such flips are rare (about one
+# in 10^6 roundings), while quantization rounds every activation: so the parallel latent must be much closer to one
+# process's latent than the 8-bit latent is to the unquantized one (Q, measured in the same case: 1.4e-3 FP8, 4.3e-4
+# INT8, relative Frobenius). Measured 2-2.4 % of Q; allowed 20 %. An error of the split in the quantized path (scales
+# taken on the wrong rows, a padded token quantized with the others) moves the latent by about Q and fails; the ring
+# merge itself is held to 1e-5 by the float32 runs of the same layouts.
+SAMPLED_8BIT_FRACTION_OF_Q = 0.2
 # Overlapped and plain schedules run the same kernels on the same numbers, cut into units: a forward may differ by
 # the last bit of a float32 sum reordered inside the attention kernel; 8 sampling steps carry such bits on
-# (measured 4.7e-7 of the scale, hybrid), and with 8-bit linears a carried bit may flip a rounding.
+# (measured 4.7e-7 of the scale, hybrid).
 OVERLAP_TOLERANCE = {"forward": 1e-6, "sampled": 1e-5}
 
 
 def tolerance(case: dict) -> float:
     """How far a parallel output (or sampled latent) may be from the single-process one, relative to its scale."""
-    variant = worker.VARIANTS[case["variant"]]
-    return SAMPLED_8BIT_TOLERANCE if variant.caches and variant.quantizes else TOLERANCE[case["dtype"]]
+    return TOLERANCE[case["dtype"]]
 
 
 def overlap_tolerance(case: dict) -> float:
     """How far the overlapped schedule's output may be from the plain schedule's, relative to its scale."""
+    return OVERLAP_TOLERANCE["sampled" if worker.VARIANTS[case["variant"]].caches else "forward"]
+
+
+def sampled_8bit(case: dict) -> bool:
     variant = worker.VARIANTS[case["variant"]]
-    if not variant.caches:
-        return OVERLAP_TOLERANCE["forward"]
-    return SAMPLED_8BIT_TOLERANCE if variant.quantizes else OVERLAP_TOLERANCE["sampled"]
+    return variant.caches and variant.quantizes
 
 
 CACHED_CASES = [(w, n) for w, cases in CASES.items() for n, c in cases.items() if worker.VARIANTS[c["variant"]].caches]
@@ -80,21 +85,30 @@ ALL_CASES = [(world, name) for world, cases in CASES.items() for name in cases]
 
 @pytest.mark.parametrize(("world", "name"), ALL_CASES)
 def test_parallel_forward_equals_single_process(runs, world, name):
-    tol = tolerance(CASES[world][name])
+    case = CASES[world][name]
+    tol = tolerance(case)
     for rank, results in enumerate(runs(world)):
         r = results[name]
-        scale = max(1.0, r["ref_max"])
         assert r["finite"], (rank, r)
+        if sampled_8bit(case):
+            assert r["quant_shift"] > 1e-4, (rank, r)  # the 8-bit linears really ran
+            assert max(r["rel_overlap"], r["rel_plain"]) <= SAMPLED_8BIT_FRACTION_OF_Q * r["quant_shift"], (rank, r)
+            continue
+        scale = max(1.0, r["ref_max"])
         assert r["err_overlap"] <= tol * scale, (rank, r)
         assert r["err_plain"] <= tol * scale, (rank, r)
 
 
 @pytest.mark.parametrize(("world", "name"), ALL_CASES)
 def test_overlapped_and_plain_schedules_agree(runs, world, name):
-    tol = overlap_tolerance(CASES[world][name])
+    case = CASES[world][name]
+    tol = overlap_tolerance(case)
     for rank, results in enumerate(runs(world)):
         r = results[name]
-        assert r["overlap_vs_plain"] <= tol * max(1.0, r["ref_max"]), (rank, r)
+        if sampled_8bit(case):  # a carried bit may flip a rounding here too
+            assert r["rel_overlap_vs_plain"] <= SAMPLED_8BIT_FRACTION_OF_Q * r["quant_shift"], (rank, r)
+        else:
+            assert r["overlap_vs_plain"] <= tol * max(1.0, r["ref_max"]), (rank, r)
 
 
 @pytest.mark.parametrize(("world", "name"), ALL_CASES)
