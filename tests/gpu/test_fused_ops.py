@@ -7,10 +7,10 @@ import torch
 
 pytest.importorskip("triton", reason="Triton is not installed with this PyTorch: the eager path uses PyTorch ops")
 
-from dax_core.models import fused_ops, ops  # noqa: E402
-from dax_core.models.rope import rope_cos_sin  # noqa: E402
-from dax_core.models.spec import WAN21_T2V_1_3B, WAN21_T2V_14B  # noqa: E402
-from tests.numerics import rel_error, rms_norm_rope_f64  # noqa: E402
+from dax_core.models import fused_ops, ops
+from dax_core.models.rope import rope_cos_sin
+from dax_core.models.spec import WAN21_T2V_1_3B, WAN21_T2V_14B
+from tests.numerics import rel_error, rms_norm_rope_f64
 
 DT = torch.bfloat16
 
