@@ -11,6 +11,8 @@ from dax_core.attention.config import SAME, AttentionConfig
 from dax_core.attention.sage import PV_ACCUM, QK_QUANT
 from dax_core.recipe import Recipe
 
+from .model_socket import dax_model_input, patched_model_tooltip
+
 log = logging.getLogger(__name__)
 
 TOOLTIPS = {
@@ -32,7 +34,7 @@ class DaxSetAttentionBackend:
         names = backend_names()
         return {
             "required": {
-                "dax_model": ("DAX_MODEL",),
+                "dax_model": dax_model_input(),
                 "backend": (names, {"default": "auto", "tooltip": TOOLTIPS["backend"]}),
                 "cross_attention": ([SAME, *names], {"default": SAME, "tooltip": TOOLTIPS["cross_attention"]}),
                 "sage_qk_quant": (list(QK_QUANT), {"default": "auto", "tooltip": TOOLTIPS["sage_qk_quant"]}),
@@ -42,6 +44,7 @@ class DaxSetAttentionBackend:
 
     RETURN_TYPES = ("DAX_MODEL",)
     RETURN_NAMES = ("dax_model",)
+    OUTPUT_TOOLTIPS = (patched_model_tooltip("these attention kernels"),)
     FUNCTION = "apply"
     CATEGORY = "DAX"
     DESCRIPTION = "Pick the attention kernels (SDPA, cuDNN, FlashAttention, SageAttention2) for the DAX sampler."

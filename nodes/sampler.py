@@ -19,9 +19,24 @@ from dax_core.runtime.group import GroupConfig, SampleCancelled, StartCancelled,
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
 
+from .model_socket import dax_model_input
+
 log = logging.getLogger(__name__)
 
 TOOLTIPS = {
+    "dax_model": "The model to sample: Load Wan DAX, directly or through Quantize Linear, Set Attention Backend, "
+    "TeaCache / MagCache and Compile.",
+    "positive": "What the video shows: one CLIPTextEncode output, encoded with the Wan text encoder (CLIPLoader, "
+    "type wan).",
+    "negative": "What the video avoids: one CLIPTextEncode output (not used when cfg is 1).",
+    "latent_image": "The video's size: EmptyHunyuanLatentVideo (width, height, length in frames, batch).",
+    "seed": "Seed of the starting noise: the same noise as the native KSampler's for the same seed.",
+    "steps": "Denoising steps: Wan2.1 uses 50.",
+    "cfg": "Classifier-free guidance: Wan2.1 uses 6 at 1.3B and 5 at 14B. 1 runs the positive branch alone, "
+    "half the work per step.",
+    "sampler_name": "uni_pc_bh2: Wan's own solver (UniPC, variant bh2). uni_pc: UniPC, variant bh1. euler: "
+    "ComfyUI's Euler.",
+    "scheduler": "The sigma schedule, computed as ComfyUI's scheduler of that name with the flow shift.",
     "shift": "Flow shift: Wan2.1 uses 8 for T2V at 480p (5 at 720p).",
     "gpus": "1: sample in ComfyUI's process. More: a group of worker processes, one per GPU, that split the video "
     "tokens (sequence parallelism); it stays up between prompts. On a CPU-only ComfyUI: CPU workers (for testing).",
@@ -137,19 +152,31 @@ class DaxMultiGPUSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "dax_model": ("DAX_MODEL",),
-                "positive": ("CONDITIONING",),
-                "negative": ("CONDITIONING",),
-                "latent_image": ("LATENT",),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
-                "steps": ("INT", {"default": 30, "min": 1, "max": 1000}),
-                "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+                "dax_model": dax_model_input(TOOLTIPS["dax_model"]),
+                "positive": ("CONDITIONING", {"tooltip": TOOLTIPS["positive"]}),
+                "negative": ("CONDITIONING", {"tooltip": TOOLTIPS["negative"]}),
+                "latent_image": ("LATENT", {"tooltip": TOOLTIPS["latent_image"]}),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "control_after_generate": True,
+                        "tooltip": TOOLTIPS["seed"],
+                    },
+                ),
+                "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": TOOLTIPS["steps"]}),
+                "cfg": (
+                    "FLOAT",
+                    {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": TOOLTIPS["cfg"]},
+                ),
                 "shift": (
                     "FLOAT",
                     {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": TOOLTIPS["shift"]},
                 ),
-                "sampler_name": (list(SAMPLERS), {"default": "uni_pc_bh2"}),
-                "scheduler": (list(SCHEDULERS), {"default": "simple"}),
+                "sampler_name": (list(SAMPLERS), {"default": "uni_pc_bh2", "tooltip": TOOLTIPS["sampler_name"]}),
+                "scheduler": (list(SCHEDULERS), {"default": "simple", "tooltip": TOOLTIPS["scheduler"]}),
                 "gpus": ("INT", {"default": 1, "min": 1, "max": _max_processes(), "tooltip": TOOLTIPS["gpus"]}),
             },
             "optional": {
@@ -164,6 +191,7 @@ class DaxMultiGPUSampler:
         }
 
     RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The denoised Wan latent: decode it with VAEDecode and the Wan2.1 VAE.",)
     FUNCTION = "sample"
     CATEGORY = "DAX"
     DESCRIPTION = "Text-to-video sampling with the DAX engine: one GPU in ComfyUI's process, or a worker group."

@@ -29,3 +29,17 @@ def test_nodes_are_listed(comfy_server: ComfyServer) -> None:
     assert {"positive", "negative", "latent_image", "seed", "steps", "cfg", "shift", "gpus"} <= set(sampler_inputs)
     assert sampler_inputs["shift"][1]["default"] == 8.0
     assert {"euler", "uni_pc_bh2"} <= set(sampler_inputs["sampler_name"][0])
+
+
+def test_every_input_and_output_of_every_dax_node_has_a_tooltip(comfy_server: ComfyServer) -> None:
+    info = comfy_server.object_info()
+    dax_nodes = {name: node for name, node in info.items() if node.get("python_module", "").endswith(PACK_NAME)}
+    assert len(dax_nodes) >= 7, sorted(dax_nodes)
+    for name, node in dax_nodes.items():
+        for section in ("required", "optional"):
+            for input_name, spec in node["input"].get(section, {}).items():
+                options = spec[1] if len(spec) > 1 else {}
+                assert options.get("tooltip", "").strip(), f"{name}.{input_name} has no tooltip"
+        tooltips = node.get("output_tooltips") or []
+        assert len(tooltips) == len(node["output"]), f"{name}: {len(tooltips)} output tooltips for {node['output']}"
+        assert all(t and t.strip() for t in tooltips), f"{name} has an empty output tooltip"
