@@ -1,6 +1,6 @@
 """The main job: run a shipped Wan2.1 T2V workflow end to end through a headless ComfyUI.
 
-    python -m dax_core demo [--comfyui PATH] [--workflow FILE.api.json] [--model FILE --text-encoder FILE --vae FILE]
+    python -m dax_core demo [--comfyui PATH] [--workflow FILE.json] [--model FILE --text-encoder FILE --vae FILE]
                             [--width W --height H --length N --steps S --prompt TEXT --seed N --gpus N]
 
 Without weights it writes (once, cached in $DAX_CACHE or ~/.cache/dax-demo) a tiny random Wan DiT, a random T5-base
@@ -39,7 +39,10 @@ from .vae import write_random_wan_vae
 log = logging.getLogger(__name__)
 
 WORKFLOWS = REPO_ROOT / "workflows"
-WORKFLOW = WORKFLOWS / "wan21_t2v_1.3b_dax.api.json"
+"""UI-format workflows, which ComfyUI's template browser lists (it does not look into subfolders)."""
+API_WORKFLOWS = WORKFLOWS / "api"
+"""Their API-format twins (for POST /prompt), under the same names."""
+WORKFLOW = API_WORKFLOWS / "Wan2.1 text-to-video 1.3B (DAX).json"
 # The tiny DiT is no Wan size with a published TeaCache polynomial or MagCache calibration: the step caches of a
 # workflow run on it use the 14B ones (any would do: the video is noise).
 TINY_SETTINGS = {"width": 64, "height": 64, "length": 5, "steps": 4, "step_cache_model": "wan2.1-t2v-14b"}
@@ -112,12 +115,28 @@ def tiny_models(cache: Path | None = None) -> ModelFiles:
 
 
 def shipped_workflows() -> list[Path]:
-    """The API-format workflows in workflows/ (each has a UI-format twin without the ``.api``)."""
-    return sorted(WORKFLOWS.glob("*.api.json"))
+    """The API-format workflows in workflows/api (each has a UI-format twin of the same name in workflows/)."""
+    return sorted(API_WORKFLOWS.glob("*.json"))
+
+
+def is_ui_format(workflow: dict[str, Any]) -> bool:
+    """A workflow as the editor saves it (nodes and links), not an API-format prompt (node id -> inputs)."""
+    return isinstance(workflow.get("nodes"), list) and "links" in workflow
 
 
 def load_workflow(path: Path = WORKFLOW) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """An API-format workflow. Given a UI-format one, its API twin (the same name in an ``api`` folder beside it)."""
+    path = Path(path)
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    if not is_ui_format(workflow):
+        return workflow
+    twin = path.parent / API_WORKFLOWS.name / path.name
+    if not twin.is_file():
+        raise ValueError(
+            f"{path} is a UI-format workflow and has no API-format twin at {twin}: export one from ComfyUI "
+            "(Workflow > Export (API)) and pass that file"
+        )
+    return json.loads(twin.read_text(encoding="utf-8"))
 
 
 def node_of(prompt: dict[str, Any], class_type: str) -> dict[str, Any]:
@@ -177,8 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dax_core demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--comfyui", type=Path, help="ComfyUI checkout (default: $COMFYUI_PATH, the one holding this pack, "
                    "~/ComfyUI)")  # fmt: skip
-    p.add_argument("--workflow", type=Path, default=WORKFLOW, help=f"API-format workflow to run (default: "
-                   f"workflows/{WORKFLOW.name}; the others in workflows/ work too)")  # fmt: skip
+    p.add_argument("--workflow", type=Path, default=WORKFLOW, help=f"workflow to run: API format, or a shipped "
+                   f"UI-format one of workflows/ (default: {WORKFLOW.relative_to(REPO_ROOT)})")  # fmt: skip
     p.add_argument("--model", type=Path, help="Wan2.1 T2V DiT: .safetensors file or diffusers folder")
     p.add_argument("--text-encoder", type=Path, help="umt5-xxl text encoder .safetensors (ComfyUI's)")
     p.add_argument("--vae", type=Path, help="Wan2.1 VAE .safetensors")

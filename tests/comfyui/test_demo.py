@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dax_core.demo.run import WORKFLOWS, ModelFiles, configure, load_workflow, main
+from dax_core.demo.run import API_WORKFLOWS, ModelFiles, configure, load_workflow, main
 
 pytestmark = pytest.mark.comfyui
 
@@ -64,7 +64,7 @@ def test_configure_changes_only_what_it_is_given() -> None:
 
 
 def test_configure_pins_the_step_cache_model_of_every_step_cache_node_and_needs_none() -> None:
-    fast = load_workflow(WORKFLOWS / "wan21_t2v_14b_dax_fast.api.json")
+    fast = load_workflow(API_WORKFLOWS / "Wan2.1 text-to-video 14B, all accelerations (DAX).json")
     prompt = configure(fast, {}, {"step_cache_model": "wan2.1-t2v-1.3b"})
     changed = {
         (node["class_type"], key): value
