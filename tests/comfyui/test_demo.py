@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dax_core.demo.run import API_WORKFLOWS, ModelFiles, configure, load_workflow, main
+from dax_core.demo.run import API_WORKFLOWS, WORKFLOWS, ModelFiles, configure, load_workflow, main
 
 pytestmark = pytest.mark.comfyui
 
@@ -75,3 +75,12 @@ def test_configure_pins_the_step_cache_model_of_every_step_cache_node_and_needs_
     assert changed == {("DaxTeacache", "coefficients"): "wan2.1-t2v-1.3b"}
     plain = load_workflow()
     assert configure(plain, {}, {"step_cache_model": "wan2.1-t2v-1.3b"}) == plain  # no step cache: nothing to pin
+
+
+def test_a_ui_format_workflow_is_run_through_its_api_twin(tmp_path: Path) -> None:
+    for twin in API_WORKFLOWS.glob("*.json"):
+        assert load_workflow(WORKFLOWS / twin.name) == load_workflow(twin)
+    lone = tmp_path / "mine.json"
+    lone.write_text((WORKFLOWS / twin.name).read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"UI-format workflow and has no API-format twin at .*api/mine\.json"):
+        load_workflow(lone)
