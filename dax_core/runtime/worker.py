@@ -34,7 +34,8 @@ from ..recipe import Recipe
 from .control import ADDRESS_ENV, SECRET_ENV, Channel, connect, parse_address
 from .distributed import ParallelConfig, RankEnv, build_engine, init_process_group, parallel_from_dict
 from .engine import SampleRequest, SampleResult, StepCallback
-from .sample_messages import request_from_message, result_fields
+from .progress import ProgressCallback, StepProgress
+from .sample_messages import progress_fields, request_from_message, result_fields
 from .wire import Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,13 @@ EXIT_OWNER_GONE = 3
 
 
 class SamplingEngine(Protocol):
-    def sample(self, req: SampleRequest, on_step: StepCallback | None = None) -> SampleResult: ...
+    def sample(
+        self,
+        req: SampleRequest,
+        on_step: StepCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        preview: bool = False,
+    ) -> SampleResult: ...
 
 
 EngineBuilder = Callable[[Recipe, torch.device, "ParallelConfig | None", RankEnv], SamplingEngine]
@@ -195,14 +202,19 @@ class Worker:
         request_id = int(msg["id"])
         lead = self.env.rank == 0
 
+        def on_progress(p: StepProgress) -> None:  # rank 0 only: before the step's stop vote, as on_step runs after
+            fields, tensors = progress_fields(p)
+            self.channel.send("progress", tensors, id=request_id, **fields)
+
         def on_step(i: int, total: int, _x: torch.Tensor) -> None:
-            if lead:
-                self.channel.send("progress", id=request_id, step=i + 1, total=total)
             if votes.any(inbox.cancelled(request_id)):
                 raise Cancelled(i + 1)
 
+        previews = lead and bool(msg.get("previews", False))  # the owner asks for them when it shows them
         try:
-            result = engine.sample(request_from_message(msg), on_step=on_step)
+            request = request_from_message(msg)
+            progress = on_progress if lead else None
+            result = engine.sample(request, on_step=on_step, on_progress=progress, preview=previews)
         except Cancelled as c:
             inbox.forget(request_id)
             self.channel.send("cancelled", id=request_id, step=c.step)
@@ -214,8 +226,8 @@ class Worker:
         if lead:
             fields, tensors = result_fields(result)
             self.channel.send("result", tensors, id=request_id, **fields)
-        else:
-            self.channel.send("done", id=request_id)
+        else:  # the owner reports every GPU's peak memory
+            self.channel.send("done", id=request_id, peak_memory_bytes=list(result.peak_memory_bytes))
         return True
 
     def _report(self, request_id: int | None, exc: BaseException) -> None:

@@ -2,9 +2,9 @@
 
 It is the real worker with the real engine; only a request whose seed is ``RAISE_SEED`` makes the last rank raise
 after its first step, while the other ranks go on into the next step's collective, and one whose seed is
-``HOLD_SEED`` makes every rank hold at the boundary after step ``HOLD_AFTER`` until a cancel reaches them (the
-worker's own step callback, progress and stop vote included, runs again every ``HOLD_POLL_S``): a cancel sent
-then must stop every rank at that boundary, however slowly the owner reacts.
+``HOLD_SEED`` makes every rank hold at the boundary after step ``HOLD_AFTER`` (its progress sent) until a cancel
+reaches them (the worker's own step callback, the stop vote, runs again every ``HOLD_POLL_S``): a cancel sent then
+must stop every rank at that boundary, however slowly the owner reacts.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from dax_core.runtime.distributed import ParallelConfig, RankEnv
 from dax_core.runtime.engine import SampleRequest, SampleResult, StepCallback
+from dax_core.runtime.progress import ProgressCallback
 from dax_core.runtime.worker import SamplingEngine, default_builder, main
 
 RAISE_SEED = 666_001
@@ -34,18 +35,24 @@ class FaultyEngine:
         self.engine = engine
         self.faulty = env.rank == env.world_size - 1
 
-    def sample(self, req: SampleRequest, on_step: StepCallback | None = None) -> SampleResult:
+    def sample(
+        self,
+        req: SampleRequest,
+        on_step: StepCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        preview: bool = False,
+    ) -> SampleResult:
         if req.seed == HOLD_SEED and on_step is not None:
-            return self.engine.sample(req, _holding(on_step))
+            return self.engine.sample(req, _holding(on_step), on_progress, preview)
         if req.seed != RAISE_SEED or not self.faulty:
-            return self.engine.sample(req, on_step)
+            return self.engine.sample(req, on_step, on_progress, preview)
 
         def step_then_fail(i: int, total: int, x: torch.Tensor) -> None:
             if on_step is not None:
                 on_step(i, total, x)
             raise InjectedFault(f"injected fault after step {i + 1}")
 
-        return self.engine.sample(req, step_then_fail)
+        return self.engine.sample(req, step_then_fail, on_progress, preview)
 
 
 def _holding(on_step: StepCallback) -> StepCallback:
