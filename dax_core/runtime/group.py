@@ -19,6 +19,7 @@ each start one with ``agent_command`` (the same recipe file must exist at the sa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import selectors
@@ -40,7 +41,8 @@ from .distributed import DEVICE_KINDS, ParallelConfig, check_recipe_layout, para
 from .engine import SampleRequest, SampleResult, check_request
 from .failures import RankEvent, explain, primary_event
 from .processes import LaunchedProcess
-from .sample_messages import request_fields, result_from_message
+from .progress import StepProgress
+from .sample_messages import progress_from_message, request_fields, result_from_message
 from .wire import Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ ABANDON_GRACE_S = 30.0
 """After a cancel, how long past the collective timeout the ranks may take to stop before the group is taken down."""
 ProgressCallback = Callable[[int, int], None]
 """Called with (steps done, total steps) after every step."""
+StepReportCallback = Callable[[StepProgress], None]
+"""Called with rank 0's ``StepProgress`` after every step."""
 
 
 class WorkerGroupError(RuntimeError):
@@ -169,6 +173,8 @@ class _Run:
     cancel_sent: bool = False
     last_step: int = 0
     """The last step rank 0 reported done."""
+    peak_memory: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    """Per rank, the peak GPU memory it reported with its result."""
 
 
 @dataclass
@@ -340,9 +346,14 @@ class WorkerGroup:
         req: SampleRequest,
         on_step: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        on_progress: StepReportCallback | None = None,
+        previews: bool = False,
     ) -> SampleResult:
         """Run one request on every rank; raises ``SampleCancelled`` or ``WorkerGroupError``, or ValueError for a
         request the model cannot run, which is checked here: inside the ranks it would end the group.
+
+        ``on_progress`` gets rank 0's ``StepProgress`` of every step (after ``on_step``), carrying a preview latent
+        when ``previews`` is set. The result's peak memory lists every rank's.
 
         If ``on_step`` or ``should_cancel`` raises (ComfyUI's progress hook raises on Cancel), the ranks are
         cancelled and waited for before the exception goes on, so the group is ready for the next request.
@@ -354,6 +365,7 @@ class WorkerGroup:
         self._next_id += 1
         run = _Run(self._next_id, set(self._ranks))
         fields, tensors = request_fields(req)
+        fields["previews"] = previews and on_progress is not None
         for r in self._ranks.values():
             try:
                 r.channel.send("request", tensors, id=run.request_id, **fields)
@@ -362,7 +374,7 @@ class WorkerGroup:
                 self._fail(RankEvent(r.rank, r.describe(), "drop", time.time()), "while sending the request")
         try:
             while run.pending:
-                self._follow(run, on_step)
+                self._follow(run, on_step, on_progress)
                 if not run.cancel_sent and should_cancel is not None and should_cancel():
                     self._cancel(run)
         except WorkerGroupError:
@@ -376,33 +388,40 @@ class WorkerGroup:
             raise SampleCancelled(run.cancelled_at)
         if run.result is None:
             raise WorkerGroupError("rank 0 finished without a result")  # a protocol bug, not a user error
-        return run.result
+        peaks = tuple(b for rank in sorted(run.peak_memory) for b in run.peak_memory[rank])
+        return dataclasses.replace(run.result, peak_memory_bytes=peaks)
 
-    def _follow(self, run: _Run, on_step: ProgressCallback | None) -> None:
+    def _follow(
+        self, run: _Run, on_step: ProgressCallback | None, on_progress: StepReportCallback | None = None
+    ) -> None:
         """Take in what the ranks sent, then report the progress in it: every message of the batch is accounted
         for before ``on_step`` runs, so a callback that raises loses nothing (``_abandon`` then knows every rank
         that has finished)."""
         doing = "while sampling"
-        progress: list[tuple[int, int]] = []
+        progress: list[StepProgress] = []
         for r, msg in self._receive(0.05, doing):
             if msg.kind == "error" or msg.get("id") != run.request_id:
                 self._fail_with(r, msg, doing)
             elif msg.kind == "progress":
                 run.last_step = int(msg["step"])
-                progress.append((int(msg["step"]), int(msg["total"])))
+                progress.append(progress_from_message(msg))
             elif msg.kind == "result":
                 run.result = result_from_message(msg)
+                run.peak_memory[r.rank] = run.result.peak_memory_bytes
                 run.pending.discard(r.rank)
             elif msg.kind == "done":
+                run.peak_memory[r.rank] = tuple(int(b) for b in msg.get("peak_memory_bytes", ()))
                 run.pending.discard(r.rank)
             elif msg.kind == "cancelled":
                 run.cancelled_at = int(msg["step"])
                 run.pending.discard(r.rank)
             else:
                 self._fail_with(r, msg, doing)
-        if on_step is not None:
-            for step, total in progress:
-                on_step(step, total)
+        for p in progress:
+            if on_step is not None:
+                on_step(p.step, p.total)
+            if on_progress is not None:
+                on_progress(p)
 
     def _cancel(self, run: _Run) -> None:
         run.cancel_sent = True
