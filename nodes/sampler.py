@@ -6,7 +6,6 @@ import logging
 import os
 
 import comfy.model_management as mm
-import comfy.utils
 import torch
 
 from dax_core.accelerations import STEP_CACHE_KINDS
@@ -20,6 +19,8 @@ from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
 
 from .model_socket import dax_model_input
+from .sampler_status import SamplerStatus, gpu_names
+from .status_text import Setup
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,18 @@ def _free_devices(config: GroupConfig) -> None:
     mm.soft_empty_cache()
 
 
-def _sample_in_group(recipe: Recipe, request: SampleRequest, config: GroupConfig, pbar) -> SampleResult:
+def _sample_in_group(
+    recipe: Recipe, request: SampleRequest, config: GroupConfig, status: SamplerStatus
+) -> SampleResult:
     # a change of recipe, layout or GPU set (the first gpus of CUDA_VISIBLE_DEVICES) starts a new group
     variant = f"{config}|CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
+    started: list[WorkerGroup] = []
 
     def start(r: Recipe) -> WorkerGroup:
+        status.show(f"starting a worker group of {config.world_size} processes: each loads the model")
         _free_devices(config)
-        return WorkerGroup(r, config, should_cancel=mm.processing_interrupted)  # Cancel works while it starts
+        started.append(WorkerGroup(r, config, should_cancel=mm.processing_interrupted))  # Cancel works while it starts
+        return started[-1]
 
     try:
         group = ENGINES.get(recipe, start, variant=variant, valid=lambda g: g.alive)
@@ -134,11 +140,15 @@ def _sample_in_group(recipe: Recipe, request: SampleRequest, config: GroupConfig
     _free_devices(config)  # ComfyUI may have loaded its models again since the last prompt
     gpus = config.world_size
     log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", request.steps, group.run_id, gpus)
+    devices = gpu_names(torch.device(config.device), config.nproc_per_node)
+    layout = config.parallel.describe() if config.parallel is not None else f"{gpus} processes"
+    status.setup(Setup(devices, layout, group=True, reused=not started))
     try:
         return group.sample(
             request,
-            on_step=lambda step, total: pbar.update_absolute(step, total),
             should_cancel=mm.processing_interrupted,
+            on_progress=status.on_progress,
+            previews=status.previews,
         )
     except SampleCancelled:
         mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
@@ -188,6 +198,7 @@ class DaxMultiGPUSampler:
                 "cfg_parallel": ("BOOLEAN", {"default": False, "tooltip": TOOLTIPS["cfg_parallel"]}),
                 "overlap": ("BOOLEAN", {"default": True, "tooltip": TOOLTIPS["overlap"]}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},  # where the status text goes
         }
 
     RETURN_TYPES = ("LATENT",)
@@ -198,7 +209,7 @@ class DaxMultiGPUSampler:
 
     def sample(self, dax_model: Recipe, positive, negative, latent_image, seed, steps, cfg, shift, sampler_name,
                scheduler, gpus, sequence_parallel="ulysses", ulysses_degree=2, cfg_parallel=False,
-               overlap=True):  # fmt: skip
+               overlap=True, unique_id=None):  # fmt: skip
         request = SampleRequest(
             positive=_text_embedding(positive, "positive"),
             negative=_text_embedding(negative, "negative"),
@@ -210,27 +221,38 @@ class DaxMultiGPUSampler:
             sampler=sampler_name,
             scheduler=scheduler,
         )
-        pbar = comfy.utils.ProgressBar(steps)
-        if gpus == 1:
-            result = self._sample_here(dax_model, request, pbar)
-        else:
+        config = None
+        if gpus > 1:  # a layout the model cannot run is refused before anything starts
             config = _group_config(dax_model, gpus, sequence_parallel, ulysses_degree, cfg_parallel, overlap)
-            result = _sample_in_group(dax_model, request, config, pbar)
+        status = SamplerStatus(unique_id, steps)
+        if config is None:
+            result = self._sample_here(dax_model, request, status)
+        else:
+            result = _sample_in_group(dax_model, request, config, status)
+        status.finish(result)
         out = dict(latent_image)
         out["samples"] = result.latent
-        return {"ui": {"dax_summary": result.summary_lines()}, "result": (out,)}
+        return {"ui": {"dax_summary": [*result.summary_lines(), status.where.describe()]}, "result": (out,)}
 
     @staticmethod
-    def _sample_here(recipe: Recipe, request: SampleRequest, pbar) -> SampleResult:
+    def _sample_here(recipe: Recipe, request: SampleRequest, status: SamplerStatus) -> SampleResult:
         # A changed TeaCache/MagCache setting is taken by the built model, with no reload of the weights: the
         # engine is keyed without step caches and kept alive by the last recipe upstream of the step cache
         # node, which ComfyUI keeps cached while only the step cache's widgets change.
         owner = next((r for r in recipe.lineage() if not _has_step_cache(r)), recipe)
-        engine = ENGINES.get(recipe, _build_engine, built_from=recipe.without(STEP_CACHE_KINDS), owner=owner)
+        built: list[WanEngine] = []
+
+        def build(r: Recipe) -> WanEngine:
+            status.show("loading the model")
+            built.append(_build_engine(r))
+            return built[-1]
+
+        engine = ENGINES.get(recipe, build, built_from=recipe.without(STEP_CACHE_KINDS), owner=owner)
         engine.use_step_caches_of(recipe)
+        device = engine.device
+        status.setup(Setup(gpu_names(device), "1 GPU" if device.type == "cuda" else "", reused=not built))
 
         def on_step(i: int, total: int, _x: torch.Tensor) -> None:
-            pbar.update_absolute(i + 1, total)
             mm.throw_exception_if_processing_interrupted()  # ComfyUI's Cancel stops between steps
 
-        return engine.sample(request, on_step=on_step)
+        return engine.sample(request, on_step=on_step, on_progress=status.on_progress, preview=status.previews)
