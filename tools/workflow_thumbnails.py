@@ -4,7 +4,8 @@ ComfyUI's template browser shows a custom node pack's ``workflows/<name>.json`` 
 pixels) whose picture is ``workflows/<name>.jpg``. A whole graph shrunk to that size is unreadable, so the
 picture is the graph's DAX chain, read from the workflow's API-format twin (``workflows/api/<name>.json``, whose
 inputs carry their names): every node linked by DAX_MODEL from the loader to the sampler, top to bottom, with its
-main settings, then the video's size. Pillow's own font keeps the picture independent of the machine's fonts.
+main settings, then the video's size (the card prints the template's name under the picture). Pillow's own font
+keeps the picture independent of the machine's fonts.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ ACCENT = (94, 172, 255)  # DAX_MODEL links, as drawn in the editor by this pack'
 TITLE = (236, 238, 242)
 DETAIL = (176, 184, 198)
 MUTED = (140, 146, 158)
-HEADER_FONT, TITLE_FONT, DETAIL_FONT, FOOTER_FONT = 27, 19, 15, 18
+TITLE_FONT, DETAIL_FONT, FOOTER_FONT = 24, 18, 22
 MARGIN = 22
 GAP = 12  # between two boxes of the chain, where the link's arrow is
 
@@ -101,48 +101,35 @@ def _fit(text: str, font: ImageFont.FreeTypeFont, width: float) -> str:
     return text + "…"
 
 
-def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float, lines: int) -> list[str]:
-    for chars in range(len(text), 0, -1):
-        wrapped = textwrap.wrap(text, chars)
-        if all(font.getlength(line) <= width for line in wrapped):
-            return wrapped[:lines]
-    return [text][:lines]
-
-
 def box_rects(count: int, top: float, bottom: float) -> list[tuple[float, float, float, float]]:
     """Where the chain's ``count`` boxes go between ``top`` and ``bottom``."""
-    height = min(64.0, (bottom - top - GAP * (count - 1)) / count)
+    height = min(84.0, (bottom - top - GAP * (count - 1)) / count)
     start = top + ((bottom - top) - (count * height + GAP * (count - 1))) / 2
     return [
         (MARGIN, start + i * (height + GAP), SIZE - MARGIN, start + i * (height + GAP) + height) for i in range(count)
     ]
 
 
-def render(prompt: dict[str, Any], name: str) -> Image.Image:
-    """The thumbnail of the API-format ``prompt`` whose template name (the file's stem) is ``name``."""
+def render(prompt: dict[str, Any]) -> Image.Image:
+    """The thumbnail of the API-format ``prompt``."""
     image = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for i in range(0, SIZE, 32):
         draw.line((i, 0, i, SIZE), fill=GRID)
         draw.line((0, i, SIZE, i), fill=GRID)
-    header = ImageFont.load_default(size=HEADER_FONT)
-    y = MARGIN
-    for line in _wrap(name, header, SIZE - 2 * MARGIN, 2):
-        draw.text((MARGIN, y), line, font=header, fill=TITLE)
-        y += HEADER_FONT + 6
     title_font = ImageFont.load_default(size=TITLE_FONT)
     detail_font = ImageFont.load_default(size=DETAIL_FONT)
     chain = dax_chain(prompt)
-    rects = box_rects(len(chain), y + 14, SIZE - MARGIN - FOOTER_FONT - 16)
+    rects = box_rects(len(chain), MARGIN, SIZE - MARGIN - FOOTER_FONT - 16)
     for index, (node_id, rect) in enumerate(zip(chain, rects, strict=True)):
         node = prompt[node_id]
         draw.rounded_rectangle(rect, radius=8, fill=BOX, outline=ACCENT, width=2)
         x0, y0, x1, y1 = rect
         title = node.get("_meta", {}).get("title") or node["class_type"]
-        draw.text((x0 + 12, y0 + 7), _fit(title, title_font, x1 - x0 - 24), font=title_font, fill=TITLE)
+        draw.text((x0 + 14, y0 + 8), _fit(title, title_font, x1 - x0 - 28), font=title_font, fill=TITLE)
         detail = details(node)
-        if detail and y1 - y0 >= TITLE_FONT + DETAIL_FONT + 12:
-            draw.text((x0 + 12, y1 - DETAIL_FONT - 9), _fit(detail, detail_font, x1 - x0 - 24), font=detail_font,
+        if detail and y1 - y0 >= TITLE_FONT + DETAIL_FONT + 16:
+            draw.text((x0 + 14, y1 - DETAIL_FONT - 10), _fit(detail, detail_font, x1 - x0 - 28), font=detail_font,
                       fill=DETAIL)  # fmt: skip
         if index:  # the DAX_MODEL link from the box above
             mid, above = (x0 + x1) / 2, rects[index - 1][3]
@@ -169,7 +156,7 @@ def write_thumbnails(workflows: Iterable[Path]) -> list[Path]:
     for path in workflows:
         prompt = json.loads(api_twin(path).read_text(encoding="utf-8"))
         out = thumbnail_path(path)
-        render(prompt, path.stem).save(out, quality=QUALITY, optimize=True)
+        render(prompt).save(out, quality=QUALITY, optimize=True)
         written.append(out)
     return written
 
