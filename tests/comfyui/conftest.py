@@ -57,7 +57,8 @@ def comfy_server(
     diffusion_models = base / "models" / "diffusion_models"
     (diffusion_models / WRONG_DIT_FILES["vae"]).symlink_to(demo_models.vae)
     (diffusion_models / WRONG_DIT_FILES["garbage"]).write_bytes(b"this is not a safetensors file\n" * 64)
-    with ComfyServer(comfyui_dir, base, start_timeout=120.0) as server:
+    # previews on, as a user turns them on: the samplers of every prompt make them, through one GPU and the group
+    with ComfyServer(comfyui_dir, base, extra_args=["--preview-method", "auto"], start_timeout=120.0) as server:
         yield server
 
 
