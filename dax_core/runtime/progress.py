@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..quant.quantize import QUANTIZED_LINEARS
+from ..quant.torchao_linear import TorchaoQuantLinear
+
 PREVIEW_MAX_SIDE = 160
 """The longest side of a preview latent, in latent pixels: a 1280x720 video's latent frame (160 x 90) as it is,
 larger ones averaged down. ComfyUI's latent-to-RGB preview draws one pixel per latent pixel."""
@@ -74,9 +77,6 @@ def preview_latent(denoised: torch.Tensor, max_side: int = PREVIEW_MAX_SIDE) -> 
 
 def describe_model(model: nn.Module) -> tuple[str, ...]:
     """What a built Wan model runs, in words: its attention kernels, its linear layers and compilation."""
-    from ..quant.quantize import QUANTIZED_LINEARS  # the levers are read, never changed
-    from ..quant.torchao_linear import TorchaoQuantLinear
-
     lines = []
     self_attn, cross_attn = getattr(model, "self_attn_fn", None), getattr(model, "cross_attn_fn", None)
     if self_attn is not None:
