@@ -171,6 +171,25 @@ def recorded_status(page: Any) -> list[dict[str, Any]]:
     return page.evaluate("window.__daxSeen")
 
 
+def show_text(page: Any, node_type: str, text: str) -> None:
+    """Hand the node's progress text to the front end as its websocket message does (the front end's own
+    ``progress_text`` event), so the front end draws it as it draws what the server sends."""
+    page.evaluate(
+        """([type, text]) => { for (const n of app.graph._nodes.filter(n => n.type === type))
+             app.api.dispatchCustomEvent('progress_text', { nodeId: String(n.id), text }) }""",
+        [node_type, text],
+    )
+
+
+def text_boxes(page: Any) -> list[dict[str, Any]]:
+    """Every drawn progress text: its text, its visible height and the height the text needs."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('.dom-widget')].filter(e => e.firstElementChild?.querySelector('span'))
+             .map(e => ({ text: e.textContent.trim(), client: e.firstElementChild.clientHeight,
+                          scroll: e.firstElementChild.scrollHeight }))"""
+    )
+
+
 def status_box(page: Any) -> dict[str, float]:
     """The drawn status text's box: its visible height and the height its text needs."""
     return page.evaluate(

@@ -63,6 +63,26 @@ def page(ui_server: ComfyServer, executable: str) -> Iterator[Any]:
         yield page
 
 
+# The longest texts a run on GPUs shows (a 2-GPU H200 run of the 14B template: the kernel labels of
+# dax_core/attention/sage.py and sdpa_cudnn.py, every acceleration on): the templates must show them whole.
+GPU_ATTENTION = (
+    "self-attention (auto): SageAttention2 (sm90) sageattn_qk_int8_pv_fp8_cuda_sm90 (int8 Q·K per_thread, fp8 P·V, "
+    "fp32+fp32 accumulation)\ncross-attention (same): PyTorch SDPA pinned to cuDNN attention (cuDNN 91900)"
+)
+GPU_SUMMARY = "\n".join(
+    [
+        "50 steps in 612.4 s (first step 38.2 s, compilation included, then 11.72 s/step)",
+        "TeaCache skipped cond 24/50, uncond 24/50 steps (~1.92x fewer transformer passes)",
+        "self-attention: SageAttention2 (sm90) sageattn_qk_int8_pv_fp8_cuda_sm90 (int8 Q·K per_thread, fp8 P·V, "
+        "fp32+fp32 accumulation); cross-attention: PyTorch SDPA pinned to cuDNN attention (cuDNN 91900)",
+        "linears: 400 of 406 in fp8 per-token-per-channel, the others in bfloat16",
+        "compiled: inductor, mode default, static shapes",
+        "peak GPU memory: 41.3, 41.2 GiB (per GPU)",
+        "2 GPUs: ulysses=2, overlap on · NVIDIA H200 · warm worker group reused",
+    ]
+)
+
+
 def _node_types(template: str) -> list[str]:
     return [node["type"] for node in json.loads((WORKFLOWS / f"{template}.json").read_text(encoding="utf-8"))["nodes"]]
 
@@ -78,6 +98,17 @@ def test_every_template_opens_into_its_graph_with_a_thumbnail_the_server_serves(
         nodes = front_end.open_template(page, template, _node_types(template))
         assert nodes and not front_end.overlapping_nodes(nodes)
         assert not [e for e in page.errors if "valid version" in e or "Zod" in e], page.errors
+        # the texts of a GPU run, drawn by the front end: whole, and no node grows over another for them
+        texts = {front_end.SAMPLER: GPU_SUMMARY, "DaxSetAttentionBackend": GPU_ATTENTION}
+        for node_type, text in texts.items():
+            if node_type not in _node_types(template):
+                continue
+            front_end.show_text(page, node_type, text)
+            front_end.show_node(page, node_type, scale=SCALE)  # a text is drawn while its node is on screen
+            page.wait_for_timeout(500)  # on the next frames
+            (box,) = [b for b in front_end.text_boxes(page) if b["text"].startswith(text[:40])]
+            assert 0 < box["client"] and box["scroll"] <= box["client"] + 1, f"{node_type}: the text is cut: {box}"
+        assert not front_end.overlapping_nodes(front_end.graph_nodes(page)), "a node grew over another"
         if template != listed[-1]:
             assert front_end.open_template_browser(page) == listed
 
