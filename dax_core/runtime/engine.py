@@ -9,12 +9,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 
 from ..accelerations import STEP_CACHE_KINDS, BuildEnv, apply_accelerations
-from ..cache.base import StepCache, StepCacheReport
+from ..attention.schedule import DensityReport
+from ..cache.base import StepCacheReport
 from ..models.spec import WanSpec
 from ..models.wan import WanModel
 from ..parallel.config import ParallelConfig
@@ -27,6 +29,14 @@ log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after every step with (step index, total steps, current latent in model space)."""
+
+
+class StepListener(Protocol):
+    """What keeps state per sampling run and step (a step cache, a self-attention schedule)."""
+
+    def start_run(self, total_steps: int) -> None: ...
+
+    def start_step(self, index: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,7 @@ class SampleResult:
     seconds: float  # wall time of the sampling loop
     first_step_seconds: float  # includes compilation when the model is compiled
     step_cache: StepCacheReport | None = None  # what a step cache (TeaCache, MagCache) skipped, per branch
+    attention: DensityReport | None = None  # the self-attention density of each step (radial attention)
 
     def summary_lines(self) -> list[str]:
         text = f"{self.steps} step{'s' if self.steps != 1 else ''} in {self.seconds:.1f} s"
@@ -127,6 +138,8 @@ class SampleResult:
         lines = [text]
         if self.step_cache is not None:
             lines.append(self.step_cache.summary())
+        if self.attention is not None:
+            lines.append(self.attention.summary())
         return lines
 
     def summary(self) -> str:
@@ -257,20 +270,25 @@ class WanEngine:
             if on_step is not None:
                 on_step(i, total, x_now)
 
-        report = None
-        if cache is not None:
-            cache.start_run(steps)  # a new run: nothing of an earlier prompt or workflow is reused
-            denoise = _announcing_steps(denoise, cache)
+        report = attention = None
+        schedule = self.model.self_attention_schedule
+        per_run = [c for c in (cache, schedule) if c is not None]
+        for c in per_run:
+            c.start_run(steps)  # a new run: nothing of an earlier prompt or workflow is reused
+        if per_run:
+            denoise = _announcing_steps(denoise, per_run)
         try:
             x = sample(req.sampler, denoise, x, sigmas, callback=step_done)
         finally:
             if cache is not None:
                 report = cache.end_run()  # also after a cancelled run: the residuals are released
+            if schedule is not None:
+                attention = schedule.end_run()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         end = time.perf_counter()
         result = SampleResult(
-            latents.denormalize(x.float()).cpu(), steps, end - start, first_step_end[0] - start, report
+            latents.denormalize(x.float()).cpu(), steps, end - start, first_step_end[0] - start, report, attention
         )
         log.info(
             "%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, req.scheduler, req.cfg
@@ -282,13 +300,16 @@ class WanEngine:
 
 
 def _announcing_steps(
-    denoise: Callable[[torch.Tensor, float], torch.Tensor], cache: StepCache
+    denoise: Callable[[torch.Tensor, float], torch.Tensor], listeners: list[StepListener]
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """The denoiser, telling the cache which step each call belongs to (the samplers call it once per step)."""
+    """The denoiser, telling the step cache and the attention schedule which step each call belongs to (the
+    samplers call it once per step)."""
     counter = itertools.count()
 
     def run(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        cache.start_step(next(counter))
+        index = next(counter)
+        for listener in listeners:
+            listener.start_step(index)
         return denoise(x, sigma)
 
     return run
