@@ -93,7 +93,9 @@ def _bind(device: torch.device, dtype: torch.dtype, block: int) -> BoundBlockSpa
         )
     tq, tk = TILES[arch]
     if block % tq or block % tk:
-        raise ValueError(f"SpargeAttn's {tq}x{tk} tiles on {arch} need mask blocks of a multiple of 128 tokens, not {block}")
+        raise ValueError(
+            f"SpargeAttn's {tq}x{tk} tiles on {arch} need mask blocks of a multiple of 128 tokens, not {block}"
+        )
 
     def run(q, k, v, window: torch.Tensor, block: int, scale: float | None) -> torch.Tensor:
         check_qkv("sparge", q, k, v)
@@ -104,10 +106,10 @@ def _bind(device: torch.device, dtype: torch.dtype, block: int) -> BoundBlockSpa
             )
         return block_sparse_sage(q, k, v, scale, False, window, block, tq, tk)[0]
 
+    pv = "fp16" if major == 8 and minor < 9 else "fp8"
     return BoundBlockSparse(
         name="sparge",
-        kernel=f"SpargeAttn block-sparse SageAttention2 ({arch}: int8 Q·K, {'fp16' if major == 8 and minor < 9 else 'fp8'}"
-        f" P·V, {tq}x{tk} tiles)",
+        kernel=f"SpargeAttn block-sparse SageAttention2 ({arch}: int8 Q·K, {pv} P·V, {tq}x{tk} tiles)",
         run=run,
         min_tokens=MIN_TOKENS,
     )

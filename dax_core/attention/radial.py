@@ -81,6 +81,10 @@ class RadialAttention(SelfAttentionSchedule):
             self._densities[self._step].append(density)
         return kernels
 
+    def ring_chunks(self) -> dict[str, int]:
+        """Ring chunks attended and skipped as empty so far, over the cached videos (counted outside compile)."""
+        return {key: sum(a.chunks[key] for a in self._masks.values()) for key in ("computed", "skipped")}
+
     def check_ring(self) -> None:
         if self.ring_kernel is None:
             raise ValueError(

@@ -38,7 +38,9 @@ Grid = tuple[int, int, int]
 """(frames, height, width) of the video in patches."""
 
 
-def _distance_rules(frames: int, tokens_per_frame: int, decay_factor: float, block: int) -> tuple[list[bool], list[float]]:
+def _distance_rules(
+    frames: int, tokens_per_frame: int, decay_factor: float, block: int
+) -> tuple[list[bool], list[float]]:
     """(kept, window) per temporal distance d = 0 .. frames - 1 (the sink, frame 0, is handled apart)."""
     width = 2 ** tokens_per_frame.bit_length()  # the frame's tokens rounded up past a power of two
     kept, window = [], []
@@ -53,7 +55,9 @@ def _check(grid: Grid, decay_factor: float, block: int) -> None:
     if len(grid) != 3 or any(not isinstance(n, int) or n < 1 for n in grid):
         raise ValueError(f"a video grid is (frames, height, width) in patches, all positive; got {grid}")
     if not decay_factor > 0:
-        raise ValueError(f"the decay factor scales the window of distant frames and must be positive, got {decay_factor}")
+        raise ValueError(
+            f"the decay factor scales the window of distant frames and must be positive, got {decay_factor}"
+        )
     if block < 1:
         raise ValueError(f"the block size must be a positive number of tokens, got {block}")
 

@@ -121,7 +121,7 @@ def test_sparge_tiles_compute_the_pairs_of_the_blocks(tiles):
 def test_kernels_bind_where_they_run_and_say_why_not():
     assert kernel_names() == ["auto", "sparge", "flex", "reference"]
     assert bind_block_sparse("auto", "cpu", torch.float32, BLOCK).name == "reference"
-    with pytest.raises(BackendUnavailable, match="CUDA|spas_sage_attn"):
+    with pytest.raises(BackendUnavailable, match=r"CUDA|spas_sage_attn"):
         bind_block_sparse("sparge", "cpu", torch.bfloat16, 128)
     with pytest.raises(BackendUnavailable, match="flex kernel is for CUDA GPUs"):
         bind_block_sparse("flex", "cpu", torch.bfloat16, 128)

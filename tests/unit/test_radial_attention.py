@@ -124,8 +124,9 @@ def test_the_sampler_summary_reports_the_density_of_every_step():
     sparse = (1 + 2 * table_density) / 3
     assert result.attention is not None
     assert result.attention.densities == pytest.approx((1.0, 1.0, sparse, sparse))
-    line = result.summary_lines()[-1]
-    assert line == f"radial attention density per step: 1.00 x2, {sparse:.2f} x2 ({(1 + sparse) / 2:.2f} of dense attention over the run)"
+    mean = (1 + sparse) / 2
+    expected = f"radial attention density per step: 1.00 x2, {sparse:.2f} x2 ({mean:.2f} of dense attention"
+    assert result.summary_lines()[-1] == expected + " over the run)"
     fields, tensors = result_fields(result)
     again = result_from_message(Message("result", fields, tensors))
     assert again.attention == result.attention
@@ -136,7 +137,11 @@ def test_a_schedule_keeping_every_step_dense_says_so(caplog):
     with caplog.at_level("WARNING"):
         model.self_attention_schedule.start_run(4)
     assert "keeps all 4 steps dense" in caplog.text and "1 of a 4-step distilled run" in caplog.text
-    assert DensityReport("radial attention", (1.0, None)).summary().endswith("1.00 x1, skipped x1 (1.00 of dense attention over the run)")
+    assert (
+        DensityReport("radial attention", (1.0, None))
+        .summary()
+        .endswith("1.00 x1, skipped x1 (1.00 of dense attention over the run)")
+    )
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
@@ -173,15 +178,17 @@ def test_config_checks_say_what_to_change():
             RadialConfig(**bad)
     recipe = Recipe("w.safetensors").with_acceleration(RadialConfig(dense_steps=1, kernel="flex"))
     assert Recipe.from_dict(recipe.to_dict()) == recipe
-    assert RadialConfig() == RadialConfig(dense_steps=12, dense_layers=1, decay_factor=0.2, kernel="auto", block_size=128)
+    assert RadialConfig() == RadialConfig(
+        dense_steps=12, dense_layers=1, decay_factor=0.2, kernel="auto", block_size=128
+    )
 
 
 def test_kernels_that_cannot_run_are_refused_before_sampling():
-    with pytest.raises(BackendUnavailable, match="spas_sage_attn|CUDA"):
+    with pytest.raises(BackendUnavailable, match=r"spas_sage_attn|CUDA"):
         model_with(RadialConfig(kernel="sparge"))
     ring = ParallelConfig(2, ulysses=1, ring=2)
     sparge = Recipe("w.safetensors").with_acceleration(RadialConfig(kernel="sparge"))
-    with pytest.raises(ValueError, match="sparge kernel returns no log-sum-exp.*Ulysses only"):
+    with pytest.raises(ValueError, match=r"sparge kernel returns no log-sum-exp.*Ulysses only"):
         check_recipe_layout(sparge, ring)
     check_recipe_layout(sparge, ParallelConfig(2, ulysses=2))
     check_recipe_layout(Recipe("w.safetensors").with_acceleration(RadialConfig()), ring)

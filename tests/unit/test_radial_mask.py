@@ -21,17 +21,17 @@ from dax_core.attention.radial_mask import radial_block_table, radial_token_mask
 CASES = [((5, 3, 4), 0.2, 8), ((10, 6, 8), 0.2, 8), ((7, 4, 5), 1.0, 16), ((9, 5, 7), 0.5, 16), ((1, 3, 3), 0.2, 4)]
 
 
-def allowed(i: int, k: int, j: int, l: int, s: int, decay: float, block: int) -> bool:
-    """Does the query at frame i, position k attend to the key at frame j, position l (s positions per frame)?"""
+def allowed(i: int, k: int, j: int, m: int, s: int, decay: float, block: int) -> bool:
+    """Does the query at frame i, position k attend to the key at frame j, position m (s positions per frame)?"""
     if j == 0:  # the attention sink: the whole first frame
         return True
     d = abs(i - j)
-    band = 0 if d == 0 else int(math.floor(math.log2(d))) + 1
-    width = 2 ** (int(math.floor(math.log2(s))) + 1) / 2**band  # s rounded up past a power of two, halved per band
+    band = 0 if d == 0 else math.floor(math.log2(d)) + 1
+    width = 2 ** (math.floor(math.log2(s)) + 1) / 2**band  # s rounded up past a power of two, halved per band
     if width < block and d % math.floor(block / width) != 0:  # fewer diagonals instead of narrower ones
         return False
     window = s if d <= 1 else max(decay * width, block)
-    return abs(k - l) <= window
+    return abs(k - m) <= window
 
 
 @functools.cache
@@ -94,8 +94,8 @@ def test_published_wan_720p_windows():
     distances 16-20 keep only every second frame."""
     grid, s = (21, 45, 80), 3600
 
-    def pair(i, k, j, l, grid=grid, s=s):
-        rows, cols = torch.tensor([i * s + k]), torch.tensor([j * s + l])
+    def pair(i, k, j, m, grid=grid, s=s):
+        rows, cols = torch.tensor([i * s + k]), torch.tensor([j * s + m])
         return bool(radial_token_mask(grid, 0.2, 128, rows, cols))
 
     assert pair(5, 1000, 3, 1204) and not pair(5, 1000, 3, 1205)
@@ -128,7 +128,7 @@ def test_real_grids_block_table_matches_the_definition_on_sampled_blocks(grid):
 def test_window_slices_the_table_and_pads_queries_with_the_first_key_block():
     grid, block = (10, 6, 8), 8
     table = radial_block_table(grid, 0.2, block)
-    n, nb = table.tokens, table.blocks
+    n = table.tokens
     assert torch.equal(table.window(0, n, 0, n), table.table)
     assert torch.equal(table.window(16, 20, 8, 33), table.table[2:5, 1:6])
     padded = table.window(n - 8, 8 + 3 * block, 0, n)  # the last real block, then three blocks of padding
