@@ -5,6 +5,7 @@ from .compile import DaxCompile
 from .load_wan import DaxLoadWan
 from .magcache import DaxMagcache
 from .quantize import DaxQuantizeLinear
+from .radial import DaxRadialAttention
 from .sampler import DaxMultiGPUSampler
 from .teacache import DaxTeacache
 
@@ -13,6 +14,7 @@ NODE_CLASS_MAPPINGS = {
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
     "DaxQuantizeLinear": DaxQuantizeLinear,
     "DaxSetAttentionBackend": DaxSetAttentionBackend,
+    "DaxRadialAttention": DaxRadialAttention,
     "DaxCompile": DaxCompile,
     "DaxTeacache": DaxTeacache,
     "DaxMagcache": DaxMagcache,
@@ -22,6 +24,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
     "DaxQuantizeLinear": "Quantize Linear (DAX)",
     "DaxSetAttentionBackend": "Set Attention Backend (DAX)",
+    "DaxRadialAttention": "Radial Attention (DAX)",
     "DaxCompile": "Compile (DAX)",
     "DaxTeacache": "TeaCache (DAX)",
     "DaxMagcache": "MagCache (DAX)",
