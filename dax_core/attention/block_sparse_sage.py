@@ -52,8 +52,8 @@ def _check() -> str | None:
 def tile_table(window: torch.Tensor, block: int, tiles: tuple[int, int], q_len: int, k_len: int) -> torch.Tensor:
     """The window of ``block``-token blocks as int8 [query tiles, key tiles] (each tile inside one block)."""
     tq, tk = tiles
-    rows = window.repeat_interleave(block // tq, 0)[: -(-q_len // tq)]
-    return rows.repeat_interleave(block // tk, 1)[:, : -(-k_len // tk)].to(torch.int8)
+    rows = window.to(torch.int8).repeat_interleave(block // tq, 0)[: -(-q_len // tq)]
+    return rows.repeat_interleave(block // tk, 1)[:, : -(-k_len // tk)]
 
 
 def run_sparge(
