@@ -39,6 +39,7 @@ class RadialAttention(SelfAttentionSchedule):
         kernel: BoundBlockSparse,
         ring_kernel: BoundBlockSparse | None,
         device,
+        chosen_by_auto: bool = False,
     ) -> None:
         self.dense_steps = dense_steps
         self.dense_layers = dense_layers
@@ -48,6 +49,8 @@ class RadialAttention(SelfAttentionSchedule):
         self.kernel = kernel
         self.ring_kernel = ring_kernel
         self.device = device
+        self.chosen_by_auto = chosen_by_auto
+        """With auto, a video too small for the kernel (SpargeAttn: 128 tokens) runs the ring kernel instead."""
         self._masks: dict[Grid, BlockSparseSelfAttention] = {}
         self._step: int | None = None
         self._densities: list[list[float]] | None = None
@@ -59,7 +62,14 @@ class RadialAttention(SelfAttentionSchedule):
             self._masks[grid] = self._masks.pop(grid)  # most recently used last
             return self._masks[grid]
         table = radial_block_table(grid, self.decay_factor, self.block, self.device)
-        attention = BlockSparseSelfAttention(table, self.kernel, self.ring_kernel)
+        kernel = self.kernel
+        ring = self.ring_kernel
+        if table.tokens < kernel.min_tokens and self.chosen_by_auto and ring is not None:
+            if table.tokens >= ring.min_tokens:
+                log.info("radial attention (auto): %d video tokens, fewer than %s takes: %s runs this video",
+                         table.tokens, kernel.kernel, ring.kernel)  # fmt: skip
+                kernel = ring
+        attention = BlockSparseSelfAttention(table, kernel, ring)
         while len(self._masks) >= MASK_CACHE_SIZE:
             self._masks.pop(next(iter(self._masks)))
         self._masks[grid] = attention

@@ -100,6 +100,7 @@ class RadialConfig(Acceleration):
             raise RuntimeError("apply radial attention before enabling sequence parallelism on the model")
         kernel, ring = self.bind(env.device, model.compute_dtype)
         model.self_attention_schedule = RadialAttention(
-            self.dense_steps, self.dense_layers, self.decay_factor, self.block_size, kernel, ring, env.device
-        )
+            self.dense_steps, self.dense_layers, self.decay_factor, self.block_size, kernel, ring, env.device,
+            chosen_by_auto=self.kernel == AUTO,
+        )  # fmt: skip
         log.info("self-attention: %s", self._text(kernel, ring).replace("\n", "; "))

@@ -4,6 +4,7 @@ compiled graph per path whatever the step, and the config's checks."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -12,6 +13,8 @@ from torch._dynamo.utils import counters
 
 from dax_core.accelerations import BuildEnv, apply_accelerations
 from dax_core.attention import SDPA_DEFAULT
+from dax_core.attention.block_sparse import bind_block_sparse
+from dax_core.attention.radial import RadialAttention
 from dax_core.attention.radial_config import RadialConfig
 from dax_core.attention.registry import AttentionFn, BackendUnavailable
 from dax_core.attention.schedule import DensityReport, SelfAttentionSchedule
@@ -197,3 +200,15 @@ def test_kernels_that_cannot_run_are_refused_before_sampling():
     with pytest.raises(ValueError, match="choose the radial kernel auto or flex"):
         model.self_attention_schedule.check_ring()
     assert model.self_attn_fn is SDPA_DEFAULT  # radial attention leaves the dense kernel to the attention backend
+
+
+def test_auto_gives_a_video_too_small_for_its_kernel_to_the_ring_kernel():
+    """SpargeAttn takes at least 128 tokens: with auto a smaller video runs the kernel ring attention would use;
+    a kernel chosen by name refuses it, saying which kernels take it."""
+    reference = bind_block_sparse("reference", "cpu", torch.float32, BLOCK)
+    picky = dataclasses.replace(reference, name="picky", kernel="a kernel of 1000 tokens or more", min_tokens=1000)
+    auto = RadialAttention(2, 1, 0.2, BLOCK, picky, reference, "cpu", chosen_by_auto=True)
+    assert auto.attention_for(GRID).kernel is reference
+    named = RadialAttention(2, 1, 0.2, BLOCK, picky, reference, "cpu")
+    with pytest.raises(ValueError, match="needs at least 1000 video tokens, this video has 144: use the flex or"):
+        named.attention_for(GRID)
