@@ -105,6 +105,19 @@ class WanAttention(nn.Module):
         return self.o(out.flatten(2))
 
 
+@dataclass(frozen=True)
+class BlockInputQuant:
+    """Per-row quantization dtypes of the block's three norm outputs, each for the 8-bit linears it feeds (None: a
+    high-precision consumer). In eager CUDA runs the norm kernels then write the quantized input as well."""
+
+    self_attn: torch.dtype | None = None  # q, k and v of self-attention
+    cross_attn: torch.dtype | None = None  # the query of cross-attention
+    ffn: torch.dtype | None = None  # ffn.0
+
+
+NO_INPUT_QUANT = BlockInputQuant()
+
+
 class WanBlock(nn.Module):
     def __init__(self, spec: WanSpec, device=None, dtype=None) -> None:
         super().__init__()
@@ -119,6 +132,8 @@ class WanBlock(nn.Module):
             WanLinear(spec.ffn_dim, d, device=device, dtype=dtype),
         )
         self.modulation = nn.Parameter(torch.zeros(1, 6, d, device=device, dtype=torch.float32))
+        self.input_quant: BlockInputQuant | None = None
+        """Set by ``dax_core.quant`` on 8-bit models: what the norm kernels quantize their outputs to."""
 
     def forward(
         self,
@@ -135,19 +150,20 @@ class WanBlock(nn.Module):
         With ``parallel``, x holds this rank's slice of the tokens and self-attention runs across ranks.
         """
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e0).chunk(6, dim=1)
-        xn = ops.modulated_layer_norm(x, shift, scale, self.eps)
+        iq = self.input_quant or NO_INPUT_QUANT
+        xn = ops.modulated_layer_norm(x, shift, scale, self.eps, iq.self_attn)
         if parallel is None:
             y = self.self_attn.self_attention(xn, rope, self_attn)
         else:
             y = parallel.self_attention(self.self_attn, xn, rope, self_attn)
-        x = ops.gated_residual(x, y, gate)
         if self.norm3 is not None:
-            xn = ops.affine_layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps)
+            n3 = self.norm3
+            x, xn = ops.gated_residual_layer_norm(x, y, gate, n3.weight, n3.bias, self.eps, iq.cross_attn)
         else:
-            xn = x
-        x = x + self.cross_attn.cross_attention(xn, context, cross_attn)
-        y = self.ffn(ops.modulated_layer_norm(x, c_shift, c_scale, self.eps))
-        return ops.gated_residual(x, y, c_gate)
+            x = xn = ops.gated_residual(x, y, gate)
+        y = self.cross_attn.cross_attention(xn, context, cross_attn)
+        x, xn = ops.add_modulated_layer_norm(x, y, c_shift, c_scale, self.eps, iq.ffn)
+        return ops.gated_residual(x, self.ffn(xn), c_gate)
 
 
 class WanHead(nn.Module):
