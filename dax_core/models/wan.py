@@ -275,6 +275,7 @@ class WanModel(nn.Module):
         self.cross_attn_fn: AttentionFn = SDPA_DEFAULT
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.compiled: Any = None  # dax_core.compile's CompiledBlocks (config, shapes met) while compiled
+        self.block_graphs: Any = None  # dax_core.compile's BlockGraphs while the block stack runs as CUDA graphs
         self.step_cache: StepCache | None = None
         self.sequence_parallel: SequenceParallelHooks | None = None
         """Set by ``dax_core.parallel.enable_sequence_parallel`` on this instance only."""
@@ -319,7 +320,13 @@ class WanModel(nn.Module):
         return Prepared(tokens, e, e0, ctx, rope, grid, out_shape)
 
     def run_blocks(self, p: Prepared) -> torch.Tensor:
-        """The block stack on ``p.tokens`` (left unchanged: step caches take residuals against it)."""
+        """The block stack on ``p.tokens`` (left unchanged: step caches take residuals against it), replayed from a
+        CUDA graph while ``block_graphs`` is set."""
+        if self.block_graphs is not None:
+            return self.block_graphs.run(p)
+        return self.run_block_stack(p)
+
+    def run_block_stack(self, p: Prepared) -> torch.Tensor:
         x = p.tokens
         if self.compiled is not None:
             self.compiled.note_shapes(x, p.context)  # logs when a new shape makes the blocks compile once more
