@@ -232,7 +232,7 @@ class Ladder:
             log.info("rung %s: %.4f s per forward (first call %.2f s)", rung.key, entry["forward_s"], entry["first_s"])
             if in_place:
                 del self._built[base_key]  # measured already; its model is this rung's now
-            if not rung.side:
+            if not rung.side:  # a side rung (INT8) is an alternative: nothing builds on it
                 self._built[rung.key] = built
             del built
             _free(self.settings.device)

@@ -13,7 +13,9 @@ block stack once and replays them as one.
   compiled kernels. Graphs replace what ``mode="reduce-overhead"`` would do, for the whole stack at once.
 - With a step cache: the cache runs outside the graph (``WanModel.run_blocks`` is what it calls); a step whose CFG
   branches disagree runs the stack on one row, a shape of its own, captured once.
-- Not with sequence parallelism: its collectives run outside CUDA's capture. One GPU only.
+- Not with sequence parallelism (its collectives run outside CUDA's capture: one GPU only), and not with attention
+  kernels that launch outside PyTorch's current stream (SageAttention2's CUDA kernels use CUDA's legacy default
+  stream: a capture would not record them, and replays would skip them). Both are refused before any capture.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
+
+from ..recipe import RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,7 @@ class BlockGraphs:
         key = self._key(p)
         graph = self.graphs.get(key)
         if graph is None:
+            check_capturable(self.model)  # the attention kernels may have been set after enable_cuda_graphs
             graph = self.graphs[key] = self._record(p)
         else:
             inputs = graph.inputs
@@ -134,8 +139,20 @@ class BlockGraphs:
         return _Graph(inputs, replay, output)
 
 
+def check_capturable(model: Any) -> None:
+    """Raise unless every attention kernel of ``model`` can be recorded in a CUDA graph."""
+    for role, fn in (("self-attention", model.self_attn_fn), ("cross-attention", model.cross_attn_fn)):
+        if not getattr(fn, "capturable", True):
+            raise RecipeError(
+                f"CUDA graphs cannot record the {role} kernel, {getattr(fn, 'kernel', fn)}: it launches outside "
+                "PyTorch's current stream, so a replay would skip it. Turn cuda_graphs off in the Compile node, or "
+                "choose an attention backend a graph can hold (sdpa, sdpa_cudnn, flash)"
+            )
+
+
 def enable_cuda_graphs(model: Any, capture: GraphCapture | None = None) -> BlockGraphs:
     """Run ``model``'s block stack through CUDA graphs (per instance; ``disable_cuda_graphs`` undoes it)."""
+    check_capturable(model)
     graphs = BlockGraphs(model, capture)
     model.block_graphs = graphs
     return graphs

@@ -8,6 +8,8 @@ GPU tier (tests/gpu/test_cuda_graphs.py).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -126,3 +128,20 @@ def test_cuda_graphs_are_refused_where_they_cannot_run():
         enable_cuda_graphs(model, StandInCapture())
     with pytest.raises(RecipeError, match="true or false"):
         CompileConfig(cuda_graphs="yes")
+
+
+def test_attention_a_graph_cannot_record_is_refused_before_any_capture():
+    from dax_core.attention import SDPA_DEFAULT
+
+    legacy_stream = replace(SDPA_DEFAULT, kernel="a kernel on CUDA's legacy stream", capturable=False)
+    model = tiny_model()
+    model.set_attention(legacy_stream)
+    with pytest.raises(RecipeError, match="cannot record the self-attention kernel, a kernel on CUDA's legacy"):
+        enable_cuda_graphs(model, StandInCapture())
+    model.set_attention(SDPA_DEFAULT)
+    capture = StandInCapture()
+    graphs = enable_cuda_graphs(model, capture)
+    model.set_attention(SDPA_DEFAULT, legacy_stream)  # changed after graphs were turned on
+    with torch.no_grad(), pytest.raises(RecipeError, match="cross-attention"):
+        model(*_inputs(0))
+    assert graphs.captures == 0 and capture.warmups == 0
