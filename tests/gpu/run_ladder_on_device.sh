@@ -35,7 +35,7 @@ stage() {  # name, time limit in seconds, command...
 for s in ${@:-kernels ladder-14b ladder-1.3b}; do
   case $s in
     kernels) stage kernels 150 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_fused_quant.py \
-      tests/gpu/test_cuda_graphs.py tests/gpu/test_fused_ops.py ;;
+      tests/gpu/test_graph_replay_cuda.py tests/gpu/test_fused_ops.py ;;
     ladder-14b) stage ladder-14b 330 python3 -m dax_core bench --model 14b --rungs "$LADDER_14B" $QUICK_FLAG \
       --out "$OUT/ladder_14b" ;;
     ladder-1.3b) stage ladder-1.3b 150 python3 -m dax_core bench --model 1.3b $QUICK_FLAG --out "$OUT/ladder_1.3b" ;;

@@ -3,7 +3,7 @@
 A stand-in capture records the stack function and replays it into the same output buffer, as a graph would: from
 the static input buffers only. So a replay that gave the right output read inputs that were copied in, and a caller
 whose earlier output survived a later call got a copy. The graph itself is compared with eager bit for bit in the
-GPU tier (tests/gpu/test_cuda_graphs.py).
+GPU tier (tests/gpu/test_graph_replay_cuda.py).
 """
 
 from __future__ import annotations
