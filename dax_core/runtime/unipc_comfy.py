@@ -98,17 +98,19 @@ class _Solver:
         r_matrix = torch.stack(powers)
         b_vector = torch.stack(b)
 
+        # the coefficients are solved on the CPU, beside the sigmas; the weights join the latents on their device
         half = torch.full((1,), 0.5, dtype=dtype)
         differences = torch.stack(d1s, dim=1) if d1s else None
         x_t = (sigma_t / sigma_prev_0) * x - (alpha_t * h_phi_1) * model_prev_0
         if differences is not None:
             rhos_p = half if order == 2 else torch.linalg.solve(r_matrix[:-1, :-1], b_vector[:-1])
+            rhos_p = rhos_p.to(x.device)
             predicted = x_t - (alpha_t * b_h) * torch.tensordot(differences, rhos_p, dims=([1], [0]))
         else:
             predicted = x_t
         if not use_corrector:
             return predicted, None
-        rhos_c = half if order == 1 else torch.linalg.solve(r_matrix, b_vector)
+        rhos_c = (half if order == 1 else torch.linalg.solve(r_matrix, b_vector)).to(x.device)
         model_t = self.x0(predicted, t)
         correction = rhos_c[-1] * (model_t - model_prev_0)
         if differences is not None:
