@@ -135,7 +135,7 @@ def _free_devices(config: GroupConfig) -> None:
     mm.soft_empty_cache()
 
 
-def _sample_in_group(recipe: Recipe, request: SampleRequest, config: GroupConfig, pbar) -> SampleResult:
+def _sample_in_group(recipe: Recipe, request: SampleRequest, steps: int, config: GroupConfig, pbar) -> SampleResult:
     # a change of recipe, layout or GPU set (the first gpus of CUDA_VISIBLE_DEVICES) starts a new group
     variant = f"{config}|CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
 
@@ -150,7 +150,7 @@ def _sample_in_group(recipe: Recipe, request: SampleRequest, config: GroupConfig
         raise
     _free_devices(config)  # ComfyUI may have loaded its models again since the last prompt
     gpus = config.world_size
-    log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", request.steps, group.run_id, gpus)
+    log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", steps, group.run_id, gpus)
     try:
         return group.sample(
             request,
@@ -191,12 +191,13 @@ def _gpus_input() -> tuple:
 
 def _run(recipe: Recipe, request: SampleRequest, latent_image: dict, gpus: int, parallel: dict) -> dict:
     """Sample ``request`` here (gpus = 1) or in a worker group; the node's output with the run's summary."""
-    pbar = comfy.utils.ProgressBar(len(request.run_sigmas()) - 1)
+    steps = len(request.run_sigmas()) - 1  # the steps this run takes (a start/end cut or denoise changes them)
+    pbar = comfy.utils.ProgressBar(steps)
     if gpus == 1:
         result = _sample_here(recipe, request, pbar)
     else:
         config = _group_config(recipe, gpus, **parallel)
-        result = _sample_in_group(recipe, request, config, pbar)
+        result = _sample_in_group(recipe, request, steps, config, pbar)
     out = dict(latent_image)
     out["samples"] = result.latent
     return {"ui": {"dax_summary": result.summary_lines()}, "result": (out,)}
