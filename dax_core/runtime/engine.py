@@ -89,6 +89,9 @@ class SampleRequest:
                 f"denoise must be in (0, 1], got {self.denoise!r}: 1 samples from pure noise, lower values keep more "
                 "of the input latent (video-to-video)"
             )
+        for name in ("add_noise", "return_with_leftover_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("start_at_step", "end_at_step"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

@@ -106,6 +106,7 @@ def test_where_comfyui_returns_the_latent_unchanged_the_request_is_refused(comfy
         ({"start_at_step": -1}, "start_at_step and end_at_step must be >= 0"),
         ({"start_at_step": 1.5}, "start_at_step must be an integer step index, got 1.5"),
         ({"end_at_step": True}, "end_at_step must be an integer step index"),
+        ({"add_noise": "disable"}, "add_noise must be True or False, got 'disable'"),
         ({"sigmas": torch.tensor([1.0, 0.5, 0.6, 0.0])}, r"strictly decreasing, got the sigmas input\[2\] = 0.6"),
         ({"sigmas": torch.tensor([14.6, 7.0, 0.0])}, r"lie in \[0, 1\] \(1 is pure noise\).*not a Karras sigma range"),
         ({"sigmas": torch.tensor([0.5])}, "at least 2 values"),
