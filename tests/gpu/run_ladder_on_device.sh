@@ -4,7 +4,8 @@
 #   bash tests/gpu/run_ladder_on_device.sh                        # kernels ladder-14b ladder-1.3b
 #   bash tests/gpu/run_ladder_on_device.sh ladder-1.3b peer-1.3b  # some stages, in this order
 #   QUICK=1 bash tests/gpu/run_ladder_on_device.sh                # one timed forward per rung
-# Stages: kernels, ladder-14b, ladder-1.3b, peer-1.3b (diffusers' line: needs .whl with diffusers, torchao, ...).
+# Stages: kernels, gpu-tier (all of tests/gpu), ladder-14b, ladder-1.3b, profile-14b, profile-1.3b (kernel tables of
+# the full stack's forward), peer-1.3b (diffusers' line: needs .whl with diffusers, torchao, ...).
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl.
 # Each stage has a time limit, so one that hangs cannot take the others' time; the ladder writes after every rung.
 # Writes at most 8 files: gpu.txt, run.log, ladder_14b.{json,md}, ladder_1.3b.{json,md}, peer_1.3b.{json,md}.
@@ -36,7 +37,10 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
   case $s in
     kernels) stage kernels 150 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_fused_quant.py \
       tests/gpu/test_graph_replay_cuda.py tests/gpu/test_fused_ops.py ;;
-    ladder-14b) stage ladder-14b 330 python3 -m dax_core bench --model 14b --rungs "$LADDER_14B" $QUICK_FLAG \
+    gpu-tier) stage gpu-tier 150 python3 -m pytest -q -p no:cacheprovider -rs -x tests/gpu ;;
+    profile-14b) stage profile-14b 110 python3 -m tests.gpu.profile_forward --model 14b --out "$OUT/profile_14b.txt" ;;
+    profile-1.3b) stage profile-1.3b 60 python3 -m tests.gpu.profile_forward --model 1.3b --out "$OUT/profile_1.3b.txt" ;;
+    ladder-14b) stage ladder-14b 320 python3 -m dax_core bench --model 14b --rungs "$LADDER_14B" $QUICK_FLAG \
       --out "$OUT/ladder_14b" ;;
     ladder-1.3b) stage ladder-1.3b 150 python3 -m dax_core bench --model 1.3b $QUICK_FLAG --out "$OUT/ladder_1.3b" ;;
     peer-1.3b) stage peer-1.3b 330 python3 -m dax_core bench --model 1.3b --rungs stock --peer $QUICK_FLAG \
