@@ -6,12 +6,15 @@ from .load_wan import DaxLoadWan
 from .magcache import DaxMagcache
 from .quantize import DaxQuantizeLinear
 from .radial import DaxRadialAttention
-from .sampler import DaxMultiGPUSampler
+from .sampler import DaxMultiGPUSampler, DaxSamplerAdvanced
+from .scheduler import DaxScheduler
 from .teacache import DaxTeacache
 
 NODE_CLASS_MAPPINGS = {
     "DaxLoadWan": DaxLoadWan,
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
+    "DaxSamplerAdvanced": DaxSamplerAdvanced,
+    "DaxScheduler": DaxScheduler,
     "DaxQuantizeLinear": DaxQuantizeLinear,
     "DaxSetAttentionBackend": DaxSetAttentionBackend,
     "DaxRadialAttention": DaxRadialAttention,
@@ -22,6 +25,8 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
+    "DaxSamplerAdvanced": "Sampler Advanced (DAX)",
+    "DaxScheduler": "Scheduler (DAX)",
     "DaxQuantizeLinear": "Quantize Linear (DAX)",
     "DaxSetAttentionBackend": "Set Attention Backend (DAX)",
     "DaxRadialAttention": "Radial Attention (DAX)",

@@ -53,6 +53,7 @@ class RadialAttention(SelfAttentionSchedule):
         """With auto, a video too small for the kernel (SpargeAttn: 128 tokens) runs the ring kernel instead."""
         self._masks: dict[Grid, BlockSparseSelfAttention] = {}
         self._step: int | None = None
+        self._first_step = 0
         self._densities: list[list[float]] | None = None
 
     def attention_for(self, grid: Grid) -> BlockSparseSelfAttention:
@@ -78,7 +79,7 @@ class RadialAttention(SelfAttentionSchedule):
         return attention
 
     def layer_kernels(self, grid: Grid, num_layers: int, dense: AttentionFn) -> Sequence[AttentionFn]:
-        if self._step is not None and self._step < self.dense_steps:
+        if self._step is not None and self._first_step + self._step < self.dense_steps:
             kernels: list[AttentionFn] = [dense] * num_layers
             density = 1.0
         else:
@@ -102,10 +103,11 @@ class RadialAttention(SelfAttentionSchedule):
                 "chunks with: choose the radial kernel auto or flex, or split the video with Ulysses only"
             )
 
-    def start_run(self, total_steps: int) -> None:
+    def start_run(self, total_steps: int, first_step: int = 0) -> None:
         self._densities = [[] for _ in range(total_steps)]
         self._step = None
-        if self.dense_steps >= total_steps:
+        self._first_step = first_step
+        if self.dense_steps >= first_step + total_steps:
             log.warning(
                 "radial attention keeps all %d steps dense (dense steps %d): nothing runs sparse; lower the dense "
                 "steps (published: 12 of 50 steps, 1 of a 4-step distilled run)", total_steps, self.dense_steps,
@@ -117,5 +119,5 @@ class RadialAttention(SelfAttentionSchedule):
     def end_run(self) -> DensityReport:
         steps = self._densities or []
         report = DensityReport(self.name, tuple(sum(d) / len(d) if d else None for d in steps))
-        self._densities, self._step = None, None
+        self._densities, self._step, self._first_step = None, None, 0
         return report

@@ -58,12 +58,14 @@ class SelfAttentionSchedule(ABC):
         """Raise ValueError, saying what to change, if the schedule's kernels cannot serve ring attention."""
 
     @abstractmethod
-    def start_run(self, total_steps: int) -> None:
-        """A sampling run of ``total_steps`` steps begins."""
+    def start_run(self, total_steps: int, first_step: int = 0) -> None:
+        """A sampling run of ``total_steps`` steps begins, at step ``first_step`` of its schedule (a run cut by
+        start_at_step, such as the second expert of a chain, starts past the dense steps the first one ran)."""
 
     @abstractmethod
     def start_step(self, index: int) -> None:
-        """The next forwards belong to step ``index`` (0-based) of the current run."""
+        """The next forwards belong to step ``index`` (0-based) of the current run (``first_step + index`` of the
+        schedule)."""
 
     @abstractmethod
     def end_run(self) -> DensityReport:

@@ -212,3 +212,30 @@ def test_auto_gives_a_video_too_small_for_its_kernel_to_the_ring_kernel():
     named = RadialAttention(2, 1, 0.2, BLOCK, picky, reference, "cpu")
     with pytest.raises(ValueError, match="needs at least 1000 video tokens, this video has 144: use the flex or"):
         named.attention_for(GRID)
+
+
+def test_cuda_graphs_refuse_radial_attention_before_any_capture():
+    """A graph replays the kernels it captured, while radial attention switches them between the dense steps and
+    the sparse ones: refused when graphs are enabled, and before a capture if radial attention came later."""
+    from dax_core.compile.cuda_graphs import enable_cuda_graphs
+
+    with pytest.raises(RecipeError, match="radial attention changes the self-attention kernels from step to step"):
+        enable_cuda_graphs(model_with(RADIAL))
+    model = model_with(None)
+    graphs = enable_cuda_graphs(model, capture=lambda fn, warmup: (lambda: None, fn()))
+    RADIAL.apply(model, BuildEnv(torch.device("cpu")))
+    with pytest.raises(RecipeError, match="turn cuda_graphs off in the Compile node, or drop radial attention"):
+        graphs.run(model.prepare(*inputs()))
+    assert graphs.captures == 0
+
+
+def test_a_run_cut_by_start_at_step_counts_the_dense_steps_from_the_schedules_start():
+    """As the second expert of a chain: steps 2 and 3 of a 4-step schedule, past the 2 dense steps: both sparse."""
+    model = model_with(RADIAL)
+    g = torch.Generator().manual_seed(4)
+    text = torch.randn(1, 7, SPEC.text_dim, generator=g)
+    request = SampleRequest(text, -text, torch.zeros(LATENT), seed=5, steps=4, cfg=5.0, sampler="euler",
+                            start_at_step=2)  # fmt: skip
+    result = WanEngine(model, Recipe("seeded", compute_dtype="fp32"), "cpu").sample(request)
+    sparse = (1 + 2 * mask_tokens()[:144, :144].double().mean().item()) / 3
+    assert result.steps == 2 and result.attention.densities == pytest.approx((sparse, sparse))
