@@ -40,9 +40,10 @@ RADIAL = RadialConfig(dense_steps=2, dense_layers=1, kernel="reference", block_s
 # The whole model in float32 either way; only the attention of the sparse layers is computed differently (float32
 # logits over a block mask against float64 over a token mask): relative differences of order 1e-7 per layer.
 F32_TOL = 1e-5
-# The mask leaves out 28 % of the pairs; with random weights attention spreads over all keys, so a sparse layer's
-# output moves by O(0.1) relative. A mask that is not applied moves it by 0.
-MASK_MOVES_OUTPUT = 1e-3
+# The mask leaves out 28 % of the pairs of two of the three layers: the model's output moves by 1.1e-3 relative
+# (measured; the gates of these random weights damp each layer's update). A mask that is not applied moves it by
+# float32 rounding only (below 1e-6): the bound sits between, 10x from each.
+MASK_MOVES_OUTPUT = 1e-4
 
 
 def mask_tokens() -> torch.Tensor:

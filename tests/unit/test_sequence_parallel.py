@@ -119,8 +119,9 @@ def test_disabling_restores_the_single_process_forward(runs, world, name):
 
 
 RADIAL_CASES = [(w, n) for w, cases in CASES.items() for n, c in cases.items() if worker.VARIANTS[c["variant"]].radial]
-# the mask's effect on the output of these runs (half the pairs left out, random weights): ~1e-1; none: 0
-RADIAL_MOVES_OUTPUT = 1e-3
+# the mask's effect on the output of these runs (half the pairs of one layer of two left out, random weights):
+# measured 2.0e-3 relative; a mask not applied: float32 rounding only (the 1e-5 tolerance above bounds it)
+RADIAL_MOVES_OUTPUT = 1e-4
 
 
 @pytest.mark.parametrize(("world", "name"), RADIAL_CASES)
