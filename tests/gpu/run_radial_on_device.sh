@@ -23,9 +23,9 @@ while [ $# -gt 0 ] && { [ "$1" = bench ] || [ "$1" = tests ]; }; do stages+=("$1
 for stage in "${stages[@]}"; do
   echo "== $stage $(date +%T)" | tee -a "$OUT/stages.log"
   case $stage in
-    bench) timeout 480 python3 -m tests.benchmarks.bench_radial "$@" --out "$OUT/radial.json" --md "$OUT/radial.md" \
+    bench) timeout 380 python3 -m tests.benchmarks.bench_radial "$@" --out "$OUT/radial.json" --md "$OUT/radial.md" \
       2>&1 | tail -60 | tee "$OUT/bench_radial.log" ;;
-    tests) timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_radial_cuda.py 2>&1 | tail -60 \
+    tests) timeout 190 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_radial_cuda.py 2>&1 | tail -60 \
       | tee "$OUT/radial_gpu_tests.log" ;;
   esac
 done
