@@ -1,4 +1,9 @@
-"""Multi-GPU Sampler: DAX_MODEL + native conditioning + native latent -> native LATENT."""
+"""The DAX samplers: DAX_MODEL + native conditioning + native latent -> native LATENT.
+
+Multi-GPU Sampler (DAX) is the KSampler of DAX (with denoise for video-to-video); Sampler Advanced (DAX) is its
+KSamplerAdvanced and SamplerCustom: add_noise, start/end steps, leftover noise and an optional SIGMAS input, so that
+two samplers chain (Wan2.2's two experts) and a native sampler's output continues in DAX and back.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ from .model_socket import dax_model_input
 from .sampler_status import SamplerStatus, gpu_names
 from .status_text import Setup
 
+DEFAULT_SAMPLER = "wan_unipc"
+
 log = logging.getLogger(__name__)
 
 TOOLTIPS = {
@@ -30,15 +37,26 @@ TOOLTIPS = {
     "positive": "What the video shows: one CLIPTextEncode output, encoded with the Wan text encoder (CLIPLoader, "
     "type wan).",
     "negative": "What the video avoids: one CLIPTextEncode output (not used when cfg is 1).",
-    "latent_image": "The video's size: EmptyHunyuanLatentVideo (width, height, length in frames, batch).",
+    "latent_image": "The video's size: EmptyHunyuanLatentVideo (width, height, length in frames, batch), or a "
+    "latent to continue (a VAE encode, another sampler's output).",
     "seed": "Seed of the starting noise: the same noise as the native KSampler's for the same seed.",
-    "steps": "Denoising steps: Wan2.1 uses 50.",
+    "add_noise": "enable: start from noise drawn with noise_seed, as KSamplerAdvanced. disable: continue the input "
+    "latent as it is (a first sampler's leftover noise).",
+    "steps": "Denoising steps of the whole schedule: Wan2.1 uses 50.",
     "cfg": "Classifier-free guidance: Wan2.1 uses 6 at 1.3B and 5 at 14B. 1 runs the positive branch alone, "
     "half the work per step.",
-    "sampler_name": "uni_pc_bh2: Wan's own solver (UniPC, variant bh2). uni_pc: UniPC, variant bh1. euler: "
-    "ComfyUI's Euler.",
     "scheduler": "The sigma schedule, computed as ComfyUI's scheduler of that name with the flow shift.",
     "shift": "Flow shift: Wan2.1 uses 8 for T2V at 480p (5 at 720p).",
+    "sampler_name": "ComfyUI's samplers, step for step as ComfyUI runs them on Wan (uni_pc and uni_pc_bh2 are "
+    "ComfyUI's UniPC); wan_unipc is Wan's own solver (flow UniPC, bh2), wan_unipc_bh1 its bh1 variant.",
+    "denoise": "Below 1: video-to-video. The input latent is noised to the first sigma of the last steps of a "
+    "schedule of steps / denoise steps, as ComfyUI's KSampler does.",
+    "start_at_step": "The first step of the schedule to run (KSamplerAdvanced's rule: sigmas[start:end + 1]).",
+    "end_at_step": "The step to stop at; at or past the last step, the schedule runs to its end.",
+    "return_with_leftover_noise": "enable: stop at end_at_step's sigma with the noise left in the latent, for a "
+    "second sampler (add_noise disable, start_at_step = this end_at_step) to continue.",
+    "sigmas": "Optional SIGMAS (any native scheduler or sigma node): replaces steps, scheduler and shift; "
+    "start/end steps then cut these sigmas.",
     "gpus": "1: sample in ComfyUI's process. More: a group of worker processes, one per GPU, that split the video "
     "tokens (sequence parallelism); it stays up between prompts. On a CPU-only ComfyUI: CPU workers (for testing).",
     "sequence_parallel": "How the workers split attention over the video tokens: ulysses (all-to-all over heads; "
@@ -66,6 +84,21 @@ def _text_embedding(conditioning: list, which: str) -> torch.Tensor:
     if unsupported:
         raise ValueError(f"{which} conditioning carries {unsupported}, which the DAX sampler does not support")
     return emb
+
+
+def _latent_samples(latent: dict) -> torch.Tensor:
+    """The latent's samples, or a clear error for what the DAX sampler cannot honour."""
+    if "noise_mask" in latent:
+        raise ValueError(
+            "latent_image has a noise_mask (inpainting: SetLatentNoiseMask, VAEEncodeForInpaint), which the DAX "
+            "sampler does not support: sample the whole latent, or use the native KSampler for masked sampling"
+        )
+    if "batch_index" in latent:
+        raise ValueError(
+            "latent_image carries a batch_index (from LatentFromBatch / RepeatLatentBatch), which picks per-item "
+            "noise the DAX sampler does not reproduce: sample the whole batch, or use the native KSampler"
+        )
+    return latent["samples"]
 
 
 def _has_step_cache(recipe: Recipe) -> bool:
@@ -120,7 +153,7 @@ def _free_devices(config: GroupConfig) -> None:
 
 
 def _sample_in_group(
-    recipe: Recipe, request: SampleRequest, config: GroupConfig, status: SamplerStatus
+    recipe: Recipe, request: SampleRequest, steps: int, config: GroupConfig, status: SamplerStatus
 ) -> SampleResult:
     # a change of recipe, layout or GPU set (the first gpus of CUDA_VISIBLE_DEVICES) starts a new group
     variant = f"{config}|CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
@@ -139,7 +172,7 @@ def _sample_in_group(
         raise
     _free_devices(config)  # ComfyUI may have loaded its models again since the last prompt
     gpus = config.world_size
-    log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", request.steps, group.run_id, gpus)
+    log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", steps, group.run_id, gpus)
     devices = gpu_names(torch.device(config.device), config.nproc_per_node)
     layout = config.parallel.describe() if config.parallel is not None else f"{gpus} processes"
     status.setup(Setup(devices, layout, group=True, reused=not started))
@@ -155,104 +188,206 @@ def _sample_in_group(
         raise
 
 
+PARALLEL_INPUTS = {
+    "sequence_parallel": (
+        list(SEQUENCE_PARALLEL_MODES),
+        {"default": "ulysses", "tooltip": TOOLTIPS["sequence_parallel"]},
+    ),
+    "ulysses_degree": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": TOOLTIPS["ulysses_degree"]}),
+    "cfg_parallel": ("BOOLEAN", {"default": False, "tooltip": TOOLTIPS["cfg_parallel"]}),
+    "overlap": ("BOOLEAN", {"default": True, "tooltip": TOOLTIPS["overlap"]}),
+}
+
+
+def _sampling_inputs(seed_name: str) -> dict:
+    """The widgets both DAX samplers share, in their order (``seed_name``: KSampler's ``seed`` or ``noise_seed``)."""
+    return {
+        seed_name: (
+            "INT",
+            {
+                "default": 0,
+                "min": 0,
+                "max": 0xFFFFFFFFFFFFFFFF,
+                "control_after_generate": True,
+                "tooltip": TOOLTIPS["seed"],
+            },
+        ),
+        "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": TOOLTIPS["steps"]}),
+        "cfg": (
+            "FLOAT",
+            {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": TOOLTIPS["cfg"]},
+        ),
+        "shift": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": TOOLTIPS["shift"]}),
+        "sampler_name": (list(SAMPLERS), {"default": DEFAULT_SAMPLER, "tooltip": TOOLTIPS["sampler_name"]}),
+        "scheduler": (list(SCHEDULERS), {"default": "simple", "tooltip": TOOLTIPS["scheduler"]}),
+    }
+
+
+def _model_and_text_inputs() -> dict:
+    """The sockets both DAX samplers start with."""
+    return {
+        "dax_model": dax_model_input(TOOLTIPS["dax_model"]),
+        "positive": ("CONDITIONING", {"tooltip": TOOLTIPS["positive"]}),
+        "negative": ("CONDITIONING", {"tooltip": TOOLTIPS["negative"]}),
+        "latent_image": ("LATENT", {"tooltip": TOOLTIPS["latent_image"]}),
+    }
+
+
+HIDDEN = {"unique_id": "UNIQUE_ID"}  # the node the status text goes to
+OUTPUT_TOOLTIP = "The denoised Wan latent: decode it with VAEDecode and the Wan2.1 VAE, or continue it in a sampler."
+
+
+def _gpus_input() -> tuple:
+    return ("INT", {"default": 1, "min": 1, "max": _max_processes(), "tooltip": TOOLTIPS["gpus"]})
+
+
+def _run(
+    recipe: Recipe, request: SampleRequest, latent_image: dict, gpus: int, parallel: dict, node_id: str | None
+) -> dict:
+    """Sample ``request`` here (gpus = 1) or in a worker group, showing its status under the node ``node_id``; the
+    node's output with the run's summary."""
+    steps = len(request.run_sigmas()) - 1  # the steps this run takes (a start/end cut or denoise changes them)
+    config = None
+    if gpus > 1:  # a layout the model cannot run is refused before anything starts
+        config = _group_config(recipe, gpus, **parallel)
+    status = SamplerStatus(node_id, steps)
+    if config is None:
+        result = _sample_here(recipe, request, status)
+    else:
+        result = _sample_in_group(recipe, request, steps, config, status)
+    status.finish(result)
+    out = dict(latent_image)
+    out["samples"] = result.latent
+    return {"ui": {"dax_summary": [*result.summary_lines(), status.where.describe()]}, "result": (out,)}
+
+
+def _sample_here(recipe: Recipe, request: SampleRequest, status: SamplerStatus) -> SampleResult:
+    # A changed TeaCache/MagCache setting is taken by the built model, with no reload of the weights: the
+    # engine is keyed without step caches and kept alive by the last recipe upstream of the step cache
+    # node, which ComfyUI keeps cached while only the step cache's widgets change.
+    owner = next((r for r in recipe.lineage() if not _has_step_cache(r)), recipe)
+    built: list[WanEngine] = []
+
+    def build(r: Recipe) -> WanEngine:
+        status.show("loading the model")
+        built.append(_build_engine(r))
+        return built[-1]
+
+    engine = ENGINES.get(recipe, build, built_from=recipe.without(STEP_CACHE_KINDS), owner=owner)
+    engine.use_step_caches_of(recipe)
+    device = engine.device
+    status.setup(Setup(gpu_names(device), "1 GPU" if device.type == "cuda" else "", reused=not built))
+
+    def on_step(i: int, total: int, _x: torch.Tensor) -> None:
+        mm.throw_exception_if_processing_interrupted()  # ComfyUI's Cancel stops between steps
+
+    return engine.sample(request, on_step=on_step, on_progress=status.on_progress, preview=status.previews)
+
+
 class DaxMultiGPUSampler:
-    """Sample a Wan2.1 text-to-video latent with the DAX engine (same noise for a seed as the native KSampler)."""
+    """Sample a Wan2.1 latent with the DAX engine, like the native KSampler (same noise for a seed)."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "dax_model": dax_model_input(TOOLTIPS["dax_model"]),
-                "positive": ("CONDITIONING", {"tooltip": TOOLTIPS["positive"]}),
-                "negative": ("CONDITIONING", {"tooltip": TOOLTIPS["negative"]}),
-                "latent_image": ("LATENT", {"tooltip": TOOLTIPS["latent_image"]}),
-                "seed": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 0xFFFFFFFFFFFFFFFF,
-                        "control_after_generate": True,
-                        "tooltip": TOOLTIPS["seed"],
-                    },
-                ),
-                "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": TOOLTIPS["steps"]}),
-                "cfg": (
+                **_model_and_text_inputs(),
+                **_sampling_inputs("seed"),
+                "denoise": (
                     "FLOAT",
-                    {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": TOOLTIPS["cfg"]},
+                    {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": TOOLTIPS["denoise"]},
                 ),
-                "shift": (
-                    "FLOAT",
-                    {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": TOOLTIPS["shift"]},
-                ),
-                "sampler_name": (list(SAMPLERS), {"default": "uni_pc_bh2", "tooltip": TOOLTIPS["sampler_name"]}),
-                "scheduler": (list(SCHEDULERS), {"default": "simple", "tooltip": TOOLTIPS["scheduler"]}),
-                "gpus": ("INT", {"default": 1, "min": 1, "max": _max_processes(), "tooltip": TOOLTIPS["gpus"]}),
+                "gpus": _gpus_input(),
             },
-            "optional": {
-                "sequence_parallel": (
-                    list(SEQUENCE_PARALLEL_MODES),
-                    {"default": "ulysses", "tooltip": TOOLTIPS["sequence_parallel"]},
-                ),
-                "ulysses_degree": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": TOOLTIPS["ulysses_degree"]}),
-                "cfg_parallel": ("BOOLEAN", {"default": False, "tooltip": TOOLTIPS["cfg_parallel"]}),
-                "overlap": ("BOOLEAN", {"default": True, "tooltip": TOOLTIPS["overlap"]}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},  # where the status text goes
+            "optional": dict(PARALLEL_INPUTS),
+            "hidden": dict(HIDDEN),
         }
 
     RETURN_TYPES = ("LATENT",)
-    OUTPUT_TOOLTIPS = ("The denoised Wan latent: decode it with VAEDecode and the Wan2.1 VAE.",)
+    OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
     FUNCTION = "sample"
     CATEGORY = "DAX"
-    DESCRIPTION = "Text-to-video sampling with the DAX engine: one GPU in ComfyUI's process, or a worker group."
+    DESCRIPTION = (
+        "Text-to-video (and, with denoise below 1, video-to-video) sampling with the DAX engine, as the native "
+        "KSampler samples: one GPU in ComfyUI's process, or a worker group."
+    )
 
     def sample(self, dax_model: Recipe, positive, negative, latent_image, seed, steps, cfg, shift, sampler_name,
-               scheduler, gpus, sequence_parallel="ulysses", ulysses_degree=2, cfg_parallel=False,
-               overlap=True, unique_id=None):  # fmt: skip
+               scheduler, denoise, gpus, unique_id=None, **parallel):  # fmt: skip
         request = SampleRequest(
             positive=_text_embedding(positive, "positive"),
             negative=_text_embedding(negative, "negative"),
-            latent=latent_image["samples"],
+            latent=_latent_samples(latent_image),
             seed=seed,
             steps=steps,
             cfg=cfg,
             shift=shift,
             sampler=sampler_name,
             scheduler=scheduler,
+            denoise=denoise,
         )
-        config = None
-        if gpus > 1:  # a layout the model cannot run is refused before anything starts
-            config = _group_config(dax_model, gpus, sequence_parallel, ulysses_degree, cfg_parallel, overlap)
-        status = SamplerStatus(unique_id, steps)
-        if config is None:
-            result = self._sample_here(dax_model, request, status)
-        else:
-            result = _sample_in_group(dax_model, request, config, status)
-        status.finish(result)
-        out = dict(latent_image)
-        out["samples"] = result.latent
-        return {"ui": {"dax_summary": [*result.summary_lines(), status.where.describe()]}, "result": (out,)}
+        return _run(dax_model, request, latent_image, gpus, _parallel_options(parallel), unique_id)
 
-    @staticmethod
-    def _sample_here(recipe: Recipe, request: SampleRequest, status: SamplerStatus) -> SampleResult:
-        # A changed TeaCache/MagCache setting is taken by the built model, with no reload of the weights: the
-        # engine is keyed without step caches and kept alive by the last recipe upstream of the step cache
-        # node, which ComfyUI keeps cached while only the step cache's widgets change.
-        owner = next((r for r in recipe.lineage() if not _has_step_cache(r)), recipe)
-        built: list[WanEngine] = []
 
-        def build(r: Recipe) -> WanEngine:
-            status.show("loading the model")
-            built.append(_build_engine(r))
-            return built[-1]
+class DaxSamplerAdvanced:
+    """The DAX engine as the native KSamplerAdvanced (and SamplerCustom, with a SIGMAS input) samples."""
 
-        engine = ENGINES.get(recipe, build, built_from=recipe.without(STEP_CACHE_KINDS), owner=owner)
-        engine.use_step_caches_of(recipe)
-        device = engine.device
-        status.setup(Setup(gpu_names(device), "1 GPU" if device.type == "cuda" else "", reused=not built))
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                **_model_and_text_inputs(),
+                "add_noise": (["enable", "disable"], {"tooltip": TOOLTIPS["add_noise"]}),
+                **_sampling_inputs("noise_seed"),
+                "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": TOOLTIPS["start_at_step"]}),
+                "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000, "tooltip": TOOLTIPS["end_at_step"]}),
+                "return_with_leftover_noise": (
+                    ["disable", "enable"],
+                    {"tooltip": TOOLTIPS["return_with_leftover_noise"]},
+                ),
+                "gpus": _gpus_input(),
+            },
+            "optional": {"sigmas": ("SIGMAS", {"tooltip": TOOLTIPS["sigmas"]}), **PARALLEL_INPUTS},
+            "hidden": dict(HIDDEN),
+        }
 
-        def on_step(i: int, total: int, _x: torch.Tensor) -> None:
-            mm.throw_exception_if_processing_interrupted()  # ComfyUI's Cancel stops between steps
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
+    FUNCTION = "sample"
+    CATEGORY = "DAX"
+    DESCRIPTION = (
+        "The DAX engine with KSamplerAdvanced's start/end steps, add_noise and leftover noise (two samplers chain: "
+        "Wan2.2's experts, or a native sampler's output continued), and an optional SIGMAS input as SamplerCustom."
+    )
 
-        return engine.sample(request, on_step=on_step, on_progress=status.on_progress, preview=status.previews)
+    def sample(self, dax_model: Recipe, positive, negative, latent_image, add_noise, noise_seed, steps, cfg, shift,
+               sampler_name, scheduler, start_at_step, end_at_step, return_with_leftover_noise, gpus, sigmas=None,
+               unique_id=None, **parallel):  # fmt: skip
+        request = SampleRequest(
+            positive=_text_embedding(positive, "positive"),
+            negative=_text_embedding(negative, "negative"),
+            latent=_latent_samples(latent_image),
+            seed=noise_seed,
+            steps=steps,
+            cfg=cfg,
+            shift=shift,
+            sampler=sampler_name,
+            scheduler=scheduler,
+            start_at_step=start_at_step,
+            end_at_step=end_at_step,
+            add_noise=add_noise == "enable",
+            return_with_leftover_noise=return_with_leftover_noise == "enable",
+            sigmas=None if sigmas is None else sigmas.detach().cpu(),
+        )
+        return _run(dax_model, request, latent_image, gpus, _parallel_options(parallel), unique_id)
+
+
+def _parallel_options(given: dict) -> dict:
+    """The optional layout widgets as _group_config takes them, defaults filled in."""
+    options = {name: spec[1]["default"] for name, spec in PARALLEL_INPUTS.items()} | given
+    return {
+        "mode": options["sequence_parallel"],
+        "ulysses_degree": options["ulysses_degree"],
+        "cfg_parallel": options["cfg_parallel"],
+        "overlap": options["overlap"],
+    }

@@ -9,20 +9,22 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 
 from ..accelerations import STEP_CACHE_KINDS, BuildEnv, apply_accelerations
-from ..cache.base import StepCache, StepCacheReport
+from ..attention.schedule import DensityReport
+from ..cache.base import StepCacheReport
 from ..models.spec import WanSpec
 from ..models.wan import WanModel
 from ..parallel.config import ParallelConfig
 from ..recipe import Recipe
 from . import latents
 from .progress import ProgressCallback, StepProgress, describe_model, preview_latent
-from .samplers import SAMPLERS, sample
-from .schedules import SCHEDULERS, flow_sigmas, sigma_to_timestep
+from .samplers import DISCARDS_PENULTIMATE_SIGMA, SAMPLERS, final_sigma, inverse_noise_scaling, noise_scaling, sample
+from .schedules import SCHEDULERS, check_sigmas, ksampler_sigmas, sigma_to_timestep, step_range
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,26 @@ StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after every step with (step index, total steps, current latent in model space)."""
 
 
+class StepListener(Protocol):
+    """What keeps state per sampling step (a step cache, a self-attention schedule)."""
+
+    def start_step(self, index: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class SampleRequest:
-    """One text-to-video sampling job. Text embeddings are [B or 1, L, C]; the latent is ComfyUI's [B, 16, T, H, W]."""
+    """One text-to-video sampling job, with what ComfyUI's KSampler, KSamplerAdvanced and SamplerCustom offer.
+
+    Text embeddings are [B or 1, L, C]; the latent is ComfyUI's (un-normalised) [B, 16, T, H, W]: empty (all zeros)
+    for text-to-video, a VAE-encoded video with ``denoise`` < 1 for video-to-video, or a sampler's output with
+    leftover noise to continue from ``start_at_step``.
+
+    The sigmas run are ``sigmas`` when given (a SIGMAS input: ``steps``, ``shift``, ``scheduler`` and ``denoise`` do
+    not apply), else KSampler's schedule for ``steps``, ``scheduler``, ``shift`` and ``denoise``; then
+    KSamplerAdvanced's ``start_at_step`` / ``end_at_step`` cut (``run_sigmas``). ``add_noise`` False starts from the
+    latent alone (zero noise); ``return_with_leftover_noise`` keeps the last sigma of a cut schedule instead of 0.
+    ``seed`` gives the initial noise and the noise of ancestral samplers, as the noise seed does in ComfyUI.
+    """
 
     positive: torch.Tensor
     negative: torch.Tensor | None
@@ -41,8 +60,14 @@ class SampleRequest:
     steps: int
     cfg: float
     shift: float = 8.0
-    sampler: str = "uni_pc_bh2"
+    sampler: str = "wan_unipc"
     scheduler: str = "simple"
+    denoise: float = 1.0
+    start_at_step: int = 0
+    end_at_step: int | None = None
+    add_noise: bool = True
+    return_with_leftover_noise: bool = False
+    sigmas: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.latent.ndim != 5:
@@ -68,6 +93,37 @@ class SampleRequest:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
+        if not (isinstance(self.denoise, (int, float)) and math.isfinite(self.denoise) and 0 < self.denoise <= 1):
+            raise ValueError(
+                f"denoise must be in (0, 1], got {self.denoise!r}: 1 samples from pure noise, lower values keep more "
+                "of the input latent (video-to-video)"
+            )
+        for name in ("add_noise", "return_with_leftover_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("start_at_step", "end_at_step"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer step index, got {value!r}")
+        if self.sigmas is not None:
+            check_sigmas(self.sigmas, "the sigmas input")
+            if self.denoise != 1.0:
+                raise ValueError(
+                    "denoise applies to the scheduler's sigmas; with a sigmas input, cut the sigmas instead "
+                    "(SplitSigmasDenoise) and leave denoise at 1"
+                )
+        self.run_sigmas()  # a bad step range fails here, before any step
+
+    def run_sigmas(self) -> torch.Tensor:
+        """The float32 CPU sigmas this request runs, ``steps run + 1`` of them (see the class docstring)."""
+        if self.sigmas is not None:
+            sigmas = self.sigmas.detach().to("cpu", torch.float32)
+        else:
+            discard = self.sampler in DISCARDS_PENULTIMATE_SIGMA
+            sigmas = ksampler_sigmas(
+                self.scheduler, self.steps, self.shift, denoise=self.denoise, discard_penultimate=discard
+            )
+        return step_range(sigmas, self.start_at_step, self.end_at_step, self.return_with_leftover_noise)
 
     @property
     def uses_cfg(self) -> bool:
@@ -122,6 +178,7 @@ class SampleResult:
     seconds: float  # wall time of the sampling loop
     first_step_seconds: float  # includes compilation when the model is compiled
     step_cache: StepCacheReport | None = None  # what a step cache (TeaCache, MagCache) skipped, per branch
+    attention: DensityReport | None = None  # the self-attention density of each step (radial attention)
     first_step_compiled: bool = False  # the first step compiled the transformer block
     kernels: tuple[str, ...] = ()  # what the model ran: attention kernels, linear layers, compilation (describe_model)
     peak_memory_bytes: tuple[int, ...] = ()
@@ -136,6 +193,8 @@ class SampleResult:
         lines = [text]
         if self.step_cache is not None:
             lines.append(self.step_cache.summary())
+        if self.attention is not None:
+            lines.append(self.attention.summary())
         lines += self.kernels
         if self.peak_memory_bytes:
             per_gpu = ", ".join(f"{b / GIB:.1f}" for b in self.peak_memory_bytes)
@@ -257,13 +316,15 @@ class WanEngine:
         current denoised prediction when ``preview`` is set; on CUDA the device is synchronized for it each step.
         """
         check_request(req, self.model.spec, self.parallel)
-        sigmas = flow_sigmas(req.scheduler, req.steps, req.shift)
-        noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
+        sigmas = req.run_sigmas()
+        if req.add_noise:
+            noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
+        else:
+            noise = torch.zeros(req.latent.shape, dtype=torch.float32, device=self.device)
         image = req.latent.to(self.device, torch.float32)
         if torch.count_nonzero(image) > 0:  # ComfyUI leaves an empty latent un-normalised
             image = latents.normalize(image)
-        s0 = float(sigmas[0])
-        x = s0 * noise + (1.0 - s0) * image
+        x = noise_scaling(sigmas[0], noise, image)
         steps = len(sigmas) - 1
         cache = self.model.step_cache
         denoise = self.denoiser(req)
@@ -304,31 +365,39 @@ class WanEngine:
             if on_step is not None:
                 on_step(i, total, x_now)
 
-        report = None
+        report = attention = None
+        layer_schedule = self.model.self_attention_schedule
+        per_run = [c for c in (cache, layer_schedule) if c is not None]
         if cache is not None:
             cache.start_run(steps)  # a new run: nothing of an earlier prompt or workflow is reused
-            denoise = _announcing_steps(denoise, cache)
+        if layer_schedule is not None:  # its dense steps count from the schedule's start, not the cut's
+            layer_schedule.start_run(steps, first_step=req.start_at_step)
+        if per_run:
+            denoise = _announcing_steps(denoise, per_run)
         try:
-            x = sample(req.sampler, denoise, x, sigmas, callback=step_done)
+            x = sample(req.sampler, denoise, x, sigmas, seed=req.seed, callback=step_done)
         finally:
             if cache is not None:
                 report = cache.end_run()  # also after a cancelled run: the residuals are released
+            if layer_schedule is not None:
+                attention = layer_schedule.end_run()
         if cuda:
             torch.cuda.synchronize(self.device)
         end = time.perf_counter()
+        x = inverse_noise_scaling(final_sigma(req.sampler, sigmas), x.float())
         result = SampleResult(
-            latents.denormalize(x.float()).cpu(),
+            latents.denormalize(x).cpu(),
             steps,
             end - start,
             first_step_end[0] - start,
             report,
+            attention,
             first_step_compiled=first_step_compiled[0],
             kernels=self.kernels,
             peak_memory_bytes=(torch.cuda.max_memory_allocated(self.device),) if cuda else (),
         )
-        log.info(
-            "%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, req.scheduler, req.cfg
-        )
+        schedule = "sigmas input" if req.sigmas is not None else req.scheduler
+        log.info("%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, schedule, req.cfg)
         if report is not None:
             for branch in report.branches:
                 log.info("%s %s steps: %s (C computed, S skipped)", report.cache, branch.name, branch.pattern)
@@ -349,13 +418,16 @@ def _remembering(
 
 
 def _announcing_steps(
-    denoise: Callable[[torch.Tensor, float], torch.Tensor], cache: StepCache
+    denoise: Callable[[torch.Tensor, float], torch.Tensor], listeners: list[StepListener]
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """The denoiser, telling the cache which step each call belongs to (the samplers call it once per step)."""
+    """The denoiser, telling the step cache and the attention schedule which step each call belongs to (the
+    samplers call it once per step)."""
     counter = itertools.count()
 
     def run(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        cache.start_step(next(counter))
+        index = next(counter)
+        for listener in listeners:
+            listener.start_step(index)
         return denoise(x, sigma)
 
     return run

@@ -43,9 +43,11 @@ def test_the_live_status_gives_pace_time_left_skips_and_where():
 
 def test_the_summary_is_the_engines_with_where_it_ran():
     report = StepCacheReport("TeaCache", 4, (BranchReport("cond", "CCSC"), BranchReport("uncond", "CSSC")))
+    kernels = ("attention: SageAttention2", "linears: bfloat16")
     result = SampleResult(
-        torch.zeros(1), 4, 30.4, 25.3, report, True, ("attention: SageAttention2", "linears: bfloat16"), (19 * 2**30,)
-    )
+        torch.zeros(1), 4, 30.4, 25.3, report,
+        first_step_compiled=True, kernels=kernels, peak_memory_bytes=(19 * 2**30,),
+    )  # fmt: skip
     assert status.summary_text(result, ONE_GPU).splitlines() == [
         "4 steps in 30.4 s (first step 25.3 s, compilation included, then 1.70 s/step)",
         "TeaCache skipped cond 1/4, uncond 2/4 steps (~1.60x fewer transformer passes)",

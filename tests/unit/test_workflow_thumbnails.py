@@ -74,4 +74,4 @@ def test_the_chain_follows_the_model_from_the_loader_to_the_sampler() -> None:
     ]
     prompt = load_workflow()
     sampler = next(k for k, n in prompt.items() if n["class_type"] == "DaxMultiGPUSampler")
-    assert thumbnails.details(prompt[sampler]) == "steps 50, cfg 6, uni_pc_bh2, gpus 1"
+    assert thumbnails.details(prompt[sampler]) == "steps 50, cfg 6, wan_unipc, gpus 1"
