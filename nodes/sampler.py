@@ -9,9 +9,9 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 
-from dax_core.accelerations import STEP_CACHE_KINDS
 from dax_core.models.loading import inspect_weights
 from dax_core.recipe import Recipe
+from dax_core.rules import STEP_CACHE_KINDS
 from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, check_recipe_layout, parallel_layout
 from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
 from dax_core.runtime.engine_cache import EngineCache

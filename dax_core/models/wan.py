@@ -8,7 +8,7 @@ Float32 where Wan keeps it: time embedding, modulation, norms and rotary embeddi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -262,6 +262,9 @@ class WanModel(nn.Module):
         self.step_cache: StepCache | None = None
         self.sequence_parallel: SequenceParallelHooks | None = None
         """Set by ``dax_core.parallel.enable_sequence_parallel`` on this instance only."""
+        self.block_hook: Callable[[int, int], None] | None = None
+        """Called with (block index, blocks) after every transformer block, e.g. by the engine for a run that can
+        stop mid-step (it may raise to stop there); None: nothing between blocks."""
 
     def set_attention(self, self_attn: AttentionFn, cross_attn: AttentionFn | None = None) -> None:
         """Attention kernels for this model instance only (cross-attention defaults to the same)."""
@@ -307,8 +310,11 @@ class WanModel(nn.Module):
         x = p.tokens
         if self.compiled is not None:
             self.compiled.note_shapes(x, p.context)  # logs when a new shape makes the blocks compile once more
-        for block in self.blocks:
+        hook, count = self.block_hook, len(self.blocks)
+        for index, block in enumerate(self.blocks):
             x = block(x, p.e0, p.context, p.rope, self.self_attn_fn, self.cross_attn_fn, self.sequence_parallel)
+            if hook is not None:
+                hook(index, count)
         return x
 
     def finish(self, x: torch.Tensor, p: Prepared) -> torch.Tensor:

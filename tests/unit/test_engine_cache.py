@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gc
 
-from dax_core.accelerations import STEP_CACHE_KINDS
 from dax_core.cache.config import TeacacheConfig
 from dax_core.recipe import Recipe
+from dax_core.rules import STEP_CACHE_KINDS
 from dax_core.runtime.engine_cache import EngineCache
 
 
