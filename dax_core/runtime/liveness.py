@@ -50,7 +50,7 @@ class Liveness:
                 raise ValueError(f"Liveness.{f.name} must be a finite number of seconds > 0, got {value!r}")
         if self.silence_s < 3 * self.heartbeat_s:
             raise ValueError(
-                f"Liveness.silence_s {self.silence_s} must be at least 3 heartbeats ({3 * self.heartbeat_s} s): "
+                f"Liveness.silence_s {self.silence_s:g} must be at least 3 heartbeats ({3 * self.heartbeat_s:g} s): "
                 "a rank busy for a moment may miss one; raise silence_s or lower heartbeat_s"
             )
         if self.step_factor < 1:
@@ -83,12 +83,11 @@ class Position:
 
     @classmethod
     def from_fields(cls, data: dict[str, Any]) -> Position:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        try:
-            return cls(**values)
-        except TypeError:
-            return cls()
+        """The position a heartbeat's fields describe; fields of the wrong type give the unknown position."""
+        values = {f.name: data.get(f.name, f.default) for f in fields(cls)}
+        phase_ok = isinstance(values["phase"], str)
+        counts_ok = all(isinstance(v, int) and not isinstance(v, bool) for k, v in values.items() if k != "phase")
+        return cls(**values) if phase_ok and counts_ok else cls()
 
 
 class Watchdog:
@@ -109,11 +108,11 @@ class Watchdog:
         if kind == HEARTBEAT_KIND:
             self.positions[rank] = Position.from_fields(data)
 
-    def start_run(self, liveness: Liveness, now: float) -> None:
-        """A request went out: its first step starts now (earlier silences do not count against it)."""
+    def start_run(self, liveness: Liveness, steps: int, now: float) -> None:
+        """A request of ``steps`` steps went out: its first step starts now (earlier silences do not count)."""
         self.liveness = liveness
         self.last_heard = dict.fromkeys(self.names, now)
-        self.positions = {rank: Position() for rank in self.names}
+        self.positions = {rank: Position("sampling", steps=steps) for rank in self.names}
         self.sampling = True
         self.steps_done = 0
         self.step_started = now
