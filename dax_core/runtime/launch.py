@@ -165,7 +165,7 @@ class AgentLaunch:
         code = self.agent.poll()
         if code is None:
             return None
-        cause = last_cause(self.agent.lines(), JOIN_FAILED)
+        cause = last_cause(self.agent.lines(settle_s=1.0), JOIN_FAILED)
         return f"the launcher exited with code {code}" + (f": {cause}" if cause else "")
 
     def wait_exit(self, timeout_s: float) -> bool:

@@ -77,7 +77,11 @@ class LaunchedProcess:
     def tail(self, lines: int = 40) -> str:
         return "\n".join(list(self._tail)[-lines:])
 
-    def lines(self) -> list[str]:
+    def lines(self, settle_s: float = 0.0) -> list[str]:
+        """The kept lines; ``settle_s``: first wait up to that long for the output to end (an exited process's last
+        lines may still be in the pipe)."""
+        if settle_s:
+            self._pump.join(timeout=settle_s)
         return list(self._tail)
 
     def poll(self) -> int | None:
@@ -193,7 +197,7 @@ class RankProcesses:
 
     def cause(self, rank: int, marker: str) -> str:
         """The line of a rank's output that best says why it ended (see ``last_cause``)."""
-        return last_cause(self.ranks[rank].lines(), marker)
+        return last_cause(self.ranks[rank].lines(settle_s=1.0), marker)
 
     def terminate(self, grace_s: float = 5.0) -> None:
         """SIGKILL every rank and whatever it started (all at once), then reap them."""
