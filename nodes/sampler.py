@@ -164,8 +164,8 @@ def _sample_in_group(recipe: Recipe, spec: WanSpec, request: SampleRequest, conf
         mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
         raise
     finally:
-        if not group.alive:  # failed, or taken down after a cancel: its registration goes now, not at the next prompt
-            ENGINES.release(loaded)
+        if not group.alive:  # failed, or taken down after a cancel: the cache drops it at the next prompt (a full
+            loaded.close()  # garbage collection then, not now: a Cancel must end the prompt within 2 s)
 
 
 class DaxMultiGPUSampler:

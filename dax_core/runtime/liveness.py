@@ -39,7 +39,7 @@ class Liveness:
     """A later step may always take this long..."""
     step_factor: float = 5.0
     """...or this many times the slowest later step of the run so far, whichever is longer."""
-    cancel_s: float = 1.5
+    cancel_s: float = 1.0
     """After a cancel, how long the ranks have to stop together; then the group is taken down (the run still ends
     as cancelled, and the next prompt starts a fresh group)."""
 
