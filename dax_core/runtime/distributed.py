@@ -1,8 +1,9 @@
 """Joining a process group and building the engine on one rank: shared by worker-group ranks and ``generate``.
 
-Ranks are started by PyTorch's launcher (``torch.distributed.run``), which sets RANK, WORLD_SIZE, LOCAL_RANK and
-LOCAL_WORLD_SIZE. On GPUs each rank takes the GPU of its local rank and joins with NCCL; on CPU with gloo. The
-collective timeout is bounded so that a hung or dead peer turns into an error on every other rank.
+Ranks are started by a one-machine worker group's owner or by PyTorch's launcher (``torchrun``); either sets RANK,
+WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE. On GPUs each rank takes the GPU of its local rank and joins with NCCL;
+on CPU with gloo. The collective timeout is bounded so that a hung or dead peer turns into an error on every other
+rank at last (a worker group's owner tells them sooner, by their heartbeats).
 """
 
 from __future__ import annotations
