@@ -259,7 +259,7 @@ class WorkerGroup:
     @property
     def alive(self) -> bool:
         """Started, not closed, not failed, and every process still running."""
-        return not self._closed and self._failed is None and self._launch.exit_reason() is None
+        return not self._closed and self._failed is None and not self._launch.exited()
 
     @property
     def worker_pids(self) -> dict[int, int]:
@@ -495,9 +495,8 @@ class WorkerGroup:
         return out
 
     def _check_processes(self, doing: str) -> None:
-        reason = self._launch.exit_reason()
-        if reason is not None:
-            self._take_down(reason, doing)
+        if self._launch.exited():
+            self._take_down(self._launch.exit_reason() or "a process of the group exited", doing)
 
     # -- failure -----------------------------------------------------------------------------------------------
 

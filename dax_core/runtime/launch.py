@@ -116,6 +116,10 @@ class LocalLaunch:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
 
+    def exited(self) -> bool:
+        """Whether a rank has exited."""
+        return self.ranks.exited() is not None
+
     def exit_reason(self) -> str | None:
         """Why the group is ending by itself (a rank exited), or None while every rank runs."""
         exited = self.ranks.exited()
@@ -161,7 +165,11 @@ class AgentLaunch:
         are reparented and no longer its descendants)."""
         self._tree = self.agent.descendants()
 
+    def exited(self) -> bool:
+        return self.agent.poll() is not None
+
     def exit_reason(self) -> str | None:
+        """Why the group is ending by itself (the agent exited), or None while it runs."""
         code = self.agent.poll()
         if code is None:
             return None

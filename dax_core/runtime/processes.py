@@ -113,15 +113,13 @@ class LaunchedProcess:
         except psutil.NoSuchProcess:
             return []
 
-    def terminate_tree(self, also: Iterable[psutil.Process] = (), grace_s: float = 5.0, gentle: bool = True) -> None:
-        """Kill every process this launch started (plus ``also``), descendants first, and reap this one.
-
-        ``gentle``: SIGTERM this process's group and wait ``grace_s`` before SIGKILL (a launcher agent that stops
-        its workers); otherwise SIGKILL at once."""
+    def terminate_tree(self, also: Iterable[psutil.Process] = (), grace_s: float = 5.0) -> None:
+        """Kill every process this launch started (plus ``also``), descendants first, then SIGTERM this process's
+        group (a launcher agent stops its workers), SIGKILL after ``grace_s``, and reap it."""
         workers = self.kill_descendants(also)
         _, stuck = psutil.wait_procs(workers, timeout=grace_s)
         if self.proc.returncode is None:  # not reaped: its pid and process group id are still ours to signal
-            if gentle and self.poll() is None:
+            if self.poll() is None:
                 _signal_group(self.proc.pid, signal.SIGTERM)
                 if self.wait_exit(grace_s) is None:
                     _signal_group(self.proc.pid, signal.SIGKILL)

@@ -33,6 +33,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -193,10 +194,11 @@ class StopVote:
     """One all_reduce(MAX) of a 0/1 CPU flag over a gloo group of its own: every rank learns whether any rank wants
     to stop. On GPUs this never waits for the GPU (the flag is not a CUDA tensor), so it can run after every block."""
 
-    def __init__(self, env: RankEnv) -> None:
+    def __init__(self, env: RankEnv, timeout_s: float) -> None:
         self.distributed = env.world_size > 1
         self._flag = torch.zeros(1, dtype=torch.int32)
-        self._group = dist.new_group(backend="gloo") if self.distributed else None
+        timeout = timedelta(seconds=timeout_s)
+        self._group = dist.new_group(backend="gloo", timeout=timeout) if self.distributed else None
 
     def any(self, stop: bool) -> bool:
         if not self.distributed:
@@ -231,9 +233,10 @@ class Worker:
     def _serve(self, setup: Message) -> int:
         try:
             device = self.env.device(setup["device"])
+            timeout_s = float(setup["collective_timeout_s"])
             if self.env.world_size > 1:
-                init_process_group(self.env, device, float(setup["collective_timeout_s"]), os.environ.get(STORE_ENV))
-            votes = StopVote(self.env)
+                init_process_group(self.env, device, timeout_s, os.environ.get(STORE_ENV))
+            votes = StopVote(self.env, timeout_s)
             recipe, parallel = Recipe.from_dict(setup["recipe"]), parallel_from_dict(setup["parallel"])
             engine = self.build(recipe, device, parallel, self.env)
         except Exception as e:
