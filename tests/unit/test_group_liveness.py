@@ -33,7 +33,7 @@ from tests.unit.group_helpers import (
 )
 
 COLLECTIVE_TIMEOUT_S = 60.0
-LIVENESS = Liveness(heartbeat_s=0.25, silence_s=3.0, first_step_s=30.0, step_floor_s=3.0, cancel_s=1.5)
+LIVENESS = Liveness(heartbeat_s=0.25, silence_s=3.0, first_step_s=30.0, step_floor_s=3.0)  # cancel_s: 1 s
 CONFIG = GroupConfig(
     2,
     device="cpu",
@@ -43,7 +43,7 @@ CONFIG = GroupConfig(
     worker_module=FAULTY_WORKER,
 )
 CANCEL_BOUND_S = 2.0
-"""What a Cancel may take, whatever the ranks do: the ranks get ``cancel_s`` (1.5 s) to stop together, then every
+"""What a Cancel may take, whatever the ranks do: the ranks get ``cancel_s`` (1 s) to stop together, then every
 process of the group is killed with SIGKILL, which a stopped process cannot delay."""
 FAILURE_SLACK_S = 10.0
 """Past a limit, what a failure may take to be raised: the owner looks every 0.05 s, then hears the ranks out and
