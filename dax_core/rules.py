@@ -52,7 +52,8 @@ def check_sampling(req: Any, samplers: Collection[str], schedulers: Collection[s
     """Raise ValueError, saying what to change, unless the request's own values can be sampled (whatever the model).
 
     ``req`` is a ``dax_core.runtime.engine.SampleRequest``, which calls this when it is made: on the owner when a
-    node builds it, on every rank when it arrives.
+    node builds it, on every rank when it arrives. The request then checks its sigmas, the schedules' own rules
+    (``dax_core.runtime.schedules``: a sigmas input's values, the step range), as it is made too.
     """
     if req.latent.ndim != 5:
         raise ValueError(
@@ -82,6 +83,23 @@ def check_sampling(req: Any, samplers: Collection[str], schedulers: Collection[s
         raise ValueError(f"unknown scheduler {req.scheduler!r}; choose one of {', '.join(schedulers)}")
     if isinstance(req.seed, bool) or not isinstance(req.seed, int) or not 0 <= req.seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {req.seed!r}")
+    if not _finite(req.denoise) or not 0 < req.denoise <= 1:
+        raise ValueError(
+            f"denoise must be in (0, 1], got {req.denoise!r}: 1 samples from pure noise, lower values keep more "
+            "of the input latent (video-to-video)"
+        )
+    for name in ("add_noise", "return_with_leftover_noise"):
+        if not isinstance(getattr(req, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(req, name)!r}")
+    for name in ("start_at_step", "end_at_step"):
+        value = getattr(req, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be an integer step index, got {value!r}")
+    if req.sigmas is not None and req.denoise != 1.0:
+        raise ValueError(
+            "denoise applies to the scheduler's sigmas; with a sigmas input, cut the sigmas instead "
+            "(SplitSigmasDenoise) and leave denoise at 1"
+        )
 
 
 def check_request(req: Any, spec: WanSpec, parallel: ParallelConfig | None = None) -> None:
@@ -143,8 +161,14 @@ def check_recipe(recipe: Recipe, spec: WanSpec, parallel: ParallelConfig | None 
     parallel.validate_for(spec)
     if quantize is not None:
         quantize.check_world_size(parallel.world_size)
+    compile_config = recipe.acceleration("compile")
+    if compile_config is not None:  # CUDA graphs cannot hold the collectives
+        compile_config.check_world_size(parallel.world_size)
     if parallel.cfg_parallel and caches:
         raise ValueError(step_cache_refused())
+    radial = recipe.acceleration("radial")
+    if radial is not None:  # ring attention merges chunks by their log-sum-exp, which the kernel must return
+        radial.check_layout(parallel.ring)
 
 
 def check_run(recipe: Recipe, spec: WanSpec, req: Any, parallel: ParallelConfig | None = None) -> None:

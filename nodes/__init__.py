@@ -5,14 +5,19 @@ from .compile import DaxCompile
 from .load_wan import DaxLoadWan
 from .magcache import DaxMagcache
 from .quantize import DaxQuantizeLinear
-from .sampler import DaxMultiGPUSampler
+from .radial import DaxRadialAttention
+from .sampler import DaxMultiGPUSampler, DaxSamplerAdvanced
+from .scheduler import DaxScheduler
 from .teacache import DaxTeacache
 
 NODE_CLASS_MAPPINGS = {
     "DaxLoadWan": DaxLoadWan,
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
+    "DaxSamplerAdvanced": DaxSamplerAdvanced,
+    "DaxScheduler": DaxScheduler,
     "DaxQuantizeLinear": DaxQuantizeLinear,
     "DaxSetAttentionBackend": DaxSetAttentionBackend,
+    "DaxRadialAttention": DaxRadialAttention,
     "DaxCompile": DaxCompile,
     "DaxTeacache": DaxTeacache,
     "DaxMagcache": DaxMagcache,
@@ -20,8 +25,11 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
+    "DaxSamplerAdvanced": "Sampler Advanced (DAX)",
+    "DaxScheduler": "Scheduler (DAX)",
     "DaxQuantizeLinear": "Quantize Linear (DAX)",
     "DaxSetAttentionBackend": "Set Attention Backend (DAX)",
+    "DaxRadialAttention": "Radial Attention (DAX)",
     "DaxCompile": "Compile (DAX)",
     "DaxTeacache": "TeaCache (DAX)",
     "DaxMagcache": "MagCache (DAX)",

@@ -8,19 +8,21 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 
 from ..accelerations import BuildEnv, apply_accelerations
-from ..cache.base import StepCache, StepCacheReport
+from ..attention.schedule import DensityReport
+from ..cache.base import StepCacheReport
 from ..models.wan import WanModel
 from ..parallel.config import ParallelConfig
 from ..recipe import Recipe
 from ..rules import STEP_CACHE_KINDS, check_request, check_sampling
 from . import latents
-from .samplers import SAMPLERS, sample
-from .schedules import SCHEDULERS, flow_sigmas, sigma_to_timestep
+from .samplers import DISCARDS_PENULTIMATE_SIGMA, SAMPLERS, final_sigma, inverse_noise_scaling, noise_scaling, sample
+from .schedules import SCHEDULERS, check_sigmas, ksampler_sigmas, sigma_to_timestep, step_range
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,26 @@ BlockCallback = Callable[[int, int], None]
 """Called after every transformer block with (block index, blocks of the model)."""
 
 
+class StepListener(Protocol):
+    """What keeps state per sampling step (a step cache, a self-attention schedule)."""
+
+    def start_step(self, index: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class SampleRequest:
-    """One text-to-video sampling job. Text embeddings are [B or 1, L, C]; the latent is ComfyUI's [B, 16, T, H, W]."""
+    """One text-to-video sampling job, with what ComfyUI's KSampler, KSamplerAdvanced and SamplerCustom offer.
+
+    Text embeddings are [B or 1, L, C]; the latent is ComfyUI's (un-normalised) [B, 16, T, H, W]: empty (all zeros)
+    for text-to-video, a VAE-encoded video with ``denoise`` < 1 for video-to-video, or a sampler's output with
+    leftover noise to continue from ``start_at_step``.
+
+    The sigmas run are ``sigmas`` when given (a SIGMAS input: ``steps``, ``shift``, ``scheduler`` and ``denoise`` do
+    not apply), else KSampler's schedule for ``steps``, ``scheduler``, ``shift`` and ``denoise``; then
+    KSamplerAdvanced's ``start_at_step`` / ``end_at_step`` cut (``run_sigmas``). ``add_noise`` False starts from the
+    latent alone (zero noise); ``return_with_leftover_noise`` keeps the last sigma of a cut schedule instead of 0.
+    ``seed`` gives the initial noise and the noise of ancestral samplers, as the noise seed does in ComfyUI.
+    """
 
     positive: torch.Tensor
     negative: torch.Tensor | None
@@ -41,11 +60,31 @@ class SampleRequest:
     steps: int
     cfg: float
     shift: float = 8.0
-    sampler: str = "uni_pc_bh2"
+    sampler: str = "wan_unipc"
     scheduler: str = "simple"
+    denoise: float = 1.0
+    start_at_step: int = 0
+    end_at_step: int | None = None
+    add_noise: bool = True
+    return_with_leftover_noise: bool = False
+    sigmas: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_sampling(self, SAMPLERS, SCHEDULERS)
+        if self.sigmas is not None:
+            check_sigmas(self.sigmas, "the sigmas input")
+        self.run_sigmas()  # a bad step range fails here, before any step
+
+    def run_sigmas(self) -> torch.Tensor:
+        """The float32 CPU sigmas this request runs, ``steps run + 1`` of them (see the class docstring)."""
+        if self.sigmas is not None:
+            sigmas = self.sigmas.detach().to("cpu", torch.float32)
+        else:
+            discard = self.sampler in DISCARDS_PENULTIMATE_SIGMA
+            sigmas = ksampler_sigmas(
+                self.scheduler, self.steps, self.shift, denoise=self.denoise, discard_penultimate=discard
+            )
+        return step_range(sigmas, self.start_at_step, self.end_at_step, self.return_with_leftover_noise)
 
     @property
     def uses_cfg(self) -> bool:
@@ -65,6 +104,7 @@ class SampleResult:
     seconds: float  # wall time of the sampling loop
     first_step_seconds: float  # includes compilation when the model is compiled
     step_cache: StepCacheReport | None = None  # what a step cache (TeaCache, MagCache) skipped, per branch
+    attention: DensityReport | None = None  # the self-attention density of each step (radial attention)
 
     def summary_lines(self) -> list[str]:
         text = f"{self.steps} step{'s' if self.steps != 1 else ''} in {self.seconds:.1f} s"
@@ -74,6 +114,8 @@ class SampleResult:
         lines = [text]
         if self.step_cache is not None:
             lines.append(self.step_cache.summary())
+        if self.attention is not None:
+            lines.append(self.attention.summary())
         return lines
 
     def summary(self) -> str:
@@ -184,13 +226,15 @@ class WanEngine:
         ``on_block`` is called after every transformer block of every forward of this run (it may raise to stop the
         run there, e.g. a cancel agreed by every rank of a worker group mid-step)."""
         check_request(req, self.model.spec, self.parallel)
-        sigmas = flow_sigmas(req.scheduler, req.steps, req.shift)
-        noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
+        sigmas = req.run_sigmas()
+        if req.add_noise:
+            noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
+        else:
+            noise = torch.zeros(req.latent.shape, dtype=torch.float32, device=self.device)
         image = req.latent.to(self.device, torch.float32)
         if torch.count_nonzero(image) > 0:  # ComfyUI leaves an empty latent un-normalised
             image = latents.normalize(image)
-        s0 = float(sigmas[0])
-        x = s0 * noise + (1.0 - s0) * image
+        x = noise_scaling(sigmas[0], noise, image)
         steps = len(sigmas) - 1
         cache = self.model.step_cache
         denoise = self.denoiser(req)
@@ -209,26 +253,33 @@ class WanEngine:
             if on_step is not None:
                 on_step(i, total, x_now)
 
-        report = None
+        report = attention = None
+        layer_schedule = self.model.self_attention_schedule
+        per_run = [c for c in (cache, layer_schedule) if c is not None]
         if cache is not None:
             cache.start_run(steps)  # a new run: nothing of an earlier prompt or workflow is reused
-            denoise = _announcing_steps(denoise, cache)
+        if layer_schedule is not None:  # its dense steps count from the schedule's start, not the cut's
+            layer_schedule.start_run(steps, first_step=req.start_at_step)
+        if per_run:
+            denoise = _announcing_steps(denoise, per_run)
         self.model.block_hook = on_block
         try:
-            x = sample(req.sampler, denoise, x, sigmas, callback=step_done)
+            x = sample(req.sampler, denoise, x, sigmas, seed=req.seed, callback=step_done)
         finally:
             self.model.block_hook = None
             if cache is not None:
                 report = cache.end_run()  # also after a cancelled run: the residuals are released
+            if layer_schedule is not None:
+                attention = layer_schedule.end_run()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         end = time.perf_counter()
+        x = inverse_noise_scaling(final_sigma(req.sampler, sigmas), x.float())
         result = SampleResult(
-            latents.denormalize(x.float()).cpu(), steps, end - start, first_step_end[0] - start, report
+            latents.denormalize(x).cpu(), steps, end - start, first_step_end[0] - start, report, attention
         )
-        log.info(
-            "%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, req.scheduler, req.cfg
-        )
+        schedule = "sigmas input" if req.sigmas is not None else req.scheduler
+        log.info("%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, schedule, req.cfg)
         if report is not None:
             for branch in report.branches:
                 log.info("%s %s steps: %s (C computed, S skipped)", report.cache, branch.name, branch.pattern)
@@ -236,13 +287,16 @@ class WanEngine:
 
 
 def _announcing_steps(
-    denoise: Callable[[torch.Tensor, float], torch.Tensor], cache: StepCache
+    denoise: Callable[[torch.Tensor, float], torch.Tensor], listeners: list[StepListener]
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """The denoiser, telling the cache which step each call belongs to (the samplers call it once per step)."""
+    """The denoiser, telling the step cache and the attention schedule which step each call belongs to (the
+    samplers call it once per step)."""
     counter = itertools.count()
 
     def run(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        cache.start_step(next(counter))
+        index = next(counter)
+        for listener in listeners:
+            listener.start_step(index)
         return denoise(x, sigma)
 
     return run

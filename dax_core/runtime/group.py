@@ -362,7 +362,7 @@ class WorkerGroup:
         run = _Run(self._next_id, set(self._ranks))
         fields, tensors = request_fields(req)
         assert self._watchdog is not None
-        self._watchdog.start_run(watch, req.steps, time.monotonic())
+        self._watchdog.start_run(watch, len(req.run_sigmas()) - 1, time.monotonic())
         try:
             for r in self._ranks.values():
                 try:

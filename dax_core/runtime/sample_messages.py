@@ -6,18 +6,33 @@ from typing import Any
 
 import torch
 
+from ..attention.schedule import DensityReport
 from ..cache.base import BranchReport, StepCacheReport
 from .engine import SampleRequest, SampleResult
 from .wire import Message
 
-_SCALARS = ("seed", "steps", "cfg", "shift", "sampler", "scheduler")
+_SCALARS = (
+    "seed",
+    "steps",
+    "cfg",
+    "shift",
+    "sampler",
+    "scheduler",
+    "denoise",
+    "start_at_step",
+    "end_at_step",
+    "add_noise",
+    "return_with_leftover_noise",
+)
+_OPTIONAL_TENSORS = ("negative", "sigmas")
 
 
 def request_fields(req: SampleRequest) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(header fields, tensors) of a request; text embeddings keep their dtype, the latent its float dtype."""
+    """(header fields, tensors) of a request; every tensor keeps its dtype (the SIGMAS input too, bit for bit)."""
     tensors = {"positive": req.positive, "latent": req.latent}
-    if req.negative is not None:
-        tensors["negative"] = req.negative
+    for name in _OPTIONAL_TENSORS:
+        if getattr(req, name) is not None:
+            tensors[name] = getattr(req, name)
     return {name: getattr(req, name) for name in _SCALARS}, tensors
 
 
@@ -29,8 +44,8 @@ def request_from_message(msg: Message) -> SampleRequest:
         raise ValueError(f"sample request message lacks {missing}")
     return SampleRequest(
         positive=msg.tensors["positive"],
-        negative=msg.tensors.get("negative"),
         latent=msg.tensors["latent"],
+        **{name: msg.tensors.get(name) for name in _OPTIONAL_TENSORS},
         **{name: msg[name] for name in _SCALARS},
     )
 
@@ -41,11 +56,14 @@ def result_fields(result: SampleResult) -> tuple[dict[str, Any], dict[str, torch
         "seconds": result.seconds,
         "first_step_seconds": result.first_step_seconds,
         "step_cache": None,
+        "attention": None,
     }
     report = result.step_cache
     if report is not None:
         branches = [{"name": b.name, "pattern": b.pattern} for b in report.branches]
         fields["step_cache"] = {"cache": report.cache, "steps": report.steps, "branches": branches}
+    if result.attention is not None:
+        fields["attention"] = {"name": result.attention.name, "densities": list(result.attention.densities)}
     return fields, {"latent": result.latent}
 
 
@@ -55,10 +73,16 @@ def result_from_message(msg: Message) -> SampleResult:
     if report is not None:
         branches = tuple(BranchReport(b["name"], b["pattern"]) for b in report["branches"])
         step_cache = StepCacheReport(report["cache"], int(report["steps"]), branches)
+    densities = msg.get("attention")
+    attention = None
+    if densities is not None:
+        values = tuple(None if d is None else float(d) for d in densities["densities"])
+        attention = DensityReport(str(densities["name"]), values)
     return SampleResult(
         latent=msg.tensors["latent"],
         steps=int(msg["steps"]),
         seconds=float(msg["seconds"]),
         first_step_seconds=float(msg["first_step_seconds"]),
         step_cache=step_cache,
+        attention=attention,
     )

@@ -265,7 +265,12 @@ class Worker:
         request_id = int(msg["id"])
         lead = self.env.rank == 0
         state = self.state
-        state.set(phase="sampling", step=0, steps=int(msg.get("steps", 0)), forward=0, block=0, blocks=0)
+        try:
+            req = request_from_message(msg)
+        except Exception as e:
+            self._report(request_id, e)
+            return False
+        state.set(phase="sampling", step=0, steps=len(req.run_sigmas()) - 1, forward=0, block=0, blocks=0)
 
         def on_block(index: int, blocks: int) -> None:
             if index + 1 == blocks:  # a forward is done: the next one starts at block 0
@@ -283,7 +288,7 @@ class Worker:
                 raise Cancelled(i + 1)
 
         try:
-            result = engine.sample(request_from_message(msg), on_step=on_step, on_block=on_block)
+            result = engine.sample(req, on_step=on_step, on_block=on_block)
         except Cancelled as c:
             inbox.forget(request_id)
             state.set(phase="idle")
