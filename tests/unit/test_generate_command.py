@@ -30,7 +30,10 @@ def inputs(tmp_path_factory):
     g = torch.Generator().manual_seed(3)
     embeddings = folder / "prompt.safetensors"
     save_file(
-        {"positive": torch.randn(5, TINY["text_dim"], generator=g), "negative": torch.randn(7, TINY["text_dim"], generator=g)},
+        {
+            "positive": torch.randn(5, TINY["text_dim"], generator=g),
+            "negative": torch.randn(7, TINY["text_dim"], generator=g),
+        },
         str(embeddings),
     )
     return ["--weights", recipe.weights, "--text-embeddings", str(embeddings), *ARGS]
