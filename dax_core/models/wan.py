@@ -93,10 +93,24 @@ class WanAttention(nn.Module):
         return self.v(x).unflatten(-1, (self.num_heads, -1))
 
     def self_attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: AttentionFn):
+        if (prepared := getattr(attn, "prepared", None)) is not None:
+            return self.o(self.prepared_attention(x, x, rope, prepared).flatten(2))
         out = attn(self.query(x, rope), self.key(x, rope), self.value(x))
         return self.o(out.flatten(2))
 
+    def prepared_attention(
+        self, x: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, prepared: Any
+    ) -> torch.Tensor:
+        """Attention whose kernel prepares its own inputs from the projections (``BoundAttention.prepared``), applying
+        this layer's RMSNorm (and, with ``rope``, the rotary embedding) as it writes them: [B, S, H, D]."""
+        h, eps = self.num_heads, self.eps
+        q = prepared.query(self.q(x), self.norm_q.weight, rope, h, eps)
+        k = prepared.key(self.k(context), self.norm_k.weight, rope, h, eps)
+        return prepared.attend(q, k, prepared.value(self.v(context), h))
+
     def cross_attention(self, x: torch.Tensor, context: torch.Tensor, attn: AttentionFn) -> torch.Tensor:
+        if (prepared := getattr(attn, "prepared", None)) is not None:
+            return self.o(self.prepared_attention(x, context, None, prepared).flatten(2))
         h = self.num_heads
         q = ops.rms_norm(self.q(x), self.norm_q.weight, self.eps).unflatten(-1, (h, -1))
         k = ops.rms_norm(self.k(context), self.norm_k.weight, self.eps).unflatten(-1, (h, -1))
