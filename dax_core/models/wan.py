@@ -148,6 +148,9 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 6, d, device=device, dtype=torch.float32))
         self.input_quant: BlockInputQuant | None = None
         """Set by ``dax_core.quant`` on 8-bit models: what the norm kernels quantize their outputs to."""
+        self.input_kernels: Any = None
+        """Set by ``dax_core.quant`` (``input_kernels="dax"``): ``ops``' three norm sites returning the quantized rows
+        alone where ``input_quant`` names a dtype (the block runs without sequence parallelism)."""
 
     def forward(
         self,
@@ -165,18 +168,19 @@ class WanBlock(nn.Module):
         """
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e0).chunk(6, dim=1)
         iq = self.input_quant or NO_INPUT_QUANT
-        xn = ops.modulated_layer_norm(x, shift, scale, self.eps, iq.self_attn)
+        norms = ops if self.input_kernels is None or parallel is not None else self.input_kernels
+        xn = norms.modulated_layer_norm(x, shift, scale, self.eps, iq.self_attn)
         if parallel is None:
             y = self.self_attn.self_attention(xn, rope, self_attn)
         else:
             y = parallel.self_attention(self.self_attn, xn, rope, self_attn)
         if self.norm3 is not None:
             n3 = self.norm3
-            x, xn = ops.gated_residual_layer_norm(x, y, gate, n3.weight, n3.bias, self.eps, iq.cross_attn)
+            x, xn = norms.gated_residual_layer_norm(x, y, gate, n3.weight, n3.bias, self.eps, iq.cross_attn)
         else:
             x = xn = ops.gated_residual(x, y, gate)
         y = self.cross_attn.cross_attention(xn, context, cross_attn)
-        x, xn = ops.add_modulated_layer_norm(x, y, c_shift, c_scale, self.eps, iq.ffn)
+        x, xn = norms.add_modulated_layer_norm(x, y, c_shift, c_scale, self.eps, iq.ffn)
         return ops.gated_residual(x, self.ffn(xn), c_gate)
 
 
