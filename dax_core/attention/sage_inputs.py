@@ -6,8 +6,8 @@ copy and its fp8 quantization. Here:
 
 - ``query``: Wan's RMSNorm across heads (and the rotary embedding in self-attention), rounded to the activation
   dtype as ``models.ops`` rounds it, and Q's per-thread int8 quantization: one read of the projection, one int8 write.
-- ``key``: the same norm, writing k and per-block column sums (no atomics: the same sums on every run); the mean in
-  one small reduction; then ``k - mean`` and K's per-thread int8 quantization in one pass.
+- ``key``: the same norm, writing k; its mean (PyTorch's ``k.mean(1)``, as SageAttention takes it); then ``k - mean``
+  and K's per-thread int8 quantization in one pass (no bf16 ``k - mean`` tensor).
 - ``value``: the per-channel amax (atomic max: exact in any order), then the transposed, padded, permuted fp8 write.
 
 The int8 arithmetic is Sage's own Triton formula (``amax / 127 + 1e-7``, ``x / scale``, rounded half away from zero)
@@ -26,7 +26,6 @@ from . import sage_layout as L
 
 INT8_EPS = tl.constexpr(L.INT8_EPS)
 FP8_MAX = tl.constexpr(L.FP8_MAX)
-KEY_ROWS = 64  # tokens per program of the key norm: one partial column sum per 64 tokens
 AMAX_ROWS, AMAX_COLS = 256, 256  # V amax tile
 
 
@@ -94,23 +93,16 @@ def _query_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, q_ptr, scale_ptr, tokens, head
 
 
 @triton.jit
-def _key_norm_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, k_ptr, sum_ptr, tokens, heads, n_blocks, eps,
-                     ROWS: tl.constexpr, HEADS: tl.constexpr, HALF: tl.constexpr, ROPE: tl.constexpr):  # fmt: skip
-    # One program: ROWS tokens, two at a time; writes them normalised and the column sums of the rounded values.
-    blk = tl.program_id(0)
+def _key_norm_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, k_ptr, tokens, heads, eps,
+                     HEADS: tl.constexpr, HALF: tl.constexpr, ROPE: tl.constexpr):  # fmt: skip
+    # One program: two consecutive tokens, all heads, written normalised in x's dtype (the mean reads them next).
     b = tl.program_id(1).to(tl.int64)
-    acc = tl.zeros((HEADS, 2 * HALF), dtype=tl.float32)
-    for i in range(0, ROWS, 2):
-        token = blk * ROWS + i + tl.arange(0, 2)
-        valid = token < tokens
-        y, mask, offsets = _wan_norm(
-            x_ptr, w_ptr, cos_ptr, sin_ptr, b * tokens + token, valid, tokens, heads, eps, HEADS, HALF, ROPE
-        )
-        tl.store(k_ptr + offsets, y.to(k_ptr.dtype.element_ty), mask=mask)
-        acc += tl.sum(y, axis=0)  # masked rows are zeros
-    h = tl.arange(0, HEADS)[:, None]
-    cols = h * (2 * HALF) + tl.arange(0, 2 * HALF)[None, :]
-    tl.store(sum_ptr + (b * n_blocks + blk) * (heads * 2 * HALF) + cols, acc, mask=h < heads)
+    token = tl.program_id(0) * 2 + tl.arange(0, 2)
+    valid = token < tokens
+    y, mask, offsets = _wan_norm(
+        x_ptr, w_ptr, cos_ptr, sin_ptr, b * tokens + token, valid, tokens, heads, eps, HEADS, HALF, ROPE
+    )
+    tl.store(k_ptr + offsets, y.to(k_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -137,14 +129,18 @@ def _key_quant_kernel(k_ptr, mean_ptr, q_ptr, scale_ptr, tokens, heads, n_scales
 
 @triton.jit
 def _value_amax_kernel(v_ptr, amax_ptr, tokens, width, ROWS: tl.constexpr, COLS: tl.constexpr):
+    # One program: the column maxima of |v| over ROWS tokens, 32 at a time, folded into amax with one atomic max
     rb = tl.program_id(0)
     cb = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    r = rb * ROWS + tl.arange(0, ROWS)[:, None]
     c = cb * COLS + tl.arange(0, COLS)
-    mask = (r < tokens) & (c[None, :] < width)
-    v = tl.load(v_ptr + (b * tokens + r) * width + c[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.atomic_max(amax_ptr + b * width + c, tl.max(tl.abs(v), axis=0), mask=c < width)
+    amax = tl.zeros((COLS,), dtype=tl.float32)
+    for i in range(0, ROWS, 32):
+        r = rb * ROWS + i + tl.arange(0, 32)[:, None]
+        mask = (r < tokens) & (c[None, :] < width)
+        v = tl.load(v_ptr + (b * tokens + r) * width + c[None, :], mask=mask, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.max(tl.abs(v), axis=0))
+    tl.atomic_max(amax_ptr + b * width + c, amax, mask=c < width)
 
 
 @triton.jit
@@ -180,9 +176,27 @@ def _check(x: torch.Tensor, num_heads: int) -> tuple[int, int, int, int]:
     return b, s, dim, head_dim
 
 
-def _warps(row: int) -> int:
-    """Warps for a program holding two rows of ``row`` (padded) values."""
-    return 8 if row > 2048 else 4
+def _tuned(kernel, key: list[str]):
+    return triton.autotune(configs=[triton.Config({}, num_warps=w) for w in (4, 8, 16)], key=key)(kernel)
+
+
+_TUNED = {
+    _query_kernel: _tuned(_query_kernel, ["heads", "HEADS", "HALF", "ROPE"]),
+    _key_norm_kernel: _tuned(_key_norm_kernel, ["heads", "HEADS", "HALF", "ROPE"]),
+    _key_quant_kernel: _tuned(_key_quant_kernel, ["heads", "D"]),
+    _value_amax_kernel: _tuned(_value_amax_kernel, ["width"]),
+    _value_fp8_kernel: _tuned(_value_fp8_kernel, ["heads", "D"]),
+}
+"""Each kernel with its warps timed on the GPU at its first use per shape (Triton's autotuner: every kernel here
+writes the same outputs however often it runs, the atomic max included)."""
+
+
+def _launch(kernel, grid: tuple[int, ...], on: torch.Tensor, *args, **constants) -> None:
+    """Autotuned on a GPU; in Triton's interpreter (CPU tensors), the kernel with 4 warps."""
+    if on.is_cuda:
+        _TUNED[kernel][grid](*args, **constants)
+    else:
+        kernel[grid](*args, **constants, num_warps=4)
 
 
 def _rope_args(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,9 +221,9 @@ def query(
     scale = torch.empty(b, num_heads, n_scales, device=x.device, dtype=torch.float32)
     cos, sin = _rope_args(x, rope)
     heads_block = triton.next_power_of_2(num_heads)
-    _query_kernel[(n_scales, b)](
-        x, weight.to(x.dtype).contiguous(), cos, sin, codes, scale, s, num_heads, n_scales, eps,
-        HEADS=heads_block, HALF=head_dim // 2, ROPE=rope is not None, num_warps=_warps(heads_block * head_dim),
+    _launch(
+        _query_kernel, (n_scales, b), x, x, weight.to(x.dtype).contiguous(), cos, sin, codes, scale, s, num_heads,
+        n_scales, eps, HEADS=heads_block, HALF=head_dim // 2, ROPE=rope is not None,
     )  # fmt: skip
     return codes, scale
 
@@ -222,21 +236,17 @@ def key_normed(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The key projection x [B, S, H * D] -> (k [B, S, H, D] normalised as ``query`` does, its mean over the tokens
-    [B, 1, H, D] in x's dtype: float32 sums of the rounded values, in a fixed order)."""
-    b, s, dim, head_dim = _check(x, num_heads)
+    [B, 1, H, D]: ``k.mean(1)``, the very reduction SageAttention takes)."""
+    b, s, _, head_dim = _check(x, num_heads)
     x = x.contiguous()
-    blocks = L.cdiv(s, KEY_ROWS)
     k = torch.empty(b, s, num_heads, head_dim, device=x.device, dtype=x.dtype)
-    sums = torch.empty(b, blocks, dim, device=x.device, dtype=torch.float32)
     cos, sin = _rope_args(x, rope)
     heads_block = triton.next_power_of_2(num_heads)
-    _key_norm_kernel[(blocks, b)](
-        x, weight.to(x.dtype).contiguous(), cos, sin, k, sums, s, num_heads, blocks, eps,
-        ROWS=KEY_ROWS, HEADS=heads_block, HALF=head_dim // 2, ROPE=rope is not None,
-        num_warps=_warps(heads_block * head_dim),
+    _launch(
+        _key_norm_kernel, (L.cdiv(s, 2), b), x, x, weight.to(x.dtype).contiguous(), cos, sin, k, s, num_heads, eps,
+        HEADS=heads_block, HALF=head_dim // 2, ROPE=rope is not None,
     )  # fmt: skip
-    mean = (sums.sum(dim=1) / s).to(x.dtype)
-    return k, mean.view(b, 1, num_heads, head_dim)
+    return k, k.mean(dim=1, keepdim=True)
 
 
 def key_quantized(k: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,8 +256,8 @@ def key_quantized(k: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, to
     n_scales = L.key_scale_count(s)
     codes = torch.empty(b, s, h, d, device=k.device, dtype=torch.int8)
     scale = torch.empty(b, h, n_scales, device=k.device, dtype=torch.float32)
-    _key_quant_kernel[(n_scales, h, b)](k.contiguous(), mean.contiguous(), codes, scale, s, h, n_scales, D=d,
-                                        num_warps=4)  # fmt: skip
+    _launch(_key_quant_kernel, (n_scales, h, b), k, k.contiguous(), mean.contiguous(), codes, scale, s, h, n_scales,
+            D=d)  # fmt: skip
     return codes, scale
 
 
@@ -271,10 +281,10 @@ def value(v: torch.Tensor, num_heads: int, *, storage: torch.dtype | None = None
     v = v.contiguous()
     amax = torch.zeros(b, width, device=v.device, dtype=torch.float32)
     grid = (L.cdiv(s, AMAX_ROWS), L.cdiv(width, AMAX_COLS), b)
-    _value_amax_kernel[grid](v, amax, s, width, ROWS=AMAX_ROWS, COLS=AMAX_COLS, num_warps=8)
+    _launch(_value_amax_kernel, grid, v, v, amax, s, width, ROWS=AMAX_ROWS, COLS=AMAX_COLS)
     padded = L.padded_tokens(s)
     out = torch.empty(b, head_dim, num_heads, padded, device=v.device, dtype=storage or torch.float8_e4m3fn)
     scale = torch.empty(b, num_heads, head_dim, device=v.device, dtype=torch.float32)
-    _value_fp8_kernel[(padded // L.K_BLOCK, num_heads, b)](v, amax, out, scale, s, padded, num_heads, D=head_dim,
-                                                            num_warps=8)  # fmt: skip
+    _launch(_value_fp8_kernel, (padded // L.K_BLOCK, num_heads, b), v, v, amax, out, scale, s, padded, num_heads,
+            D=head_dim)  # fmt: skip
     return out, scale
