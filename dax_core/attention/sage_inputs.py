@@ -158,7 +158,7 @@ def _value_fp8_kernel(v_ptr, amax_ptr, out_ptr, scale_ptr, tokens, padded, heads
     amax = tl.load(amax_ptr + (b * heads + h) * D + d)
     recp = tl.where(amax > 0, tl.math.div_rn(tl.full((D,), FP8_MAX, tl.float32), amax), 0.0)
     y = tl.minimum(tl.maximum(x.to(tl.float32) * recp[None, :], -FP8_MAX), FP8_MAX)
-    y = tl.trans(y.to(out_ptr.dtype.element_ty))  # [D, 128]
+    y = tl.trans(y).to(out_ptr.dtype.element_ty)  # [D, 128]: transposed in float32, then cast once
     out = out_ptr + (b * D + d[:, None]) * (heads * padded) + h * padded + blk * 128 + pos[None, :]
     tl.store(out, y)
     if blk == 0:
