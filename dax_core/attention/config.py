@@ -44,8 +44,9 @@ class AttentionConfig(Acceleration):
     sage_pv_accum: str = "auto"
     """SageAttention's P·V accumulation: auto (its own choice for the GPU) or one the GPU's kernel offers."""
     sage_inputs: str = "sage"
-    """Who prepares SageAttention2's int8 / fp8 inputs: "sage" (its own kernels, after the model's norms) or "fused"
-    (the model's q/k norm kernels and a value kernel write them; the sm90 kernel with per-thread Q/K only)."""
+    """Who prepares SageAttention2's int8 / fp8 inputs: "sage" (its own kernels, after the model's norms), "fused"
+    (the model's q/k norm kernels and a value kernel write them; the sm90 kernel with per-thread Q/K and fp32+fp32
+    P·V only, else an error) or "auto" (fused where it can be, else SageAttention's own)."""
 
     def __post_init__(self) -> None:
         names = backend_names()

@@ -29,7 +29,8 @@ INSTALL_HINT = (
 )
 QK_QUANT = ("auto", "per_thread", "per_warp")
 PV_ACCUM = ("auto", "fp32+fp32", "fp32+fp16", "fp32", "fp16+fp32", "fp16")
-INPUTS = ("sage", "fused")  # who prepares the kernel's int8 / fp8 inputs: SageAttention, or DAX's norm kernels
+INPUTS = ("sage", "fused", "auto")  # who prepares the kernel's int8 / fp8 inputs: SageAttention, DAX's norm kernels,
+# or DAX's where they can feed the kernel bound (the sm90 kernel, per-thread Q/K, fp32+fp32 P·V), else SageAttention
 OPTIONS = {"qk_quant_gran": QK_QUANT, "pv_accum_dtype": PV_ACCUM, "inputs": INPUTS}
 
 
@@ -172,11 +173,11 @@ def _bind(device: torch.device, dtype: torch.dtype, options: Mapping[str, str]) 
         pv_kind = "fp16" if spec.key == "sm80" else "fp8"
         label = f"{spec.description} {spec.function} (int8 Q·K {qk}, {pv_kind} P·V, {pv} accumulation)"
     prepared = None
-    if options["inputs"] == "fused":
+    if options["inputs"] != "sage":
         from .sage_prepared import fused_inputs
 
-        prepared = fused_inputs(kernel, qk, pv, dtype)
-        label += ", inputs prepared by DAX's norm kernels"
+        prepared = fused_inputs(kernel, qk, pv, dtype, required=options["inputs"] == "fused")
+        label += ", inputs prepared by DAX's norm kernels" if prepared is not None else ""
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
         check_qkv("sage", q, k, v)

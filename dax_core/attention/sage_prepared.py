@@ -184,15 +184,21 @@ class FusedSageInputs:
         return sage_attend(q[0], q[1], k[0], k[1], v[0], v[1], sm_scale, self.dtype)
 
 
-def fused_inputs(kernel: str, qk_quant_gran: str, pv_accum_dtype: str, dtype: torch.dtype) -> FusedSageInputs:
-    """The fused preparation for a bound SageAttention2 kernel; raises what it cannot feed."""
-    if kernel != "sm90" or qk_quant_gran != "per_thread" or pv_accum_dtype != "fp32+fp32":
+def fused_inputs(
+    kernel: str, qk_quant_gran: str, pv_accum_dtype: str, dtype: torch.dtype, required: bool = True
+) -> FusedSageInputs | None:
+    """The fused preparation for a bound SageAttention2 kernel. What it cannot feed raises when ``required``
+    (``sage_inputs="fused"``), else gives None: SageAttention prepares its inputs itself (``"auto"``)."""
+    entry = sm90_kernel()
+    feedable = kernel == "sm90" and qk_quant_gran == "per_thread" and pv_accum_dtype == "fp32+fp32"
+    if not required:
+        return FusedSageInputs(dtype) if feedable and not isinstance(entry, str) else None
+    if not feedable:
         raise ValueError(
             "sage_inputs 'fused' feeds SageAttention2's sm90 kernel with per-thread Q/K and fp32+fp32 P·V accumulation "
             f"(here: {kernel}, {qk_quant_gran}, {pv_accum_dtype}); choose sage_inputs 'sage', or those options on a "
             "Hopper GPU"
         )
-    entry = sm90_kernel()
     if isinstance(entry, str):
         raise ValueError(f"sage_inputs 'fused': {entry}; choose sage_inputs 'sage' or update SageAttention2")
     return FusedSageInputs(dtype)

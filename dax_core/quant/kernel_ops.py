@@ -18,6 +18,8 @@ tests and the GPU tier).
 
 from __future__ import annotations
 
+import functools
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
@@ -40,6 +42,16 @@ class QuantizedRows(NamedTuple):
 
 
 # -- the ops -----------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _triton_kernels() -> tuple[ModuleType, ModuleType] | None:
+    """(``fused_ops``, ``fused_quant``), or None without Triton (the ops then run their PyTorch definitions)."""
+    try:
+        from ..models import fused_ops, fused_quant
+    except ImportError:
+        return None
+    return fused_ops, fused_quant
 
 
 def _normed(x, r, gate, a, b, eps: float, affine: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,10 +86,10 @@ def norm_quantize(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x + r or x + r * gate, empty without ``r``; q; scale) of the LayerNorm of that stream (``affine``: weight
     ``a``, bias ``b``; else modulation shift ``a``, scale ``b``) quantized per row to ``dtype``."""
-    if x.shape[-1] > MAX_ROW:
+    kernels = _triton_kernels()
+    if x.shape[-1] > MAX_ROW or kernels is None:
         return _reference_norm(x, r, gate, a, b, eps, affine, dtype)
-    from ..models import fused_ops
-
+    fused_ops, _ = kernels
     if affine:
         a, b = a.to(x.dtype), b.to(x.dtype)
     else:
@@ -99,11 +111,10 @@ def _(x, r, gate, a, b, eps, affine, dtype):
 @torch.library.custom_op("dax::quantize_rows", mutates_args=(), device_types="cuda")
 def quantize_rows(x: torch.Tensor, dtype: torch.dtype, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row quantization of x [rows, K] (``gelu``: of ``GELU_tanh(x)`` rounded to x's dtype) in one pass."""
-    if x.shape[-1] > MAX_ROW:
+    kernels = _triton_kernels()
+    if x.shape[-1] > MAX_ROW or kernels is None:
         return _reference_rows(x, dtype, gelu)
-    from ..models import fused_quant
-
-    return fused_quant.quantize_rows(x, dtype, gelu=gelu, tuned=True)
+    return kernels[1].quantize_rows(x, dtype, gelu=gelu, tuned=True)
 
 
 def _reference_rows(x, dtype, gelu):

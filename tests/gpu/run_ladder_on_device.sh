@@ -4,6 +4,7 @@
 #   bash tests/gpu/run_ladder_on_device.sh                        # kernels ladder-14b ladder-1.3b
 #   bash tests/gpu/run_ladder_on_device.sh ladder-1.3b peer-1.3b  # some stages, in this order
 #   QUICK=1 bash tests/gpu/run_ladder_on_device.sh                # one timed forward per rung
+#   AB_RUNGS=full,full_dax bash tests/gpu/run_ladder_on_device.sh ab-14b   # some of the A/B rungs
 # Stages: kernels, gpu-tier (all of tests/gpu), ladder-14b, ladder-1.3b, profile-14b, profile-1.3b (kernel tables of
 # the full stack's forward), peer-1.3b (diffusers' line: needs .whl with diffusers, torchao, ...); DAX's fused kernels
 # against what they replace: dax-kernels (their GPU tests), bench-dax-14b (site by site), ab-14b (whole 14B forwards
@@ -28,7 +29,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 python3 -c "import sageattention.core as c; print('sageattention sm90', c.SM90_ENABLED)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 QUICK_FLAG=${QUICK:+--quick}
 LADDER_14B="stock,sage,fp8,compile,teacache,magcache,distill"  # INT8 and the CUDA-graph pair: 1.3B only (time)
-AB_14B="full,full_sage_inputs,full_input_kernels,full_dax"  # the full stack without, with either, with both
+AB_14B=${AB_RUNGS:-full,full_sage_inputs,full_input_kernels,full_dax}  # the full stack without, with either, both
 DAX_ACCELERATIONS='[{"kind": "quantize", "dtype": "fp8", "input_kernels": "dax"},
   {"kind": "attention", "backend": "sage", "sage_inputs": "fused"}, {"kind": "compile"}]'
 

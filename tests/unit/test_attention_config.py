@@ -47,7 +47,7 @@ def test_config_module_is_registered_so_recipes_rebuild_from_plain_json():
         ({"backend": "xformers"}, r"unknown attention backend 'xformers'; choose one of sdpa, sdpa_cudnn"),
         ({"cross_backend": "fast"}, r"unknown cross-attention backend 'fast'; choose same or one of sdpa"),
         ({"sage_qk_quant": "per_block"}, r"Q/K granularity 'per_block' is not one of auto, per_thread, per_warp"),
-        ({"sage_inputs": "triton"}, r"SageAttention inputs 'triton' is not one of sage, fused"),
+        ({"sage_inputs": "triton"}, r"SageAttention inputs 'triton' is not one of sage, fused, auto"),
         ({"sage_pv_accum": "fp8"}, r"P·V accumulation 'fp8' is not one of auto, fp32\+fp32"),
     ],
 )

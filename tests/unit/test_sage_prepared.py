@@ -68,8 +68,20 @@ def test_fused_inputs_refuse_a_build_without_the_kernel_entry(gpu, install):
     try:
         with pytest.raises(ValueError, match=rf"no sm90 kernel {KERNEL} .*choose sage_inputs 'sage'"):
             fresh(sage.SAGE).bind(CUDA, torch.bfloat16, inputs="fused")
+        assert fresh(sage.SAGE).bind(CUDA, torch.bfloat16, inputs="auto").prepared is None  # Sage prepares them
     finally:
         sage_prepared.sm90_kernel.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("capability", "options", "fused"),
+    [((9, 0), {}, True), ((8, 9), {}, False), ((9, 0), {"qk_quant_gran": "per_warp"}, False)],
+)
+def test_auto_fuses_where_it_can_and_lets_sage_prepare_elsewhere(gpu, sage2_sm90, capability, options, fused):
+    gpu.capability = capability
+    bound = fresh(sage.SAGE).bind(CUDA, torch.bfloat16, inputs="auto", **options)
+    assert (bound.prepared is not None) == fused
+    assert ("inputs prepared by DAX's norm kernels" in bound.kernel) == fused
 
 
 def test_the_attention_config_passes_the_choice_to_the_binding(gpu, sage2_sm90, monkeypatch):
