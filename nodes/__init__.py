@@ -5,6 +5,7 @@ from .compile import DaxCompile
 from .load_wan import DaxLoadWan
 from .magcache import DaxMagcache
 from .quantize import DaxQuantizeLinear
+from .radial import DaxRadialAttention
 from .sampler import DaxMultiGPUSampler, DaxSamplerAdvanced
 from .scheduler import DaxScheduler
 from .teacache import DaxTeacache
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "DaxScheduler": DaxScheduler,
     "DaxQuantizeLinear": DaxQuantizeLinear,
     "DaxSetAttentionBackend": DaxSetAttentionBackend,
+    "DaxRadialAttention": DaxRadialAttention,
     "DaxCompile": DaxCompile,
     "DaxTeacache": DaxTeacache,
     "DaxMagcache": DaxMagcache,
@@ -27,6 +29,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxScheduler": "Scheduler (DAX)",
     "DaxQuantizeLinear": "Quantize Linear (DAX)",
     "DaxSetAttentionBackend": "Set Attention Backend (DAX)",
+    "DaxRadialAttention": "Radial Attention (DAX)",
     "DaxCompile": "Compile (DAX)",
     "DaxTeacache": "TeaCache (DAX)",
     "DaxMagcache": "MagCache (DAX)",

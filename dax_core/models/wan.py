@@ -8,7 +8,7 @@ Float32 where Wan keeps it: time embedding, modulation, norms and rotary embeddi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +22,7 @@ from .rope import rope_cos_sin
 from .spec import WanSpec
 
 if TYPE_CHECKING:
+    from ..attention.schedule import SelfAttentionSchedule
     from ..cache.base import StepCache
 
 
@@ -295,8 +296,14 @@ class WanModel(nn.Module):
         self.compiled: Any = None  # dax_core.compile's CompiledBlocks (config, shapes met) while compiled
         self.block_graphs: Any = None  # dax_core.compile's BlockGraphs while the block stack runs as CUDA graphs
         self.step_cache: StepCache | None = None
+        self.self_attention_schedule: SelfAttentionSchedule | None = None
+        """Per-layer self-attention kernels (radial attention), set by ``dax_core.attention.radial_config``."""
         self.sequence_parallel: SequenceParallelHooks | None = None
         """Set by ``dax_core.parallel.enable_sequence_parallel`` on this instance only."""
+        self.block_hook: Callable[[int, int], None] | None = None
+        """Called with (block index, blocks) after every transformer block, e.g. by the engine for a run that can
+        stop mid-step (it may raise to stop there); None: nothing between blocks. A block stack replayed as a CUDA
+        graph (one GPU only) runs no Python between blocks, and so no hook."""
 
     def set_attention(self, self_attn: AttentionFn, cross_attn: AttentionFn | None = None) -> None:
         """Attention kernels for this model instance only (cross-attention defaults to the same)."""
@@ -348,8 +355,12 @@ class WanModel(nn.Module):
         x = p.tokens
         if self.compiled is not None:
             self.compiled.note_shapes(x, p.context)  # logs when a new shape makes the blocks compile once more
-        for block in self.blocks:
-            x = block(x, p.e0, p.context, p.rope, self.self_attn_fn, self.cross_attn_fn, self.sequence_parallel)
+        schedule, n, hook = self.self_attention_schedule, len(self.blocks), self.block_hook
+        kernels = [self.self_attn_fn] * n if schedule is None else schedule.layer_kernels(p.grid, n, self.self_attn_fn)
+        for index, (block, self_attn) in enumerate(zip(self.blocks, kernels, strict=True)):
+            x = block(x, p.e0, p.context, p.rope, self_attn, self.cross_attn_fn, self.sequence_parallel)
+            if hook is not None:
+                hook(index, n)
         return x
 
     def finish(self, x: torch.Tensor, p: Prepared) -> torch.Tensor:

@@ -32,7 +32,9 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..models.loading import inspect_weights
 from ..recipe import COMPUTE_DTYPES, WEIGHT_DTYPES, Recipe
+from ..rules import check_run
 from .distributed import ParallelConfig, RankEnv, build_engine, init_process_group
 from .engine import SampleRequest
 from .samplers import SAMPLERS
@@ -136,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         layout = layout_from_args(args, env.world_size) if env.world_size > 1 else None
         request = _request(args)
         recipe = Recipe(args.weights, args.weight_dtype, args.compute_dtype)
+        check_run(recipe, inspect_weights(args.weights).spec, request, layout)  # before joining or loading anything
     except ValueError as e:
         parser.error(str(e))
     device = env.device(args.device)
