@@ -107,8 +107,11 @@ def test_an_fp8_model_on_dax_kernels_computes_what_the_default_path_computes_eag
     compiled = dax_model(x, t, ctx).float()
     assert counters["graph_break"] == {}
     quantization_shift = rel_error(default, reference)
-    # both paths quantize the same values but for rare one-step codes (the norms' summation order): that must move
-    # the output far less than quantization itself does; compiled, the PyTorch pieces between the ops are inductor's
+    # both paths quantize the same values but for one-step codes where the norms' summation order or the GELU
+    # kernel's tanh puts an input on the other side of an 8-bit rounding boundary (measured on an H200: 9.5e-4, 0.32 of
+    # the quantization shift of 2.9e-3; see tests/gpu/test_fused_quant.py); a wrong scale or row moves the output by
+    # the quantization shift or more; compiled, the PyTorch pieces between the ops are inductor's
     assert 0 < quantization_shift < 0.1
-    assert rel_error(dax, default) < 0.2 * quantization_shift
-    assert rel_error(compiled, dax) < 0.2 * quantization_shift
+    assert rel_error(dax, default) < 0.5 * quantization_shift
+    assert rel_error(dax, reference) < 1.25 * quantization_shift
+    assert rel_error(compiled, dax) < 0.5 * quantization_shift

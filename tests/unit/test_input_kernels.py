@@ -54,7 +54,7 @@ class OpCounter:
 def test_the_config_validates_and_round_trips():
     config = QuantizeConfig(input_kernels="dax")
     assert QuantizeConfig(**{k: v for k, v in config.to_dict().items() if k != "kind"}) == config
-    assert config.to_dict()["input_kernels"] == "dax" and QuantizeConfig().input_kernels == "default"
+    assert config.to_dict()["input_kernels"] == "dax" and QuantizeConfig().input_kernels == "dax"
     with pytest.raises(RecipeError, match="input_kernels 'triton' is not one of default, dax"):
         QuantizeConfig(input_kernels="triton")
 
