@@ -11,6 +11,9 @@ from dax_core.attention.config import SAME, AttentionConfig
 from dax_core.attention.sage import PV_ACCUM, QK_QUANT
 from dax_core.recipe import Recipe
 
+from .model_socket import dax_model_input, patched_model_tooltip
+from .node_text import show_under_node
+
 log = logging.getLogger(__name__)
 
 TOOLTIPS = {
@@ -32,21 +35,24 @@ class DaxSetAttentionBackend:
         names = backend_names()
         return {
             "required": {
-                "dax_model": ("DAX_MODEL",),
+                "dax_model": dax_model_input(),
                 "backend": (names, {"default": "auto", "tooltip": TOOLTIPS["backend"]}),
                 "cross_attention": ([SAME, *names], {"default": SAME, "tooltip": TOOLTIPS["cross_attention"]}),
                 "sage_qk_quant": (list(QK_QUANT), {"default": "auto", "tooltip": TOOLTIPS["sage_qk_quant"]}),
                 "sage_pv_accum": (list(PV_ACCUM), {"default": "auto", "tooltip": TOOLTIPS["sage_pv_accum"]}),
-            }
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},  # where the kernels chosen are shown
         }
 
     RETURN_TYPES = ("DAX_MODEL",)
     RETURN_NAMES = ("dax_model",)
+    OUTPUT_TOOLTIPS = (patched_model_tooltip("these attention kernels"),)
     FUNCTION = "apply"
     CATEGORY = "DAX"
     DESCRIPTION = "Pick the attention kernels (SDPA, cuDNN, FlashAttention, SageAttention2) for the DAX sampler."
 
-    def apply(self, dax_model: Recipe, backend: str, cross_attention: str, sage_qk_quant: str, sage_pv_accum: str):
+    def apply(self, dax_model: Recipe, backend: str, cross_attention: str, sage_qk_quant: str, sage_pv_accum: str,
+              unique_id: str | None = None):  # fmt: skip
         config = AttentionConfig(
             backend=backend, cross_backend=cross_attention, sage_qk_quant=sage_qk_quant, sage_pv_accum=sage_pv_accum
         )
@@ -54,4 +60,5 @@ class DaxSetAttentionBackend:
         # dtype it cannot serve, or an option its kernel lacks fails here, not in the middle of sampling.
         summary = config.describe(mm.get_torch_device(), dax_model.torch_compute_dtype)
         log.info("Set Attention Backend: %s", summary.replace("\n", "; "))
+        show_under_node(unique_id, summary)
         return {"ui": {"dax_summary": [summary]}, "result": (dax_model.with_acceleration(config),)}

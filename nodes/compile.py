@@ -6,6 +6,8 @@ from dax_core.compile import CompileConfig
 from dax_core.compile.regional import BACKENDS, MODES
 from dax_core.recipe import Recipe
 
+from .model_socket import dax_model_input, patched_model_tooltip
+
 TOOLTIPS = {
     "mode": "default compiles fastest; max-autotune-no-cudagraphs tunes the GEMM and fused kernels (longer warm-up).",
     "backend": "inductor generates fused kernels; aot_eager and eager are for debugging.",
@@ -22,7 +24,7 @@ class DaxCompile:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "dax_model": ("DAX_MODEL",),
+                "dax_model": dax_model_input(),
                 "mode": (list(MODES), {"default": "default", "tooltip": TOOLTIPS["mode"]}),
                 "backend": (list(BACKENDS), {"default": "inductor", "tooltip": TOOLTIPS["backend"]}),
                 "dynamic": ("BOOLEAN", {"default": False, "tooltip": TOOLTIPS["dynamic"]}),
@@ -34,6 +36,7 @@ class DaxCompile:
 
     RETURN_TYPES = ("DAX_MODEL",)
     RETURN_NAMES = ("dax_model",)
+    OUTPUT_TOOLTIPS = (patched_model_tooltip("its transformer block compiled"),)
     FUNCTION = "apply"
     CATEGORY = "DAX"
     DESCRIPTION = "Regional torch.compile: fuses norms, modulation, activation quantization and collectives."

@@ -34,6 +34,10 @@ class DaxLoadWan:
 
     RETURN_TYPES = ("DAX_MODEL",)
     RETURN_NAMES = ("dax_model",)
+    OUTPUT_TOOLTIPS = (
+        "A recipe naming these weights and dtypes (the file's header is checked now; the weights load when the "
+        "Multi-GPU Sampler first runs): connect it to a DAX patch node or to the sampler.",
+    )
     FUNCTION = "load"
     CATEGORY = "DAX"
     DESCRIPTION = "Load a Wan2.1 text-to-video diffusion model for the DAX sampler."

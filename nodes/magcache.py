@@ -8,6 +8,7 @@ from dax_core.cache.config import AUTO, MagcacheConfig
 from dax_core.cache.magcache_ratios import MAG_RATIOS
 from dax_core.recipe import Recipe
 
+from .model_socket import dax_model_input, patched_model_tooltip
 from .step_cache_inputs import cache_device, consecutive_skips, end_percent, fraction
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class DaxMagcache:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "dax_model": ("DAX_MODEL",),
+                "dax_model": dax_model_input(),
                 "threshold": (
                     "FLOAT",
                     {"default": 0.12, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": TOOLTIPS["threshold"]},
@@ -44,6 +45,7 @@ class DaxMagcache:
 
     RETURN_TYPES = ("DAX_MODEL",)
     RETURN_NAMES = ("dax_model",)
+    OUTPUT_TOOLTIPS = (patched_model_tooltip("MagCache"),)
     FUNCTION = "patch"
     CATEGORY = "DAX"
     DESCRIPTION = (

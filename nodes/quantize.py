@@ -12,6 +12,8 @@ from dax_core.quant.qconfig import GRANULARITIES, PER_TOKEN_PER_CHANNEL, require
 from dax_core.quant.wan import WAN_KEEP_DEFAULT
 from dax_core.recipe import Recipe
 
+from .model_socket import dax_model_input, patched_model_tooltip
+
 log = logging.getLogger(__name__)
 
 TOOLTIPS = {
@@ -45,7 +47,7 @@ class DaxQuantizeLinear:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "dax_model": ("DAX_MODEL",),
+                "dax_model": dax_model_input(),
                 "dtype": (list(DTYPES), {"default": "fp8", "tooltip": TOOLTIPS["dtype"]}),
                 "granularity": (
                     list(GRANULARITIES),
@@ -60,6 +62,7 @@ class DaxQuantizeLinear:
 
     RETURN_TYPES = ("DAX_MODEL",)
     RETURN_NAMES = ("dax_model",)
+    OUTPUT_TOOLTIPS = (patched_model_tooltip("its linear layers in 8 bits"),)
     FUNCTION = "patch"
     CATEGORY = "DAX"
     DESCRIPTION = (

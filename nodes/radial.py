@@ -10,6 +10,9 @@ from dax_core.attention.block_sparse import kernel_names
 from dax_core.attention.radial_config import RadialConfig
 from dax_core.recipe import Recipe
 
+from .model_socket import dax_model_input, patched_model_tooltip
+from .node_text import show_under_node
+
 log = logging.getLogger(__name__)
 
 DEFAULTS = RadialConfig()
@@ -37,7 +40,7 @@ class DaxRadialAttention:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "dax_model": ("DAX_MODEL",),
+                "dax_model": dax_model_input(),
                 "dense_steps": (
                     "INT",
                     {"default": DEFAULTS.dense_steps, "min": 0, "max": 1000, "tooltip": TOOLTIPS["dense_steps"]},
@@ -51,16 +54,19 @@ class DaxRadialAttention:
                     {"default": DEFAULTS.decay_factor, "min": 0.01, "max": 10.0, "step": 0.05, "tooltip": DECAY_TIP},
                 ),
                 "kernel": (kernel_names(), {"default": DEFAULTS.kernel, "tooltip": TOOLTIPS["kernel"]}),
-            }
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},  # where the kernel chosen is shown
         }
 
     RETURN_TYPES = ("DAX_MODEL",)
     RETURN_NAMES = ("dax_model",)
+    OUTPUT_TOOLTIPS = (patched_model_tooltip("radial attention in its self-attention"),)
     FUNCTION = "apply"
     CATEGORY = "DAX"
     DESCRIPTION = "Radial attention: a static block-sparse mask for Wan's self-attention (arXiv 2506.19852)."
 
-    def apply(self, dax_model: Recipe, dense_steps: int, dense_layers: int, decay_factor: float, kernel: str):
+    def apply(self, dax_model: Recipe, dense_steps: int, dense_layers: int, decay_factor: float, kernel: str,
+              unique_id: str | None = None):  # fmt: skip
         config = RadialConfig(
             dense_steps=dense_steps, dense_layers=dense_layers, decay_factor=decay_factor, kernel=kernel
         )
@@ -68,4 +74,5 @@ class DaxRadialAttention:
         # GPU or dtype fails here, not in the middle of sampling.
         summary = config.describe(mm.get_torch_device(), dax_model.torch_compute_dtype)
         log.info("Radial Attention: %s", summary.replace("\n", "; "))
+        show_under_node(unique_id, summary)
         return {"ui": {"dax_summary": [summary]}, "result": (dax_model.with_acceleration(config),)}

@@ -12,7 +12,6 @@ import logging
 import os
 
 import comfy.model_management as mm
-import comfy.utils
 import torch
 
 from dax_core.models.loading import inspect_weights
@@ -28,12 +27,29 @@ from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
 
 from .loaded_engines import LoadedEngine
+from .model_socket import dax_model_input
+from .sampler_status import SamplerStatus, gpu_names
+from .status_text import Setup
 
 DEFAULT_SAMPLER = "wan_unipc"
 
 log = logging.getLogger(__name__)
 
 TOOLTIPS = {
+    "dax_model": "The model to sample: Load Wan DAX, directly or through Quantize Linear, Set Attention Backend, "
+    "Radial Attention, TeaCache / MagCache and Compile.",
+    "positive": "What the video shows: one CLIPTextEncode output, encoded with the Wan text encoder (CLIPLoader, "
+    "type wan).",
+    "negative": "What the video avoids: one CLIPTextEncode output (not used when cfg is 1).",
+    "latent_image": "The video's size: EmptyHunyuanLatentVideo (width, height, length in frames, batch), or a "
+    "latent to continue (a VAE encode, another sampler's output).",
+    "seed": "Seed of the starting noise: the same noise as the native KSampler's for the same seed.",
+    "add_noise": "enable: start from noise drawn with noise_seed, as KSamplerAdvanced. disable: continue the input "
+    "latent as it is (a first sampler's leftover noise).",
+    "steps": "Denoising steps of the whole schedule: Wan2.1 uses 50.",
+    "cfg": "Classifier-free guidance: Wan2.1 uses 6 at 1.3B and 5 at 14B. 1 runs the positive branch alone, "
+    "half the work per step.",
+    "scheduler": "The sigma schedule, computed as ComfyUI's scheduler of that name with the flow shift.",
     "shift": "Flow shift (> 0): Wan2.1 uses 8 for T2V at 480p (5 at 720p).",
     "sampler_name": "ComfyUI's samplers, step for step as ComfyUI runs them on Wan (uni_pc and uni_pc_bh2 are "
     "ComfyUI's UniPC); wan_unipc is Wan's own solver (flow UniPC, bh2), wan_unipc_bh1 its bh1 variant.",
@@ -170,16 +186,20 @@ def _free_devices(config: GroupConfig, keep: LoadedEngine | None = None) -> None
 
 
 def _sample_in_group(
-    recipe: Recipe, spec: WanSpec, request: SampleRequest, steps: int, config: GroupConfig, pbar
+    recipe: Recipe, spec: WanSpec, request: SampleRequest, steps: int, config: GroupConfig, status: SamplerStatus
 ) -> SampleResult:
     # a change of recipe, layout or GPU set (the first gpus of CUDA_VISIBLE_DEVICES) starts a new group; the
     # liveness limits only change how the owner watches it
     same_group = dataclasses.replace(config, liveness=DEFAULT_LIVENESS)
     variant = f"{same_group}|CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
 
+    started: list[WorkerGroup] = []
+
     def start(r: Recipe) -> LoadedEngine:
+        status.show(f"starting a worker group of {config.world_size} processes: each loads the model")
         _free_devices(config)
         group = WorkerGroup(r, config, should_cancel=mm.processing_interrupted)  # Cancel works while it starts
+        started.append(group)
         return _register(group, _bytes_needed(r, spec))
 
     try:
@@ -191,12 +211,16 @@ def _sample_in_group(
     assert isinstance(group, WorkerGroup)
     _free_devices(config, keep=loaded)  # ComfyUI may have loaded its models again since the last prompt
     log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", steps, group.run_id, config.world_size)
+    devices = gpu_names(torch.device(config.device), config.nproc_per_node)
+    layout = config.parallel.describe() if config.parallel is not None else f"{config.world_size} processes"
+    status.setup(Setup(devices, layout, group=True, reused=not started))
     try:
         return group.sample(
             request,
-            on_step=lambda step, total: pbar.update_absolute(step, total),
             should_cancel=mm.processing_interrupted,
             liveness=config.liveness,
+            on_progress=status.on_progress,
+            previews=status.previews,
         )
     except SampleCancelled:
         mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
@@ -240,41 +264,78 @@ PARALLEL_INPUTS = {
 def _sampling_inputs(seed_name: str) -> dict:
     """The widgets both DAX samplers share, in their order (``seed_name``: KSampler's ``seed`` or ``noise_seed``)."""
     return {
-        seed_name: ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
-        "steps": ("INT", {"default": 30, "min": 1, "max": 1000}),
-        "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+        seed_name: (
+            "INT",
+            {
+                "default": 0,
+                "min": 0,
+                "max": 0xFFFFFFFFFFFFFFFF,
+                "control_after_generate": True,
+                "tooltip": TOOLTIPS["seed"],
+            },
+        ),
+        "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": TOOLTIPS["steps"]}),
+        "cfg": (
+            "FLOAT",
+            {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": TOOLTIPS["cfg"]},
+        ),
         "shift": ("FLOAT", {"default": 8.0, "min": 0.01, "max": 100.0, "step": 0.1, "tooltip": TOOLTIPS["shift"]}),
         "sampler_name": (list(SAMPLERS), {"default": DEFAULT_SAMPLER, "tooltip": TOOLTIPS["sampler_name"]}),
-        "scheduler": (list(SCHEDULERS), {"default": "simple"}),
+        "scheduler": (list(SCHEDULERS), {"default": "simple", "tooltip": TOOLTIPS["scheduler"]}),
     }
+
+
+def _model_and_text_inputs() -> dict:
+    """The sockets both DAX samplers start with."""
+    return {
+        "dax_model": dax_model_input(TOOLTIPS["dax_model"]),
+        "positive": ("CONDITIONING", {"tooltip": TOOLTIPS["positive"]}),
+        "negative": ("CONDITIONING", {"tooltip": TOOLTIPS["negative"]}),
+        "latent_image": ("LATENT", {"tooltip": TOOLTIPS["latent_image"]}),
+    }
+
+
+HIDDEN = {"unique_id": "UNIQUE_ID"}  # the node the status text goes to
+OUTPUT_TOOLTIP = "The denoised Wan latent: decode it with VAEDecode and the Wan2.1 VAE, or continue it in a sampler."
 
 
 def _gpus_input() -> tuple:
     return ("INT", {"default": 1, "min": 1, "max": _max_processes(), "tooltip": TOOLTIPS["gpus"]})
 
 
-def _run(recipe: Recipe, request: SampleRequest, latent_image: dict, gpus: int, parallel: dict) -> dict:
-    """Sample ``request`` here (gpus = 1) or in a worker group; the node's output with the run's summary."""
+def _run(
+    recipe: Recipe, request: SampleRequest, latent_image: dict, gpus: int, parallel: dict, node_id: str | None
+) -> dict:
+    """Sample ``request`` here (gpus = 1) or in a worker group, showing its status under the node ``node_id``; the
+    node's output with the run's summary."""
     spec, config = _prepare(recipe, request, gpus, **parallel)  # before any engine is touched
     steps = len(request.run_sigmas()) - 1  # the steps this run takes (a start/end cut or denoise changes them)
-    pbar = comfy.utils.ProgressBar(steps)
+    status = SamplerStatus(node_id, steps)
     if config is None:
-        result = _sample_here(recipe, request, pbar)
+        result = _sample_here(recipe, request, status)
     else:
-        result = _sample_in_group(recipe, spec, request, steps, config, pbar)
+        result = _sample_in_group(recipe, spec, request, steps, config, status)
+    status.finish(result)
     out = dict(latent_image)
     out["samples"] = result.latent
-    return {"ui": {"dax_summary": result.summary_lines()}, "result": (out,)}
+    return {"ui": {"dax_summary": [*result.summary_lines(), status.where.describe()]}, "result": (out,)}
 
 
-def _sample_here(recipe: Recipe, request: SampleRequest, pbar) -> SampleResult:
+def _sample_here(recipe: Recipe, request: SampleRequest, status: SamplerStatus) -> SampleResult:
     # A changed TeaCache/MagCache setting is taken by the built model, with no reload of the weights: the
     # engine is keyed without step caches and kept alive by the last recipe upstream of the step cache
     # node, which ComfyUI keeps cached while only the step cache's widgets change.
     owner = next((r for r in recipe.lineage() if not _has_step_cache(r)), recipe)
+    built: list[LoadedEngine] = []
+
+    def build(r: Recipe) -> LoadedEngine:
+        status.show("loading the model")
+        built.append(_build_engine(r))
+        return built[-1]
+
     loaded = ENGINES.get(
         recipe,
-        _build_engine,
+        build,
         built_from=recipe.without(STEP_CACHE_KINDS),
         owner=owner,
         valid=lambda e: e.engine is not None,  # None: ComfyUI unloaded it
@@ -282,12 +343,13 @@ def _sample_here(recipe: Recipe, request: SampleRequest, pbar) -> SampleResult:
     engine = loaded.engine
     assert isinstance(engine, WanEngine)
     engine.use_step_caches_of(recipe)
+    device = engine.device
+    status.setup(Setup(gpu_names(device), "1 GPU" if device.type == "cuda" else "", reused=not built))
 
     def on_step(i: int, total: int, _x: torch.Tensor) -> None:
-        pbar.update_absolute(i + 1, total)
         mm.throw_exception_if_processing_interrupted()  # ComfyUI's Cancel stops between steps
 
-    return engine.sample(request, on_step=on_step)
+    return engine.sample(request, on_step=on_step, on_progress=status.on_progress, preview=status.previews)
 
 
 class DaxMultiGPUSampler:
@@ -297,10 +359,7 @@ class DaxMultiGPUSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "dax_model": ("DAX_MODEL",),
-                "positive": ("CONDITIONING",),
-                "negative": ("CONDITIONING",),
-                "latent_image": ("LATENT",),
+                **_model_and_text_inputs(),
                 **_sampling_inputs("seed"),
                 "denoise": (
                     "FLOAT",
@@ -309,9 +368,11 @@ class DaxMultiGPUSampler:
                 "gpus": _gpus_input(),
             },
             "optional": dict(PARALLEL_INPUTS),
+            "hidden": dict(HIDDEN),
         }
 
     RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
     FUNCTION = "sample"
     CATEGORY = "DAX"
     DESCRIPTION = (
@@ -320,7 +381,7 @@ class DaxMultiGPUSampler:
     )
 
     def sample(self, dax_model: Recipe, positive, negative, latent_image, seed, steps, cfg, shift, sampler_name,
-               scheduler, denoise, gpus, **parallel):  # fmt: skip
+               scheduler, denoise, gpus, unique_id=None, **parallel):  # fmt: skip
         request = SampleRequest(
             positive=_text_embedding(positive, "positive"),
             negative=_text_embedding(negative, "negative"),
@@ -333,7 +394,7 @@ class DaxMultiGPUSampler:
             scheduler=scheduler,
             denoise=denoise,
         )
-        return _run(dax_model, request, latent_image, gpus, _parallel_options(parallel))
+        return _run(dax_model, request, latent_image, gpus, _parallel_options(parallel), unique_id)
 
 
 class DaxSamplerAdvanced:
@@ -343,11 +404,8 @@ class DaxSamplerAdvanced:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "dax_model": ("DAX_MODEL",),
-                "positive": ("CONDITIONING",),
-                "negative": ("CONDITIONING",),
-                "latent_image": ("LATENT",),
-                "add_noise": (["enable", "disable"],),
+                **_model_and_text_inputs(),
+                "add_noise": (["enable", "disable"], {"tooltip": TOOLTIPS["add_noise"]}),
                 **_sampling_inputs("noise_seed"),
                 "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": TOOLTIPS["start_at_step"]}),
                 "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000, "tooltip": TOOLTIPS["end_at_step"]}),
@@ -358,9 +416,11 @@ class DaxSamplerAdvanced:
                 "gpus": _gpus_input(),
             },
             "optional": {"sigmas": ("SIGMAS", {"tooltip": TOOLTIPS["sigmas"]}), **PARALLEL_INPUTS},
+            "hidden": dict(HIDDEN),
         }
 
     RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
     FUNCTION = "sample"
     CATEGORY = "DAX"
     DESCRIPTION = (
@@ -370,7 +430,7 @@ class DaxSamplerAdvanced:
 
     def sample(self, dax_model: Recipe, positive, negative, latent_image, add_noise, noise_seed, steps, cfg, shift,
                sampler_name, scheduler, start_at_step, end_at_step, return_with_leftover_noise, gpus, sigmas=None,
-               **parallel):  # fmt: skip
+               unique_id=None, **parallel):  # fmt: skip
         request = SampleRequest(
             positive=_text_embedding(positive, "positive"),
             negative=_text_embedding(negative, "negative"),
@@ -387,7 +447,7 @@ class DaxSamplerAdvanced:
             return_with_leftover_noise=return_with_leftover_noise == "enable",
             sigmas=None if sigmas is None else sigmas.detach().cpu(),
         )
-        return _run(dax_model, request, latent_image, gpus, _parallel_options(parallel))
+        return _run(dax_model, request, latent_image, gpus, _parallel_options(parallel), unique_id)
 
 
 def _parallel_options(given: dict) -> dict:

@@ -9,6 +9,8 @@ from dax_core.runtime.schedules import SCHEDULERS, ksampler_sigmas
 TOOLTIPS = {
     "shift": "Flow shift, as ModelSamplingSD3 sets it on a native Wan model (and the DAX samplers' shift).",
     "denoise": "Below 1: the last steps of a schedule of steps / denoise steps (BasicScheduler's rule).",
+    "scheduler": "The sigma schedule, computed as ComfyUI's scheduler of that name with the flow shift.",
+    "steps": "Steps of the whole schedule: the SIGMAS hold steps + 1 values (fewer with denoise below 1).",
 }
 
 
@@ -24,8 +26,8 @@ class DaxScheduler:
                     "FLOAT",
                     {"default": 8.0, "min": 0.01, "max": 100.0, "step": 0.1, "tooltip": TOOLTIPS["shift"]},
                 ),
-                "scheduler": (list(SCHEDULERS), {"default": "simple"}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "scheduler": (list(SCHEDULERS), {"default": "simple", "tooltip": TOOLTIPS["scheduler"]}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": TOOLTIPS["steps"]}),
                 "denoise": (
                     "FLOAT",
                     {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": TOOLTIPS["denoise"]},
@@ -34,6 +36,8 @@ class DaxScheduler:
         }
 
     RETURN_TYPES = ("SIGMAS",)
+    OUTPUT_TOOLTIPS = ("The sigmas, from the first (noise) to 0: for Sampler Advanced (DAX)'s sigmas input, "
+                       "SplitSigmas or any native sigma node.",)  # fmt: skip
     FUNCTION = "get_sigmas"
     CATEGORY = "DAX"
     DESCRIPTION = (

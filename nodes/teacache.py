@@ -8,6 +8,7 @@ from dax_core.cache.coefficients import MODELS, MODES
 from dax_core.cache.config import AUTO, TeacacheConfig
 from dax_core.recipe import Recipe
 
+from .model_socket import dax_model_input, patched_model_tooltip
 from .step_cache_inputs import cache_device, consecutive_skips, end_percent, fraction
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class DaxTeacache:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "dax_model": ("DAX_MODEL",),
+                "dax_model": dax_model_input(),
                 "threshold": (
                     "FLOAT",
                     {"default": 0.2, "min": 0.0, "max": 5.0, "step": 0.01, "tooltip": TOOLTIPS["threshold"]},
@@ -69,6 +70,7 @@ class DaxTeacache:
 
     RETURN_TYPES = ("DAX_MODEL",)
     RETURN_NAMES = ("dax_model",)
+    OUTPUT_TOOLTIPS = (patched_model_tooltip("TeaCache"),)
     FUNCTION = "patch"
     CATEGORY = "DAX"
     DESCRIPTION = (

@@ -91,3 +91,7 @@ class StepCache(ABC):
     @abstractmethod
     def end_run(self) -> StepCacheReport:
         """Release the cached tensors and report what the run skipped."""
+
+    def skipped_so_far(self) -> tuple[tuple[str, int], ...]:
+        """(branch, steps skipped) of the current run up to now, for progress reports; none by default."""
+        return ()

@@ -181,6 +181,9 @@ class ResidualStepCache(StepCache):
             b.consecutive_skips = 0 if compute[name] else b.consecutive_skips + 1
         return out
 
+    def skipped_so_far(self) -> tuple[tuple[str, int], ...]:
+        return tuple((name, b.pattern.count(SKIPPED)) for name, b in self._branches.items())
+
     def end_run(self) -> StepCacheReport:
         report = StepCacheReport(
             self.name, self._total, tuple(BranchReport(n, "".join(b.pattern)) for n, b in self._branches.items())

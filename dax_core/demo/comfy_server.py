@@ -117,6 +117,7 @@ class ComfyServer:
 
     ``cpu``: start ComfyUI with ``--cpu`` (the default; tests and the tiny demo), else on its default device.
     ``env``: variables set for the server on top of this process's environment (e.g. a private TMPDIR).
+    ``log_path``: where ComfyUI's output goes (default: ``comfyui.log`` in the base directory).
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class ComfyServer:
         extra_args: Iterable[str] = (),
         start_timeout: float = 180.0,
         env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
     ) -> None:
         if not is_comfyui(Path(comfyui)):
             raise ComfyServerError(f"{comfyui} is not a ComfyUI checkout (no main.py, comfy/ and execution.py)")
@@ -143,7 +145,7 @@ class ComfyServer:
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
         self.env = dict(env or {})
-        self.log_path = self.base / "comfyui.log"
+        self.log_path = Path(log_path).resolve() if log_path else self.base / "comfyui.log"
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -213,6 +215,7 @@ class ComfyServer:
         for sub in ("custom_nodes", "input", "temp", "user", *(f"models/{f}" for f in MODEL_FOLDERS)):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.pack is not None:
             link = self.base / "custom_nodes" / PACK_NAME
             if not link.exists():
@@ -310,6 +313,10 @@ class ComfyServer:
             reply = json.loads(e.read() or b"{}")
             raise PromptRejected(reply.get("error", {}), reply.get("node_errors", {})) from None
         return str(reply["prompt_id"])
+
+    def history(self) -> dict[str, Any]:
+        """GET /history: prompt id -> what ComfyUI kept of every prompt it finished (status, outputs)."""
+        return self._request("GET", "/history", timeout=30.0) or {}
 
     def wait_for(self, prompt_id: str, timeout: float = 600.0, poll: float = 0.25) -> dict[str, Any]:
         """Wait until the prompt finished; returns its outputs (node id -> UI output). Raises ``PromptFailed``."""

@@ -1,11 +1,13 @@
 """The main job: run a shipped Wan2.1 T2V workflow end to end through a headless ComfyUI.
 
-    python -m dax_core demo [--comfyui PATH] [--workflow FILE.api.json] [--model FILE --text-encoder FILE --vae FILE]
+    python -m dax_core demo [--comfyui PATH] [--workflow FILE.json] [--model FILE --text-encoder FILE --vae FILE]
                             [--width W --height H --length N --steps S --prompt TEXT --seed N --gpus N]
 
 Without weights it writes (once, cached in $DAX_CACHE or ~/.cache/dax-demo) a tiny random Wan DiT, a random T5-base
 text encoder and a random Wan2.1 VAE, and runs the workflow small (64x64, 5 frames, 4 steps): the video is noise,
 the point is that every node runs. With ``--model/--text-encoder/--vae`` it runs the workflow's own settings.
+Each run writes into a folder of its own (``<cache>/runs/<date>-<time>-<pid>`` unless ``--output-dir`` is given):
+the video and ComfyUI's log.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import copy
 import json
 import logging
 import os
-import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,10 @@ from .vae import write_random_wan_vae
 log = logging.getLogger(__name__)
 
 WORKFLOWS = REPO_ROOT / "workflows"
-WORKFLOW = WORKFLOWS / "wan21_t2v_1.3b_dax.api.json"
+"""UI-format workflows, which ComfyUI's template browser lists (it does not look into subfolders)."""
+API_WORKFLOWS = WORKFLOWS / "api"
+"""Their API-format twins (for POST /prompt), under the same names."""
+WORKFLOW = API_WORKFLOWS / "Wan2.1 text-to-video 1.3B (DAX).json"
 # The tiny DiT is no Wan size with a published TeaCache polynomial or MagCache calibration: the step caches of a
 # workflow run on it use the 14B ones (any would do: the video is noise).
 TINY_SETTINGS = {"width": 64, "height": 64, "length": 5, "steps": 4, "step_cache_model": "wan2.1-t2v-14b"}
@@ -58,6 +63,10 @@ NODE_SETTINGS = {
     **{key: ("DaxMultiGPUSampler", key) for key in ("steps", "seed", "cfg", "shift", "gpus")},
 }
 OPTIONAL_NODE_SETTINGS = {"step_cache_model": (("DaxTeacache", "coefficients"), ("DaxMagcache", "model"))}
+# EmptyHunyuanLatentVideo rounds a size down to what the Wan VAE and DiT take: the demo refuses one it would change
+PIXEL_STEP = 16  # the VAE's 8-pixel blocks, then the DiT's 2 x 2 latent patches
+FRAME_STEP = 4  # the VAE keeps the first frame, then one latent frame per 4 frames
+SUMMARY_KEY = "dax_summary"  # what the Multi-GPU Sampler reports in its node's outputs
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,26 @@ class ModelFiles:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("DAX_CACHE") or Path.home() / ".cache" / "dax-demo")
+
+
+def run_dir(cache: Path | None = None) -> Path:
+    """A new folder for one run's video and log: runs of the same user never share one."""
+    return (cache or cache_dir()) / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def check_video_size(settings: dict[str, Any]) -> None:
+    """Raise ValueError, with the nearest sizes that work, for a width, height or length the latent node would
+    round: a demo that asked for 100 pixels must not quietly make 96."""
+    for key in ("width", "height"):
+        value = settings.get(key)
+        if value is not None and (value < PIXEL_STEP or value % PIXEL_STEP):
+            lower = value // PIXEL_STEP * PIXEL_STEP
+            use = f"{lower} or {lower + PIXEL_STEP}" if lower else str(PIXEL_STEP)
+            raise ValueError(f"--{key} {value} is not a multiple of {PIXEL_STEP}: use {use}")
+    length = settings.get("length")
+    if length is not None and (length < 1 or (length - 1) % FRAME_STEP):
+        lower = max(1, (length - 1) // FRAME_STEP * FRAME_STEP + 1)
+        raise ValueError(f"--length {length} is not 4k+1 frames: use {lower} or {lower + FRAME_STEP}")
 
 
 def _cached(path: Path, writer: Callable[[Path], object]) -> Path:
@@ -112,12 +141,28 @@ def tiny_models(cache: Path | None = None) -> ModelFiles:
 
 
 def shipped_workflows() -> list[Path]:
-    """The API-format workflows in workflows/ (each has a UI-format twin without the ``.api``)."""
-    return sorted(WORKFLOWS.glob("*.api.json"))
+    """The API-format workflows in workflows/api (each has a UI-format twin of the same name in workflows/)."""
+    return sorted(API_WORKFLOWS.glob("*.json"))
+
+
+def is_ui_format(workflow: dict[str, Any]) -> bool:
+    """A workflow as the editor saves it (nodes and links), not an API-format prompt (node id -> inputs)."""
+    return isinstance(workflow.get("nodes"), list) and "links" in workflow
 
 
 def load_workflow(path: Path = WORKFLOW) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """An API-format workflow. Given a UI-format one, its API twin (the same name in an ``api`` folder beside it)."""
+    path = Path(path)
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    if not is_ui_format(workflow):
+        return workflow
+    twin = path.parent / API_WORKFLOWS.name / path.name
+    if not twin.is_file():
+        raise ValueError(
+            f"{path} is a UI-format workflow and has no API-format twin at {twin}: export one from ComfyUI "
+            "(Workflow > Export (API)) and pass that file"
+        )
+    return json.loads(twin.read_text(encoding="utf-8"))
 
 
 def node_of(prompt: dict[str, Any], class_type: str) -> dict[str, Any]:
@@ -177,8 +222,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dax_core demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--comfyui", type=Path, help="ComfyUI checkout (default: $COMFYUI_PATH, the one holding this pack, "
                    "~/ComfyUI)")  # fmt: skip
-    p.add_argument("--workflow", type=Path, default=WORKFLOW, help=f"API-format workflow to run (default: "
-                   f"workflows/{WORKFLOW.name}; the others in workflows/ work too)")  # fmt: skip
+    p.add_argument("--workflow", type=Path, default=WORKFLOW, help=f"workflow to run: API format, or a shipped "
+                   f"UI-format one of workflows/ (default: {WORKFLOW.relative_to(REPO_ROOT)})")  # fmt: skip
     p.add_argument("--model", type=Path, help="Wan2.1 T2V DiT: .safetensors file or diffusers folder")
     p.add_argument("--text-encoder", type=Path, help="umt5-xxl text encoder .safetensors (ComfyUI's)")
     p.add_argument("--vae", type=Path, help="Wan2.1 VAE .safetensors")
@@ -192,9 +237,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--negative", help="negative prompt (default: Wan's)")
     p.add_argument("--device", choices=("cpu", "gpu"), help="where ComfyUI runs (default: cpu for the tiny models; "
                    "for real weights the GPU when CUDA is available)")  # fmt: skip
-    p.add_argument("--output-dir", type=Path, help="where ComfyUI saves the video (default: <cache>/output)")
+    p.add_argument("--output-dir", type=Path, help="where the video and ComfyUI's log go (default: a new folder "
+                   "under <cache>/runs for each run)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed for the prompt (default 3600)")
     return p
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """What one run left: the files the workflow saved, the sampler's summary and ComfyUI's log."""
+
+    saved: list[Path]
+    summary: list[str]
+    log: Path
 
 
 def run(
@@ -206,23 +261,26 @@ def run(
     workflow: dict[str, Any] | None = None,
     cpu: bool = True,
     timeout: float = 3600.0,
-) -> list[Path]:
+) -> DemoRun:
     """Run an API-format ``workflow`` (default: the shipped 1.3B one) with ``files`` and ``settings`` in a fresh
-    headless ComfyUI; returns the saved files."""
+    headless ComfyUI that writes its outputs and its log (``comfyui.log``) into ``output_dir``."""
     workflow = workflow if workflow is not None else load_workflow()
+    check_video_size(settings)  # before anything starts
+    size = [_setting(workflow, settings, key) for key in ("width", "height", "length", "steps")]
+    log.info("running at %s x %s, %s frames, %s steps; the video and ComfyUI's log go to %s", *size, output_dir)
+    comfy_log = Path(output_dir) / "comfyui.log"
     with tempfile.TemporaryDirectory(prefix="dax-demo-") as base:
         files.link_into(Path(base))
-        with ComfyServer(comfyui, Path(base), output_dir=output_dir, cpu=cpu) as server:
+        with ComfyServer(comfyui, Path(base), output_dir=output_dir, cpu=cpu, log_path=comfy_log) as server:
             try:
                 info = server.object_info()
                 names = {cls: model_option(info, cls, path) for cls, path in files.by_loader().items()}
                 outputs = server.run(configure(workflow, names, settings), timeout=timeout)
             except Exception:
-                kept = Path(output_dir) / "comfyui-demo.log"  # the base directory and its log are about to go
-                shutil.copyfile(server.log_path, kept)
-                log.error("ComfyUI's log: %s", kept)
+                log.error("ComfyUI's log: %s", comfy_log)
                 raise
-            return server.output_files(outputs)
+            summary = [line for ui in outputs.values() for line in ui.get(SUMMARY_KEY, [])]
+            return DemoRun(server.output_files(outputs), summary, comfy_log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,15 +304,26 @@ def main(argv: list[str] | None = None) -> int:
             settings = {**settings, **{k: v for k, v in TINY_SETTINGS.items() if settings.get(k) is None}}
         else:
             files = ModelFiles(args.model, args.text_encoder, args.vae)
-        output_dir = args.output_dir or cache_dir() / "output"
+        output_dir = args.output_dir or run_dir()
         cpu = args.device == "cpu" if args.device else bool(missing) or not torch.cuda.is_available()
-        saved = run(comfyui, files, settings, output_dir, workflow=workflow, cpu=cpu, timeout=args.timeout)
+        done = run(comfyui, files, settings, output_dir, workflow=workflow, cpu=cpu, timeout=args.timeout)
     except (ComfyServerError, PromptRejected, PromptFailed, OSError, ValueError) as e:
         log.error("demo failed: %s", e)
         return 1
-    if not saved:
+    for line in done.summary:
+        log.info("sampler: %s", line)
+    log.info("ComfyUI's log: %s", done.log)
+    if not done.saved:
         log.error("the workflow ran but saved no file")
         return 1
-    for path in saved:
+    for path in done.saved:
         log.info("video written to %s", path)
     return 0
+
+
+def _setting(workflow: dict[str, Any], settings: dict[str, Any], key: str) -> Any:
+    """The value ``key`` will have: the one given, else the workflow's own."""
+    if settings.get(key) is not None:
+        return settings[key]
+    class_type, name = NODE_SETTINGS[key]
+    return node_of(workflow, class_type)["inputs"][name]

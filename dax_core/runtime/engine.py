@@ -21,6 +21,7 @@ from ..parallel.config import ParallelConfig
 from ..recipe import Recipe
 from ..rules import STEP_CACHE_KINDS, check_request, check_sampling
 from . import latents
+from .progress import ProgressCallback, StepProgress, describe_model, preview_latent
 from .samplers import DISCARDS_PENULTIMATE_SIGMA, SAMPLERS, final_sigma, inverse_noise_scaling, noise_scaling, sample
 from .schedules import SCHEDULERS, check_sigmas, ksampler_sigmas, sigma_to_timestep, step_range
 
@@ -97,6 +98,9 @@ class SampleRequest:
         return self.uses_cfg and self.negative is not None and self.negative.shape[1] == self.positive.shape[1]
 
 
+GIB = 1024**3
+
+
 @dataclass(frozen=True)
 class SampleResult:
     latent: torch.Tensor  # ComfyUI's (un-normalised) latent, float32 on the CPU
@@ -105,17 +109,26 @@ class SampleResult:
     first_step_seconds: float  # includes compilation when the model is compiled
     step_cache: StepCacheReport | None = None  # what a step cache (TeaCache, MagCache) skipped, per branch
     attention: DensityReport | None = None  # the self-attention density of each step (radial attention)
+    first_step_compiled: bool = False  # the first step compiled the transformer block
+    kernels: tuple[str, ...] = ()  # what the model ran: attention kernels, linear layers, compilation (describe_model)
+    peak_memory_bytes: tuple[int, ...] = ()
+    """Per GPU (rank order), the most memory PyTorch's allocator held during the run; empty off CUDA."""
 
     def summary_lines(self) -> list[str]:
         text = f"{self.steps} step{'s' if self.steps != 1 else ''} in {self.seconds:.1f} s"
         if self.steps > 1:
             later = (self.seconds - self.first_step_seconds) / (self.steps - 1)
-            text += f" (first step {self.first_step_seconds:.1f} s, then {later:.2f} s/step)"
+            compiled = ", compilation included" if self.first_step_compiled else ""
+            text += f" (first step {self.first_step_seconds:.1f} s{compiled}, then {later:.2f} s/step)"
         lines = [text]
         if self.step_cache is not None:
             lines.append(self.step_cache.summary())
         if self.attention is not None:
             lines.append(self.attention.summary())
+        lines += self.kernels
+        if self.peak_memory_bytes:
+            per_gpu = ", ".join(f"{b / GIB:.1f}" for b in self.peak_memory_bytes)
+            lines.append(f"peak GPU memory: {per_gpu} GiB" + (" (per GPU)" if len(self.peak_memory_bytes) > 1 else ""))
         return lines
 
     def summary(self) -> str:
@@ -132,6 +145,8 @@ class WanEngine:
         self.device = torch.device(device)
         self.parallel: ParallelConfig | None = None
         """How the model's forward is split over ranks (set with sequence parallelism), for ``check_request``."""
+        self.kernels = describe_model(model)
+        """What the model runs (attention kernels, linear layers, compilation), read once: the report of every run."""
 
     @classmethod
     def build(
@@ -219,12 +234,20 @@ class WanEngine:
 
     @torch.inference_mode()
     def sample(
-        self, req: SampleRequest, on_step: StepCallback | None = None, on_block: BlockCallback | None = None
+        self,
+        req: SampleRequest,
+        on_step: StepCallback | None = None,
+        on_block: BlockCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        preview: bool = False,
     ) -> SampleResult:
         """Run the sampling loop and return ComfyUI's (un-normalised) latent with the timing.
 
         ``on_block`` is called after every transformer block of every forward of this run (it may raise to stop the
-        run there, e.g. a cancel agreed by every rank of a worker group mid-step)."""
+        run there, e.g. a cancel agreed by every rank of a worker group mid-step). ``on_progress`` gets a
+        ``StepProgress`` after every step (before ``on_step``), with a preview latent of the current denoised
+        prediction when ``preview`` is set; on CUDA the device is synchronized for it each step.
+        """
         check_request(req, self.model.spec, self.parallel)
         sigmas = req.run_sigmas()
         if req.add_noise:
@@ -240,16 +263,38 @@ class WanEngine:
         denoise = self.denoiser(req)
         compiled = self.model.compiled
         shapes_before = len(compiled.shapes) if compiled is not None else 0
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        latest: list[torch.Tensor] = []  # the last denoised prediction, when a preview is wanted
+        if on_progress is not None and preview:
+            denoise = _remembering(denoise, latest)
         start = time.perf_counter()
         first_step_end: list[float] = []
+        first_step_compiled: list[bool] = []
 
         def step_done(i: int, total: int, x_now: torch.Tensor) -> None:
+            if cuda and (i == 0 or on_progress is not None):
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
             if i == 0:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                first_step_end.append(time.perf_counter())
-                if compiled is not None and len(compiled.shapes) > shapes_before:  # this step compiled
+                first_step_end.append(now)
+                first_step_compiled.append(compiled is not None and len(compiled.shapes) > shapes_before)
+                if first_step_compiled[0]:
                     log.info("first step, compilation included: %.1f s", first_step_end[0] - start)
+            if on_progress is not None:
+                skipped = cache.skipped_so_far() if cache is not None else ()
+                on_progress(
+                    StepProgress(
+                        step=i + 1,
+                        total=total,
+                        elapsed_s=now - start,
+                        first_step_s=first_step_end[0] - start,
+                        cache=cache.name if cache is not None else None,
+                        skipped=skipped,
+                        preview=preview_latent(latest[0]) if latest else None,
+                    )
+                )
             if on_step is not None:
                 on_step(i, total, x_now)
 
@@ -271,12 +316,20 @@ class WanEngine:
                 report = cache.end_run()  # also after a cancelled run: the residuals are released
             if layer_schedule is not None:
                 attention = layer_schedule.end_run()
-        if self.device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(self.device)
         end = time.perf_counter()
         x = inverse_noise_scaling(final_sigma(req.sampler, sigmas), x.float())
         result = SampleResult(
-            latents.denormalize(x).cpu(), steps, end - start, first_step_end[0] - start, report, attention
+            latents.denormalize(x).cpu(),
+            steps,
+            end - start,
+            first_step_end[0] - start,
+            report,
+            attention,
+            first_step_compiled=first_step_compiled[0],
+            kernels=self.kernels,
+            peak_memory_bytes=(torch.cuda.max_memory_allocated(self.device),) if cuda else (),
         )
         schedule = "sigmas input" if req.sigmas is not None else req.scheduler
         log.info("%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, schedule, req.cfg)
@@ -284,6 +337,19 @@ class WanEngine:
             for branch in report.branches:
                 log.info("%s %s steps: %s (C computed, S skipped)", report.cache, branch.name, branch.pattern)
         return result
+
+
+def _remembering(
+    denoise: Callable[[torch.Tensor, float], torch.Tensor], latest: list[torch.Tensor]
+) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """The denoiser, keeping its last prediction in ``latest`` (a reference, no copy) for the step's preview."""
+
+    def run(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        x0 = denoise(x, sigma)
+        latest[:] = [x0]
+        return x0
+
+    return run
 
 
 def _announcing_steps(

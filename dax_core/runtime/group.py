@@ -45,7 +45,8 @@ from .engine import SampleRequest, SampleResult
 from .failures import RankEvent, explain, primary_event
 from .launch import agent_command, agent_environment
 from .liveness import HEARTBEAT_KIND, Liveness, Watchdog
-from .sample_messages import request_fields, result_from_message
+from .progress import StepProgress
+from .sample_messages import progress_from_message, request_fields, result_from_message
 from .wire import Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 WORKER_MODULE = "dax_core.runtime.worker"
 ProgressCallback = Callable[[int, int], None]
 """Called with (steps done, total steps) after every step."""
+StepReportCallback = Callable[[StepProgress], None]
+"""Called with rank 0's ``StepProgress`` after every step."""
 
 __all__ = [
     "GroupConfig",
@@ -170,6 +173,8 @@ class _Run:
     cancel_deadline: float | None = None  # monotonic; set when the cancel went out
     last_step: int = 0
     """The last step rank 0 reported done."""
+    peak_memory: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    """Per rank, the peak GPU memory it reported with its result."""
 
     @property
     def cancel_sent(self) -> bool:
@@ -344,6 +349,8 @@ class WorkerGroup:
         on_step: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
         liveness: Liveness | None = None,
+        on_progress: StepReportCallback | None = None,
+        previews: bool = False,
     ) -> SampleResult:
         """Run one request on every rank; raises ``SampleCancelled`` or ``WorkerGroupError``, or ValueError for a
         request the model cannot run, which is checked here: inside the ranks it would end the group.
@@ -352,6 +359,9 @@ class WorkerGroup:
         one the ranks were started with). If ``on_step`` or ``should_cancel`` raises (ComfyUI's progress hook
         raises on Cancel), the ranks are cancelled and waited for (at most ``cancel_s``, then the group is taken
         down) before the exception goes on, so the group is ready for the next request.
+
+        ``on_progress`` gets rank 0's ``StepProgress`` of every step (after ``on_step``), carrying a preview latent
+        when ``previews`` is set. The result's peak memory lists every rank's.
         """
         if not self.alive:
             state = "down after a failure" if self._failed else "closed"
@@ -361,6 +371,7 @@ class WorkerGroup:
         self._next_id += 1
         run = _Run(self._next_id, set(self._ranks))
         fields, tensors = request_fields(req)
+        fields["previews"] = previews and on_progress is not None
         assert self._watchdog is not None
         self._watchdog.start_run(watch, len(req.run_sigmas()) - 1, time.monotonic())
         try:
@@ -370,7 +381,7 @@ class WorkerGroup:
                 except OSError:
                     self._selector.unregister(r.channel)
                     self._fail(RankEvent(r.rank, r.describe(), "drop", time.time()), "while sending the request")
-            return self._wait_for(run, req, on_step, should_cancel)
+            return self._wait_for(run, req, on_step, should_cancel, on_progress)
         finally:
             self._watchdog.end_run()
 
@@ -380,10 +391,11 @@ class WorkerGroup:
         req: SampleRequest,
         on_step: ProgressCallback | None,
         should_cancel: Callable[[], bool] | None,
+        on_progress: StepReportCallback | None = None,
     ) -> SampleResult:
         try:
             while run.pending:
-                self._follow(run, on_step)
+                self._follow(run, on_step, on_progress)
                 if not run.cancel_sent and should_cancel is not None and should_cancel():
                     self._cancel(run)
                 if run.pending and self._cancel_overdue(run):
@@ -401,14 +413,17 @@ class WorkerGroup:
             raise SampleCancelled(run.cancelled_at)
         if run.result is None:
             raise WorkerGroupError("rank 0 finished without a result")  # a protocol bug, not a user error
-        return run.result
+        peaks = tuple(b for rank in sorted(run.peak_memory) for b in run.peak_memory[rank])
+        return dataclasses.replace(run.result, peak_memory_bytes=peaks)
 
-    def _follow(self, run: _Run, on_step: ProgressCallback | None) -> None:
+    def _follow(
+        self, run: _Run, on_step: ProgressCallback | None, on_progress: StepReportCallback | None = None
+    ) -> None:
         """Take in what the ranks sent, then report the progress in it: every message of the batch is accounted
         for before ``on_step`` runs, so a callback that raises loses nothing (``_abandon`` then knows every rank
         that has finished)."""
         doing = "while sampling"
-        progress: list[tuple[int, int]] = []
+        progress: list[StepProgress] = []
         for r, msg in self._receive(0.05, doing):
             if msg.kind == "error" or msg.get("id") != run.request_id:
                 self._fail_with(r, msg, doing)
@@ -416,20 +431,24 @@ class WorkerGroup:
                 run.last_step = int(msg["step"])
                 if self._watchdog is not None:
                     self._watchdog.step_done(run.last_step, time.monotonic())
-                progress.append((int(msg["step"]), int(msg["total"])))
+                progress.append(progress_from_message(msg))
             elif msg.kind == "result":
                 run.result = result_from_message(msg)
+                run.peak_memory[r.rank] = run.result.peak_memory_bytes
                 run.pending.discard(r.rank)
             elif msg.kind == "done":
+                run.peak_memory[r.rank] = tuple(int(b) for b in msg.get("peak_memory_bytes", ()))
                 run.pending.discard(r.rank)
             elif msg.kind == "cancelled":
                 run.cancelled_at = int(msg["step"])
                 run.pending.discard(r.rank)
             else:
                 self._fail_with(r, msg, doing)
-        if on_step is not None:
-            for step, total in progress:
-                on_step(step, total)
+        for p in progress:
+            if on_step is not None:
+                on_step(p.step, p.total)
+            if on_progress is not None:
+                on_progress(p)
 
     def _cancel(self, run: _Run) -> None:
         assert self._watchdog is not None

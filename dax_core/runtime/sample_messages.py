@@ -9,6 +9,7 @@ import torch
 from ..attention.schedule import DensityReport
 from ..cache.base import BranchReport, StepCacheReport
 from .engine import SampleRequest, SampleResult
+from .progress import StepProgress
 from .wire import Message
 
 _SCALARS = (
@@ -57,6 +58,9 @@ def result_fields(result: SampleResult) -> tuple[dict[str, Any], dict[str, torch
         "first_step_seconds": result.first_step_seconds,
         "step_cache": None,
         "attention": None,
+        "first_step_compiled": result.first_step_compiled,
+        "kernels": list(result.kernels),
+        "peak_memory_bytes": list(result.peak_memory_bytes),
     }
     report = result.step_cache
     if report is not None:
@@ -85,4 +89,37 @@ def result_from_message(msg: Message) -> SampleResult:
         first_step_seconds=float(msg["first_step_seconds"]),
         step_cache=step_cache,
         attention=attention,
+        first_step_compiled=bool(msg.get("first_step_compiled", False)),
+        kernels=tuple(str(line) for line in msg.get("kernels", ())),
+        peak_memory_bytes=tuple(int(b) for b in msg.get("peak_memory_bytes", ())),
+    )
+
+
+PREVIEW_WIRE_DTYPE = torch.float16  # half the bytes of float32; a preview needs no more
+
+
+def progress_fields(p: StepProgress) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(header fields, tensors) of rank 0's progress message after a step."""
+    fields: dict[str, Any] = {
+        "step": p.step,
+        "total": p.total,
+        "elapsed_s": p.elapsed_s,
+        "first_step_s": p.first_step_s,
+        "cache": p.cache,
+        "skipped": [[name, n] for name, n in p.skipped],
+    }
+    tensors = {} if p.preview is None else {"preview": p.preview.to(PREVIEW_WIRE_DTYPE)}
+    return fields, tensors
+
+
+def progress_from_message(msg: Message) -> StepProgress:
+    preview = msg.tensors.get("preview")
+    return StepProgress(
+        step=int(msg["step"]),
+        total=int(msg["total"]),
+        elapsed_s=float(msg["elapsed_s"]),
+        first_step_s=float(msg["first_step_s"]),
+        cache=msg.get("cache"),
+        skipped=tuple((str(name), int(n)) for name, n in msg.get("skipped", ())),
+        preview=None if preview is None else preview.float(),
     )

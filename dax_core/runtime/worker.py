@@ -46,7 +46,8 @@ from .distributed import ParallelConfig, RankEnv, build_engine, init_process_gro
 from .engine import BlockCallback, SampleRequest, SampleResult, StepCallback
 from .launch import STORE_ENV
 from .liveness import HEARTBEAT_KIND, Position
-from .sample_messages import request_from_message, result_fields
+from .progress import ProgressCallback, StepProgress
+from .sample_messages import progress_fields, request_from_message, result_fields
 from .wire import Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,12 @@ JOIN_TIMEOUT_S = 60.0
 
 class SamplingEngine(Protocol):
     def sample(
-        self, req: SampleRequest, on_step: StepCallback | None = None, on_block: BlockCallback | None = None
+        self,
+        req: SampleRequest,
+        on_step: StepCallback | None = None,
+        on_block: BlockCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        preview: bool = False,
     ) -> SampleResult: ...
 
 
@@ -280,15 +286,19 @@ class Worker:
             if votes.any(inbox.cancelled(request_id)):
                 raise Cancelled(state.position.step)
 
+        def on_progress(p: StepProgress) -> None:  # rank 0 only: before the step's stop vote, as on_step runs after
+            fields, tensors = progress_fields(p)
+            self.channel.send("progress", tensors, id=request_id, **fields)
+
         def on_step(i: int, total: int, _x: torch.Tensor) -> None:
             state.set(step=i + 1, steps=total, forward=0, block=0)
-            if lead:
-                self.channel.send("progress", id=request_id, step=i + 1, total=total)
             if votes.any(inbox.cancelled(request_id)):
                 raise Cancelled(i + 1)
 
+        previews = lead and bool(msg.get("previews", False))  # the owner asks for them when it shows them
         try:
-            result = engine.sample(req, on_step=on_step, on_block=on_block)
+            progress = on_progress if lead else None
+            result = engine.sample(req, on_step=on_step, on_block=on_block, on_progress=progress, preview=previews)
         except Cancelled as c:
             inbox.forget(request_id)
             state.set(phase="idle")
@@ -302,8 +312,8 @@ class Worker:
         if lead:
             fields, tensors = result_fields(result)
             self.channel.send("result", tensors, id=request_id, **fields)
-        else:
-            self.channel.send("done", id=request_id)
+        else:  # the owner reports every GPU's peak memory
+            self.channel.send("done", id=request_id, peak_memory_bytes=list(result.peak_memory_bytes))
         return True
 
     def _report(self, request_id: int | None, exc: BaseException) -> None:

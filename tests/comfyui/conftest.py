@@ -70,7 +70,9 @@ def comfy_server(
     (diffusion_models / WRONG_DIT_FILES["garbage"]).write_bytes(b"this is not a safetensors file\n" * 64)
     # a temp folder of its own, to see what is left there; torch.compile's cache stays where it is shared
     env = {"TMPDIR": str(base / "tmp"), "TORCHINDUCTOR_CACHE_DIR": INDUCTOR_CACHE}
-    with ComfyServer(comfyui_dir, base, start_timeout=120.0, env=env) as server:
+    # previews on, as a user turns them on: the samplers of every prompt make them, through one GPU and the group
+    previews = ["--preview-method", "auto"]
+    with ComfyServer(comfyui_dir, base, start_timeout=120.0, env=env, extra_args=previews) as server:
         yield server
 
 

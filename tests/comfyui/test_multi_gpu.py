@@ -35,6 +35,8 @@ FAILURE_SLACK_S = 15.0
 the ranks out for up to 2 s and kills them, then ComfyUI records the error; generous for a loaded 2-core machine,
 and far below the 600 s collective timeout the error would otherwise wait for."""
 OTHER_TEXT_WIDTH = 512  # the tiny DiT takes the workflow's 768-wide T5-base text
+SUMMARY = "dax_summary"
+LAYOUT = "2 GPUs: ulysses=2, overlap on"
 
 
 def _videos(server: ComfyServer, outputs: dict[str, Any]) -> list:
@@ -121,8 +123,15 @@ def test_two_prompts_share_one_worker_group_and_a_cancel_keeps_it(
     comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]
 ) -> None:
     groups_before = len(GROUP_READY.findall(comfy_server.log_text()))
-    _videos(comfy_server, comfy_server.run(tiny_prompt(seed=21, gpus=2), timeout=RUN_TIMEOUT))
-    _videos(comfy_server, comfy_server.run(tiny_prompt(seed=22, gpus=2), timeout=RUN_TIMEOUT))
+    prompt = tiny_prompt(seed=21, gpus=2)
+    sampler = next(k for k, node in prompt.items() if node["class_type"] == "DaxMultiGPUSampler")
+    first = comfy_server.run(prompt, timeout=RUN_TIMEOUT)
+    _videos(comfy_server, first)
+    second = comfy_server.run(tiny_prompt(seed=22, gpus=2), timeout=RUN_TIMEOUT)
+    _videos(comfy_server, second)
+    # the summary says where it ran, and that the second prompt found the group warm
+    assert first[sampler][SUMMARY][-1] == f"{LAYOUT} · CPU · worker group started", first[sampler]
+    assert second[sampler][SUMMARY][-1] == f"{LAYOUT} · CPU · warm worker group reused", second[sampler]
     log = comfy_server.log_text()
     assert len(GROUP_READY.findall(log)) == groups_before + 1, "the second prompt started another group"
     runs = SAMPLING.findall(log)

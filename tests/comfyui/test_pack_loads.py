@@ -44,3 +44,17 @@ def test_the_advanced_sampler_and_the_scheduler_are_listed(comfy_server: ComfySe
     assert required["return_with_leftover_noise"][0] == ["disable", "enable"]
     assert (required["start_at_step"][1]["default"], required["end_at_step"][1]["default"]) == (0, 10000)
     assert advanced["input"]["optional"]["sigmas"][0] == "SIGMAS"
+
+
+def test_every_input_and_output_of_every_dax_node_has_a_tooltip(comfy_server: ComfyServer) -> None:
+    info = comfy_server.object_info()
+    dax_nodes = {name: node for name, node in info.items() if node.get("python_module", "").endswith(PACK_NAME)}
+    assert len(dax_nodes) >= 10, sorted(dax_nodes)
+    for name, node in dax_nodes.items():
+        for section in ("required", "optional"):
+            for input_name, spec in node["input"].get(section, {}).items():
+                options = spec[1] if len(spec) > 1 else {}
+                assert options.get("tooltip", "").strip(), f"{name}.{input_name} has no tooltip"
+        tooltips = node.get("output_tooltips") or []
+        assert len(tooltips) == len(node["output"]), f"{name}: {len(tooltips)} output tooltips for {node['output']}"
+        assert all(t and t.strip() for t in tooltips), f"{name} has an empty output tooltip"

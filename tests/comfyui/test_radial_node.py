@@ -55,7 +55,7 @@ def test_prompt_runs_and_the_sampler_reports_each_steps_density(
     sampler = next(i for i, o in outputs.items() if any("steps in" in line for line in o.get("dax_summary", [])))
     # the tiny video (2 frames of 4 x 4 patches) fits one 128-token block: every step computes it whole
     expected = "radial attention density per step: 1.00 x4 (1.00 of dense attention over the run)"
-    assert outputs[sampler]["dax_summary"][-1] == expected, outputs[sampler]
+    assert expected in outputs[sampler]["dax_summary"], outputs[sampler]
     assert [p for p in comfy_server.output_files(outputs) if p.suffix == ".mp4"]
 
 

@@ -64,7 +64,7 @@ def _check_levers(prompt: dict[str, Any], outputs: dict[str, Any], log: str) -> 
         assert "first step, compilation included" in log, log
 
 
-@pytest.mark.parametrize("workflow", shipped_workflows(), ids=lambda path: path.name.removesuffix(".api.json"))
+@pytest.mark.parametrize("workflow", shipped_workflows(), ids=lambda path: path.stem)
 def test_tiny_workflow_writes_a_video(
     comfy_server: ComfyServer, tiny_prompt: Callable[..., dict], workflow: Path
 ) -> None:

@@ -5,8 +5,8 @@ It is the real worker with the real engine; only:
 - a request whose seed is ``RAISE_SEED`` makes the last rank raise after its first step, while the other ranks go on
   into the next step's collective;
 - one whose seed is ``HOLD_SEED`` makes every rank hold at the boundary after step ``HOLD_AFTER`` until a cancel
-  reaches them (the worker's own step callback, progress and stop vote included, runs again every ``HOLD_POLL_S``):
-  a cancel sent then must stop every rank at that boundary, however slowly the owner reacts;
+  reaches them (its progress sent once; the worker's own step callback, the stop vote, runs again every
+  ``HOLD_POLL_S``): a cancel sent then must stop every rank at that boundary, however slowly the owner reacts;
 - one whose seed is ``HOLD_IN_BLOCK_SEED`` holds the same way inside step ``HOLD_AFTER + 1``, after its first
   transformer block (the block callback, stop vote included, runs again): a cancel must stop every rank there,
   mid-step;
@@ -32,6 +32,7 @@ import torch
 from dax_core.runtime.control import new_secret
 from dax_core.runtime.distributed import ParallelConfig, RankEnv
 from dax_core.runtime.engine import BlockCallback, SampleRequest, SampleResult, StepCallback
+from dax_core.runtime.progress import ProgressCallback
 from dax_core.runtime.worker import SamplingEngine, default_builder, main
 
 RAISE_SEED = 666_001
@@ -58,10 +59,16 @@ class FaultyEngine:
         self.faulty = env.rank == env.world_size - 1
 
     def sample(
-        self, req: SampleRequest, on_step: StepCallback | None = None, on_block: BlockCallback | None = None
+        self,
+        req: SampleRequest,
+        on_step: StepCallback | None = None,
+        on_block: BlockCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        preview: bool = False,
     ) -> SampleResult:
+        shown = {"on_progress": on_progress, "preview": preview}  # the status, passed through as it came
         if req.seed == HOLD_SEED and on_step is not None:
-            return self.engine.sample(req, _holding(on_step), on_block)
+            return self.engine.sample(req, _holding(on_step), on_block, **shown)
         if req.seed == HOLD_IN_BLOCK_SEED and on_step is not None and on_block is not None:
             steps_done: list[int] = []
 
@@ -69,7 +76,7 @@ class FaultyEngine:
                 steps_done.append(i)
                 on_step(i, total, x)
 
-            return self.engine.sample(req, count, _holding_in_block(on_block, steps_done))
+            return self.engine.sample(req, count, _holding_in_block(on_block, steps_done), **shown)
         if req.seed == STALL_SEED and self.faulty and on_step is not None and on_block is not None:
             steps_done = []
 
@@ -82,16 +89,16 @@ class FaultyEngine:
                     time.sleep(HOLD_LIMIT_S)  # alive, stuck: the heartbeat thread goes on meanwhile
                 on_block(index, blocks)
 
-            return self.engine.sample(req, note, stall)
+            return self.engine.sample(req, note, stall, **shown)
         if req.seed != RAISE_SEED or not self.faulty:
-            return self.engine.sample(req, on_step, on_block)
+            return self.engine.sample(req, on_step, on_block, **shown)
 
         def step_then_fail(i: int, total: int, x: torch.Tensor) -> None:
             if on_step is not None:
                 on_step(i, total, x)
             raise InjectedFault(f"injected fault after step {i + 1}")
 
-        return self.engine.sample(req, step_then_fail, on_block)
+        return self.engine.sample(req, step_then_fail, on_block, **shown)
 
 
 def _holding(on_step: StepCallback) -> StepCallback:

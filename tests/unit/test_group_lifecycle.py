@@ -10,9 +10,13 @@ import sys
 
 import psutil
 import pytest
+import torch
 
+from dax_core.runtime.engine import SampleResult
 from dax_core.runtime.group import GroupConfig, StartCancelled, WorkerGroup, _Rank, _Run
 from dax_core.runtime.processes import LaunchedProcess
+from dax_core.runtime.progress import StepProgress
+from dax_core.runtime.sample_messages import progress_fields, result_fields
 from dax_core.runtime.wire import Message
 from tests.unit.group_helpers import assert_all_gone, tiny_recipe
 
@@ -51,7 +55,7 @@ def test_a_raising_progress_callback_loses_no_message_of_its_batch():
     group = object.__new__(WorkerGroup)
     ranks = [_Rank(None, 0, 100, "here"), _Rank(None, 1, 101, "here")]  # type: ignore[arg-type]
     batch = [
-        (ranks[0], Message("progress", {"id": 7, "step": 3, "total": 10})),
+        (ranks[0], Message("progress", {"id": 7, **progress_fields(StepProgress(3, 10, 3.0, 1.0))[0]})),
         (ranks[1], Message("done", {"id": 7})),
     ]
     group._receive = lambda timeout, doing: batch  # type: ignore[method-assign]
@@ -65,6 +69,21 @@ def test_a_raising_progress_callback_loses_no_message_of_its_batch():
         group._follow(run, on_step)
     assert run.pending == {0}
     assert run.last_step == 3
+
+
+def test_every_ranks_peak_memory_is_kept_from_its_last_message():
+    group = object.__new__(WorkerGroup)
+    ranks = [_Rank(None, 0, 100, "here"), _Rank(None, 1, 101, "here")]  # type: ignore[arg-type]
+    result = SampleResult(torch.zeros(1), 4, 2.0, 1.0, peak_memory_bytes=(5 * 2**30,))
+    fields, tensors = result_fields(result)
+    batch = [
+        (ranks[1], Message("done", {"id": 7, "peak_memory_bytes": [6 * 2**30]})),
+        (ranks[0], Message("result", {"id": 7, **fields}, tensors)),
+    ]
+    group._receive = lambda timeout, doing: batch  # type: ignore[method-assign]
+    run = _Run(7, {0, 1})
+    group._follow(run, None)
+    assert run.pending == set() and run.peak_memory == {0: (5 * 2**30,), 1: (6 * 2**30,)}
 
 
 def test_the_launchers_exit_is_seen_without_reaping_it():

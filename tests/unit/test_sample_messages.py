@@ -9,7 +9,15 @@ import torch
 
 from dax_core.cache.base import BranchReport, StepCacheReport
 from dax_core.runtime.engine import SampleRequest, SampleResult
-from dax_core.runtime.sample_messages import request_fields, request_from_message, result_fields, result_from_message
+from dax_core.runtime.progress import StepProgress
+from dax_core.runtime.sample_messages import (
+    progress_fields,
+    progress_from_message,
+    request_fields,
+    request_from_message,
+    result_fields,
+    result_from_message,
+)
 from dax_core.runtime.wire import recv_message, send_message
 
 
@@ -68,8 +76,30 @@ def test_request_without_negative_round_trip():
 
 def test_result_round_trip_with_step_cache_report():
     report = StepCacheReport("TeaCache", 5, (BranchReport("cond", "CCSCC"), BranchReport("uncond", "CCSSC")))
-    result = SampleResult(torch.randn(1, 16, 2, 4, 4), 5, 3.25, 1.5, report)
+    kernels = ("attention: PyTorch SDPA", "linears: 3 of 5 in fp8 per-token-per-channel, the others in bfloat16")
+    result = SampleResult(
+        torch.randn(1, 16, 2, 4, 4), 5, 3.25, 1.5, report,
+        first_step_compiled=True, kernels=kernels, peak_memory_bytes=(7 * 2**30, 2**33),
+    )  # fmt: skip
     got = result_from_message(_through_a_socket("result", *result_fields(result)))
     assert torch.equal(got.latent, result.latent)
     assert (got.steps, got.seconds, got.first_step_seconds, got.step_cache) == (5, 3.25, 1.5, report)
+    assert (got.first_step_compiled, got.kernels, got.peak_memory_bytes) == (True, kernels, (7 * 2**30, 2**33))
     assert got.summary_lines() == result.summary_lines()
+    assert got.summary_lines()[-1] == "peak GPU memory: 7.0, 8.0 GiB (per GPU)"
+
+
+def test_progress_round_trip_with_a_preview_in_half_precision():
+    g = torch.Generator().manual_seed(1)
+    preview = torch.randn(1, 16, 1, 9, 16, generator=g)
+    sent = StepProgress(3, 10, 7.5, 4.0, "TeaCache", (("cond", 1), ("uncond", 0)), preview)
+    got = progress_from_message(_through_a_socket("progress", *progress_fields(sent)))
+    assert (got.step, got.total, got.elapsed_s, got.first_step_s, got.cache, got.skipped) == (
+        3, 10, 7.5, 4.0, "TeaCache", (("cond", 1), ("uncond", 0))
+    )  # fmt: skip
+    # float16 keeps 11 significant bits: rounding moves a normal value by at most 2**-11 of itself, a subnormal
+    # one (below 2**-14) by at most half its spacing of 2**-24
+    assert got.preview.dtype == torch.float32 and got.preview.shape == preview.shape
+    assert torch.allclose(got.preview, preview, rtol=2**-11, atol=2**-25)
+    plain = progress_from_message(_through_a_socket("progress", *progress_fields(StepProgress(1, 2, 1.0, 1.0))))
+    assert plain.preview is None and plain.skipped == () and plain.cache is None

@@ -24,7 +24,9 @@ import pytest
 import torch
 
 from dax_core.runtime.distributed import parallel_layout
+from dax_core.runtime.engine import WanEngine
 from dax_core.runtime.group import GroupConfig, SampleCancelled, WorkerError, WorkerGroup, WorkerGroupError
+from dax_core.runtime.progress import StepProgress
 from tests.unit.faulty_worker import FAIL_BUILD_ENV, HOLD_AFTER, HOLD_SEED, RAISE_SEED
 from tests.unit.faulty_worker import MODULE as FAULTY_WORKER
 from tests.unit.group_helpers import (
@@ -84,6 +86,24 @@ def test_group_gives_the_in_process_result_and_is_reused_across_prompts(groups, 
     assert again is group and again.worker_pids == pids
     assert_same_latent(again.sample(tiny_request()), reference)
     assert len(groups.started) == 1
+
+
+def test_rank_0_reports_every_step_with_its_preview_as_one_process_does(groups, recipe):
+    group = groups.get(recipe)
+    here: list[StepProgress] = []
+    expected = WanEngine.build(recipe, "cpu").sample(tiny_request(), on_progress=here.append, preview=True)
+    seen: list[StepProgress] = []
+    got = group.sample(tiny_request(), on_progress=seen.append, previews=True)
+    assert [p.step for p in seen] == [1, 2, 3, 4] and {p.total for p in seen} == {4}
+    assert got.kernels == expected.kernels and got.peak_memory_bytes == ()  # CPU ranks: no GPU memory to report
+    for ours, theirs in zip(seen, here, strict=True):
+        # sent in float16 (a relative rounding of at most 2**-11, plus half the subnormal spacing); the split
+        # forward adds float32 rounding of ~1e-6 (assert_same_latent)
+        torch.testing.assert_close(ours.preview, theirs.preview, rtol=2**-11 + 1e-5, atol=1e-5)
+        assert ours.first_step_s <= ours.elapsed_s
+    plain: list[StepProgress] = []
+    group.sample(tiny_request(steps=2), on_progress=plain.append)  # previews are sent only when asked for
+    assert [p.step for p in plain] == [1, 2] and all(p.preview is None for p in plain)
 
 
 def test_control_channel_takes_no_connection_once_every_rank_joined(groups, recipe):
