@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after every step with (step index, total steps, current latent in model space)."""
+FEW_STEPS = 8
+"""Runs of at most this many steps run without their step cache: each step carries at least an eighth of the
+denoising, and TeaCache's and MagCache's published settings are made for 20-50 steps, where a skipped step is one
+of many small ones. The sampler's summary says so."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,7 @@ class SampleResult:
     seconds: float  # wall time of the sampling loop
     first_step_seconds: float  # includes compilation when the model is compiled
     step_cache: StepCacheReport | None = None  # what a step cache (TeaCache, MagCache) skipped, per branch
+    notes: tuple[str, ...] = ()  # what else the user should know: the LoRAs merged, a step cache left out
 
     def summary_lines(self) -> list[str]:
         text = f"{self.steps} step{'s' if self.steps != 1 else ''} in {self.seconds:.1f} s"
@@ -127,7 +132,7 @@ class SampleResult:
         lines = [text]
         if self.step_cache is not None:
             lines.append(self.step_cache.summary())
-        return lines
+        return [*lines, *self.notes]
 
     def summary(self) -> str:
         return "; ".join(self.summary_lines())
@@ -143,6 +148,11 @@ class WanEngine:
         self.device = torch.device(device)
         self.parallel: ParallelConfig | None = None
         """How the model's forward is split over ranks (set with sequence parallelism), for ``check_request``."""
+        self.lora_params: frozenset[str] = frozenset()
+        """The parameters the recipe's LoRAs changed (``use_loras_of`` reads them again)."""
+        self.lora_lines: tuple[str, ...] = ()
+        """What the LoRAs did, for the summary of every run."""
+        self._unusable: str | None = None
 
     @classmethod
     def build(
@@ -154,17 +164,61 @@ class WanEngine:
         None for one process. The accelerations see it: a step cache reduces its decision sums over it, and
         quantization refuses per-tensor activation scales, which a split would change.
         """
-        from ..models.loading import load_wan_model  # the weight loader is needed only here
+        from ..lora.merge import recipe_deltas  # the weight loader and the LoRA merge are needed only here
+        from ..models.loading import load_wan_model
 
         device = torch.device(device)
         world = 1 if sequence_group is None else sequence_group.size()
         start = time.perf_counter()
-        model = load_wan_model(
-            recipe.weights, device=device, weight_dtype=recipe.weight_dtype, compute_dtype=recipe.torch_compute_dtype
-        ).eval()
+        deltas = recipe_deltas(recipe)  # the LoRA files are checked before any weight is read
+        with deltas:
+            model = load_wan_model(
+                recipe.weights,
+                device=device,
+                weight_dtype=recipe.weight_dtype,
+                compute_dtype=recipe.torch_compute_dtype,
+                deltas=deltas if deltas.params else None,
+            ).eval()
         apply_accelerations(model, recipe, BuildEnv(device, world, sequence_group))
         log.info("built %s on %s in %.1f s", model.spec.name, device, time.perf_counter() - start)
-        return cls(model, recipe, device)
+        engine = cls(model, recipe, device)
+        engine.lora_params, engine.lora_lines = deltas.params, tuple(deltas.summary_lines())
+        return engine
+
+    @property
+    def usable(self) -> bool:
+        """False after ``use_loras_of`` failed half-way through the weights: build the engine again."""
+        return self._unusable is None
+
+    def can_use_loras_of(self, recipe: Recipe) -> bool:
+        """Whether ``use_loras_of(recipe)`` can serve ``recipe`` on this model (else build it again)."""
+        from ..lora.merge import can_merge_again
+
+        same = recipe.without_loras() == self.recipe.without_loras()
+        return same and self.usable and (recipe.loras == self.recipe.loras or can_merge_again(self.model))
+
+    def use_loras_of(self, recipe: Recipe) -> None:
+        """Take ``recipe``'s LoRAs (other strengths, other files, or none) on this built model, without building it
+        again or compiling it again: the parameters the old or the new LoRAs touch are read again from the weights
+        file and merged anew (``dax_core.lora.merge``), so the model equals one built from ``recipe``.
+
+        ``recipe`` must differ from the engine's recipe in its LoRAs only. The LoRA files are checked before the
+        first parameter is written; a failure after that leaves the engine unusable (``usable``).
+        """
+        from ..lora.merge import merge_again, recipe_deltas
+
+        if recipe.without_loras() != self.recipe.without_loras():
+            raise ValueError("use_loras_of takes a recipe that differs from the engine's in its LoRAs only")
+        if recipe.loras == self.recipe.loras:
+            return
+        deltas = recipe_deltas(recipe, self.model.spec)
+        try:
+            merge_again(self.model, self.recipe, deltas, self.lora_params, self.device)
+        except BaseException as e:
+            self._unusable = f"taking new LoRAs failed half-way ({type(e).__name__}: {e})"
+            raise
+        self.lora_params, self.lora_lines = deltas.params, tuple(deltas.summary_lines())
+        self.recipe = dataclasses.replace(self.recipe, loras=recipe.loras)
 
     def use_step_caches_of(self, recipe: Recipe) -> None:
         """Take ``recipe``'s step cache (TeaCache, MagCache, or none) on this built model, without rebuilding it.
@@ -230,8 +284,29 @@ class WanEngine:
 
     @torch.inference_mode()
     def sample(self, req: SampleRequest, on_step: StepCallback | None = None) -> SampleResult:
-        """Run the sampling loop and return ComfyUI's (un-normalised) latent with the timing."""
+        """Run the sampling loop and return ComfyUI's (un-normalised) latent with the timing.
+
+        A run of at most ``FEW_STEPS`` steps computes every step, without the model's step cache (the summary says
+        so)."""
+        if not self.usable:
+            raise RuntimeError(f"this engine is unusable: {self._unusable}; build it again")
         check_request(req, self.model.spec, self.parallel)
+        cache = self.model.step_cache
+        if cache is None or req.steps > FEW_STEPS:
+            return self._sample(req, on_step, self.lora_lines)
+        note = (
+            f"{cache.name} is off for this {req.steps}-step run: at {FEW_STEPS} steps or fewer every step carries too "
+            f"much of the denoising to be skipped (step caches are made for 20-50 steps), so every step ran; remove "
+            f"the {cache.name} node for few-step (distilled) sampling"
+        )
+        log.warning(note)
+        self.model.step_cache = None
+        try:
+            return self._sample(req, on_step, (*self.lora_lines, note))
+        finally:
+            self.model.step_cache = cache
+
+    def _sample(self, req: SampleRequest, on_step: StepCallback | None, notes: tuple[str, ...]) -> SampleResult:
         sigmas = flow_sigmas(req.scheduler, req.steps, req.shift)
         noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
         image = req.latent.to(self.device, torch.float32)
@@ -270,7 +345,7 @@ class WanEngine:
             torch.cuda.synchronize(self.device)
         end = time.perf_counter()
         result = SampleResult(
-            latents.denormalize(x.float()).cpu(), steps, end - start, first_step_end[0] - start, report
+            latents.denormalize(x.float()).cpu(), steps, end - start, first_step_end[0] - start, report, notes
         )
         log.info(
             "%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, req.scheduler, req.cfg

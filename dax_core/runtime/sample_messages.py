@@ -41,6 +41,7 @@ def result_fields(result: SampleResult) -> tuple[dict[str, Any], dict[str, torch
         "seconds": result.seconds,
         "first_step_seconds": result.first_step_seconds,
         "step_cache": None,
+        "notes": list(result.notes),
     }
     report = result.step_cache
     if report is not None:
@@ -61,4 +62,5 @@ def result_from_message(msg: Message) -> SampleResult:
         seconds=float(msg["seconds"]),
         first_step_seconds=float(msg["first_step_seconds"]),
         step_cache=step_cache,
+        notes=tuple(str(note) for note in msg.get("notes", ())),
     )
