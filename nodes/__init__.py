@@ -3,6 +3,7 @@
 from .attention import DaxSetAttentionBackend
 from .compile import DaxCompile
 from .load_wan import DaxLoadWan
+from .lora import DaxLoadLora
 from .magcache import DaxMagcache
 from .quantize import DaxQuantizeLinear
 from .sampler import DaxMultiGPUSampler
@@ -10,6 +11,7 @@ from .teacache import DaxTeacache
 
 NODE_CLASS_MAPPINGS = {
     "DaxLoadWan": DaxLoadWan,
+    "DaxLoadLora": DaxLoadLora,
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
     "DaxQuantizeLinear": DaxQuantizeLinear,
     "DaxSetAttentionBackend": DaxSetAttentionBackend,
@@ -19,6 +21,7 @@ NODE_CLASS_MAPPINGS = {
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
+    "DaxLoadLora": "Load LoRA (DAX)",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
     "DaxQuantizeLinear": "Quantize Linear (DAX)",
     "DaxSetAttentionBackend": "Set Attention Backend (DAX)",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections.abc import Callable
 
 import comfy.model_management as mm
 import comfy.utils
@@ -54,6 +56,12 @@ def _text_embedding(conditioning: list, which: str) -> torch.Tensor:
 
 def _has_step_cache(recipe: Recipe) -> bool:
     return any(a.kind in STEP_CACHE_KINDS for a in recipe.accelerations)
+
+
+def _owner(recipe: Recipe, takes_in_place: Callable[[Recipe], bool]) -> Recipe:
+    """The recipe whose lifetime keeps the engine: the last one upstream of every node whose change a built engine
+    takes in place, which ComfyUI keeps cached while only those nodes' widgets change."""
+    return next((r for r in recipe.lineage() if not takes_in_place(r)), recipe)
 
 
 def _build_engine(recipe: Recipe) -> WanEngine:
@@ -111,8 +119,18 @@ def _sample_in_group(recipe: Recipe, request: SampleRequest, config: GroupConfig
         _free_devices(config)
         return WorkerGroup(r, config, should_cancel=mm.processing_interrupted)  # Cancel works while it starts
 
+    # New LoRAs (files, strengths) are taken by the running group (WorkerGroup.use_recipe): it is keyed without them
+    whole = dataclasses.replace(recipe)  # started with the LoRAs; a copy, so the group does not keep the caller's
     try:
-        group = ENGINES.get(recipe, start, variant=variant, valid=lambda g: g.alive)
+        group = ENGINES.get(
+            recipe,
+            lambda _key: start(whole),
+            variant=variant,
+            valid=lambda g: g.alive,
+            built_from=recipe.without_loras(),
+            owner=_owner(recipe, lambda r: bool(r.loras)),
+        )
+        group.use_recipe(whole)
     except StartCancelled:
         mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
         raise
@@ -194,11 +212,18 @@ class DaxMultiGPUSampler:
 
     @staticmethod
     def _sample_here(recipe: Recipe, request: SampleRequest, pbar) -> SampleResult:
-        # A changed TeaCache/MagCache setting is taken by the built model, with no reload of the weights: the
-        # engine is keyed without step caches and kept alive by the last recipe upstream of the step cache
-        # node, which ComfyUI keeps cached while only the step cache's widgets change.
-        owner = next((r for r in recipe.lineage() if not _has_step_cache(r)), recipe)
-        engine = ENGINES.get(recipe, _build_engine, built_from=recipe.without(STEP_CACHE_KINDS), owner=owner)
+        # A changed TeaCache/MagCache setting or LoRA (file, strength) is taken by the built model, with no build
+        # from scratch: the engine is keyed without step caches and LoRAs and kept alive by the last recipe upstream
+        # of those nodes, which ComfyUI keeps cached while only their widgets change.
+        built = recipe.without(STEP_CACHE_KINDS)
+        engine = ENGINES.get(
+            recipe,
+            lambda _key: _build_engine(built),  # built with its LoRAs
+            built_from=built.without_loras(),
+            valid=lambda e: e.can_use_loras_of(built),
+            owner=_owner(recipe, lambda r: _has_step_cache(r) or bool(r.loras)),
+        )
+        engine.use_loras_of(built)
         engine.use_step_caches_of(recipe)
 
         def on_step(i: int, total: int, _x: torch.Tensor) -> None:

@@ -4,7 +4,8 @@ The owner (ComfyUI's process, or any Python program) starts ``torch.distributed.
 of its own, with ``--max-restarts 0`` and a c10d rendezvous; the launcher starts the ranks
 (``dax_core.runtime.worker``), which connect back to the owner's control channel, authenticate with the group's
 secret (passed in the environment) and build the engine from the recipe. The group then serves any number of
-prompts until ``close()``.
+prompts until ``close()``, and takes a new recipe in the same processes (``use_recipe``: new LoRAs merge into the
+built engines).
 
 Failure model: a rank that raises reports its traceback and exits; a rank that dies drops its connection; a rank
 that hangs makes its peers' collectives time out (``collective_timeout_s``) so they raise. Any of these ends the
@@ -319,10 +320,14 @@ class WorkerGroup:
         }
         for r in self._ranks.values():
             r.channel.send("setup", **setup)
+        self._await_ready("while the ranks were building the engine", self._check_start_cancelled)
+
+    def _await_ready(self, doing: str, check: Callable[[], None] | None = None) -> None:
+        """Until every rank said "ready"; anything else from a rank fails the group."""
         waiting = set(self._ranks)
-        doing = "while the ranks were building the engine"
         while waiting:
-            self._check_start_cancelled()
+            if check is not None:
+                check()
             for r, msg in self._receive(0.1, doing):
                 if msg.kind == "ready":
                     waiting.discard(r.rank)
@@ -332,6 +337,23 @@ class WorkerGroup:
     def _check_start_cancelled(self) -> None:
         if self._should_cancel is not None and self._should_cancel():
             raise StartCancelled(f"worker group {self.run_id}: start cancelled; nothing of it is left running")
+
+    def use_recipe(self, recipe: Recipe) -> None:
+        """Serve ``recipe`` from now on, in the same processes: every rank takes it on its built engine (other LoRAs
+        are merged again in place: ``WanEngine.use_loras_of``) or builds its engine again from it. A rank that fails
+        fails the group, as at start-up."""
+        if not self.alive:
+            state = "down after a failure" if self._failed else "closed"
+            raise WorkerGroupError(f"worker group {self.run_id} is {state}: start a new one")
+        if recipe == self.recipe:
+            return
+        check_recipe_layout(recipe, self.config.parallel)
+        spec = inspect_weights(recipe.weights).spec
+        for r in self._ranks.values():
+            r.channel.send("rebuild", recipe=recipe.to_dict())
+        self._await_ready("while the ranks were taking a new recipe")
+        self.recipe, self.spec = recipe, spec
+        log.info("worker group %s: every rank took the new recipe %s", self.run_id, recipe.fingerprint())
 
     # -- sampling ----------------------------------------------------------------------------------------------
 

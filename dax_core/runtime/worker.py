@@ -9,13 +9,16 @@ A rank's life:
    parallelism, report ready;
 3. serve requests until told to shut down. Every rank receives the same request and runs the same sampling
    loop; rank 0 reports progress after each step and returns the latent. At every step boundary the ranks
-   agree whether to stop (a cancel reached any of them) with one tiny all_reduce, so all stop at the same step;
+   agree whether to stop (a cancel reached any of them) with one tiny all_reduce, so all stop at the same step.
+   A "rebuild" message carries a new recipe: the rank takes it on its engine (other LoRAs merge again in place)
+   or builds its engine again, in the same process group, and reports ready;
 4. an exception is reported with this rank's traceback, then the rank exits (its peers may be blocked in a
    collective; the owner tears the group down). If the control channel drops, the owner is gone: exit at once.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -181,6 +184,21 @@ class Worker:
             if msg.kind == "shutdown":
                 inbox.closing = True
                 break
+            if msg.kind == "rebuild":
+                try:
+                    recipe = Recipe.from_dict(msg["recipe"])
+                    can_use = getattr(engine, "can_use_loras_of", None)
+                    if can_use is not None and can_use(recipe):
+                        engine.use_loras_of(recipe)  # type: ignore[attr-defined]
+                    else:
+                        engine = None  # its memory goes before the new engine's comes
+                        _release_memory(device)
+                        engine = self.build(recipe, device, parallel, self.env)
+                except Exception as e:
+                    self._report(None, e)
+                    return EXIT_FAILED
+                self.channel.send("ready", rank=self.env.rank)
+                continue
             if msg.kind != "request":
                 self._report(msg.get("id"), RuntimeError(f"unexpected {msg.kind!r} message on the control channel"))
                 return EXIT_FAILED
@@ -220,6 +238,12 @@ class Worker:
 
     def _report(self, request_id: int | None, exc: BaseException) -> None:
         report_error(self.channel, self.env.rank, request_id, exc)
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def hello(env: RankEnv) -> dict[str, Any]:
