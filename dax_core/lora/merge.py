@@ -87,15 +87,15 @@ class LoraDeltas:
             change = plan.changes.get(name)
             if change is None:
                 continue
-            shape = plan.shapes[name]
-            for pair in change.pairs:
+            pair = change.pair
+            if pair is not None:
                 up = f.get_tensor(pair.up).to(device, torch.float32).flatten(1)
                 down = f.get_tensor(pair.down).to(device, torch.float32).flatten(1)
                 alpha = 1.0 if pair.alpha is None else float(f.get_tensor(pair.alpha).item()) / pair.rank
-                term = torch.mm(up, down).reshape(shape).mul_(ref.strength * alpha)
+                term = torch.mm(up, down).reshape(plan.shapes[name]).mul_(ref.strength * alpha)
                 total = term if total is None else total.add_(term)
-            for key in change.diffs:
-                term = f.get_tensor(key).to(device, torch.float32).mul_(ref.strength)
+            if change.diff is not None:
+                term = f.get_tensor(change.diff).to(device, torch.float32).mul_(ref.strength)
                 total = term if total is None else total.add_(term)
         return total
 

@@ -39,15 +39,11 @@ class LowRank:
 
 @dataclass(frozen=True)
 class ParamChange:
-    """What a LoRA adds to one parameter: low-rank pairs and full differences (summed), as keys of its file."""
+    """What a LoRA adds to one parameter, as keys of its file: a low-rank pair, a full difference, or both (summed;
+    ComfyUI would take the difference alone)."""
 
-    pairs: tuple[LowRank, ...] = ()
-    diffs: tuple[str, ...] = ()
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        pair_keys = (k for p in self.pairs for k in (p.up, p.down, p.alpha) if k is not None)
-        return (*pair_keys, *self.diffs)
+    pair: LowRank | None = None
+    diff: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,22 +117,21 @@ def _change(
     entries: Mapping[str, TensorEntry],
     shape: tuple[int, ...],
 ) -> ParamChange:
-    pairs: list[LowRank] = []
-    diffs: list[str] = []
-    for roles in sources.values():
-        for role, key in roles.items():
-            if role != ALPHA and entries[key].dtype not in FLOAT_NAMES:  # an alpha may be stored as an integer
-                raise LoraError(f"{where}: {key} is stored as {entries[key].dtype}; LoRA tensors are floating point")
-        if DIFF in roles:
-            key = roles[DIFF]
-            if entries[key].shape != shape:
-                raise _shape_error(where, key, list(entries[key].shape), f"the shape of {param}, {list(shape)}")
-            diffs.append(key)
-        if UP in roles or DOWN in roles:
-            pairs.append(_pair(where, param, roles, entries, shape))
-        elif ALPHA in roles:
-            raise LoraError(f"{where}: {roles[ALPHA]} is the alpha of a low-rank pair whose up and down are missing")
-    return ParamChange(tuple(pairs), tuple(diffs))
+    if len(sources) > 1:
+        first, second = (sorted(roles.values())[0] for roles in list(sources.values())[:2])
+        raise LoraError(f"{where}: {first} and {second} both change {param}: one layer under two names in one file")
+    (roles,) = sources.values()
+    for role, key in roles.items():
+        if role != ALPHA and entries[key].dtype not in FLOAT_NAMES:  # an alpha may be stored as an integer
+            raise LoraError(f"{where}: {key} is stored as {entries[key].dtype}; LoRA tensors are floating point")
+    diff = roles.get(DIFF)
+    if diff is not None and entries[diff].shape != shape:
+        raise _shape_error(where, diff, list(entries[diff].shape), f"the shape of {param}, {list(shape)}")
+    if UP in roles or DOWN in roles:
+        return ParamChange(_pair(where, param, roles, entries, shape), diff)
+    if ALPHA in roles:
+        raise LoraError(f"{where}: {roles[ALPHA]} is the alpha of a low-rank pair whose up and down are missing")
+    return ParamChange(None, diff)
 
 
 def _pair(

@@ -22,7 +22,7 @@ from dax_core.lora.tiny import FORMATS, in_format, random_lora
 from dax_core.models.spec import WanSpec
 from dax_core.runtime.engine import WanEngine
 from tests.numerics import rel_error
-from tests.unit.lora_helpers import SPEC, lora_file, merged_f64, with_loras, write_base, write_lora
+from tests.unit.lora_helpers import lora_file, merged_f64, with_loras, write_base, write_lora
 
 STRENGTHS = {"lightx2v": 1.0, "comfy_ab": 0.8, "diffusers": -0.5, "kohya": 0.7, "bare": 1.3}
 NATIVE_IN_COMFYUI = ("lightx2v", "comfy_ab", "kohya")  # ComfyUI maps these names for Wan (all but diff_m)
@@ -123,4 +123,3 @@ def test_each_format_merges_as_comfyui_applies_it(comfy, tmp_path, fmt):
     ctx = torch.randn(2, 7, COMFY_SPEC.text_dim, generator=g)
     with torch.no_grad():
         assert rel_error(engine.model(x, t, ctx), native(x, t, ctx)) <= FORWARD_TOL
-
