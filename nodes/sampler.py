@@ -220,10 +220,10 @@ class DaxMultiGPUSampler:
             recipe,
             lambda _key: _build_engine(built),  # built with its LoRAs
             built_from=built.without_loras(),
-            valid=lambda e: e.can_use_loras_of(built),
+            valid=lambda e: e.can_use_loras_of(recipe),
             owner=_owner(recipe, lambda r: _has_step_cache(r) or bool(r.loras)),
         )
-        engine.use_loras_of(built)
+        engine.use_loras_of(recipe)
         engine.use_step_caches_of(recipe)
 
         def on_step(i: int, total: int, _x: torch.Tensor) -> None:

@@ -194,7 +194,7 @@ class WanEngine:
         """Whether ``use_loras_of(recipe)`` can serve ``recipe`` on this model (else build it again)."""
         from ..lora.merge import can_merge_again
 
-        same = recipe.without_loras() == self.recipe.without_loras()
+        same = _built_part(recipe) == _built_part(self.recipe)
         return same and self.usable and (recipe.loras == self.recipe.loras or can_merge_again(self.model))
 
     def use_loras_of(self, recipe: Recipe) -> None:
@@ -202,16 +202,19 @@ class WanEngine:
         again or compiling it again: the parameters the old or the new LoRAs touch are read again from the weights
         file and merged anew (``dax_core.lora.merge``), so the model equals one built from ``recipe``.
 
-        ``recipe`` must differ from the engine's recipe in its LoRAs only. The LoRA files are checked before the
-        first parameter is written; a failure after that leaves the engine unusable (``usable``).
+        ``recipe`` must differ from the engine's recipe in its LoRAs and step caches only; its step caches are left
+        to ``use_step_caches_of``. The LoRA files are checked before the first parameter is written; a failure after
+        that leaves the engine unusable (``usable``).
         """
         from ..lora.merge import merge_again, recipe_deltas
+        from ..models.loading import inspect_weights
 
-        if recipe.without_loras() != self.recipe.without_loras():
-            raise ValueError("use_loras_of takes a recipe that differs from the engine's in its LoRAs only")
+        if _built_part(recipe) != _built_part(self.recipe):
+            raise ValueError("use_loras_of takes a recipe that differs from the engine's in its LoRAs and step caches")
         if recipe.loras == self.recipe.loras:
             return
         deltas = recipe_deltas(recipe, self.model.spec)
+        inspect_weights(self.recipe.weights)  # the weights file still there and whole, before the first write
         try:
             merge_again(self.model, self.recipe, deltas, self.lora_params, self.device)
         except BaseException as e:
@@ -354,6 +357,11 @@ class WanEngine:
             for branch in report.branches:
                 log.info("%s %s steps: %s (C computed, S skipped)", report.cache, branch.name, branch.pattern)
         return result
+
+
+def _built_part(recipe: Recipe) -> Recipe:
+    """What a built engine cannot take in place: the recipe without its LoRAs and step caches."""
+    return recipe.without_loras().without(STEP_CACHE_KINDS)
 
 
 def _announcing_steps(

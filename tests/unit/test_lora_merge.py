@@ -150,7 +150,7 @@ def test_use_loras_of_takes_loras_only_and_a_failure_half_way_leaves_the_engine_
     _, lora = lora_file(tmp_path, rank=4)
     built = with_loras(base, (lora, 1.0), compute_dtype=COMPUTE)
     engine = WanEngine.build(built, "cpu")
-    with pytest.raises(ValueError, match="differs from the engine's in its LoRAs only"):
+    with pytest.raises(ValueError, match="differs from the engine's in its LoRAs and step caches"):
         engine.use_loras_of(with_loras(base, (lora, 0.5), compute_dtype="fp32"))
     assert not engine.can_use_loras_of(built.with_acceleration(QuantizeConfig("fp8")))
     assert engine.can_use_loras_of(with_loras(base, compute_dtype=COMPUTE))
@@ -177,3 +177,20 @@ def test_a_changed_lora_file_is_refused_before_any_weight_is_read(tmp_path):
     write_lora(lora, in_format({k: v * 2 for k, v in components.items()}, "lightx2v"))  # retrained, same shapes
     with pytest.raises(ValueError, match="changed since the Load LoRA node read it"):
         WanEngine.build(recipe, "cpu")
+
+
+def test_loras_and_step_caches_change_on_one_built_engine(tmp_path):
+    from dax_core.accelerations import STEP_CACHE_KINDS
+    from dax_core.cache.config import TeacacheConfig
+
+    _, base = write_base(tmp_path, dtype="bf16")
+    _, lora = lora_file(tmp_path, rank=4)
+    engine = WanEngine.build(with_loras(base, (lora, 1.0), compute_dtype=COMPUTE), "cpu")
+    for strength, threshold in ((0.5, 0.1), (0.5, 0.3), (2.0, 0.3)):  # the sampler node's order of calls
+        teacache = TeacacheConfig(threshold, model="wan2.1-t2v-1.3b")
+        recipe = with_loras(base, (lora, strength), compute_dtype=COMPUTE).with_acceleration(teacache)
+        assert engine.can_use_loras_of(recipe)
+        engine.use_loras_of(recipe)
+        engine.use_step_caches_of(recipe)
+        assert engine.recipe == recipe and engine.model.step_cache.policy.threshold == threshold
+    assert_same_model(engine.model, WanEngine.build(recipe.without(STEP_CACHE_KINDS), "cpu").model)
