@@ -158,3 +158,14 @@ def test_load_lora_node_adds_the_lora_and_refuses_what_does_not_fit(lora_node, t
         node.load(model, "flux.safetensors", 1.0)
     with pytest.raises(FileNotFoundError, match=r"gone\.safetensors"):
         node.load(model, "gone.safetensors", 1.0)
+
+
+def test_tiny_lora_command_writes_a_lora_that_fits_its_model(tmp_path):
+    from dax_core.__main__ import main
+
+    _, base = write_base(tmp_path)
+    out = tmp_path / "tiny-lora.safetensors"
+    assert main(["tiny-lora", "--model", str(base), "--out", str(out), "--rank", "8", "--format", "kohya"]) == 0
+    plan = plan_lora(out, SPEC)
+    assert len(plan.changes) == 69 and not plan.unmatched
+    assert {change.pair.rank for change in plan.changes.values() if change.pair is not None} == {8}
