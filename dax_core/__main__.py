@@ -5,6 +5,7 @@ Commands:
   tiny-lora    write a random LoRA for a Wan2.1 DiT (lightx2v, ComfyUI, diffusers, kohya or bare key names)
   demo         run a shipped workflow end to end through a headless ComfyUI on 127.0.0.1
   generate     sample a latent from text embeddings, in one process or under torchrun (sequence parallel)
+  bench        the speed ladder: every acceleration timed against the same run's stock forward (JSON + Markdown)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         "tiny-lora": "dax_core.lora.tiny",
         "demo": "dax_core.demo.run",
         "generate": "dax_core.runtime.generate",
+        "bench": "dax_core.bench.cli",
     }
     if not argv or argv[0] not in commands:
         sys.stderr.write(__doc__ or "")

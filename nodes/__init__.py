@@ -6,13 +6,16 @@ from .load_wan import DaxLoadWan
 from .lora import DaxLoadLora
 from .magcache import DaxMagcache
 from .quantize import DaxQuantizeLinear
-from .sampler import DaxMultiGPUSampler
+from .sampler import DaxMultiGPUSampler, DaxSamplerAdvanced
+from .scheduler import DaxScheduler
 from .teacache import DaxTeacache
 
 NODE_CLASS_MAPPINGS = {
     "DaxLoadWan": DaxLoadWan,
     "DaxLoadLora": DaxLoadLora,
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
+    "DaxSamplerAdvanced": DaxSamplerAdvanced,
+    "DaxScheduler": DaxScheduler,
     "DaxQuantizeLinear": DaxQuantizeLinear,
     "DaxSetAttentionBackend": DaxSetAttentionBackend,
     "DaxCompile": DaxCompile,
@@ -23,6 +26,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
     "DaxLoadLora": "Load LoRA (DAX)",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
+    "DaxSamplerAdvanced": "Sampler Advanced (DAX)",
+    "DaxScheduler": "Scheduler (DAX)",
     "DaxQuantizeLinear": "Quantize Linear (DAX)",
     "DaxSetAttentionBackend": "Set Attention Backend (DAX)",
     "DaxCompile": "Compile (DAX)",

@@ -3,7 +3,7 @@
 import { app } from "../../scripts/app.js";
 
 const SUMMARY_WIDGET = "dax_summary";
-const NODES_WITH_SUMMARY = new Set(["DaxMultiGPUSampler", "DaxSetAttentionBackend"]);
+const NODES_WITH_SUMMARY = new Set(["DaxMultiGPUSampler", "DaxSamplerAdvanced", "DaxSetAttentionBackend"]);
 
 app.registerExtension({
   name: "dax.sampler.summary",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 
@@ -54,7 +55,7 @@ def _bind(device: torch.device, dtype: torch.dtype, options: Mapping[str, str]) 
             continue
         if passed:
             log.info("attention auto on %s passed over: %s", device, "; ".join(passed))
-        return BoundAttention(bound.backend, f"{bound.kernel} (chosen by auto)", bound.run, bound.run_lse)
+        return replace(bound, kernel=f"{bound.kernel} (chosen by auto)")
     raise BackendUnavailable(f"no attention backend runs on {device} for {dtype}: {'; '.join(passed)}")
 
 

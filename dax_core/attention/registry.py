@@ -45,6 +45,8 @@ class BoundAttention:
     """What runs, in words (for logs and the node)."""
     run: Kernel = field(repr=False)
     run_lse: LseKernel | None = field(default=None, repr=False)
+    capturable: bool = True
+    """Whether a CUDA graph can record it: its kernels launch on PyTorch's current stream."""
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         return self.run(q, k, v, scale)

@@ -179,8 +179,12 @@ def _bind(device: torch.device, dtype: torch.dtype, options: Mapping[str, str]) 
         check_qkv("sage", q, k, v)
         return sage_attention(q, k, v, scale, True, kernel, qk, pv)
 
-    # SageAttention 1.x does not return the log-sum-exp.
-    return BoundAttention(backend="sage", kernel=label, run=run, run_lse=None if kernel == "triton" else lse)
+    # SageAttention 1.x does not return the log-sum-exp. SageAttention2's CUDA kernels launch on CUDA's legacy default
+    # stream, not PyTorch's current one, so no CUDA graph can record them (its Triton kernels are recorded).
+    triton_only = kernel == "triton"
+    return BoundAttention(
+        backend="sage", kernel=label, run=run, run_lse=None if triton_only else lse, capturable=triton_only
+    )
 
 
 SAGE = register(

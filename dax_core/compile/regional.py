@@ -27,13 +27,15 @@ BACKENDS = ("inductor", "aot_eager", "eager")
 @register_acceleration
 @dataclass(frozen=True)
 class CompileConfig(Acceleration):
-    """torch.compile of each transformer block: mode, backend, and whether shapes are dynamic."""
+    """torch.compile of each transformer block: mode, backend, whether shapes are dynamic, and whether the compiled
+    block stack then runs as CUDA graphs (``cuda_graphs``: one GPU only; see ``dax_core.compile.cuda_graphs``)."""
 
     kind: ClassVar[str] = "compile"
     mode: str = "default"
     backend: str = "inductor"
     dynamic: bool = False
     fullgraph: bool = True
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -42,6 +44,8 @@ class CompileConfig(Acceleration):
             raise RecipeError(f"compile backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.backend != "inductor" and self.mode != "default":
             raise RecipeError(f"mode {self.mode!r} needs the inductor backend (got {self.backend!r})")
+        if not isinstance(self.cuda_graphs, bool):
+            raise RecipeError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
 
     def torch_compile_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"backend": self.backend, "fullgraph": self.fullgraph, "dynamic": self.dynamic}
@@ -52,10 +56,35 @@ class CompileConfig(Acceleration):
     def describe(self, backend: str | None = None) -> str:
         """In words, for logs: "inductor, mode default, static shapes" (``backend`` names an overriding one)."""
         mode = [f"mode {self.mode}"] if backend is None and self.backend == "inductor" else []
-        return ", ".join([backend or self.backend, *mode, "dynamic shapes" if self.dynamic else "static shapes"])
+        graphs = ["CUDA graphs"] if self.cuda_graphs else []
+        return ", ".join(
+            [backend or self.backend, *mode, "dynamic shapes" if self.dynamic else "static shapes", *graphs]
+        )
+
+    def check_world_size(self, world_size: int) -> None:
+        """Refuse CUDA graphs on a forward split over ``world_size`` > 1 ranks (checked on each rank, and from the
+        recipe before a worker group starts)."""
+        if self.cuda_graphs and world_size > 1:
+            raise RecipeError(
+                f"Compile with cuda_graphs on {world_size} GPUs: the sequence-parallel collectives run outside a CUDA "
+                "graph; turn cuda_graphs off, or run on one GPU"
+            )
 
     def apply(self, model: Any, env: Any) -> None:
-        compile_blocks(model, self)
+        """Compile the blocks (unless they already are, with these settings), then turn CUDA graphs on if asked."""
+        if self.cuda_graphs:
+            self.check_world_size(getattr(env, "world_size", 1))
+            if env.device.type != "cuda":
+                raise RecipeError(
+                    f"CUDA graphs need a CUDA GPU (this model runs on {env.device}): turn cuda_graphs off"
+                )
+        compiled = getattr(model, "compiled", None)
+        if compiled is None or compiled.config.torch_compile_kwargs() != self.torch_compile_kwargs():
+            compile_blocks(model, self)
+        if self.cuda_graphs:
+            from .cuda_graphs import enable_cuda_graphs
+
+            enable_cuda_graphs(model)
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..models.loading import inspect_weights, read_parameters
-from ..models.safetensors_files import open_safetensors
+from ..models.loading import inspect_weights, open_safetensors, read_parameters
 from ..models.spec import WanSpec
 from ..models.wan import WanLinear, WanModel
 from ..quant.linear import QuantLinear, quantized_weight
@@ -145,14 +144,17 @@ def merge_again(model: WanModel, recipe: Recipe, deltas: LoraDeltas, previous: f
             compute_dtype=recipe.torch_compute_dtype,
             deltas=deltas,
         )
-        for name, value, scale in values:
-            _write(model, name, value, scale)
+        replaced = [name for name, value, scale in values if _write(model, name, value, scale)]
+    graphs = getattr(model, "block_graphs", None)
+    if replaced and graphs is not None:  # written in place, a tensor keeps its address and its graphs stay valid
+        graphs.clear()
     log.info("merged %d LoRA(s) again: %d parameters in %.2f s", len(deltas.loras), len(names),
              time.perf_counter() - start)  # fmt: skip
 
 
-def _write(model: WanModel, name: str, value: torch.Tensor, scale: torch.Tensor | None) -> None:
-    """Put a parameter as loading gives it (``value``, float8 ``scale``) into the built, maybe quantized, model."""
+def _write(model: WanModel, name: str, value: torch.Tensor, scale: torch.Tensor | None) -> bool:
+    """Put a parameter as loading gives it (``value``, float8 ``scale``) into the built, maybe quantized, model, in
+    place where it can; True where a tensor of the model was replaced by another."""
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name)
     if isinstance(module, QuantLinear) and leaf == "weight":
@@ -162,20 +164,23 @@ def _write(model: WanModel, name: str, value: torch.Tensor, scale: torch.Tensor 
         q, q_scale = quantized_weight(stored, module.qconfig)  # as QuantLinear.from_linear quantized it
         _copy(module.qweight, q, name)
         _copy(module.weight_scale, q_scale.float(), name)
-        return
+        return False
     current = getattr(module, leaf)
     if isinstance(module, QuantLinear):  # the bias, kept in the layer's dtype
         value = value.to(current.dtype)
-    if current.shape == value.shape and current.dtype == value.dtype:
-        current.copy_(value)
-    else:
+    replaced = current.shape != value.shape or current.dtype != value.dtype
+    if replaced:
         setattr(module, leaf, nn.Parameter(value, requires_grad=False))
+    else:
+        current.copy_(value)
     if isinstance(module, WanLinear) and leaf == "weight":
         old = module.weight_scale
         if old is not None and scale is not None and old.shape == scale.shape:
             old.copy_(scale)
-        else:
+        elif old is not None or scale is not None:  # a float8 weight that gains or loses its scale
             module.weight_scale = None if scale is None else scale.to(value.device)
+            replaced = True
+    return replaced
 
 
 def _copy(target: torch.Tensor, value: torch.Tensor, name: str) -> None:

@@ -3,6 +3,7 @@
 Each kernel computes exactly what its PyTorch twin in ``ops`` computes (float32 arithmetic, one
 rounding to the activation dtype, the same intermediate roundings where Wan has them). They run on
 CUDA tensors when Triton is importable; ``ops`` dispatches and keeps the PyTorch path for the CPU.
+The norm kernel also adds the residual it follows and, for 8-bit linears, quantizes what it writes.
 """
 
 from __future__ import annotations
@@ -11,23 +12,49 @@ import torch
 import triton
 import triton.language as tl
 
+from . import fused_quant, prequantized
+from .fused_quant import quantize_row
+
+# what _norm_kernel adds to x before normalising it (constexpr: read inside the kernel)
+NO_RESIDUAL, ADD, GATED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+
 
 @triton.jit
-def _modulated_layer_norm_kernel(
-    x_ptr, shift_ptr, scale_ptr, out_ptr, tokens, dim, eps, BLOCK: tl.constexpr
+def _norm_kernel(
+    x_ptr, r_ptr, gate_ptr, sum_ptr, a_ptr, b_ptr, out_ptr, q_ptr, q_scale_ptr, tokens, dim, eps,
+    RESIDUAL: tl.constexpr, AFFINE: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr, ROUND: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
+    # One row: optionally x + r or x + r * gate (stored: the residual stream), then LayerNorm with a per-batch
+    # modulation (a = shift, b = scale) or a per-channel affine (a = weight, b = bias), then optionally the
+    # output's per-row quantization, all from the one read of the row.
     row = tl.program_id(0).to(tl.int64)
     batch = row // tokens
     cols = tl.arange(0, BLOCK)
     mask = cols < dim
     x = tl.load(x_ptr + row * dim + cols, mask=mask, other=0.0).to(tl.float32)
+    if RESIDUAL != NO_RESIDUAL:
+        r = tl.load(r_ptr + row * dim + cols, mask=mask, other=0.0).to(tl.float32)
+        if RESIDUAL == GATED:
+            r = r * tl.load(gate_ptr + batch * dim + cols, mask=mask, other=0.0)
+        stream = (x + r).to(sum_ptr.dtype.element_ty)
+        tl.store(sum_ptr + row * dim + cols, stream, mask=mask)
+        x = stream.to(tl.float32)  # normalise the residual stream as stored, as the unfused ops do
     mean = tl.sum(x, axis=0) / dim
     diff = tl.where(mask, x - mean, 0.0)
     rstd = tl.rsqrt(tl.sum(diff * diff, axis=0) / dim + eps)
-    shift = tl.load(shift_ptr + batch * dim + cols, mask=mask, other=0.0)
-    scale = tl.load(scale_ptr + batch * dim + cols, mask=mask, other=0.0)
-    y = diff * rstd * (1.0 + scale) + shift
-    tl.store(out_ptr + row * dim + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    if AFFINE:
+        w = tl.load(a_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        y = diff * rstd * w + b
+    else:
+        shift = tl.load(a_ptr + batch * dim + cols, mask=mask, other=0.0)
+        scale = tl.load(b_ptr + batch * dim + cols, mask=mask, other=0.0)
+        y = diff * rstd * (1.0 + scale) + shift
+    y = y.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * dim + cols, y, mask=mask)
+    if QUANT:  # the linear quantizes the output as stored
+        quantize_row(y.to(tl.float32), mask, q_ptr + row * dim + cols, q_scale_ptr + row, QMAX, ROUND)
 
 
 @triton.jit
@@ -73,15 +100,85 @@ def _warps(block: int) -> int:
     return max(4, min(16, block // 512))
 
 
-def modulated_layer_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    b, s, d = x.shape
+def _norm(
+    x: torch.Tensor,
+    r: torch.Tensor | None,
+    gate: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    eps: float,
+    affine: bool,
+    quantize: torch.dtype | None,
+    storage: torch.dtype | None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    batch, tokens, dim = x.shape
     x = x.contiguous()
+    mode = NO_RESIDUAL if r is None else ADD if gate is None else GATED
+    stream = None if r is None else torch.empty_like(x)
     out = torch.empty_like(x)
-    block = triton.next_power_of_2(d)
-    _modulated_layer_norm_kernel[(b * s,)](
-        x, shift.float().contiguous(), scale.float().contiguous(), out, s, d, eps, BLOCK=block, num_warps=_warps(block)
-    )
-    return out
+    rows = batch * tokens
+    if quantize is not None:
+        qmax, rounding = fused_quant.quant_constants(quantize)
+        q, q_scale = fused_quant.empty_quantized(rows, dim, quantize, x.device, storage)
+    else:
+        qmax, rounding, q, q_scale = 1.0, False, out, out
+    block = triton.next_power_of_2(dim)
+    _norm_kernel[(rows,)](
+        x, x if r is None else r.contiguous(), x if gate is None else gate.float().contiguous(),
+        x if stream is None else stream, a.contiguous(), b.contiguous(), out, q, q_scale, tokens, dim, eps,
+        RESIDUAL=mode, AFFINE=affine, QUANT=quantize is not None, QMAX=qmax, ROUND=rounding, BLOCK=block,
+        num_warps=_warps(block),
+    )  # fmt: skip
+    if quantize is not None:
+        prequantized.attach(out, quantize, q, q_scale)
+    return stream, out
+
+
+def modulated_layer_norm(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    quantize: torch.dtype | None = None,
+    *,
+    storage: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``ops.modulated_layer_norm``; with ``quantize``, the output carries its per-row quantization
+    (``prequantized``). ``storage``: as in ``fused_quant.quantize_rows``."""
+    return _norm(x, None, None, shift.float(), scale.float(), eps, False, quantize, storage)[1]
+
+
+def add_modulated_layer_norm(
+    x: torch.Tensor,
+    r: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    quantize: torch.dtype | None = None,
+    *,
+    storage: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ops.add_modulated_layer_norm`` in one pass: (x + r, its modulated LayerNorm)."""
+    stream, out = _norm(x, r, None, shift.float(), scale.float(), eps, False, quantize, storage)
+    assert stream is not None
+    return stream, out
+
+
+def gated_residual_layer_norm(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    quantize: torch.dtype | None = None,
+    *,
+    storage: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ops.gated_residual_layer_norm`` in one pass: (x + y * gate, its affine LayerNorm)."""
+    stream, out = _norm(x, y, gate, weight.to(x.dtype), bias.to(x.dtype), eps, True, quantize, storage)
+    assert stream is not None
+    return stream, out
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from ..recipe import WEIGHT_DTYPES
 from .detect import NUM_HEADS_METADATA, describe_foreign, expected_shapes, infer_spec
 from .naming import detect_naming, strip_comfy_prefix, to_wan_name
-from .safetensors_files import FLOAT_NAMES, ITEMSIZE, SafetensorsHeader, open_safetensors
+from .safetensors_files import FLOAT_NAMES, ITEMSIZE, SafetensorsHeader
 from .spec import WanSpec
 from .wan import WanLinear, WanModel
 from .weight_conversion import convert_parameter, is_block_linear_weight
@@ -176,6 +177,18 @@ def _converted(
         )
         del stored, delta  # before the next read: at most one stored tensor at a time
         yield name, value, scale
+
+
+def open_safetensors(file: Path):
+    """safe_open reading each tensor into fresh memory with pread(2) (safetensors >= 0.8).
+
+    The default memory-mapped reading keeps every page of the file it touched mapped, and counted in the
+    process's resident memory, until the file is closed; older safetensors only have that mode.
+    """
+    try:
+        return safe_open(str(file), framework="pt", device="cpu", backend="pread")
+    except TypeError:
+        return safe_open(str(file), framework="pt", device="cpu")
 
 
 def _stream(locations: Mapping[str, TensorLocation]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -29,15 +29,56 @@ def _fused(x: torch.Tensor) -> ModuleType | None:
     return _triton_ops()
 
 
-def modulated_layer_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+def row_quantizer(x: torch.Tensor) -> ModuleType | None:
+    """The one-pass per-row quantization kernels (``fused_quant``) for eager CUDA tensors; None where
+    ``dax_core.quant.numerics.quantize`` serves (the CPU, and torch.compile, which fuses that itself)."""
+    fused = _fused(x)
+    return None if fused is None else fused.fused_quant
+
+
+def modulated_layer_norm(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, quantize: torch.dtype | None = None
+) -> torch.Tensor:
     """``LayerNorm(x) * (1 + scale) + shift`` in float32, returned in ``x.dtype``.
 
-    x: [B, S, D]; shift, scale: [B, 1, D] float32.
+    x: [B, S, D]; shift, scale: [B, 1, D] float32. ``quantize``: the dtype the 8-bit linear layers fed by the output
+    quantize it to, per row; the fused kernel then writes that quantization too (``prequantized``).
     """
     if (fused := _fused(x)) is not None:
-        return fused.modulated_layer_norm(x, shift, scale, eps)
+        return fused.modulated_layer_norm(x, shift, scale, eps, quantize)
     normed = F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
     return torch.addcmul(shift, normed, 1 + scale).to(x.dtype)
+
+
+def add_modulated_layer_norm(
+    x: torch.Tensor,
+    r: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    quantize: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``x + r`` in ``x.dtype``, its ``modulated_layer_norm``): one pass on CUDA."""
+    if (fused := _fused(x)) is not None:
+        return fused.add_modulated_layer_norm(x, r, shift, scale, eps, quantize)
+    x = x + r
+    return x, modulated_layer_norm(x, shift, scale, eps)
+
+
+def gated_residual_layer_norm(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    quantize: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``gated_residual(x, y, gate)``, its ``affine_layer_norm``): one pass on CUDA."""
+    if (fused := _fused(x)) is not None:
+        return fused.gated_residual_layer_norm(x, y, gate, weight, bias, eps, quantize)
+    x = gated_residual(x, y, gate)
+    return x, affine_layer_norm(x, weight, bias, eps)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

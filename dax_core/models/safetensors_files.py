@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import safe_open
-
 from .weights_error import WeightsError
 
 # Bytes per element of each safetensors dtype code this loader reads.
@@ -149,15 +147,3 @@ def _entry(path: Path, name: str, value: object) -> TensorEntry:
             f"{math.prod(shape) * ITEMSIZE[dtype]} bytes, offsets give {end - begin})"
         )
     return TensorEntry(dtype=dtype, shape=shape, offset=begin)
-
-
-def open_safetensors(file: Path):
-    """safe_open reading each tensor into fresh memory with pread(2) (safetensors >= 0.8).
-
-    The default memory-mapped reading keeps every page of the file it touched mapped, and counted in the
-    process's resident memory, until the file is closed; older safetensors only have that mode.
-    """
-    try:
-        return safe_open(str(file), framework="pt", device="cpu", backend="pread")
-    except TypeError:
-        return safe_open(str(file), framework="pt", device="cpu")

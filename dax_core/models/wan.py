@@ -105,6 +105,19 @@ class WanAttention(nn.Module):
         return self.o(out.flatten(2))
 
 
+@dataclass(frozen=True)
+class BlockInputQuant:
+    """Per-row quantization dtypes of the block's three norm outputs, each for the 8-bit linears it feeds (None: a
+    high-precision consumer). In eager CUDA runs the norm kernels then write the quantized input as well."""
+
+    self_attn: torch.dtype | None = None  # q, k and v of self-attention
+    cross_attn: torch.dtype | None = None  # the query of cross-attention
+    ffn: torch.dtype | None = None  # ffn.0
+
+
+NO_INPUT_QUANT = BlockInputQuant()
+
+
 class WanBlock(nn.Module):
     def __init__(self, spec: WanSpec, device=None, dtype=None) -> None:
         super().__init__()
@@ -119,6 +132,8 @@ class WanBlock(nn.Module):
             WanLinear(spec.ffn_dim, d, device=device, dtype=dtype),
         )
         self.modulation = nn.Parameter(torch.zeros(1, 6, d, device=device, dtype=torch.float32))
+        self.input_quant: BlockInputQuant | None = None
+        """Set by ``dax_core.quant`` on 8-bit models: what the norm kernels quantize their outputs to."""
 
     def forward(
         self,
@@ -135,19 +150,20 @@ class WanBlock(nn.Module):
         With ``parallel``, x holds this rank's slice of the tokens and self-attention runs across ranks.
         """
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e0).chunk(6, dim=1)
-        xn = ops.modulated_layer_norm(x, shift, scale, self.eps)
+        iq = self.input_quant or NO_INPUT_QUANT
+        xn = ops.modulated_layer_norm(x, shift, scale, self.eps, iq.self_attn)
         if parallel is None:
             y = self.self_attn.self_attention(xn, rope, self_attn)
         else:
             y = parallel.self_attention(self.self_attn, xn, rope, self_attn)
-        x = ops.gated_residual(x, y, gate)
         if self.norm3 is not None:
-            xn = ops.affine_layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps)
+            n3 = self.norm3
+            x, xn = ops.gated_residual_layer_norm(x, y, gate, n3.weight, n3.bias, self.eps, iq.cross_attn)
         else:
-            xn = x
-        x = x + self.cross_attn.cross_attention(xn, context, cross_attn)
-        y = self.ffn(ops.modulated_layer_norm(x, c_shift, c_scale, self.eps))
-        return ops.gated_residual(x, y, c_gate)
+            x = xn = ops.gated_residual(x, y, gate)
+        y = self.cross_attn.cross_attention(xn, context, cross_attn)
+        x, xn = ops.add_modulated_layer_norm(x, y, c_shift, c_scale, self.eps, iq.ffn)
+        return ops.gated_residual(x, self.ffn(xn), c_gate)
 
 
 class WanHead(nn.Module):
@@ -259,6 +275,7 @@ class WanModel(nn.Module):
         self.cross_attn_fn: AttentionFn = SDPA_DEFAULT
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.compiled: Any = None  # dax_core.compile's CompiledBlocks (config, shapes met) while compiled
+        self.block_graphs: Any = None  # dax_core.compile's BlockGraphs while the block stack runs as CUDA graphs
         self.step_cache: StepCache | None = None
         self.sequence_parallel: SequenceParallelHooks | None = None
         """Set by ``dax_core.parallel.enable_sequence_parallel`` on this instance only."""
@@ -303,7 +320,13 @@ class WanModel(nn.Module):
         return Prepared(tokens, e, e0, ctx, rope, grid, out_shape)
 
     def run_blocks(self, p: Prepared) -> torch.Tensor:
-        """The block stack on ``p.tokens`` (left unchanged: step caches take residuals against it)."""
+        """The block stack on ``p.tokens`` (left unchanged: step caches take residuals against it), replayed from a
+        CUDA graph while ``block_graphs`` is set."""
+        if self.block_graphs is not None:
+            return self.block_graphs.run(p)
+        return self.run_block_stack(p)
+
+    def run_block_stack(self, p: Prepared) -> torch.Tensor:
         x = p.tokens
         if self.compiled is not None:
             self.compiled.note_shapes(x, p.context)  # logs when a new shape makes the blocks compile once more

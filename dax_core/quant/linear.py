@@ -3,8 +3,9 @@
 On CUDA the GEMM is ``torch._scaled_mm`` (FP8, scales and bias applied in its epilogue) or ``torch._int_mm``
 (INT8, exact int32 accumulation, then one float32 epilogue). Elsewhere the same numbers come from
 ``numerics.reference_linear`` (dequantize, then matmul), so the CPU tier tests the same contract.
-Everything is plain PyTorch ops: under ``torch.compile(fullgraph=True)`` the activation quantization is
-traced and fused with whatever produced the activation.
+Under ``torch.compile(fullgraph=True)`` the activation quantization is plain PyTorch ops, traced and fused with
+whatever produced the activation; in eager CUDA runs it is one Triton kernel, or none where the kernel that produced
+the activation quantized it already (``dax_core.models.prequantized``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models import ops, prequantized
 from .numerics import dequantize, quantize, reference_linear
 from .qconfig import QConfig, QuantizationError
 
@@ -116,15 +118,32 @@ class QuantLinear(nn.Module):
         return dequantize(self.qweight, self.weight_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qx, x_scale = self.quantize_input(x)
+        return self.forward_quantized(qx, x_scale, x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q [rows, in_features], scale) of ``x`` [..., in_features], as ``numerics.quantize`` makes them.
+
+        Eager CUDA, per token: the quantization a fused kernel attached to ``x`` (``prequantized``), else one
+        one-pass kernel (``fused_quant``); elsewhere, and under torch.compile (which fuses it), the PyTorch ops.
+        """
         x2 = x.reshape(-1, self.in_features)
-        qx, x_scale = quantize(x2, self.activation_dtype, self.per_token)
-        if not x.is_cuda:
-            out = reference_linear(qx, x_scale, self.qweight, self.weight_scale, self.bias, x.dtype)
-        elif self.is_fp8:
-            out = self._scaled_mm(qx, x_scale, x.dtype)
-        else:
-            out = self._int_mm(qx, x_scale, x.dtype)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        kernels = ops.row_quantizer(x) if self.per_token else None
+        if kernels is not None:
+            attached = prequantized.take(x, self.activation_dtype)
+            if attached is not None:
+                return attached
+            if kernels.fits(self.in_features):
+                return kernels.quantize_rows(x2, self.activation_dtype)
+        return quantize(x2, self.activation_dtype, self.per_token)
+
+    def forward_quantized(self, qx: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """The layer on an input already quantized by its scheme: [rows, in_features] -> [rows, out_features]."""
+        if not qx.is_cuda:
+            return reference_linear(qx, x_scale, self.qweight, self.weight_scale, self.bias, out_dtype)
+        if self.is_fp8:
+            return self._scaled_mm(qx, x_scale, out_dtype)
+        return self._int_mm(qx, x_scale, out_dtype)
 
     def _scaled_mm(self, qx: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         w_scale = self.weight_scale.t() if self.per_token else self.weight_scale  # [1, N] or 0-d

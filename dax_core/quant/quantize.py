@@ -25,6 +25,7 @@ from torch import nn
 
 from ..models.wan import WanModel
 from . import wan
+from .fused_inputs import fuse_input_quantization
 from .linear import QuantLinear, check_shape, takes_weight_as_stored
 from .qconfig import SPLIT_TOKENS_HINT, QConfig, QuantizationError, require_fp8_support
 from .torchao_linear import TorchaoQuantLinear, require_torchao, torchao_available
@@ -176,13 +177,14 @@ def quantize_dynamic(
         _replace(model, name, cls.from_linear(linear, cfg, compute_dtype, name))
         key = f"{cfg.describe()} ({chosen})"
         counts[key] = counts.get(key, 0) + 1
+    fused = fuse_input_quantization(model) if isinstance(model, WanModel) else 0
     kept = [name for name, cfg in plan.items() if cfg is None]
     log.info(
         "quantized %s linear layers [%s]; %d FP8 weights taken as stored; %d kept in high precision%s; "
-        "linear weights %.2f GiB -> %.2f GiB",
+        "linear weights %.2f GiB -> %.2f GiB; %d blocks quantize their inputs in the kernels producing them",
         len(todo), ", ".join(f"{k}: {v}" for k, v in counts.items()), as_is, len(kept),
         f" ({', '.join(kept[:6])}{'...' if len(kept) > 6 else ''})" if kept else "",
-        before / 2**30, linear_weight_bytes(model) / 2**30,
+        before / 2**30, linear_weight_bytes(model) / 2**30, fused,
     )  # fmt: skip
     return model
 

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..accelerations import STEP_CACHE_KINDS
+from ..compile import CompileConfig
 from ..parallel import ParallelConfig, enable_sequence_parallel
 from ..parallel.config import step_cache_refused
 from ..quant.config import QuantizeConfig
@@ -113,14 +114,17 @@ def check_recipe_layout(recipe: Recipe, parallel: ParallelConfig | None) -> None
     """Raise ValueError if ``recipe``'s accelerations cannot run split as ``parallel``, from the recipe alone.
 
     The ranks refuse the same (with the same words) only once each has loaded the weights, minutes at 14B: the
-    owner of a worker group checks first. Per-tensor activation scales differ on a slice of the tokens; a step
-    cache needs both guidance branches on every rank, which CFG-parallel splits.
+    owner of a worker group checks first. Per-tensor activation scales differ on a slice of the tokens; CUDA graphs
+    cannot hold the collectives; a step cache needs both guidance branches on every rank, which CFG-parallel splits.
     """
     if parallel is None or parallel.world_size == 1:  # build_engine splits nothing then
         return
     quantize = recipe.acceleration(QuantizeConfig.kind)
     if isinstance(quantize, QuantizeConfig):
         quantize.check_world_size(parallel.world_size)
+    compile_config = recipe.acceleration(CompileConfig.kind)
+    if isinstance(compile_config, CompileConfig):
+        compile_config.check_world_size(parallel.world_size)
     if parallel.cfg_parallel and any(a.kind in STEP_CACHE_KINDS for a in recipe.accelerations):
         raise ValueError(step_cache_refused())
 

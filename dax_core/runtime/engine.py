@@ -20,22 +20,33 @@ from ..models.wan import WanModel
 from ..parallel.config import ParallelConfig
 from ..recipe import Recipe
 from . import latents
-from .samplers import SAMPLERS, sample
-from .schedules import SCHEDULERS, flow_sigmas, sigma_to_timestep
+from .samplers import DISCARDS_PENULTIMATE_SIGMA, SAMPLERS, final_sigma, inverse_noise_scaling, noise_scaling, sample
+from .schedules import SCHEDULERS, check_sigmas, ksampler_sigmas, sigma_to_timestep, step_range
 
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after every step with (step index, total steps, current latent in model space)."""
 FEW_STEPS = 8
-"""Runs of at most this many steps run without their step cache: each step carries at least an eighth of the
-denoising, and TeaCache's and MagCache's published settings are made for 20-50 steps, where a skipped step is one
-of many small ones. The sampler's summary says so."""
+"""Schedules of at most this many steps (a cut of a longer one is not one) run without their step cache: each step
+carries at least an eighth of the denoising, and TeaCache's and MagCache's published settings are made for 20-50
+steps, where a skipped step is one of many small ones. The sampler's summary says so."""
 
 
 @dataclass(frozen=True)
 class SampleRequest:
-    """One text-to-video sampling job. Text embeddings are [B or 1, L, C]; the latent is ComfyUI's [B, 16, T, H, W]."""
+    """One text-to-video sampling job, with what ComfyUI's KSampler, KSamplerAdvanced and SamplerCustom offer.
+
+    Text embeddings are [B or 1, L, C]; the latent is ComfyUI's (un-normalised) [B, 16, T, H, W]: empty (all zeros)
+    for text-to-video, a VAE-encoded video with ``denoise`` < 1 for video-to-video, or a sampler's output with
+    leftover noise to continue from ``start_at_step``.
+
+    The sigmas run are ``sigmas`` when given (a SIGMAS input: ``steps``, ``shift``, ``scheduler`` and ``denoise`` do
+    not apply), else KSampler's schedule for ``steps``, ``scheduler``, ``shift`` and ``denoise``; then
+    KSamplerAdvanced's ``start_at_step`` / ``end_at_step`` cut (``run_sigmas``). ``add_noise`` False starts from the
+    latent alone (zero noise); ``return_with_leftover_noise`` keeps the last sigma of a cut schedule instead of 0.
+    ``seed`` gives the initial noise and the noise of ancestral samplers, as the noise seed does in ComfyUI.
+    """
 
     positive: torch.Tensor
     negative: torch.Tensor | None
@@ -44,8 +55,14 @@ class SampleRequest:
     steps: int
     cfg: float
     shift: float = 8.0
-    sampler: str = "uni_pc_bh2"
+    sampler: str = "wan_unipc"
     scheduler: str = "simple"
+    denoise: float = 1.0
+    start_at_step: int = 0
+    end_at_step: int | None = None
+    add_noise: bool = True
+    return_with_leftover_noise: bool = False
+    sigmas: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.latent.ndim != 5:
@@ -71,6 +88,37 @@ class SampleRequest:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
+        if not (isinstance(self.denoise, (int, float)) and math.isfinite(self.denoise) and 0 < self.denoise <= 1):
+            raise ValueError(
+                f"denoise must be in (0, 1], got {self.denoise!r}: 1 samples from pure noise, lower values keep more "
+                "of the input latent (video-to-video)"
+            )
+        for name in ("add_noise", "return_with_leftover_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("start_at_step", "end_at_step"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer step index, got {value!r}")
+        if self.sigmas is not None:
+            check_sigmas(self.sigmas, "the sigmas input")
+            if self.denoise != 1.0:
+                raise ValueError(
+                    "denoise applies to the scheduler's sigmas; with a sigmas input, cut the sigmas instead "
+                    "(SplitSigmasDenoise) and leave denoise at 1"
+                )
+        self.run_sigmas()  # a bad step range fails here, before any step
+
+    def run_sigmas(self) -> torch.Tensor:
+        """The float32 CPU sigmas this request runs, ``steps run + 1`` of them (see the class docstring)."""
+        if self.sigmas is not None:
+            sigmas = self.sigmas.detach().to("cpu", torch.float32)
+        else:
+            discard = self.sampler in DISCARDS_PENULTIMATE_SIGMA
+            sigmas = ksampler_sigmas(
+                self.scheduler, self.steps, self.shift, denoise=self.denoise, discard_penultimate=discard
+            )
+        return step_range(sigmas, self.start_at_step, self.end_at_step, self.return_with_leftover_noise)
 
     @property
     def uses_cfg(self) -> bool:
@@ -289,18 +337,19 @@ class WanEngine:
     def sample(self, req: SampleRequest, on_step: StepCallback | None = None) -> SampleResult:
         """Run the sampling loop and return ComfyUI's (un-normalised) latent with the timing.
 
-        A run of at most ``FEW_STEPS`` steps computes every step, without the model's step cache (the summary says
-        so)."""
+        A schedule of at most ``FEW_STEPS`` steps computes every step, without the model's step cache (the summary
+        says so)."""
         if not self.usable:
             raise RuntimeError(f"this engine is unusable: {self._unusable}; build it again")
         check_request(req, self.model.spec, self.parallel)
         cache = self.model.step_cache
-        if cache is None or req.steps > FEW_STEPS:
+        steps = req.steps if req.sigmas is None else len(req.sigmas) - 1  # of the whole schedule, not of a cut
+        if cache is None or steps > FEW_STEPS:
             return self._sample(req, on_step, self.lora_lines)
         note = (
-            f"{cache.name} is off for this {req.steps}-step run: at {FEW_STEPS} steps or fewer every step carries too "
-            f"much of the denoising to be skipped (step caches are made for 20-50 steps), so every step ran; remove "
-            f"the {cache.name} node for few-step (distilled) sampling"
+            f"{cache.name} is off for this {steps}-step schedule: at {FEW_STEPS} steps or fewer every step carries "
+            f"too much of the denoising to be skipped (step caches are made for 20-50 steps), so every step ran; "
+            f"remove the {cache.name} node for few-step (distilled) sampling"
         )
         log.warning(note)
         self.model.step_cache = None
@@ -310,13 +359,15 @@ class WanEngine:
             self.model.step_cache = cache
 
     def _sample(self, req: SampleRequest, on_step: StepCallback | None, notes: tuple[str, ...]) -> SampleResult:
-        sigmas = flow_sigmas(req.scheduler, req.steps, req.shift)
-        noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
+        sigmas = req.run_sigmas()
+        if req.add_noise:
+            noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
+        else:
+            noise = torch.zeros(req.latent.shape, dtype=torch.float32, device=self.device)
         image = req.latent.to(self.device, torch.float32)
         if torch.count_nonzero(image) > 0:  # ComfyUI leaves an empty latent un-normalised
             image = latents.normalize(image)
-        s0 = float(sigmas[0])
-        x = s0 * noise + (1.0 - s0) * image
+        x = noise_scaling(sigmas[0], noise, image)
         steps = len(sigmas) - 1
         cache = self.model.step_cache
         denoise = self.denoiser(req)
@@ -340,19 +391,19 @@ class WanEngine:
             cache.start_run(steps)  # a new run: nothing of an earlier prompt or workflow is reused
             denoise = _announcing_steps(denoise, cache)
         try:
-            x = sample(req.sampler, denoise, x, sigmas, callback=step_done)
+            x = sample(req.sampler, denoise, x, sigmas, seed=req.seed, callback=step_done)
         finally:
             if cache is not None:
                 report = cache.end_run()  # also after a cancelled run: the residuals are released
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         end = time.perf_counter()
+        x = inverse_noise_scaling(final_sigma(req.sampler, sigmas), x.float())
         result = SampleResult(
-            latents.denormalize(x.float()).cpu(), steps, end - start, first_step_end[0] - start, report, notes
+            latents.denormalize(x).cpu(), steps, end - start, first_step_end[0] - start, report, notes
         )
-        log.info(
-            "%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, req.scheduler, req.cfg
-        )
+        schedule = "sigmas input" if req.sigmas is not None else req.scheduler
+        log.info("%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, schedule, req.cfg)
         if report is not None:
             for branch in report.branches:
                 log.info("%s %s steps: %s (C computed, S skipped)", report.cache, branch.name, branch.pattern)

@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=6.0)
     p.add_argument("--shift", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", choices=SAMPLERS, default="uni_pc_bh2")
+    p.add_argument("--sampler", choices=SAMPLERS, default="wan_unipc")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="simple")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                    help="a LoRA merged into the weights (strength 1 unless given); repeat for several")  # fmt: skip

@@ -10,14 +10,28 @@ from ..cache.base import BranchReport, StepCacheReport
 from .engine import SampleRequest, SampleResult
 from .wire import Message
 
-_SCALARS = ("seed", "steps", "cfg", "shift", "sampler", "scheduler")
+_SCALARS = (
+    "seed",
+    "steps",
+    "cfg",
+    "shift",
+    "sampler",
+    "scheduler",
+    "denoise",
+    "start_at_step",
+    "end_at_step",
+    "add_noise",
+    "return_with_leftover_noise",
+)
+_OPTIONAL_TENSORS = ("negative", "sigmas")
 
 
 def request_fields(req: SampleRequest) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(header fields, tensors) of a request; text embeddings keep their dtype, the latent its float dtype."""
+    """(header fields, tensors) of a request; every tensor keeps its dtype (the SIGMAS input too, bit for bit)."""
     tensors = {"positive": req.positive, "latent": req.latent}
-    if req.negative is not None:
-        tensors["negative"] = req.negative
+    for name in _OPTIONAL_TENSORS:
+        if getattr(req, name) is not None:
+            tensors[name] = getattr(req, name)
     return {name: getattr(req, name) for name in _SCALARS}, tensors
 
 
@@ -29,8 +43,8 @@ def request_from_message(msg: Message) -> SampleRequest:
         raise ValueError(f"sample request message lacks {missing}")
     return SampleRequest(
         positive=msg.tensors["positive"],
-        negative=msg.tensors.get("negative"),
         latent=msg.tensors["latent"],
+        **{name: msg.tensors.get(name) for name in _OPTIONAL_TENSORS},
         **{name: msg[name] for name in _SCALARS},
     )
 

@@ -1,39 +1,47 @@
-"""ODE samplers over an explicit flow-matching sigma sequence: ComfyUI's Euler and Wan's UniPC.
+"""The samplers: ComfyUI's (its k-diffusion samplers and its UniPC, as they run on a flow model) and Wan's UniPC.
 
 A sampler drives a :data:`Denoiser` (ComfyUI convention: ``(x, sigma) -> x0``; for a flow model
-``x0 = x - sigma * velocity``) from ``sigmas[0]`` down to ``sigmas[-1]``. One denoiser call per step; no noise is
-injected. Latents are updated in float32 (float64 when ``x`` is float64) and returned in ``x``'s dtype.
+``x0 = x - sigma * velocity``) from ``sigmas[0]`` down to ``sigmas[-1]``, with one denoiser call per step. Each
+name means what it means in ComfyUI, step for step, on a model with ComfyUI's CONST (flow) model sampling:
+
+- ``euler``, ``dpmpp_2m``: k-diffusion's deterministic samplers.
+- ``euler_ancestral``: k-diffusion's flow branch (``sample_euler_ancestral_RF``, eta 1): step down to
+  ``sigma_next^2 / sigma``, then rescale and add fresh noise back up to ``sigma_next``.
+- ``lcm``: predict x0, then noise it to the next sigma with the flow's noise scaling.
+- ``uni_pc``, ``uni_pc_bh2``: ComfyUI's UniPC (``unipc_comfy``), which reads the sigmas as k-diffusion sigmas.
+- ``wan_unipc``, ``wan_unipc_bh1``: Wan's own UniPC on the flow path (``unipc_wan``; bh2 is what Wan runs).
+
+The ancestral samplers draw their noise as ComfyUI's ``default_noise_sampler`` does: a generator on the latent's
+device seeded with the request's seed, made when the sampler starts, one ``randn`` of the latent per noised step.
+Two chained sampler calls therefore each start that sequence again, as two chained ComfyUI samplers do.
+
+Latents are updated in float32 (float64 when ``x`` is float64) and returned in ``x``'s dtype.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 
 import torch
 
+from .sampler_types import Denoiser, NoiseSampler, StepCallback
+from .schedules import check_sigmas
+from .unipc_comfy import sample_comfy_unipc, solver_sigmas
+from .unipc_wan import sample_wan_unipc
+
 logger = logging.getLogger(__name__)
 
-Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
-StepCallback = Callable[[int, int, torch.Tensor], None]
-
-SAMPLERS: tuple[str, ...] = ("euler", "uni_pc", "uni_pc_bh2")
-
-# diffusers' guard against log(alpha = 0) at sigma = 1: a leading sigma within 1e-6 of 1 is lowered by 1e-6.
-_UNIT_SIGMA_EPS = 1e-6
+NOISE_INJECTING: frozenset[str] = frozenset({"euler_ancestral", "lcm"})
+"""Samplers that draw fresh noise during sampling (seeded from the request's seed)."""
+DISCARDS_PENULTIMATE_SIGMA: frozenset[str] = frozenset({"uni_pc", "uni_pc_bh2"})
+"""ComfyUI's KSampler schedules these with one step more and drops the next-to-last sigma (the SIGMAS input of a
+custom sampler is used as given)."""
 
 
-def _check_sigmas(sigmas: torch.Tensor) -> None:
-    if sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise ValueError(f"sigmas must be a 1-D tensor with at least 2 values, got shape {tuple(sigmas.shape)}")
-    if not bool(torch.isfinite(sigmas).all()):
-        raise ValueError("sigmas must all be finite")
-    if bool((sigmas[:-1] <= 0).any()) or float(sigmas[-1]) < 0:
-        raise ValueError("sigmas must be > 0 except the last one, which must be >= 0")
-
-
-def _euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback: StepCallback | None) -> torch.Tensor:
+def _euler(
+    denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSampler, callback: StepCallback | None
+) -> torch.Tensor:
     # ComfyUI's sample_euler without churn; sigma and dt are 0-d tensors in the working dtype like ComfyUI's.
     total = len(sigmas) - 1
     for i in range(total):
@@ -46,97 +54,120 @@ def _euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback: S
     return x
 
 
-def _lambda(sigma: float) -> float:
-    """Half log-SNR ``log(alpha / sigma)`` of the flow path (``alpha = 1 - sigma``)."""
-    if sigma == 0.0:
-        return math.inf
-    return math.log(1.0 - sigma) - math.log(sigma)
-
-
-class _UniPCStep:
-    """Scalar coefficients of one UniPC update from sigma ``s`` to sigma ``t`` (predict-x0 form)."""
-
-    def __init__(self, sigma_s: float, sigma_t: float, bh2: bool) -> None:
-        self.lambda_s = _lambda(sigma_s)
-        self.h = _lambda(sigma_t) - self.lambda_s
-        self.sigma_ratio = sigma_t / sigma_s
-        self.alpha_t = 1.0 - sigma_t
-        self.h_phi_1 = math.expm1(-self.h)  # e^{-h} - 1
-        self.b_h = self.h_phi_1 if bh2 else -self.h
-
-    def first_order(self, x: torch.Tensor, m0: torch.Tensor) -> torch.Tensor:
-        """The DDIM (= flow Euler) part shared by predictor and corrector."""
-        return self.sigma_ratio * x - (self.alpha_t * self.h_phi_1) * m0
-
-    def rk(self, sigma_earlier: float) -> float:
-        """Step ratio r_k = (lambda_earlier - lambda_s) / h of an older model output."""
-        return (_lambda(sigma_earlier) - self.lambda_s) / self.h
-
-    def corrector_weights(self, rk: float) -> tuple[float, float]:
-        """Order-2 UniC weights: solve [[1, 1], [rk, 1]] @ rho = b with b_k from the phi_k(h) recursion."""
-        hh = -self.h
-        phi = self.h_phi_1 / hh - 1.0
-        b1 = phi / self.b_h
-        b2 = (phi / hh - 0.5) * 2.0 / self.b_h
-        rho_old = (b1 - b2) / (1.0 - rk)
-        return rho_old, b1 - rho_old
-
-
-def _unipc(
-    denoise: Denoiser, x: torch.Tensor, sigmas: list[float], bh2: bool, callback: StepCallback | None
+def _euler_ancestral(
+    denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSampler, callback: StepCallback | None
 ) -> torch.Tensor:
-    """UniPC, order 2, predict-x0, as diffusers' UniPCMultistepScheduler (flow sigmas, lower_order_final).
-
-    Step i: evaluate x0_i at sigma_i, correct x_i with UniC (using x0_i and the order of the previous predictor),
-    then predict x_{i+1} with UniP of order min(2, i + 1, steps - i): the first step warms up and the final one is
-    first order (lower_order_final), which lands exactly on x0 when the last sigma is 0.
-    """
+    # ComfyUI's sample_euler_ancestral_RF with eta = 1, s_noise = 1 (the branch it takes for CONST model sampling)
     total = len(sigmas) - 1
-    x0_history: list[torch.Tensor] = []  # the last two x0 predictions, oldest first
-    x_prev = x
-    order_prev = 0
     for i in range(total):
-        x0 = denoise(x, sigmas[i]).to(x.dtype)
-        if i > 0:
-            step = _UniPCStep(sigmas[i - 1], sigmas[i], bh2)
-            m0 = x0_history[-1]
-            correction = x0 - m0
-            if order_prev == 1:
-                correction = 0.5 * correction
-            else:
-                rk = step.rk(sigmas[i - 2])
-                rho_old, rho_new = step.corrector_weights(rk)
-                correction = rho_old * ((x0_history[-2] - m0) / rk) + rho_new * correction
-            x = step.first_order(x_prev, m0) - (step.alpha_t * step.b_h) * correction
-        x0_history = [*x0_history[-1:], x0]
-        order = min(2, i + 1, total - i)
-        step = _UniPCStep(sigmas[i], sigmas[i + 1], bh2)
-        m0 = x0_history[-1]
-        x_prev = x
-        x = step.first_order(x, m0)
-        if order == 2:
-            rk = step.rk(sigmas[i - 1])
-            x = x - (step.alpha_t * step.b_h) * (0.5 * ((x0_history[-2] - m0) / rk))
-        order_prev = order
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = denoise(x, float(sigma)).to(x.dtype)
+        if float(sigma_next) == 0.0:
+            x = x0
+        else:
+            sigma_down = sigma_next * (1 + (sigma_next / sigma - 1))
+            alpha_next = 1 - sigma_next
+            alpha_down = 1 - sigma_down
+            renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
+            ratio = sigma_down / sigma
+            x = ratio * x + (1 - ratio) * x0
+            x = (alpha_next / alpha_down) * x + noise() * renoise
         if callback is not None:
             callback(i, total, x)
     return x
 
 
-def _flow_unipc_sigmas(sigmas: torch.Tensor) -> list[float]:
-    values = sigmas.tolist()
-    if values[0] > 1.0:
-        raise ValueError(f"UniPC needs flow sigmas <= 1, got sigmas[0] = {values[0]}")
-    for i in range(1, len(values)):
-        if values[i] >= values[i - 1]:
-            raise ValueError(
-                "UniPC needs strictly decreasing sigmas, "
-                f"got sigmas[{i}] = {values[i]} >= sigmas[{i - 1}] = {values[i - 1]}"
-            )
-    if abs(values[0] - 1.0) < _UNIT_SIGMA_EPS:
-        # Stored in float32 as diffusers stores its schedule, so both see the same first sigma.
-        values[0] = float(torch.tensor(values[0] - _UNIT_SIGMA_EPS, dtype=torch.float32))
-    return values
+def _dpmpp_2m(
+    denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSampler, callback: StepCallback | None
+) -> torch.Tensor:
+    # ComfyUI's sample_dpmpp_2m: t = -log(sigma); first order on the first step and on the step to sigma 0
+    total = len(sigmas) - 1
+    old_x0: torch.Tensor | None = None
+    for i in range(total):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = denoise(x, float(sigma)).to(x.dtype)
+        t, t_next = sigma.log().neg(), sigma_next.log().neg()
+        h = t_next - t
+        scale = t_next.neg().exp() / t.neg().exp()
+        if old_x0 is None or float(sigma_next) == 0.0:
+            x = scale * x - (-h).expm1() * x0
+        else:
+            r = (t - sigmas[i - 1].log().neg()) / h
+            blended = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * old_x0
+            x = scale * x - (-h).expm1() * blended
+        old_x0 = x0
+        if callback is not None:
+            callback(i, total, x)
+    return x
+
+
+def _lcm(
+    denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSampler, callback: StepCallback | None
+) -> torch.Tensor:
+    # ComfyUI's sample_lcm: x0, then the flow's noise scaling to the next sigma with fresh noise
+    total = len(sigmas) - 1
+    for i in range(total):
+        x = denoise(x, float(sigmas[i])).to(x.dtype)
+        if float(sigmas[i + 1]) > 0:
+            x = noise_scaling(sigmas[i + 1], noise(), x)
+        if callback is not None:
+            callback(i, total, x)
+    return x
+
+
+def _unipc_of(
+    solver: Callable[[Denoiser, torch.Tensor, torch.Tensor, bool, StepCallback | None], torch.Tensor], bh2: bool
+) -> Callable[[Denoiser, torch.Tensor, torch.Tensor, NoiseSampler, StepCallback | None], torch.Tensor]:
+    def run(
+        denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSampler, callback: StepCallback | None
+    ) -> torch.Tensor:
+        return solver(denoise, x, sigmas, bh2, callback)
+
+    return run
+
+
+_SAMPLE_FUNCTIONS = {
+    "euler": _euler,
+    "euler_ancestral": _euler_ancestral,
+    "dpmpp_2m": _dpmpp_2m,
+    "lcm": _lcm,
+    "uni_pc": _unipc_of(sample_comfy_unipc, bh2=False),
+    "uni_pc_bh2": _unipc_of(sample_comfy_unipc, bh2=True),
+    "wan_unipc": _unipc_of(sample_wan_unipc, bh2=True),
+    "wan_unipc_bh1": _unipc_of(sample_wan_unipc, bh2=False),
+}
+SAMPLERS: tuple[str, ...] = tuple(_SAMPLE_FUNCTIONS)
+
+
+def noise_scaling(sigma: torch.Tensor | float, noise: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """The flow model's noised latent at ``sigma`` (ComfyUI's CONST ``noise_scaling``)."""
+    sigma = torch.as_tensor(sigma, dtype=noise.dtype)
+    return sigma * noise + (1.0 - sigma) * latent
+
+
+def inverse_noise_scaling(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """What ComfyUI's CONST model sampling returns for a result at ``sigma``: ``x / (1 - sigma)`` (``x`` at 0).
+
+    A latent with leftover noise leaves a sampler divided by ``1 - sigma`` and re-enters the next one through
+    :func:`noise_scaling`, which multiplies its latent part by ``1 - sigma`` again.
+    """
+    return x / (1.0 - torch.as_tensor(sigma, dtype=x.dtype))
+
+
+def final_sigma(name: str, sigmas: torch.Tensor) -> torch.Tensor:
+    """The sigma ComfyUI takes the sampler's result to be at: the last sigma, except that ComfyUI's UniPC stops at
+    0.001 instead of 0 (and ComfyUI's inverse noise scaling then divides by ``1 - 0.001``)."""
+    if name in ("uni_pc", "uni_pc_bh2"):
+        return solver_sigmas(sigmas)[-1]
+    return sigmas[-1]
+
+
+def default_noise_sampler(x: torch.Tensor, seed: int) -> NoiseSampler:
+    """ComfyUI's ``default_noise_sampler``: a generator on ``x``'s device seeded with ``seed``; each call draws
+    ``randn`` of ``x``'s shape and dtype from it."""
+    generator = torch.Generator(device=x.device)
+    generator.manual_seed(seed)
+    return lambda: torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device, generator=generator)
 
 
 def sample(
@@ -144,14 +175,18 @@ def sample(
     denoise: Denoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
+    *,
+    seed: int | None = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Integrate ``x`` (the noised latent at ``sigmas[0]``) along ``sigmas`` with sampler ``name``.
 
-    ``callback(step_index, total_steps, x)`` runs after every step with the updated latent in the working
-    precision (do not modify it in place); an exception it raises (e.g. a cancellation) propagates unchanged.
-    The UniPC samplers need strictly decreasing sigmas in [0, 1]; like diffusers they lower a leading sigma of 1 by
-    1e-6 (the denoiser is called with that value) so that log(alpha / sigma) stays finite.
+    Returns the latent at :func:`final_sigma` (before ComfyUI's inverse noise scaling, which the caller applies).
+    ``seed`` seeds the noise of the noise-injecting samplers (``NOISE_INJECTING``; ComfyUI passes the sampler's
+    noise seed) and is required for them. ``callback(step_index, total_steps, x)`` runs after every step with the
+    updated latent in the working precision (do not modify it in place); an exception it raises (e.g. a
+    cancellation) propagates unchanged. ``sigmas`` must be flow sigmas: strictly decreasing, in [0, 1], only the
+    last one may be 0.
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
@@ -159,15 +194,21 @@ def sample(
         raise ValueError(f"sigmas must be a torch.Tensor, got {type(sigmas).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if name in NOISE_INJECTING and seed is None:
+        raise ValueError(f"sampler {name!r} adds noise at every step: give the seed it draws that noise from")
+    dtype = x.dtype
+    work = torch.float64 if dtype == torch.float64 else torch.float32
     sigmas = sigmas.detach().to(device="cpu", dtype=work)
-    _check_sigmas(sigmas)
+    check_sigmas(sigmas)
     logger.debug(
         "sampling %s: %d steps, sigma %.4f -> %.4f", name, len(sigmas) - 1, float(sigmas[0]), float(sigmas[-1])
     )
+    x = x.to(work)
+    noise = default_noise_sampler(x, seed) if name in NOISE_INJECTING else _no_noise
     with torch.no_grad():
-        if name == "euler":
-            out = _euler(denoise, x.to(work), sigmas, callback)
-        else:
-            out = _unipc(denoise, x.to(work), _flow_unipc_sigmas(sigmas), name == "uni_pc_bh2", callback)
-    return out.to(x.dtype)
+        out = _SAMPLE_FUNCTIONS[name](denoise, x, sigmas, noise, callback)
+    return out.to(dtype)
+
+
+def _no_noise() -> torch.Tensor:
+    raise AssertionError("a deterministic sampler asked for noise")

@@ -181,3 +181,78 @@ def flow_sigmas(scheduler: str, steps: int, shift: float) -> torch.Tensor:
     shift = float(shift)
     sigmas = _BUILDERS[scheduler](sigma_table(shift), steps, shift)
     return torch.as_tensor(sigmas, dtype=torch.float32)
+
+
+def check_sigmas(sigmas: torch.Tensor, what: str = "sigmas") -> None:
+    """Raise ValueError, saying what is wrong, unless ``sigmas`` are flow sigmas a sampler can run: a 1-D tensor of
+    at least 2 finite values (one step), strictly decreasing, in [0, 1], only the last one 0."""
+    if not isinstance(sigmas, torch.Tensor) or not sigmas.is_floating_point():
+        raise ValueError(f"{what} must be a floating-point torch.Tensor, got {type(sigmas).__name__}")
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(
+            f"{what} must be a 1-D tensor with at least 2 values (one step), got shape {tuple(sigmas.shape)}"
+        )
+    if not bool(torch.isfinite(sigmas).all()):
+        raise ValueError(f"{what} must all be finite, got {sigmas.tolist()}")
+    if bool((sigmas[:-1] <= 0).any()) or float(sigmas[-1]) < 0:
+        raise ValueError(f"{what} must be > 0 except the last one, which must be >= 0, got {sigmas.tolist()}")
+    if float(sigmas[0]) > 1.0:
+        raise ValueError(
+            f"{what} of a flow model lie in [0, 1] (1 is pure noise), got {what}[0] = {float(sigmas[0])}: "
+            "make them with a scheduler for this model (a ModelSamplingSD3 shift, not a Karras sigma range)"
+        )
+    rising = torch.nonzero(sigmas[1:] >= sigmas[:-1]).flatten()
+    if rising.numel():
+        i = int(rising[0]) + 1
+        raise ValueError(
+            f"{what} must be strictly decreasing, got {what}[{i}] = {float(sigmas[i])} >= "
+            f"{what}[{i - 1}] = {float(sigmas[i - 1])}"
+        )
+
+
+def ksampler_sigmas(
+    scheduler: str, steps: int, shift: float, *, denoise: float = 1.0, discard_penultimate: bool = False
+) -> torch.Tensor:
+    """The sigmas ComfyUI's KSampler runs for ``steps`` and ``denoise`` (``KSampler.set_steps``).
+
+    ``denoise`` below 1 schedules ``int(steps / denoise)`` steps and keeps the last ``steps + 1`` sigmas (the low-
+    noise tail: video-to-video starts from the input latent noised to the first of them). ``discard_penultimate``
+    (ComfyUI does it for its UniPC): schedule one step more and drop the next-to-last sigma.
+    """
+    if not (math.isfinite(denoise) and 0 < denoise <= 1):
+        raise ValueError(f"denoise must be in (0, 1], got {denoise!r}")
+
+    def calculate(n: int) -> torch.Tensor:
+        if not discard_penultimate:
+            return flow_sigmas(scheduler, n, shift)
+        sigmas = flow_sigmas(scheduler, n + 1, shift)
+        return torch.cat([sigmas[:-2], sigmas[-1:]])
+
+    if denoise > 0.9999:  # ComfyUI's threshold for a full schedule
+        return calculate(steps)
+    return calculate(int(steps / denoise))[-(steps + 1) :]
+
+
+def step_range(sigmas: torch.Tensor, start_at_step: int, end_at_step: int | None, leftover_noise: bool) -> torch.Tensor:
+    """The part of ``sigmas`` that steps ``start_at_step`` to ``end_at_step`` run, as ComfyUI's KSamplerAdvanced cuts
+    it: ``sigmas[start:end + 1]``, the last sigma set to 0 unless ``leftover_noise`` (an ``end_at_step`` at or past
+    the last step changes nothing). Raises ValueError when no step is left to run, where ComfyUI would return the
+    input latent unchanged."""
+    if start_at_step < 0 or (end_at_step is not None and end_at_step < 0):
+        raise ValueError(f"start_at_step and end_at_step must be >= 0, got {start_at_step} and {end_at_step}")
+    if end_at_step is not None and start_at_step >= end_at_step:
+        raise ValueError(
+            f"start_at_step {start_at_step} must be below end_at_step {end_at_step}: no step would run (ComfyUI's "
+            "KSamplerAdvanced would return the latent unchanged; bypass the sampler for that)"
+        )
+    sigmas = sigmas.clone()
+    if end_at_step is not None and end_at_step < len(sigmas) - 1:
+        sigmas = sigmas[: end_at_step + 1]
+        if not leftover_noise:
+            sigmas[-1] = 0.0
+    if start_at_step >= len(sigmas) - 1:
+        raise ValueError(
+            f"start_at_step {start_at_step} leaves none of the schedule's {len(sigmas) - 1} steps to run (ComfyUI's "
+            "KSamplerAdvanced would return the latent unchanged): lower start_at_step, or bypass the sampler"
+        )
+    return sigmas[start_at_step:]

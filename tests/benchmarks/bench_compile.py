@@ -30,19 +30,17 @@ import torch
 
 from dax_core.accelerations import BuildEnv, apply_accelerations
 from dax_core.compile import CompileConfig, compile_blocks
-from dax_core.models.spec import WanSpec
 from dax_core.recipe import Recipe
 
-from .common import CASES, Case, build_ours, device_name, median, timed, write_json
+from .common import CASES, build_ours, device_name, median, timed, write_json
 
 REPO = Path(__file__).resolve().parents[2]
-CASES_HERE = {**CASES, "tiny": Case("tiny (smoke test)", WanSpec(64, 2, 4, 128, text_dim=32), 64, 64, 9)}
 
 log = logging.getLogger("bench_compile")
 
 
 def _model(case_key: str, accelerations: list[dict], device: torch.device, seed: int = 0):
-    case = CASES_HERE[case_key]
+    case = CASES[case_key]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = build_ours(case.spec, str(device), dtype, seed)
     recipe = Recipe.from_dict({"weights": "random", "accelerations": accelerations})
@@ -143,7 +141,7 @@ def _variants(items: list[str]) -> list[tuple[str, list[dict]]]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", default="14b-720p", choices=sorted(CASES_HERE))
+    parser.add_argument("--case", default="14b-720p", choices=sorted(CASES))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--variant", action="append", required=True)
     parser.add_argument("--mode", default="default")
@@ -165,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "device": device_name() if settings.device.type == "cuda" else "cpu",
         "torch": torch.__version__,
-        "case": CASES_HERE[args.case].name,
+        "case": CASES[args.case].name,
         "variants": {},
     }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .common import CASES, Case, build_diffusers, build_ours, cuda_time, device_name, median, write_json
+from .common import CASES, Case, build_diffusers, build_ours, cuda_time, device_name, floor_seconds, median, write_json
 
 log = logging.getLogger("bench_forward")
 
@@ -50,7 +50,7 @@ def run_case(key: str, warmup: int, reps: int, seed: int = 0) -> dict:
     case = CASES[key]
     dtype = torch.bfloat16
     x, t, ctx = _inputs(case, dtype, seed + 1)
-    result: dict = {"case": case.name, "tokens": case.tokens, "flops": case.flops(), "floor_s": case.floor_seconds()}
+    result: dict = {"case": case.name, "tokens": case.tokens, "flops": case.flops(), "floor_s": floor_seconds(case)}
 
     def dax_forward():
         ours = build_ours(case.spec, "cuda", dtype, seed)

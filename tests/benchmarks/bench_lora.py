@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from dax_core.bench.weights import seeded_values
 from dax_core.lora import lora_ref
 from dax_core.lora.tiny import write_tiny_lora
 from dax_core.models.detect import NUM_HEADS_METADATA, expected_shapes
@@ -33,9 +34,8 @@ from dax_core.models.spec import WanSpec
 from dax_core.recipe import Recipe, acceleration_from_dict
 from dax_core.runtime.engine import WanEngine
 
-from .common import CASES, Case, device_name, median, seeded_values, sync, timed, write_json
+from .common import CASES, Case, device_name, median, sync, timed, write_json
 
-CASES_HERE = {**CASES, "tiny": Case("tiny (smoke test)", WanSpec(64, 2, 4, 128, text_dim=32), 64, 64, 9)}
 RANK = 64
 STRENGTHS = (1.0, 0.5)
 
@@ -134,7 +134,7 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", default="14b-720p", choices=sorted(CASES_HERE))
+    parser.add_argument("--case", default="14b-720p", choices=sorted(CASES))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--workdir", type=Path, required=True, help="where the weights and the LoRA are written")
     parser.add_argument("--accelerations", default="[]", help="JSON list of acceleration dicts, as in a recipe")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark times GPU work (smoke-test: --case tiny --device cpu)")
-    case = CASES_HERE[args.case]
+    case = CASES[args.case]
     accelerations = tuple(acceleration_from_dict(a) for a in json.loads(args.accelerations))
     results: dict = {
         "device": device_name() if device.type == "cuda" else "cpu",

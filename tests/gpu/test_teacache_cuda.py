@@ -31,7 +31,7 @@ def _request() -> SampleRequest:
         seed=2,
         steps=12,
         cfg=5.0,
-        sampler="uni_pc_bh2",
+        sampler="wan_unipc",
     )
 
 

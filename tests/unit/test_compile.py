@@ -48,7 +48,7 @@ def _request(seed: int, text_len: int = 5, cfg: float = 5.0, steps: int = 3) -> 
         seed=seed,
         steps=steps,
         cfg=cfg,
-        sampler="uni_pc_bh2",
+        sampler="wan_unipc",
     )
 
 

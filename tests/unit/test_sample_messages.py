@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import torch
@@ -31,14 +32,33 @@ def test_request_round_trip():
         shift=5.0,
         sampler="uni_pc",
         scheduler="beta",
+        denoise=0.55,
+        start_at_step=3,
+        end_at_step=21,
+        add_noise=False,
+        return_with_leftover_noise=True,
     )
     got = request_from_message(_through_a_socket("request", *request_fields(req)))
-    for name in ("seed", "steps", "cfg", "shift", "sampler", "scheduler"):
-        assert getattr(got, name) == getattr(req, name), name
-    for name in ("positive", "negative", "latent"):
-        assert (
-            torch.equal(getattr(got, name), getattr(req, name)) and getattr(got, name).dtype == getattr(req, name).dtype
-        )
+    for field in dataclasses.fields(SampleRequest):
+        want, have = getattr(req, field.name), getattr(got, field.name)
+        if isinstance(want, torch.Tensor):
+            assert torch.equal(have, want) and have.dtype == want.dtype, field.name
+        else:
+            assert have == want and type(have) is type(want), field.name
+    assert torch.equal(got.run_sigmas(), req.run_sigmas())
+
+
+def test_request_with_a_sigmas_input_round_trip():
+    # a SIGMAS input crosses bit for bit, in its own dtype
+    sigmas = torch.tensor([0.97, 0.8123456, 0.5, 0.25, 0.1], dtype=torch.float64)
+    req = SampleRequest(
+        torch.ones(1, 4, 8), None, torch.zeros(1, 16, 1, 4, 4), seed=1, steps=1, cfg=1.0, sigmas=sigmas,
+        end_at_step=None, sampler="euler_ancestral",
+    )  # fmt: skip
+    got = request_from_message(_through_a_socket("request", *request_fields(req)))
+    assert torch.equal(got.sigmas, sigmas) and got.sigmas.dtype == torch.float64
+    assert got.end_at_step is None and got.sampler == "euler_ancestral"
+    assert torch.equal(got.run_sigmas(), sigmas.float())
 
 
 def test_request_without_negative_round_trip():

@@ -1,24 +1,26 @@
-"""Samplers: Euler against ComfyUI's sample_euler, UniPC against diffusers' UniPCMultistepScheduler step by step."""
+"""Samplers step by step: ComfyUI's own samplers (its KSAMPLER, on a CONST flow model sampling) for every ComfyUI name,
+diffusers' UniPCMultistepScheduler for Wan's UniPC."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from dax_core.runtime.samplers import SAMPLERS, sample
+from dax_core.runtime.samplers import (
+    NOISE_INJECTING,
+    SAMPLERS,
+    final_sigma,
+    inverse_noise_scaling,
+    noise_scaling,
+    sample,
+)
 from dax_core.runtime.schedules import flow_sigmas
 
 _CHANNELS = 4
-
-
-@pytest.fixture(scope="module")
-def comfy_sample_euler(comfyui_importable: Path) -> Callable:
-    import comfy.k_diffusion.sampling
-
-    return comfy.k_diffusion.sampling.sample_euler
+COMFY_SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m", "lcm", "uni_pc", "uni_pc_bh2")
 
 
 class ToyFlow:
@@ -37,40 +39,104 @@ class ToyFlow:
         return x - sigma * self.velocity(x, sigma)
 
 
-def _noise(dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(1, _CHANNELS, 2, 3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+def _noise(dtype: torch.dtype = torch.float32, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, _CHANNELS, 2, 3, 5, generator=g, dtype=torch.float64).to(dtype)
 
 
 def _trajectory(name: str, model: ToyFlow, x: torch.Tensor, sigmas: torch.Tensor) -> list[torch.Tensor]:
     steps: list[torch.Tensor] = []
-    out = sample(name, model.denoise, x, sigmas, callback=lambda i, n, z: steps.append(z.clone()))
+    out = sample(name, model.denoise, x, sigmas, seed=0, callback=lambda i, n, z: steps.append(z.clone()))
     assert torch.equal(out, steps[-1].to(out.dtype))
     return steps
 
 
-# --- Euler ---------------------------------------------------------------------------------------------------------
+# --- ComfyUI's samplers --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def comfy(comfyui_importable: Path) -> SimpleNamespace:
+    import comfy.model_sampling
+    import comfy.samplers
+
+    class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        """What ComfyUI gives a Wan model (ModelSamplingSD3 with the shift): discrete flow, CONST."""
+
+    return SimpleNamespace(samplers=comfy.samplers, sampling=FlowSampling())
+
+
+class _RecordingDenoiser:
+    """The toy model as ComfyUI's samplers call it (``model(x, sigma_batch, **extra_args)``) and as ours do,
+    recording every call's sigma and input."""
+
+    def __init__(self, model: ToyFlow, model_sampling=None) -> None:
+        self.model = model
+        self.calls: list[tuple[float, torch.Tensor]] = []
+        self.inner_model = SimpleNamespace(model_sampling=model_sampling)  # where KSAMPLER looks for it
+
+    def __call__(self, x: torch.Tensor, sigma, **_extra) -> torch.Tensor:
+        sigma = float(sigma[0]) if isinstance(sigma, torch.Tensor) else sigma
+        self.calls.append((sigma, x.clone()))
+        return self.model.denoise(x, sigma)
+
+
+def _comfy_ksampler(comfy, name, model, noise, latent, sigmas, seed):
+    """ComfyUI's KSAMPLER.sample for ``name``: noise scaling, its sampler function, inverse noise scaling."""
+    denoiser = _RecordingDenoiser(model, comfy.sampling)
+    extra_args = {"model_options": {}, "seed": seed}
+    out = comfy.samplers.sampler_object(name).sample(
+        denoiser, sigmas.clone(), extra_args, None, noise.clone(), latent.clone(), disable_pbar=True
+    )
+    return out, denoiser.calls
+
+
+def _ours(name, model, noise, latent, sigmas, seed):
+    denoiser = _RecordingDenoiser(model)
+    x = sample(name, denoiser, noise_scaling(sigmas[0], noise, latent), sigmas, seed=seed)
+    return inverse_noise_scaling(final_sigma(name, sigmas), x), denoiser.calls
+
+
+SCHEDULES = {
+    "1 step": flow_sigmas("simple", 1, 5.0),
+    "2 steps": flow_sigmas("simple", 2, 5.0),
+    "3 steps": flow_sigmas("simple", 3, 5.0),
+    "normal 4": flow_sigmas("normal", 4, 3.0),
+    "beta 10": flow_sigmas("beta", 10, 8.0),
+    "leftover": flow_sigmas("simple", 9, 5.0)[:5],  # KSamplerAdvanced's end_at_step 4 with leftover noise
+    "continued": flow_sigmas("simple", 9, 5.0)[4:],  # and start_at_step 4
+    "custom": torch.tensor([0.7, 0.55, 0.31, 0.12, 0.04, 0.0]),  # a SIGMAS input starting below 1 (denoise)
+}
 
 
 @pytest.mark.comfyui
-@pytest.mark.parametrize(("scheduler", "steps", "shift"), [("simple", 10, 5.0), ("normal", 7, 3.0), ("beta", 4, 8.0)])
-def test_euler_matches_comfyui(comfy_sample_euler: Callable, scheduler: str, steps: int, shift: float) -> None:
-    model = ToyFlow()
-    sigmas = flow_sigmas(scheduler, steps, shift)
-    x = _noise()
-    reference: list[torch.Tensor] = []  # ComfyUI reports x *before* step i; we report it after
-    final = comfy_sample_euler(
-        lambda z, s: model.denoise(z, float(s[0])),
-        x.clone(),
-        sigmas,
-        callback=lambda info: reference.append(info["x"].clone()),
-        disable=True,
-    )
-    ours = _trajectory("euler", model, x, sigmas)
-    assert len(ours) == steps
-    # The same float32 operations in the same order: expected bit-identical (observed max error 0); 1e-6 relative
-    # still fails for any real difference (a dropped or mis-scaled term moves values by >= 1e-3 here).
-    for got, want in zip(ours, [*reference[1:], final], strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("name", COMFY_SAMPLERS)
+def test_matches_comfyui_step_by_step(comfy, name: str, schedule: str) -> None:
+    # Every denoiser call (its sigma and its input latent) and the result, against ComfyUI's KSAMPLER on the
+    # same toy model, noise, input latent and seed. The same float32 operations in the same order: observed
+    # bit-identical; 1e-6 (a few float32 ulps at these magnitudes, ~10) still fails on any wrong coefficient,
+    # order, history slot, noise draw or noise scaling, which move values by >= 1e-3 here.
+    sigmas = SCHEDULES[schedule]
+    model = ToyFlow(seed=2)
+    noise, latent = _noise(seed=1), 0.5 * _noise(seed=2)
+    expected, expected_calls = _comfy_ksampler(comfy, name, model, noise, latent, sigmas, seed=42)
+    got, calls = _ours(name, model, noise, latent, sigmas, seed=42)
+    assert [c[0] for c in calls] == [c[0] for c in expected_calls]  # the same sigmas, one call per step
+    for (_, x_in), (_, want) in zip(calls, expected_calls, strict=True):
+        torch.testing.assert_close(x_in, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.comfyui
+@pytest.mark.parametrize("name", sorted(NOISE_INJECTING))
+def test_noise_follows_the_seed_as_in_comfyui(comfy, name: str) -> None:
+    # Another seed gives another result, and ComfyUI's for that seed: the noise comes from the seed, not elsewhere.
+    sigmas, model, noise = SCHEDULES["normal 4"], ToyFlow(), _noise()
+    latent = torch.zeros_like(noise)
+    a, _ = _ours(name, model, noise, latent, sigmas, seed=1)
+    b, _ = _ours(name, model, noise, latent, sigmas, seed=2)
+    assert (a - b).abs().max() > 0.1
+    torch.testing.assert_close(b, _comfy_ksampler(comfy, name, model, noise, latent, sigmas, seed=2)[0])
 
 
 def test_euler_with_a_constant_prediction_is_exact() -> None:
@@ -86,7 +152,32 @@ def test_euler_with_a_constant_prediction_is_exact() -> None:
     torch.testing.assert_close(out, target, rtol=0, atol=1e-6)
 
 
-# --- UniPC ---------------------------------------------------------------------------------------------------------
+def test_lcm_with_a_constant_prediction_renoises_to_each_sigma_in_float64() -> None:
+    # lcm: x_{i+1} = sigma_{i+1} * n_i + (1 - sigma_{i+1}) * c with n_i the i-th draw of the seeded generator;
+    # float64 end to end, so equal to 1e-12.
+    x = _noise(torch.float64)
+    target = torch.linspace(-1, 1, x.numel(), dtype=torch.float64).reshape(x.shape)
+    sigmas = flow_sigmas("simple", 4, 5.0).double()
+    generator = torch.Generator().manual_seed(9)
+    draws = [torch.randn(x.shape, dtype=torch.float64, generator=generator) for _ in range(3)]
+    steps: list[torch.Tensor] = []
+    sample("lcm", lambda z, s: target, x, sigmas, seed=9, callback=lambda i, n, z: steps.append(z))
+    for i, got in enumerate(steps[:-1]):
+        s = sigmas[i + 1]
+        torch.testing.assert_close(got, s * draws[i] + (1 - s) * target, rtol=0, atol=1e-12)
+    assert torch.equal(steps[-1], target)
+
+
+def test_leftover_noise_round_trips_through_the_noise_scaling() -> None:
+    # A result at sigma leaves divided by 1 - sigma and re-enters multiplied by it (with zero noise): the same latent
+    # up to float32 rounding of the two operations (2 ulps).
+    x, sigma = _noise(), torch.tensor(0.6171875)
+    back = noise_scaling(sigma, torch.zeros_like(x), inverse_noise_scaling(sigma, x))
+    torch.testing.assert_close(back, x, rtol=2.5e-7, atol=0)
+    assert inverse_noise_scaling(torch.tensor(0.0), x) is not x and torch.equal(inverse_noise_scaling(0.0, x), x)
+
+
+# --- Wan's UniPC ---------------------------------------------------------------------------------------------------
 
 
 def _diffusers_unipc(
@@ -142,9 +233,9 @@ def test_unipc_bh2_matches_diffusers_schedule(steps: int, shift: float) -> None:
     reference = _diffusers_trajectory(scheduler, model, x)
     # float64 on both sides with the same formulas: only libm last-bit differences remain (observed <= 6e-16);
     # 1e-12 fails on any wrong coefficient, order or history slot (those change the result by >= 1e-4).
-    _assert_trajectories_close(_trajectory("uni_pc_bh2", model, x, sigmas), reference, 1e-12)
+    _assert_trajectories_close(_trajectory("wan_unipc", model, x, sigmas), reference, 1e-12)
     # The float32 path against the same float64 reference: rounding accumulates to a few 1e-7 (observed 3.4e-7).
-    _assert_trajectories_close(_trajectory("uni_pc_bh2", model, x.float(), sigmas), reference, 5e-6)
+    _assert_trajectories_close(_trajectory("wan_unipc", model, x.float(), sigmas), reference, 5e-6)
 
 
 @pytest.mark.parametrize("scheduler_name", ["simple", "beta", "sgm_uniform"])
@@ -158,7 +249,7 @@ def test_unipc_bh2_matches_diffusers_on_comfyui_sigmas(scheduler_name: str) -> N
     assert scheduler.sigmas[0].item() == float(torch.tensor(1.0 - 1e-6, dtype=torch.float32))
     x = _noise(torch.float64)
     reference = _diffusers_trajectory(scheduler, model, x)
-    _assert_trajectories_close(_trajectory("uni_pc_bh2", model, x, sigmas.double()), reference, 1e-12)
+    _assert_trajectories_close(_trajectory("wan_unipc", model, x, sigmas.double()), reference, 1e-12)
 
 
 @pytest.mark.parametrize("steps", [2, 5, 20])
@@ -168,7 +259,7 @@ def test_unipc_bh1_matches_diffusers(steps: int) -> None:
     sigmas = scheduler.sigmas.float()
     x = _noise(torch.float64)
     reference = _diffusers_trajectory(scheduler, model, x)
-    ours = _trajectory("uni_pc", model, x, sigmas)
+    ours = _trajectory("wan_unipc_bh1", model, x, sigmas)
     # diffusers' bh1 multiplies B(h) = -h = -inf by a zero correction on the final step to sigma 0 and returns NaN;
     # all earlier steps must match (1e-12, as above), and the final first-order step lands on x0 exactly.
     assert bool(reference[-1].isnan().all())
@@ -176,7 +267,7 @@ def test_unipc_bh1_matches_diffusers(steps: int) -> None:
     assert torch.equal(ours[-1], model.denoise(ours[-2], float(sigmas[-2])))
 
 
-@pytest.mark.parametrize("name", ["uni_pc", "uni_pc_bh2"])
+@pytest.mark.parametrize("name", ["wan_unipc", "wan_unipc_bh1"])
 def test_unipc_final_step_returns_last_prediction(name: str) -> None:
     # lower_order_final: the last step to sigma 0 is first order, i.e. exactly the last x0 prediction.
     model = ToyFlow()
@@ -197,9 +288,15 @@ def test_unipc_final_step_returns_last_prediction(name: str) -> None:
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_callback_sees_every_step(name: str) -> None:
     seen: list[tuple[int, int]] = []
-    x = _noise()
-    sample(name, ToyFlow().denoise, x, flow_sigmas("simple", 6, 5.0), callback=lambda i, n, z: seen.append((i, n)))
+    calls: list[float] = []
+
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        calls.append(sigma)
+        return ToyFlow().denoise(x, sigma)
+
+    sample(name, denoise, _noise(), flow_sigmas("simple", 6, 5.0), seed=0, callback=lambda i, n, z: seen.append((i, n)))
     assert seen == [(i, 6) for i in range(6)]
+    assert len(calls) == 6  # one denoiser call per step: what the step caches count
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
@@ -218,7 +315,7 @@ def test_callback_exception_propagates_and_stops_sampling(name: str) -> None:
             raise Cancelled("user cancelled")
 
     with pytest.raises(Cancelled, match="user cancelled"):
-        sample(name, denoise, _noise(), flow_sigmas("simple", 10, 5.0), callback=callback)
+        sample(name, denoise, _noise(), flow_sigmas("simple", 10, 5.0), seed=0, callback=callback)
     assert len(calls) == 3
 
 
@@ -231,7 +328,7 @@ def test_returns_input_dtype(name: str, dtype: torch.dtype) -> None:
         dtypes.append(x.dtype)
         return (x * 0.5).to(dtype)
 
-    out = sample(name, denoise, _noise(dtype), flow_sigmas("simple", 3, 5.0))
+    out = sample(name, denoise, _noise(dtype), flow_sigmas("simple", 3, 5.0), seed=0)
     assert out.dtype == dtype
     assert set(dtypes) == {torch.float64 if dtype == torch.float64 else torch.float32}
 
@@ -239,7 +336,7 @@ def test_returns_input_dtype(name: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize(
     ("name", "sigmas", "match"),
     [
-        ("dpmpp_2m", torch.tensor([1.0, 0.0]), "unknown sampler 'dpmpp_2m'; valid samplers: euler, uni_pc, uni_pc_bh2"),
+        ("heun", torch.tensor([1.0, 0.0]), "unknown sampler 'heun'; valid samplers: euler, euler_ancestral, dpmpp_2m"),
         ("euler", torch.tensor([1.0]), "at least 2 values"),
         ("euler", torch.ones(2, 2), "1-D tensor"),
         ("euler", [1.0, 0.0], "sigmas must be a torch.Tensor"),
@@ -249,16 +346,23 @@ def test_returns_input_dtype(name: str, dtype: torch.dtype) -> None:
         (
             "uni_pc_bh2",
             torch.tensor([1.0, 0.5, 0.5, 0.0]),
-            r"strictly decreasing sigmas, got sigmas\[2\] = 0.5 >= sigmas\[1\]",
+            r"strictly decreasing, got sigmas\[2\] = 0.5 >= sigmas\[1\]",
         ),
-        ("uni_pc", torch.tensor([1.5, 0.5, 0.0]), r"flow sigmas <= 1, got sigmas\[0\] = 1.5"),
+        ("dpmpp_2m", torch.tensor([0.5, 0.8, 0.0]), r"strictly decreasing, got sigmas\[1\] = 0.8"),
+        ("wan_unipc", torch.tensor([1.5, 0.5, 0.0]), r"lie in \[0, 1\] \(1 is pure noise\), got sigmas\[0\] = 1.5"),
     ],
 )
 def test_bad_inputs(name: str, sigmas: torch.Tensor, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        sample(name, ToyFlow().denoise, _noise(), sigmas)
+        sample(name, ToyFlow().denoise, _noise(), sigmas, seed=0)
 
 
 def test_integer_latent_is_rejected() -> None:
     with pytest.raises(ValueError, match="floating-point"):
         sample("euler", ToyFlow().denoise, torch.zeros(1, 4, dtype=torch.int64), torch.tensor([1.0, 0.0]))
+
+
+@pytest.mark.parametrize("name", sorted(NOISE_INJECTING))
+def test_a_noise_injecting_sampler_needs_a_seed(name: str) -> None:
+    with pytest.raises(ValueError, match="adds noise at every step: give the seed"):
+        sample(name, ToyFlow().denoise, _noise(), flow_sigmas("simple", 3, 5.0))

@@ -1,0 +1,88 @@
+"""The peer line of the ladder: diffusers' ``WanTransformer3DModel`` on the same seeded weights and inputs, stock,
+then with its attention dispatcher's fastest backend here, then with torchao FP8 rowwise linears and diffusers'
+regional compile (``compile_repeated_blocks``), as diffusers documents them. diffusers and torchao are optional:
+without them the rungs are reported as skipped, with the reason."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+from torch import nn
+
+from .weights import build_diffusers
+
+ATTENTION_PREFERENCE = ("_flash_3", "sage", "_native_cudnn")
+"""diffusers attention backends, fastest first on Hopper (FlashAttention 3, SageAttention2, cuDNN SDPA)."""
+
+
+class PeerUnavailable(ImportError):
+    """A package or kernel the peer rung needs is missing here (the rung is skipped)."""
+
+
+def _fastest_attention(model: Any, device: torch.device) -> str:
+    if device.type != "cuda":
+        raise PeerUnavailable(f"diffusers' faster attention backends run on CUDA GPUs, not {device}")
+    tried = []
+    for name in ATTENTION_PREFERENCE:
+        try:
+            model.set_attention_backend(name)
+        except (RuntimeError, ValueError, ImportError) as err:
+            tried.append(f"{name}: {err}")
+            continue
+        return name
+    raise PeerUnavailable("no faster diffusers attention backend is usable here (" + "; ".join(tried) + ")")
+
+
+def _torchao_fp8(model: Any, device: torch.device) -> None:
+    if importlib.util.find_spec("torchao") is None:
+        raise PeerUnavailable("torchao is not installed (pip install torchao)")
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        raise PeerUnavailable("torchao's FP8 rowwise linears need a CUDA GPU of compute capability 8.9+")
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def in_blocks(module: nn.Module, name: str) -> bool:  # the same layers as DAX's default keep list quantizes
+        return isinstance(module, nn.Linear) and name.startswith("blocks.")
+
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=in_blocks)
+
+
+def run_peer(ladder: Any, inputs: tuple) -> None:
+    """Add the peer rungs to ``ladder`` (a ``Ladder`` whose stock rung ran), freeing the model at the end."""
+    s = ladder.settings
+    titles = {
+        "peer_stock": "peer: diffusers, bf16, default SDPA, eager",
+        "peer_attention": "peer: + fastest attention backend",
+        "peer_full": "peer: + torchao FP8 rowwise + regional compile",
+    }
+    if importlib.util.find_spec("diffusers") is None:
+        for key, title in titles.items():
+            ladder.skip_peer(key, title, PeerUnavailable("diffusers is not installed (pip install diffusers)"))
+        return
+    x, t, ctx = inputs
+    model = build_diffusers(s.case.spec, s.device, s.dtype, s.seed)
+
+    def forward(model: Any = model) -> torch.Tensor:
+        return model(x.to(s.dtype), t, ctx, return_dict=False)[0]
+
+    try:
+        try:
+            ladder.record_peer("peer_stock", titles["peer_stock"], forward, model, "diffusers defaults")
+        except Exception as err:  # reported; nothing to build on
+            ladder.skip_peer("peer_stock", titles["peer_stock"], err)
+            return
+        try:
+            backend = _fastest_attention(model, s.device)
+            ladder.record_peer("peer_attention", titles["peer_attention"], forward, model, f"backend {backend}")
+        except Exception as err:  # reported, and the line goes on
+            ladder.skip_peer("peer_attention", titles["peer_attention"], err)
+        try:
+            _torchao_fp8(model, s.device)
+            model.compile_repeated_blocks(fullgraph=True, backend=s.compile_backend)
+            note = "torchao Float8DynamicActivationFloat8WeightConfig(PerRow) on the blocks' linears"
+            ladder.record_peer("peer_full", titles["peer_full"], forward, model, note)
+        except Exception as err:  # reported
+            ladder.skip_peer("peer_full", titles["peer_full"], err)
+    finally:
+        del model

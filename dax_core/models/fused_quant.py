@@ -1,0 +1,107 @@
+"""Triton kernels that quantize activations per row (per token) in one pass, for the eager FP8 / INT8 linears.
+
+The arithmetic is ``dax_core.quant.numerics.quantize``'s, operation for operation: amax of the row in float32, scale
+``max(amax, 1e-12) / qmax`` and ``x / scale`` with IEEE division (``div_rn``: Triton's ``/`` is an approximate
+division), clamp to ``[-qmax, qmax]``, round half to even for int8, then one cast (float8: round to nearest even,
+saturating). So the values and scales equal PyTorch's multi-pass ``quantize`` bit for bit, from one read of the
+input and one write of the 8-bit values. ``quantize_row`` is also called by the norm kernels of ``fused_ops``,
+which quantize the row they have just normalised.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# constexpr: read inside the kernels
+SCALE_FLOOR = tl.constexpr(1e-12)  # numerics.SCALE_FLOOR: an all-zero row quantizes to zeros
+ROUNDING_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: (v + M) - M rounds |v| < 2**22 half to even (float32)
+MAX_ROW = 16384
+"""Widest row one program holds in registers (Wan's widest linear input is 14B's FFN: 13824)."""
+QUANT_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2, torch.int8)
+
+
+@triton.jit
+def quantize_row(y, mask, q_ptrs, scale_ptr, QMAX: tl.constexpr, ROUND: tl.constexpr):
+    """Quantize one row ``y`` (float32, masked lanes ignored) into ``q_ptrs`` and its scale into ``scale_ptr``."""
+    amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
+    s = tl.math.div_rn(tl.maximum(amax, SCALE_FLOOR), QMAX)
+    v = tl.minimum(tl.maximum(tl.math.div_rn(y, s), -QMAX), QMAX)
+    if ROUND:
+        v = (v + ROUNDING_MAGIC) - ROUNDING_MAGIC
+    tl.store(q_ptrs, v.to(q_ptrs.dtype.element_ty), mask=mask)
+    tl.store(scale_ptr, s)
+
+
+@triton.jit
+def gelu_tanh(x):
+    """GELU, tanh approximation, in float32. 1 + tanh(u) = 2 - 2 / (exp(2u) + 1), with u capped where it is 2 in
+    float32 already (exp, unlike tanh, exists in Triton's interpreter and on every GPU)."""
+    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    return 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * tl.minimum(u, 20.0)) + 1.0))
+
+
+@triton.jit
+def _quantize_rows_kernel(
+    x_ptr, q_ptr, scale_ptr, width, QMAX: tl.constexpr, ROUND: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < width
+    x = tl.load(x_ptr + row * width + cols, mask=mask, other=0.0)
+    y = x.to(tl.float32)
+    if GELU:  # as nn.GELU on the activation dtype: float32 arithmetic, one rounding to that dtype
+        y = gelu_tanh(y).to(x.dtype).to(tl.float32)
+    quantize_row(y, mask, q_ptr + row * width + cols, scale_ptr + row, QMAX, ROUND)
+
+
+def quant_constants(dtype: torch.dtype) -> tuple[float, bool]:
+    """(qmax, round half to even before the cast) of a quantized dtype."""
+    if dtype == torch.int8:
+        return 127.0, True
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return float(torch.finfo(dtype).max), False
+    raise ValueError(f"no per-row quantization kernel for {dtype}; these quantize to {QUANT_DTYPES}")
+
+
+def warps(block: int) -> int:
+    return max(4, min(16, block // 512))
+
+
+def fits(width: int) -> bool:
+    """Whether a row of ``width`` values fits one program (else use ``numerics.quantize``)."""
+    return width <= MAX_ROW
+
+
+def empty_quantized(
+    rows: int, width: int, dtype: torch.dtype, device: torch.device, storage: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output buffers: q [rows, width] of ``dtype`` (or ``storage``) and float32 scales [rows, 1]."""
+    q = torch.empty(rows, width, device=device, dtype=storage or dtype)
+    return q, torch.empty(rows, 1, device=device, dtype=torch.float32)
+
+
+def quantize_rows(
+    x: torch.Tensor, dtype: torch.dtype, gelu: bool = False, *, storage: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``numerics.quantize(x, dtype, per_row=True)`` of a 2-d ``x`` in one kernel; with ``gelu``, of
+    ``GELU_tanh(x)`` rounded to ``x.dtype`` (what ``nn.GELU(approximate="tanh")`` returns) without writing it.
+
+    ``storage`` keeps the clamped, rounded values in another dtype instead of casting them (Triton's interpreter
+    converts float32 to float8 wrongly at binade edges; the CPU tests cast with PyTorch instead).
+    """
+    if x.ndim != 2:
+        raise ValueError(f"quantize_rows takes [rows, width], got {tuple(x.shape)}")
+    rows, width = x.shape
+    if not fits(width):
+        raise ValueError(f"rows of {width} values exceed the kernel's {MAX_ROW}; use numerics.quantize")
+    qmax, rounding = quant_constants(dtype)
+    x = x.contiguous()
+    q, scale = empty_quantized(rows, width, dtype, x.device, storage)
+    if rows:
+        block = triton.next_power_of_2(width)
+        _quantize_rows_kernel[(rows,)](
+            x, q, scale, width, QMAX=qmax, ROUND=rounding, GELU=gelu, BLOCK=block, num_warps=warps(block)
+        )
+    return q, scale

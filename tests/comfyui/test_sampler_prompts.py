@@ -1,0 +1,91 @@
+"""The sampler nodes in whole prompts through POST /prompt: Wan2.2-style chained samplers fed by Scheduler (DAX) and
+the native SplitSigmas, and LATENTs or step ranges the DAX sampler cannot run failing as node errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from dax_core.demo.comfy_server import ComfyServer, PromptFailed
+
+pytestmark = pytest.mark.comfyui
+
+RUN_TIMEOUT = 300.0
+STEPS = 4
+
+
+def _sampler_id(prompt: dict[str, Any]) -> str:
+    return next(node_id for node_id, node in prompt.items() if node["class_type"] == "DaxMultiGPUSampler")
+
+
+SHARED = ("dax_model", "positive", "negative", "steps", "cfg", "shift", "sampler_name", "scheduler", "gpus")
+
+
+def _advanced(sampler: dict[str, Any], latent: list, sigmas: list, add_noise: str) -> dict[str, Any]:
+    inputs = sampler["inputs"]
+    return {
+        "class_type": "DaxSamplerAdvanced",
+        "inputs": {
+            **{k: inputs[k] for k in SHARED},
+            "latent_image": latent,
+            "sigmas": sigmas,
+            "add_noise": add_noise,
+            "noise_seed": inputs["seed"],
+            "start_at_step": 0,
+            "end_at_step": 10000,
+            "return_with_leftover_noise": "disable",
+        },
+    }
+
+
+def test_two_experts_chained_through_split_sigmas_write_a_video(
+    comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]
+) -> None:
+    prompt = tiny_prompt(seed=31, steps=STEPS)
+    sampler_id = _sampler_id(prompt)
+    sampler = prompt.pop(sampler_id)
+    inputs = sampler["inputs"]
+    prompt["sched"] = {"class_type": "DaxScheduler", "inputs": {"shift": inputs["shift"], "scheduler": "simple",
+                                                                 "steps": STEPS, "denoise": 1.0}}  # fmt: skip
+    prompt["split"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": ["sched", 0], "step": 1}}
+    prompt["high"] = _advanced(sampler, inputs["latent_image"], ["split", 0], "enable")
+    prompt["high"]["inputs"]["sampler_name"] = "euler_ancestral"
+    prompt["low"] = _advanced(sampler, ["high", 0], ["split", 1], "disable")
+    for node in prompt.values():  # the decoder takes the second expert's latent
+        for name, value in node["inputs"].items():
+            if value == [sampler_id, 0]:
+                node["inputs"][name] = ["low", 0]
+    outputs = comfy_server.run(prompt, timeout=RUN_TIMEOUT)
+    assert [p for p in comfy_server.output_files(outputs) if p.suffix == ".mp4"], outputs
+    assert outputs["high"]["dax_summary"][0].startswith("1 step in"), outputs["high"]
+    assert outputs["low"]["dax_summary"][0].startswith(f"{STEPS - 1} steps in"), outputs["low"]
+
+
+def test_a_latent_with_a_noise_mask_is_a_node_error(
+    comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]
+) -> None:
+    prompt = tiny_prompt(seed=32, steps=STEPS)
+    sampler = prompt[_sampler_id(prompt)]
+    prompt["mask"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
+    prompt["masked"] = {"class_type": "SetLatentNoiseMask",
+                        "inputs": {"samples": sampler["inputs"]["latent_image"], "mask": ["mask", 0]}}  # fmt: skip
+    sampler["inputs"]["latent_image"] = ["masked", 0]
+    with pytest.raises(PromptFailed) as failed:
+        comfy_server.run(prompt, timeout=RUN_TIMEOUT)
+    assert failed.value.node_type == "DaxMultiGPUSampler"
+    assert "noise_mask" in failed.value.exception_message, failed.value.exception_message
+
+
+def test_an_empty_step_range_is_a_node_error(comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]) -> None:
+    prompt = tiny_prompt(seed=33, steps=STEPS)
+    sampler = prompt[_sampler_id(prompt)]
+    advanced = _advanced(sampler, sampler["inputs"]["latent_image"], None, "enable")
+    del advanced["inputs"]["sigmas"]
+    advanced["inputs"].update(start_at_step=3, end_at_step=3)
+    prompt[_sampler_id(prompt)] = advanced
+    with pytest.raises(PromptFailed) as failed:
+        comfy_server.run(prompt, timeout=RUN_TIMEOUT)
+    assert failed.value.node_type == "DaxSamplerAdvanced"
+    assert "start_at_step 3 must be below end_at_step 3" in failed.value.exception_message

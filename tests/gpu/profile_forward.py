@@ -1,0 +1,93 @@
+"""Where one forward's GPU time goes: a kernel table of one compiled full-stack forward (torch.profiler).
+
+    python3 -m tests.gpu.profile_forward --model 14b --accelerations '[...recipe dicts...]' --out profile_14b.txt
+
+Builds the model at its real shapes with seeded random weights, applies the accelerations, runs two untimed
+forwards (compilation) and profiles the third: the table lists every kernel's total GPU time, grouped by kind
+(GEMM, attention, Triton/inductor element-wise, copies, other), so the distance to the dense floor has names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from dax_core.accelerations import BuildEnv, apply_accelerations
+from dax_core.bench.cases import case_for
+from dax_core.bench.ladder import make_inputs
+from dax_core.bench.timing import sync
+from dax_core.bench.weights import build_model
+from dax_core.recipe import Recipe
+
+FULL_STACK = [{"kind": "quantize", "dtype": "fp8"}, {"kind": "attention", "backend": "sage"}, {"kind": "compile"}]
+KINDS = (
+    ("gemm", ("gemm", "cutlass", "sm90_xmma", "nvjet", "scaled_mm", "cublas", "matmul")),
+    ("attention", ("attn", "sage", "flash", "fmha", "cudnn")),
+    ("quant (sage prep)", ("quant", "per_block", "per_thread", "per_warp", "mean", "transpose_pad")),
+    ("triton / inductor", ("triton",)),
+    ("copy / cast", ("copy", "cast", "elementwise_kernel", "vectorized")),
+)
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, marks in KINDS:
+        if any(m in low for m in marks):
+            return kind
+    return "other"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="14b")
+    p.add_argument("--video")
+    p.add_argument("--accelerations", default=json.dumps(FULL_STACK))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="cuda", help="cpu: a smoke test of this script (CPU kernels)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    case = case_for(args.model, args.video)
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    model = build_model(case.spec, device, torch.bfloat16, seed=0)
+    recipe = Recipe.from_dict({"weights": "random", "accelerations": json.loads(args.accelerations)})
+    apply_accelerations(model, recipe, BuildEnv(device))
+    inputs = make_inputs(case, device, torch.bfloat16, 0)
+    with torch.inference_mode():
+        for _ in range(2):
+            model(*inputs)
+        sync(device)
+        with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
+            begin = time.perf_counter()
+            model(*inputs)
+            sync(device)
+            wall_ms = 1000 * (time.perf_counter() - begin)
+    rows = []
+    for e in prof.key_averages():
+        t = e.self_device_time_total if on_gpu else e.self_cpu_time_total
+        if t > 0:
+            rows.append((t / 1000.0, e.count, e.key))
+    rows.sort(reverse=True)
+    by_kind: dict[str, float] = defaultdict(float)
+    for ms, _, name in rows:
+        by_kind[kind_of(name)] += ms
+    total = sum(ms for ms, _, _ in rows)
+    lines = [f"{case.name}: {recipe.to_dict()['accelerations']}"]
+    lines.append(f"forward (wall, profiled) {wall_ms:.1f} ms; kernels {total:.1f} ms")
+    for kind, ms in sorted(by_kind.items(), key=lambda x: -x[1]):
+        lines.append(f"  {kind:22s} {ms:9.1f} ms {100 * ms / total:5.1f} %")
+    lines += ["", f"{'ms':>9} {'calls':>6}  kernel"]
+    lines += [f"{ms:9.2f} {n:6d}  {name[:150]}" for ms, n, name in rows[:45]]
+    args.out.write_text("\n".join(lines) + "\n")
+    logging.info("\n%s", "\n".join(lines[:12]))
+
+
+if __name__ == "__main__":
+    main()

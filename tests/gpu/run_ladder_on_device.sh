@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One GPU, one call (about 6 minutes on an H200): the GPU tests of the fused quantization kernels and CUDA graphs,
+# then the speed ladder (python -m dax_core bench) at 14B 720p and 1.3B 480p, results under $OUT as they come.
+#   bash tests/gpu/run_ladder_on_device.sh                        # kernels ladder-14b ladder-1.3b
+#   bash tests/gpu/run_ladder_on_device.sh ladder-1.3b peer-1.3b  # some stages, in this order
+#   QUICK=1 bash tests/gpu/run_ladder_on_device.sh                # one timed forward per rung
+# Stages: kernels, gpu-tier (all of tests/gpu), ladder-14b, ladder-1.3b, profile-14b, profile-1.3b (kernel tables of
+# the full stack's forward), peer-1.3b (diffusers' line: needs .whl with diffusers, torchao, ...).
+# Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl.
+# Each stage has a time limit, so one that hangs cannot take the others' time; the ladder writes after every rung.
+# Writes at most 8 files: gpu.txt, run.log, ladder_14b.{json,md}, ladder_1.3b.{json,md}, peer_1.3b.{json,md}.
+set -uo pipefail
+OUT=${OUT:-/tmp/dax-out}
+mkdir -p "$OUT"
+LOG="$OUT/run.log"
+if ls .kern/*.tar.gz >/dev/null 2>&1; then
+  mkdir -p /tmp/kern && for a in .kern/*.tar.gz; do tar xzf "$a" -C /tmp/kern; done
+fi
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+export PYTHONPATH=/tmp/kern:/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+python3 -c "import sageattention.core as c; print('sageattention sm90', c.SM90_ENABLED)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+QUICK_FLAG=${QUICK:+--quick}
+LADDER_14B="stock,sage,fp8,compile,teacache,magcache,distill"  # INT8 and the CUDA-graph pair: 1.3B only (time)
+
+stage() {  # name, time limit in seconds, command...
+  local name=$1 limit=$2; shift 2
+  echo "== $name $(date +%T)" | tee -a "$LOG"
+  timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$LOG" | grep -E "rung|passed|skipped|failed|error|Error" | tail -40
+  echo "== $name ended: ${PIPESTATUS[0]} $(date +%T)" | tee -a "$LOG"
+}
+
+for s in ${@:-kernels ladder-14b ladder-1.3b}; do
+  case $s in
+    kernels) stage kernels 150 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_fused_quant.py \
+      tests/gpu/test_graph_replay_cuda.py tests/gpu/test_fused_ops.py ;;
+    gpu-tier) stage gpu-tier 150 python3 -m pytest -q -p no:cacheprovider -rs -x tests/gpu ;;
+    profile-14b) stage profile-14b 110 python3 -m tests.gpu.profile_forward --model 14b --out "$OUT/profile_14b.txt" ;;
+    profile-1.3b) stage profile-1.3b 60 python3 -m tests.gpu.profile_forward --model 1.3b --out "$OUT/profile_1.3b.txt" ;;
+    ladder-14b) stage ladder-14b 320 python3 -m dax_core bench --model 14b --rungs "$LADDER_14B" $QUICK_FLAG \
+      --out "$OUT/ladder_14b" ;;
+    ladder-1.3b) stage ladder-1.3b 150 python3 -m dax_core bench --model 1.3b $QUICK_FLAG --out "$OUT/ladder_1.3b" ;;
+    peer-1.3b) stage peer-1.3b 330 python3 -m dax_core bench --model 1.3b --rungs stock --peer $QUICK_FLAG \
+      --out "$OUT/peer_1.3b" ;;
+    *) echo "unknown stage $s" >&2; exit 2 ;;
+  esac
+done
+for f in "$OUT"/ladder_*.md "$OUT"/peer_*.md; do [ -f "$f" ] && sed -n '/^| rung/,/^$/p' "$f"; done
+echo "== done $(date +%T)" | tee -a "$LOG"

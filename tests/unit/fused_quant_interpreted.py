@@ -1,0 +1,113 @@
+"""Run the per-row quantization kernels (``dax_core.models.fused_quant`` and the quantizing norm kernels of
+``fused_ops``) in Triton's interpreter on the CPU and print, as JSON, how each one's output compares with
+``dax_core.quant.numerics.quantize`` and float64 math. Started with TRITON_INTERPRET=1 by
+test_fused_quant_interpreted.py.
+
+The interpreter converts float32 to float8 wrongly at binade edges (127.7 -> 64 instead of 128), so the kernels
+store their clamped, rounded float32 values (``storage=torch.float32``) and are compared with ``quantize``'s values
+before its cast: the same values cast by the same PyTorch conversion are the same codes. The GPU tier checks the
+kernels' own casts bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn.functional as F
+
+from dax_core.models import fused_ops, fused_quant, prequantized
+from dax_core.quant.numerics import SCALE_FLOOR, qmax, quantize
+from tests.numerics import rel_error
+
+DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2, "int8": torch.int8}
+
+
+def precast(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize``'s values just before its cast (and its scales), from the same float32 ops."""
+    top = qmax(dtype)
+    scale = x.float().abs().amax(dim=-1, keepdim=True).clamp(min=SCALE_FLOOR) / top
+    scaled = (x.float() / scale).clamp(-top, top)
+    return (scaled.round() if dtype == torch.int8 else scaled), scale
+
+
+def mismatch(stored: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> dict:
+    """Elements and scales that differ from ``quantize`` (both must be 0), and whether the codes match."""
+    ref_values, ref_scale = precast(x, dtype)
+    q, s = quantize(x, dtype, per_row=True)
+    codes = stored.to(dtype)
+    same_codes = (
+        torch.equal(codes.view(torch.uint8), q.view(torch.uint8)) if dtype != torch.int8 else torch.equal(codes, q)
+    )
+    return {
+        "values": int((stored != ref_values).sum()),
+        "scales": int((scale != ref_scale).sum()) + int((scale != s).sum()),
+        "codes_differ": not same_codes,
+    }
+
+
+def rows(width: int, g: torch.Generator) -> torch.Tensor:
+    """Rows of varied magnitude, an all-zero row, a row of tiny values, and rows whose scale is exactly 1 with values
+    on rounding ties (x.5 for int8)."""
+    x = torch.randn(9, width, generator=g) * torch.logspace(-3, 3, 9).unsqueeze(1)
+    x[3] = 0.0
+    x[4] *= 1e-30
+    ties = torch.arange(width, dtype=torch.float32) % 254 - 126.5  # -126.5 ... 126.5
+    ties[0] = 127.0  # amax 127: the int8 scale is exactly 1
+    return torch.cat([x, ties.unsqueeze(0)])
+
+
+def layer_norm64(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """LayerNorm in float64, then ``* weight + bias`` (a modulation passes 1 + scale and shift)."""
+    return F.layer_norm(t.double(), (t.shape[-1],), eps=1e-6) * weight + bias
+
+
+def main() -> None:
+    g = torch.Generator().manual_seed(0)
+    out: dict[str, dict] = {}
+    for width in (200, 1536, 5120, 13824):  # 200: masks; 13824: 14B's ffn.2 input, the widest
+        x = rows(width, g)
+        for name, dtype in DTYPES.items():
+            stored, scale = fused_quant.quantize_rows(x, dtype, storage=torch.float32)
+            out[f"quantize_rows/{name}/{width}"] = mismatch(stored, scale, x, dtype)
+        h = torch.randn(6, width, generator=g) * 3
+        stored, scale = fused_quant.quantize_rows(h, torch.float8_e4m3fn, gelu=True, storage=torch.float32)
+        gelu = F.gelu(h.double(), approximate="tanh")
+        out[f"gelu_quantize_rows/{width}"] = {
+            "scale_rel": rel_error(scale, gelu.abs().amax(-1, keepdim=True) / 448.0),
+            "dequantized_rel": rel_error(stored * scale, gelu),
+        }
+    f32, e4m3 = torch.float32, torch.float8_e4m3fn
+    for dim in (1536, 5120, 200):
+        x = torch.randn(2, 7, dim, generator=g) * 3 + 1
+        r = torch.randn(2, 7, dim, generator=g)
+        shift, scale, gate = (torch.randn(2, 1, dim, generator=g) for _ in range(3))
+        w, b = 1 + 0.1 * torch.randn(dim, generator=g), 0.1 * torch.randn(dim, generator=g)
+        modulated = (1 + scale.double(), shift.double())
+        sites = {
+            "modulated": (
+                (None, fused_ops.modulated_layer_norm(x, shift, scale, 1e-6, e4m3, storage=f32)),
+                (None, layer_norm64(x, *modulated)),
+            ),
+            "add_modulated": (
+                fused_ops.add_modulated_layer_norm(x, r, shift, scale, 1e-6, e4m3, storage=f32),
+                (x.double() + r, layer_norm64(x.double() + r, *modulated)),
+            ),
+            "gated_affine": (
+                fused_ops.gated_residual_layer_norm(x, r, gate, w, b, 1e-6, e4m3, storage=f32),
+                (x.double() + r * gate, layer_norm64(x.double() + r * gate, w.double(), b.double())),
+            ),
+        }
+        for site, ((stream, normed), (stream_ref, normed_ref)) in sites.items():
+            attached = prequantized.take(normed, e4m3)
+            assert attached is not None, site
+            entry = mismatch(attached[0], attached[1], normed.reshape(-1, dim), e4m3)
+            entry["normed_rel"] = rel_error(normed, normed_ref)
+            if stream is not None:
+                entry["stream_rel"] = rel_error(stream, stream_ref)
+            out[f"{site}/{dim}"] = entry
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

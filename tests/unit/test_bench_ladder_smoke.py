@@ -1,0 +1,96 @@
+"""``python -m dax_core bench`` runs end to end on the CPU with a tiny model (so its GPU run does not fail on a typo),
+and what it reports is computed from what it measured: each ratio from its own timings, each rung's floor from its
+own kernels, the projections from the stated schedules, the fidelity of every rung finite and quantization's visible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dax_core.__main__ import main as dax_main
+from dax_core.bench import rungs as R
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ladder") / "ladder_tiny"
+    argv = ["bench", "--model", "tiny", "--device", "cpu", "--compile-backend", "aot_eager", "--quick", "--peer",
+            "--out", str(out)]  # fmt: skip
+    assert dax_main(argv) == 0
+    return json.loads(out.with_name("ladder_tiny.json").read_text()), out.with_name("ladder_tiny.md").read_text()
+
+
+def test_every_rung_ran_or_says_why_not(ladder):
+    results, md = ladder
+    rungs = results["rungs"]
+    assert results["device"] == "cpu" and results["reps"] == 1
+    expected = ["stock", "sage", "fp8", "compile", "compile_sdpa", "graphs", "teacache", "magcache", "distill"]
+    assert list(rungs) == [*expected, "peer_stock", "peer_attention", "peer_full"]  # --quick: no INT8 rung
+    assert rungs["sage"]["status"] == "skipped" and "sageattention" in rungs["sage"]["reason"]
+    assert rungs["graphs"]["status"] == "skipped" and "CUDA GPU" in rungs["graphs"]["reason"]
+    assert rungs["peer_attention"]["status"] == "skipped" and "CUDA" in rungs["peer_attention"]["reason"]
+    assert rungs["peer_full"]["status"] == "skipped"
+    # a skipped rung's successors build on what ran: FP8 without SageAttention, compile on top of it
+    assert rungs["fp8"]["accelerations"] == [{"kind": "quantize", "dtype": "fp8"}]
+    assert rungs["compile"]["accelerations"] == [{"kind": "quantize", "dtype": "fp8"},
+                                                 {"kind": "compile", "backend": "aot_eager"}]  # fmt: skip
+    for entry in rungs.values():
+        assert entry["title"] in md
+        if entry["status"] != "ran":
+            assert entry["reason"] in md
+
+
+def test_ratios_and_floors_come_from_the_run_s_own_timings(ladder):
+    results, _ = ladder
+    rungs = results["rungs"]
+    stock = rungs["stock"]
+    assert stock["rel_err_vs_stock"] == 0.0
+    for key in ("stock", "fp8", "compile", "compile_sdpa", "peer_stock"):
+        r = rungs[key]
+        assert len(r["times_s"]) == 1 and r["forward_s"] == r["times_s"][0] > 0 and r["first_s"] > 0
+        assert r["step_s"] == 2 * r["forward_s"]
+        assert r["projected_s"] == R.STEPS * r["step_s"]
+        assert math.isclose(r["forward_speedup"], stock["forward_s"] / r["forward_s"])
+        assert math.isclose(r["speedup"], stock["projected_s"] / r["projected_s"])
+        assert r["output_finite"] and math.isfinite(r["rel_err_vs_stock"])
+        if not r.get("peer"):
+            floor = results["floors"][r["floor"]]
+            kernels = floor["kernels"]
+            assert len(kernels) == 12 and all(k["s"] > 0 for k in kernels.values())
+            assert math.isclose(floor["floor_s"], 2 * sum(k["s"] for k in kernels.values()))  # 2 blocks
+            assert math.isclose(r["x_floor"], r["forward_s"] / floor["floor_s"])
+    assert rungs["fp8"]["floor"] != stock["floor"] and rungs["compile"]["floor"] == rungs["fp8"]["floor"]
+    assert rungs["compile_sdpa"]["accelerations"] == [{"kind": "quantize", "dtype": "fp8"},
+                                                      {"kind": "compile", "backend": "aot_eager"}]  # fmt: skip
+    # FP8 moves the output (e4m3's 2^-4 relative rounding, averaged over a forward: ~1e-3 to 1e-2), a lever that
+    # did nothing would leave it at 0; diffusers on the same weights agrees with the stock rung to bf16 rounding
+    assert 1e-4 < rungs["fp8"]["rel_err_vs_stock"] < 0.1
+    assert rungs["compile"]["rel_err_vs_stock"] < 0.1
+    assert rungs["peer_stock"]["rel_err_vs_stock"] < 0.05
+
+
+def test_schedule_rungs_project_their_stated_schedules(ladder):
+    results, _ = ladder
+    rungs = results["rungs"]
+    tea, mag, distill = rungs["teacache"], rungs["magcache"], rungs["distill"]
+    assert tea["pattern"] == R.spread_skips(R.STEPS, R.TEACACHE_SKIPS, R.TEACACHE_RETENTION)
+    assert tea["skipped_steps"] == R.TEACACHE_SKIPS and tea["pattern"].startswith("C" * R.TEACACHE_RETENTION)
+    for r in (tea, mag):
+        computed = r["pattern"].count("C")
+        assert len(r["pattern"]) == R.STEPS and r["pattern"].endswith("C")
+        assert 0 < r["skipped_s"] and 0 < r["computed_s"]
+        assert math.isclose(r["projected_s"], 2 * (computed * r["computed_s"] + r["skipped_steps"] * r["skipped_s"]))
+    assert 0 < mag["skipped_steps"] < R.STEPS
+    best = rungs[distill["on"]]
+    assert distill["pattern"] == "C" * R.DISTILL_STEPS and not distill["cfg"]
+    assert math.isclose(distill["projected_s"], R.DISTILL_STEPS * best["forward_s"])
+    # the fastest dense rung whose model is still built (FP8's became the compile rung's)
+    assert best["forward_s"] == min(rungs[k]["forward_s"] for k in ("stock", "compile", "compile_sdpa"))
+    up = {row["ours"]: row for row in results["upstream"]["rows"] if row["ours"]}
+    assert up["stock"]["ours_projected_s"] == rungs["stock"]["projected_s"]
+    assert up["teacache"]["ours_speedup"] == tea["speedup"]
