@@ -34,6 +34,7 @@ from typing import Any
 
 import psutil
 
+from ..lora.merge import recipe_deltas
 from ..models.loading import inspect_weights
 from ..recipe import Recipe
 from .control import ADDRESS_ENV, SECRET_ENV, Channel, ControlServer, new_secret
@@ -200,6 +201,7 @@ class WorkerGroup:
         """``should_cancel`` is asked while the ranks connect and build the engine: once it answers True the start
         stops, everything started is taken down, and ``StartCancelled`` is raised."""
         check_recipe_layout(recipe, config.parallel)  # before any process starts and loads the weights
+        recipe_deltas(recipe)  # and its LoRA files, which every rank would refuse alike
         self.recipe = recipe
         self.config = config
         self._secret = secret or self._default_secret(config)
@@ -349,6 +351,7 @@ class WorkerGroup:
             return
         check_recipe_layout(recipe, self.config.parallel)
         spec = inspect_weights(recipe.weights).spec
+        recipe_deltas(recipe, spec)  # LoRA files every rank would refuse alike (headers and fingerprints only)
         for r in self._ranks.values():
             r.channel.send("rebuild", recipe=recipe.to_dict())
         self._await_ready("while the ranks were taking a new recipe")

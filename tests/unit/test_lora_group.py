@@ -1,5 +1,6 @@
 """LoRAs on a worker group (2 gloo ranks, Ulysses): every rank merges alike, so the group gives the one-process
-result; a new strength, and then another recipe, are taken by the running ranks (one "rebuild" message each)."""
+result; a new strength, and then another recipe, are taken by the running ranks (one "rebuild" message each); a
+LoRA file that changed under its recipe is refused by the owner, and the group stays up."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from dax_core.lora import lora_ref
+from dax_core.lora import LoraError, lora_ref
 from dax_core.lora.tiny import write_tiny_lora
 from dax_core.models.loading import inspect_weights
 from dax_core.runtime.distributed import parallel_layout
@@ -48,6 +49,12 @@ def test_a_worker_group_merges_like_one_process_and_takes_new_loras_in_its_proce
         group.use_recipe(other)
         assert group.worker_pids == pids
         assert_same_latent(group.sample(request), in_process(other, request))
+
+        stale = with_lora(1.0)  # then the file is written anew: refused on the owner, before any rank sees it
+        write_tiny_lora(stale.loras[0].path, inspect_weights(base.weights).spec, rank=4, seed=9)
+        with pytest.raises(LoraError, match="changed since the Load LoRA node read it"):
+            group.use_recipe(stale)
+        assert group.alive and group.worker_pids == pids and group.recipe == other
     finally:
         group.close()
     assert_all_gone(procs)
