@@ -2,8 +2,8 @@
 
 Each acceleration is a frozen config (``dax_core.recipe.Acceleration`` subclass) that knows how to apply
 itself to one model instance: ``apply(model, env)``. Quantization comes first (it replaces linear
-layers), then the attention backend, the step cache (TeaCache or MagCache), and compilation last (it traces
-what the others set).
+layers), then the attention backend, radial attention (its dense layers and steps run that backend), the step
+cache (TeaCache or MagCache), and compilation last (it traces what the others set).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .recipe import Acceleration, Recipe
 
 log = logging.getLogger(__name__)
 
-APPLY_ORDER = ("quantize", "attention", "teacache", "magcache", "compile")
+APPLY_ORDER = ("quantize", "attention", "radial", "teacache", "magcache", "compile")
 STEP_CACHE_KINDS = ("teacache", "magcache")
 """Accelerations that only set ``model.step_cache``: they can change on a built model without rebuilding it."""
 
@@ -28,6 +28,7 @@ STEP_CACHE_KINDS = ("teacache", "magcache")
 CONFIG_MODULES: tuple[str, ...] = (
     "dax_core.quant.config",
     "dax_core.attention.config",
+    "dax_core.attention.radial_config",
     "dax_core.compile.regional",
     "dax_core.cache.config",
 )

@@ -6,6 +6,7 @@ from .load_wan import DaxLoadWan
 from .lora import DaxLoadLora
 from .magcache import DaxMagcache
 from .quantize import DaxQuantizeLinear
+from .radial import DaxRadialAttention
 from .sampler import DaxMultiGPUSampler, DaxSamplerAdvanced
 from .scheduler import DaxScheduler
 from .teacache import DaxTeacache
@@ -18,6 +19,7 @@ NODE_CLASS_MAPPINGS = {
     "DaxScheduler": DaxScheduler,
     "DaxQuantizeLinear": DaxQuantizeLinear,
     "DaxSetAttentionBackend": DaxSetAttentionBackend,
+    "DaxRadialAttention": DaxRadialAttention,
     "DaxCompile": DaxCompile,
     "DaxTeacache": DaxTeacache,
     "DaxMagcache": DaxMagcache,
@@ -30,6 +32,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxScheduler": "Scheduler (DAX)",
     "DaxQuantizeLinear": "Quantize Linear (DAX)",
     "DaxSetAttentionBackend": "Set Attention Backend (DAX)",
+    "DaxRadialAttention": "Radial Attention (DAX)",
     "DaxCompile": "Compile (DAX)",
     "DaxTeacache": "TeaCache (DAX)",
     "DaxMagcache": "MagCache (DAX)",

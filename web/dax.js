@@ -3,7 +3,12 @@
 import { app } from "../../scripts/app.js";
 
 const SUMMARY_WIDGET = "dax_summary";
-const NODES_WITH_SUMMARY = new Set(["DaxMultiGPUSampler", "DaxSamplerAdvanced", "DaxSetAttentionBackend"]);
+const NODES_WITH_SUMMARY = new Set([
+  "DaxMultiGPUSampler",
+  "DaxSamplerAdvanced",
+  "DaxSetAttentionBackend",
+  "DaxRadialAttention",
+]);
 
 app.registerExtension({
   name: "dax.sampler.summary",

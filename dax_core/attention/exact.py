@@ -2,18 +2,26 @@
 
 Logits, softmax and the weighted sum are computed in float32 (float64 for float64 inputs); the output is cast
 back to the input dtype. Queries are processed in chunks so the [chunk, keys] logit block stays bounded.
+
+With ``allowed``, a query attends only to the keys its row of the mask allows; a query allowed no key gets a zero
+output and a log-sum-exp of -inf (what a partial result contributing nothing is, for the log-sum-exp merge).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 # Elements of one float32 logit block [B, H, chunk, S_k]: 2**26 floats = 256 MiB.
 _BLOCK_ELEMENTS = 1 << 26
 
+MaskRows = Callable[[int, int], torch.Tensor]
+"""(first query, end query) -> bool [end - first, S_k]: the keys those queries may attend to."""
+
 
 def exact_attention_lse(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, allowed: MaskRows | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v [B, S, H, D] -> (out [B, S, H, D] in q's dtype, lse float32 [B, H, S_q])."""
     b, s_q, h, d = q.shape
@@ -27,8 +35,12 @@ def exact_attention_lse(
     outs, lses = [], []
     for start in range(0, s_q, chunk):
         logits = torch.matmul(qh[:, :, start : start + chunk], kt) * scale
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed(start, min(start + chunk, s_q)), float("-inf"))
         lse = torch.logsumexp(logits, dim=-1)
-        outs.append(torch.matmul(torch.exp(logits - lse.unsqueeze(-1)), vh))
+        # rows with no allowed key: lse -inf; subtracting 0 there keeps exp(-inf) = 0 instead of exp(nan)
+        weights = torch.exp(logits - torch.where(torch.isinf(lse), 0.0, lse).unsqueeze(-1))
+        outs.append(torch.matmul(weights, vh))
         lses.append(lse)
     out = torch.cat(outs, dim=2).transpose(1, 2).to(q.dtype)
     return out, torch.cat(lses, dim=2).float()

@@ -13,9 +13,10 @@ block stack once and replays them as one.
   compiled kernels. Graphs replace what ``mode="reduce-overhead"`` would do, for the whole stack at once.
 - With a step cache: the cache runs outside the graph (``WanModel.run_blocks`` is what it calls); a step whose CFG
   branches disagree runs the stack on one row, a shape of its own, captured once.
-- Not with sequence parallelism (its collectives run outside CUDA's capture: one GPU only), and not with attention
+- Not with sequence parallelism (its collectives run outside CUDA's capture: one GPU only), not with attention
   kernels that launch outside PyTorch's current stream (SageAttention2's CUDA kernels use CUDA's legacy default
-  stream: a capture would not record them, and replays would skip them). Both are refused before any capture.
+  stream: a capture would not record them, and replays would skip them), and not with radial attention (its
+  kernels change from step to step). All are refused before any capture.
 """
 
 from __future__ import annotations
@@ -141,6 +142,11 @@ class BlockGraphs:
 
 def check_capturable(model: Any) -> None:
     """Raise unless every attention kernel of ``model`` can be recorded in a CUDA graph."""
+    if getattr(model, "self_attention_schedule", None) is not None:
+        raise RecipeError(
+            "CUDA graphs replay the kernels they captured, and radial attention changes the self-attention kernels "
+            "from step to step (dense first steps): turn cuda_graphs off in the Compile node, or drop radial attention"
+        )
     for role, fn in (("self-attention", model.self_attn_fn), ("cross-attention", model.cross_attn_fn)):
         if not getattr(fn, "capturable", True):
             raise RecipeError(

@@ -22,6 +22,7 @@ from .rope import rope_cos_sin
 from .spec import WanSpec
 
 if TYPE_CHECKING:
+    from ..attention.schedule import SelfAttentionSchedule
     from ..cache.base import StepCache
 
 
@@ -277,6 +278,8 @@ class WanModel(nn.Module):
         self.compiled: Any = None  # dax_core.compile's CompiledBlocks (config, shapes met) while compiled
         self.block_graphs: Any = None  # dax_core.compile's BlockGraphs while the block stack runs as CUDA graphs
         self.step_cache: StepCache | None = None
+        self.self_attention_schedule: SelfAttentionSchedule | None = None
+        """Per-layer self-attention kernels (radial attention), set by ``dax_core.attention.radial_config``."""
         self.sequence_parallel: SequenceParallelHooks | None = None
         """Set by ``dax_core.parallel.enable_sequence_parallel`` on this instance only."""
 
@@ -330,8 +333,10 @@ class WanModel(nn.Module):
         x = p.tokens
         if self.compiled is not None:
             self.compiled.note_shapes(x, p.context)  # logs when a new shape makes the blocks compile once more
-        for block in self.blocks:
-            x = block(x, p.e0, p.context, p.rope, self.self_attn_fn, self.cross_attn_fn, self.sequence_parallel)
+        schedule, n = self.self_attention_schedule, len(self.blocks)
+        kernels = [self.self_attn_fn] * n if schedule is None else schedule.layer_kernels(p.grid, n, self.self_attn_fn)
+        for block, self_attn in zip(self.blocks, kernels, strict=True):
+            x = block(x, p.e0, p.context, p.rope, self_attn, self.cross_attn_fn, self.sequence_parallel)
         return x
 
     def finish(self, x: torch.Tensor, p: Prepared) -> torch.Tensor:

@@ -65,8 +65,8 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tup
 def merge_partial(
     acc: torch.Tensor | None, acc_lse: torch.Tensor | None, out: torch.Tensor, lse: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold one partial attention (out [B, S, H, D], lse [B, H, S]) into the running result (float32, or
-    float64 for float64 inputs).
+    """Fold one partial attention (out [B, S, H, D], lse [B, H, S]; lse -inf for a query that attended no key)
+    into the running result (float32, or float64 for float64 inputs).
 
     The running lse is kept as [B, S, H, 1] so it broadcasts against the output.
     """
@@ -75,5 +75,8 @@ def merge_partial(
     if acc is None or acc_lse is None:
         return out.to(dtype), lse
     total = torch.logaddexp(acc_lse, lse)
-    merged = acc * torch.exp(acc_lse - total) + out.to(dtype) * torch.exp(lse - total)
+    # a query no key has reached yet (a block-sparse chunk with nothing for it) has lse -inf on both sides: its
+    # weights are exp(-inf - 0) = 0, not exp(nan)
+    ref = torch.where(torch.isinf(total), 0.0, total)
+    merged = acc * torch.exp(acc_lse - ref) + out.to(dtype) * torch.exp(lse - ref)
     return merged, total

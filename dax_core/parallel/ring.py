@@ -3,13 +3,17 @@ ring, each rank attends its queries to every chunk in turn and merges the partia
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .collectives import pass_to_next
 from .groups import Comm
-from .lse_attention import LseAttentionFn, merge_partial
+from .lse_attention import merge_partial
+
+ChunkAttention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
+"""(source member, q, k, v) -> (out, lse) of the queries over the keys of that member's chunk, or None where none
+of the queries attends to any of them (a block-sparse mask): the chunk is then skipped."""
 
 
 def ring_attention(
@@ -18,7 +22,7 @@ def ring_attention(
     v: torch.Tensor,
     group: Comm,
     valid_keys: Sequence[int],
-    lse_fn: LseAttentionFn,
+    attend_chunk: ChunkAttention,
     overlap: bool = True,
 ) -> torch.Tensor:
     """Softmax attention of this rank's queries over the keys of every ring member.
@@ -35,11 +39,13 @@ def ring_attention(
     for step in range(n):
         pending = pass_to_next(kv, group) if step < n - 1 else None
         arrived = pending.wait() if pending is not None and not overlap else None
-        keys = valid_keys[(group.rank - step) % n]  # the chunk in hand started at this member
-        if keys:
-            out, lse = lse_fn(q, kv[0, :, :keys], kv[1, :, :keys])
-            acc, acc_lse = merge_partial(acc, acc_lse, out, lse)
+        source = (group.rank - step) % n  # the chunk in hand started at this member
+        keys = valid_keys[source]
+        part = attend_chunk(source, q, kv[0, :, :keys], kv[1, :, :keys]) if keys else None
+        if part is not None:
+            acc, acc_lse = merge_partial(acc, acc_lse, *part)
         if pending is not None:
             kv = arrived if arrived is not None else pending.wait()
-    assert acc is not None  # some chunk has real keys (checked above)
+    if acc is None:
+        raise RuntimeError("ring attention: no chunk had a key for this rank's queries (the attention mask is empty)")
     return acc.to(q.dtype)

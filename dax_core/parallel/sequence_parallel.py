@@ -5,6 +5,11 @@ Each rank embeds the whole latent, keeps its slice of the video tokens (padded t
 number of slices, RoPE tables sliced alike), runs the blocks on that slice with self-attention
 exchanged across ranks, and the head's output is gathered once at the end, so every rank returns the
 full result. Text tokens are not split: cross-attention is local to each slice.
+
+A block-sparse self-attention (radial attention) runs unchanged under Ulysses, which attends whole sequences; its
+mask is the same for every head, so a rank's heads need no slice of it. Under ring attention the slices are made a
+whole number of the mask's blocks, each chunk is attended with the window of the mask that covers it, and a chunk
+the mask leaves empty is skipped.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ import torch.nn.functional as F
 from torch.distributed import ProcessGroup
 
 from ..attention import AttentionFn
+from ..attention.block_sparse_attention import BlockSparseSelfAttention
 from ..models.wan import WanAttention, WanModel
 from .collectives import all_gather, all_reduce
 from .config import ParallelConfig, step_cache_refused
 from .groups import ParallelGroups, build_groups
 from .lse_attention import LseAttentionFn, attention_with_lse
-from .ring import ring_attention
+from .ring import ChunkAttention, ring_attention
 from .ulysses import Rope, ulysses_overlapped, ulysses_plain
 
 log = logging.getLogger(__name__)
@@ -32,10 +38,18 @@ log = logging.getLogger(__name__)
 class SequenceParallel:
     """The sequence-parallel plan installed on one model (``model.sequence_parallel``)."""
 
-    def __init__(self, config: ParallelConfig, groups: ParallelGroups, lse_fn: LseAttentionFn = attention_with_lse):
+    def __init__(
+        self,
+        config: ParallelConfig,
+        groups: ParallelGroups,
+        lse_fn: LseAttentionFn = attention_with_lse,
+        token_alignment: int = 1,
+    ):
         self.config = config
         self.groups = groups
         self.lse_fn = lse_fn
+        self.token_alignment = token_alignment
+        """Each slice holds a multiple of this many tokens (a block-sparse mask's block under ring attention)."""
         self._tokens: int | None = None  # real video tokens of the forward in progress (set by shard_tokens)
         self._rope_shards: dict[tuple, Rope] = {}
 
@@ -65,7 +79,7 @@ class SequenceParallel:
     def shard_tokens(self, tokens: torch.Tensor, rope: Rope, grid: tuple[int, int, int]) -> tuple[torch.Tensor, Rope]:
         """This rank's slice of the tokens [B, S, D] and of the RoPE tables, padded to equal slices."""
         total = tokens.shape[1]
-        size = math.ceil(total / self.config.sequence_degree)
+        size = math.ceil(total / self.config.sequence_degree / self.token_alignment) * self.token_alignment
         start = self.groups.shard_index * size
         self._tokens = total
         local = tokens[:, start : start + size]
@@ -83,7 +97,8 @@ class SequenceParallel:
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             if self.groups.ring is not None:
-                return ring_attention(q, k, v, self.groups.ring, valid, self.lse_fn, self.config.overlap)
+                chunks = self._chunk_attention(kernel, chunk)
+                return ring_attention(q, k, v, self.groups.ring, valid, chunks, self.config.overlap)
             if valid[0] < k.shape[1]:  # drop the padding keys
                 k, v = k[:, : valid[0]], v[:, : valid[0]]
             return kernel(q, k, v)
@@ -105,6 +120,15 @@ class SequenceParallel:
             x = x.view(self.config.cfg_degree, self.config.sequence_degree, b, s, c).transpose(1, 2)
             x = x.reshape(self.config.cfg_degree * b, self.config.sequence_degree * s, c)
         return x[:, : self._tokens]
+
+    def _chunk_attention(self, kernel: AttentionFn, chunk: int) -> ChunkAttention:
+        """How this rank's queries attend one ring member's chunk: the block-sparse kernel's window of its mask,
+        or the plain log-sum-exp attention."""
+        if isinstance(kernel, BlockSparseSelfAttention):
+            assert self.groups.ring is not None
+            q_start = self.groups.ring.rank * chunk
+            return lambda source, q, k, v: kernel.chunk_with_lse(q, k, v, q_start, source * chunk)
+        return lambda source, q, k, v: self.lse_fn(q, k, v)
 
     # -- for other accelerations -------------------------------------------------------------------------
 
@@ -149,8 +173,13 @@ def enable_sequence_parallel(
     _check_token_local(model)
     if config.cfg_parallel and model.step_cache is not None:
         raise ValueError(step_cache_refused())
+    schedule = model.self_attention_schedule
+    alignment = 1
+    if schedule is not None and config.ring > 1:
+        schedule.check_ring()
+        alignment = schedule.token_alignment
     groups = build_groups(config, group if group is not None else dist.group.WORLD)
-    plan = SequenceParallel(config, groups)
+    plan = SequenceParallel(config, groups, token_alignment=alignment)
     model.sequence_parallel = plan
     log.info("sequence parallel on rank %d: %s (token slice %d)", plan.rank, config.describe(), groups.shard_index)
     return plan

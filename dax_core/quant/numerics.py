@@ -28,7 +28,9 @@ def quantize(t: torch.Tensor, dtype: torch.dtype, per_row: bool) -> tuple[torch.
     top = qmax(dtype)
     tf = t.float()
     amax = tf.abs().amax(dim=-1, keepdim=True) if per_row else tf.abs().amax()
-    scale = amax.clamp(min=SCALE_FLOOR) / top
+    # a tensor divisor: PyTorch's CUDA division by a Python scalar multiplies by its rounded reciprocal, which differs
+    # from an IEEE division in the last bit; tensor by tensor divides exactly on every device
+    scale = amax.clamp(min=SCALE_FLOOR) / torch.full_like(amax, top)
     scaled = (tf / scale).clamp(-top, top)
     if dtype == torch.int8:
         scaled = scaled.round()

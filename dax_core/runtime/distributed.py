@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..accelerations import STEP_CACHE_KINDS
+from ..attention.radial_config import RadialConfig
 from ..compile import CompileConfig
 from ..parallel import ParallelConfig, enable_sequence_parallel
 from ..parallel.config import step_cache_refused
@@ -115,7 +116,8 @@ def check_recipe_layout(recipe: Recipe, parallel: ParallelConfig | None) -> None
 
     The ranks refuse the same (with the same words) only once each has loaded the weights, minutes at 14B: the
     owner of a worker group checks first. Per-tensor activation scales differ on a slice of the tokens; CUDA graphs
-    cannot hold the collectives; a step cache needs both guidance branches on every rank, which CFG-parallel splits.
+    cannot hold the collectives; a step cache needs both guidance branches on every rank, which CFG-parallel splits;
+    ring attention needs a radial kernel that returns the log-sum-exp.
     """
     if parallel is None or parallel.world_size == 1:  # build_engine splits nothing then
         return
@@ -127,6 +129,9 @@ def check_recipe_layout(recipe: Recipe, parallel: ParallelConfig | None) -> None
         compile_config.check_world_size(parallel.world_size)
     if parallel.cfg_parallel and any(a.kind in STEP_CACHE_KINDS for a in recipe.accelerations):
         raise ValueError(step_cache_refused())
+    radial = recipe.acceleration(RadialConfig.kind)
+    if isinstance(radial, RadialConfig):
+        radial.check_layout(parallel.ring)
 
 
 SEQUENCE_PARALLEL_MODES = ("ulysses", "ring", "hybrid")

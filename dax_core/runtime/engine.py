@@ -9,12 +9,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 
 from ..accelerations import STEP_CACHE_KINDS, BuildEnv, apply_accelerations
-from ..cache.base import StepCache, StepCacheReport
+from ..attention.schedule import DensityReport
+from ..cache.base import StepCacheReport
 from ..models.spec import WanSpec
 from ..models.wan import WanModel
 from ..parallel.config import ParallelConfig
@@ -31,6 +33,12 @@ FEW_STEPS = 8
 """Schedules of at most this many steps (a cut of a longer one is not one) run without their step cache: each step
 carries at least an eighth of the denoising, and TeaCache's and MagCache's published settings are made for 20-50
 steps, where a skipped step is one of many small ones. The sampler's summary says so."""
+
+
+class StepListener(Protocol):
+    """What keeps state per sampling step (a step cache, a self-attention schedule)."""
+
+    def start_step(self, index: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,7 @@ class SampleResult:
     seconds: float  # wall time of the sampling loop
     first_step_seconds: float  # includes compilation when the model is compiled
     step_cache: StepCacheReport | None = None  # what a step cache (TeaCache, MagCache) skipped, per branch
+    attention: DensityReport | None = None  # the self-attention density of each step (radial attention)
     notes: tuple[str, ...] = ()  # what else the user should know: the LoRAs merged, a step cache left out
 
     def summary_lines(self) -> list[str]:
@@ -180,6 +189,8 @@ class SampleResult:
         lines = [text]
         if self.step_cache is not None:
             lines.append(self.step_cache.summary())
+        if self.attention is not None:
+            lines.append(self.attention.summary())
         return [*lines, *self.notes]
 
     def summary(self) -> str:
@@ -386,21 +397,28 @@ class WanEngine:
             if on_step is not None:
                 on_step(i, total, x_now)
 
-        report = None
+        report = attention = None
+        layer_schedule = self.model.self_attention_schedule
+        per_run = [c for c in (cache, layer_schedule) if c is not None]
         if cache is not None:
             cache.start_run(steps)  # a new run: nothing of an earlier prompt or workflow is reused
-            denoise = _announcing_steps(denoise, cache)
+        if layer_schedule is not None:  # its dense steps count from the schedule's start, not the cut's
+            layer_schedule.start_run(steps, first_step=req.start_at_step)
+        if per_run:
+            denoise = _announcing_steps(denoise, per_run)
         try:
             x = sample(req.sampler, denoise, x, sigmas, seed=req.seed, callback=step_done)
         finally:
             if cache is not None:
                 report = cache.end_run()  # also after a cancelled run: the residuals are released
+            if layer_schedule is not None:
+                attention = layer_schedule.end_run()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         end = time.perf_counter()
         x = inverse_noise_scaling(final_sigma(req.sampler, sigmas), x.float())
         result = SampleResult(
-            latents.denormalize(x).cpu(), steps, end - start, first_step_end[0] - start, report, notes
+            latents.denormalize(x).cpu(), steps, end - start, first_step_end[0] - start, report, attention, notes
         )
         schedule = "sigmas input" if req.sigmas is not None else req.scheduler
         log.info("%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, schedule, req.cfg)
@@ -416,13 +434,16 @@ def _built_part(recipe: Recipe) -> Recipe:
 
 
 def _announcing_steps(
-    denoise: Callable[[torch.Tensor, float], torch.Tensor], cache: StepCache
+    denoise: Callable[[torch.Tensor, float], torch.Tensor], listeners: list[StepListener]
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """The denoiser, telling the cache which step each call belongs to (the samplers call it once per step)."""
+    """The denoiser, telling the step cache and the attention schedule which step each call belongs to (the
+    samplers call it once per step)."""
     counter = itertools.count()
 
     def run(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        cache.start_step(next(counter))
+        index = next(counter)
+        for listener in listeners:
+            listener.start_step(index)
         return denoise(x, sigma)
 
     return run

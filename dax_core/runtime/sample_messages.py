@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..attention.schedule import DensityReport
 from ..cache.base import BranchReport, StepCacheReport
 from .engine import SampleRequest, SampleResult
 from .wire import Message
@@ -55,12 +56,15 @@ def result_fields(result: SampleResult) -> tuple[dict[str, Any], dict[str, torch
         "seconds": result.seconds,
         "first_step_seconds": result.first_step_seconds,
         "step_cache": None,
+        "attention": None,
         "notes": list(result.notes),
     }
     report = result.step_cache
     if report is not None:
         branches = [{"name": b.name, "pattern": b.pattern} for b in report.branches]
         fields["step_cache"] = {"cache": report.cache, "steps": report.steps, "branches": branches}
+    if result.attention is not None:
+        fields["attention"] = {"name": result.attention.name, "densities": list(result.attention.densities)}
     return fields, {"latent": result.latent}
 
 
@@ -70,11 +74,17 @@ def result_from_message(msg: Message) -> SampleResult:
     if report is not None:
         branches = tuple(BranchReport(b["name"], b["pattern"]) for b in report["branches"])
         step_cache = StepCacheReport(report["cache"], int(report["steps"]), branches)
+    densities = msg.get("attention")
+    attention = None
+    if densities is not None:
+        values = tuple(None if d is None else float(d) for d in densities["densities"])
+        attention = DensityReport(str(densities["name"]), values)
     return SampleResult(
         latent=msg.tensors["latent"],
         steps=int(msg["steps"]),
         seconds=float(msg["seconds"]),
         first_step_seconds=float(msg["first_step_seconds"]),
         step_cache=step_cache,
+        attention=attention,
         notes=tuple(str(note) for note in msg.get("notes", ())),
     )

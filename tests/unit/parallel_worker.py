@@ -33,6 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dax_core.accelerations import BuildEnv, apply_accelerations  # noqa: E402
+from dax_core.attention.radial_config import RadialConfig  # noqa: E402
 from dax_core.cache.config import TeacacheConfig  # noqa: E402
 from dax_core.compile import CompileConfig  # noqa: E402
 from dax_core.models.spec import WanSpec  # noqa: E402
@@ -62,6 +63,9 @@ INT8 = QuantizeConfig(dtype="int8")
 # models are 0.6 to 1.3 per step, so the 8-step runs skip about every other step, at steps that differ between
 # models of different seeds (so ranks holding different replicas decide differently unless they share decisions)
 TEACACHE = TeacacheConfig(threshold=1.2, mode="e", coefficients=(1.0, 0.0))
+# Radial attention on the exact masked kernel, blocks of 8 tokens (frames of 6): the first layer dense, the second
+# sparse (outside a sampling run every forward is past the dense steps)
+RADIAL = RadialConfig(kernel="reference", block_size=8)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,10 @@ class Variant:
     def quantizes(self) -> bool:
         return any(a.kind == "quantize" for a in self.accelerations)
 
+    @property
+    def radial(self) -> bool:
+        return any(a.kind == "radial" for a in self.accelerations)
+
 
 # Quantized linears compute each token's row from that row alone, so only the float32 reorderings of attention
 # reach them (0 with Ulysses, ~1e-7 in the ring). CFG-parallel layouts are left out: there every GEMM runs on half
@@ -91,6 +99,7 @@ QUANT_LAYOUTS = ("ulysses2", "ring2", "ulysses2-batch1", "ring2-5tokens", "ulyss
                  "ulysses2-ring2-5tokens", "ring4-5tokens")  # fmt: skip
 CACHE_LAYOUTS = ("ulysses2", "ring2", "ring2-5tokens", "ulysses2-ring2", "ulysses4", "ring4")
 BOTH_LAYOUTS = ("ulysses2", "ring2", "ulysses2-ring2")  # Ulysses, ring, hybrid
+RADIAL_LAYOUTS = ("ulysses2-8frames", "ring2-8frames", "ulysses2-ring2-8frames", "ulysses4-8frames", "ring4-8frames")
 
 VARIANTS: dict[str, Variant] = {
     "plain": Variant(),
@@ -100,11 +109,16 @@ VARIANTS: dict[str, Variant] = {
     "teacache": Variant((TEACACHE,), layouts=CACHE_LAYOUTS),
     "teacache-fp8": Variant((FP8, TEACACHE), layouts=BOTH_LAYOUTS),
     "teacache-int8": Variant((INT8, TEACACHE), layouts=BOTH_LAYOUTS),
+    "radial": Variant((RADIAL,), layouts=RADIAL_LAYOUTS),
+    "radial-compiled": Variant((RADIAL, COMPILE), layouts=("ring2-8frames",)),  # the ring windows traced
 }
 
 LATENT_45 = [2, 16, 3, 6, 10]  # batch 2 (CFG batched), 3×3×5 = 45 tokens: not a multiple of 2 or 4
 LATENT_45_B1 = [1, 16, 3, 6, 10]
 LATENT_5 = [2, 16, 1, 2, 10]  # 1×1×5 = 5 tokens: with 4 slices the last rank holds only padding
+# 8 frames of 2×3 = 48 tokens, half of them in the radial mask's blocks of 8; a ring of 4 has slices of 16 tokens
+# (whole blocks), the last one only padding, and chunks the mask leaves empty
+LATENT_48 = [2, 16, 8, 4, 6]
 
 
 def _case(ulysses: int, ring: int, cfg: bool = False, latent=LATENT_45, dtype: str = "fp32") -> dict:
@@ -120,6 +134,8 @@ LAYOUTS = {
         "ring2-5tokens": _case(1, 2, latent=LATENT_5),
         "ulysses2-bf16": _case(2, 1, dtype="bf16"),
         "ring2-bf16": _case(1, 2, dtype="bf16"),
+        "ulysses2-8frames": _case(2, 1, latent=LATENT_48),
+        "ring2-8frames": _case(1, 2, latent=LATENT_48),
     },
     4: {
         "ulysses2-ring2": _case(2, 2),
@@ -129,6 +145,9 @@ LAYOUTS = {
         "cfg-ring2": _case(1, 2, cfg=True),
         "ulysses2-ring2-5tokens": _case(2, 2, latent=LATENT_5),
         "ring4-5tokens": _case(1, 4, latent=LATENT_5),
+        "ulysses2-ring2-8frames": _case(2, 2, latent=LATENT_48),
+        "ulysses4-8frames": _case(4, 1, latent=LATENT_48),
+        "ring4-8frames": _case(1, 4, latent=LATENT_48),
     },
 }
 CASES = {
@@ -177,6 +196,9 @@ def run(model: WanModel, recipe: Recipe, x: torch.Tensor, ctx: torch.Tensor) -> 
 
 
 def run_case(case: dict, world: int, device: str) -> dict:
+    if any(a.kind == "compile" for a in VARIANTS[case["variant"]].accelerations):
+        # each case its own compile cache: PyTorch bounds the graphs per code object, and one process runs many cases
+        torch._dynamo.reset()
     model, recipe = variant_model(case, device, BuildEnv(torch.device(device), world, dist.group.WORLD))
     x, ctx = inputs(case, DTYPES[case["dtype"]], device)
     ref, ref_schedule = run(model, recipe, x, ctx)
@@ -188,17 +210,23 @@ def run_case(case: dict, world: int, device: str) -> dict:
         disable_sequence_parallel(model)
     restored, schedules["restored"] = run(model, recipe, x, ctx)
     variant = VARIANTS[case["variant"]]
-    quant_shift = None
+    quant_shift = sparse_shift = None
     if variant.quantizes and variant.caches:  # what 8-bit rounding itself does to this run's latent
         unquantized = {**case, "variant": "teacache"}
         plain_model, plain_recipe = variant_model(unquantized, device, BuildEnv(torch.device(device)))
         quant_shift = rel_error(ref, run(plain_model, plain_recipe, x, ctx)[0])
+    if variant.radial:  # what the mask itself does: the same model with dense attention
+        dense_model, dense_recipe = variant_model({**case, "variant": "plain"}, device, BuildEnv(torch.device(device)))
+        sparse_shift = rel_error(ref, run(dense_model, dense_recipe, x, ctx)[0])
+    schedule = model.self_attention_schedule
     return {
         "ref_max": ref.abs().max().item(),
         "rel_overlap": rel_error(outs[True], ref),
         "rel_plain": rel_error(outs[False], ref),
         "rel_overlap_vs_plain": rel_error(outs[True], outs[False]),
         "quant_shift": quant_shift,
+        "sparse_shift": sparse_shift,
+        "ring_chunks": schedule.ring_chunks() if schedule is not None else None,
         "err_overlap": (outs[True] - ref).abs().max().item(),
         "err_plain": (outs[False] - ref).abs().max().item(),
         "overlap_vs_plain": (outs[True] - outs[False]).abs().max().item(),
@@ -240,7 +268,12 @@ def checks(world: int, device: str) -> dict:
     enable_sequence_parallel(split_first, cfg_split)  # the other order: the step cache comes second
     teacache = TeacacheConfig(model="wan2.1-t2v-14b")
     out["cfg_parallel_then_cache"] = _error(lambda: teacache.apply(split_first, BuildEnv(torch.device(device))))
+    out["split_then_radial"] = _error(lambda: RADIAL.apply(split_first, BuildEnv(torch.device(device))))
     disable_sequence_parallel(split_first)
+    no_lse = build_ours(SPEC, device, torch.float32, seed=0)
+    RADIAL.apply(no_lse, BuildEnv(torch.device(device)))
+    no_lse.self_attention_schedule.ring_kernel = None  # what a kernel without the log-sum-exp leaves
+    out["radial_ring_without_lse"] = _error(lambda: enable_sequence_parallel(no_lse, ParallelConfig(world, 1, world)))
     if world == 4:  # two independent pairs, each running Ulysses on its own 2-rank group
         model = build_ours(SPEC, device, torch.float32, seed=0)
         pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]

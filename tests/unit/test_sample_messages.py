@@ -69,7 +69,7 @@ def test_request_without_negative_round_trip():
 def test_result_round_trip_with_step_cache_report_and_notes():
     report = StepCacheReport("TeaCache", 5, (BranchReport("cond", "CCSCC"), BranchReport("uncond", "CCSSC")))
     notes = ("LoRA a.safetensors at strength 0.5: 3 parameters changed", "a second note")
-    result = SampleResult(torch.randn(1, 16, 2, 4, 4), 5, 3.25, 1.5, report, notes)
+    result = SampleResult(torch.randn(1, 16, 2, 4, 4), 5, 3.25, 1.5, report, notes=notes)
     got = result_from_message(_through_a_socket("result", *result_fields(result)))
     assert torch.equal(got.latent, result.latent)
     assert (got.steps, got.seconds, got.first_step_seconds, got.step_cache) == (5, 3.25, 1.5, report)

@@ -5,9 +5,10 @@ of that size; the tests below read what each rank measured. Token counts are not
 number of slices (45 tokens; 5 tokens, where with 4 slices the last rank holds only padding).
 
 Every layout runs plain, and others also with accelerations (``VARIANTS`` in parallel_worker.py): blocks
-compiled (regional torch.compile, fullgraph), FP8 and INT8 linears (per token, per channel), TeaCache, and
-TeaCache with 8-bit linears. A model with TeaCache runs a short ``WanEngine.sample`` on every rank, and every
-rank must take the schedule of one lone process. Besides, each rank builds an engine from a weights file with
+compiled (regional torch.compile, fullgraph), FP8 and INT8 linears (per token, per channel), TeaCache,
+TeaCache with 8-bit linears, and radial attention (eager and compiled) on a video of 8 frames. A model with
+TeaCache runs a short ``WanEngine.sample`` on every rank, and every rank must take the schedule of one lone
+process. Besides, each rank builds an engine from a weights file with
 ``build_engine``, as a worker group's rank does.
 """
 
@@ -117,6 +118,31 @@ def test_disabling_restores_the_single_process_forward(runs, world, name):
         assert results[name]["restored_vs_ref"] == 0.0, rank
 
 
+RADIAL_CASES = [(w, n) for w, cases in CASES.items() for n, c in cases.items() if worker.VARIANTS[c["variant"]].radial]
+# the mask's effect on the output of these runs (half the pairs of one layer of two left out, random weights):
+# measured 2.0e-3 relative; a mask not applied: float32 rounding only (the 1e-5 tolerance above bounds it)
+RADIAL_MOVES_OUTPUT = 1e-4
+
+
+@pytest.mark.parametrize(("world", "name"), RADIAL_CASES)
+def test_radial_runs_are_sparse_and_rings_skip_the_chunks_the_mask_leaves_empty(runs, world, name):
+    """The parallel runs compared above attend through the mask (their output is not the dense one), and a ring
+    skips the chunks whose window is empty: rank 0's first frames meet nothing in the far chunks (eager runs
+    only; a compiled block runs the empty window)."""
+    case = CASES[world][name]
+    compiled = "compiled" in case["variant"]
+    for rank, results in enumerate(runs(world)):
+        r = results[name]
+        assert r["sparse_shift"] > RADIAL_MOVES_OUTPUT, (rank, r)
+        chunks = r["ring_chunks"]
+        if case["ring"] == 1 or compiled:
+            assert chunks["skipped"] == 0, (rank, chunks)
+        else:
+            assert chunks["computed"] > 0, (rank, chunks)
+            if case["ulysses"] == 1 and rank == 0:
+                assert chunks["skipped"] > 0, (rank, chunks)
+
+
 @pytest.mark.parametrize("world", sorted(CASES))
 def test_misconfigurations_are_clear_errors(runs, world):
     for rank, results in enumerate(runs(world)):
@@ -134,6 +160,9 @@ def test_misconfigurations_are_clear_errors(runs, world):
         # each rank of a CFG-parallel layout holds one branch: a step cache is refused when the layout is set up
         assert "cannot run with CFG-parallel" in checks["cache_with_cfg_parallel"], rank
         assert "cannot run with CFG-parallel" in checks["cfg_parallel_then_cache"], rank
+        # radial attention: applied before the split, and a ring needs a kernel with the log-sum-exp
+        assert "apply radial attention before enabling sequence parallelism" in checks["split_then_radial"], rank
+        assert "choose the radial kernel auto or flex" in checks["radial_ring_without_lse"], rank
 
 
 @pytest.mark.parametrize("world", sorted(CASES))
