@@ -128,7 +128,9 @@ def can_merge_again(model: nn.Module) -> bool:
     return not any(isinstance(m, TorchaoQuantLinear) for m in model.modules())
 
 
-def merge_again(model: WanModel, recipe: Recipe, deltas: LoraDeltas, previous: frozenset[str], device: torch.device):
+def merge_again(
+    model: WanModel, recipe: Recipe, deltas: LoraDeltas, previous: frozenset[str], device: torch.device
+) -> None:
     """Give the parameters of ``model`` (built from ``recipe``'s weights and dtypes) ``deltas`` instead of the LoRAs
     it has, which touched ``previous``: every parameter in either is read again and written in place."""
     if not can_merge_again(model):
