@@ -21,8 +21,6 @@ from .recipe import Acceleration, Recipe
 log = logging.getLogger(__name__)
 
 APPLY_ORDER = ("quantize", "attention", "radial", "teacache", "magcache", "compile")
-STEP_CACHE_KINDS = ("teacache", "magcache")
-"""Accelerations that only set ``model.step_cache``: they can change on a built model without rebuilding it."""
 
 # Modules that define (and register) acceleration configs; imported before a recipe is rebuilt from a dict.
 CONFIG_MODULES: tuple[str, ...] = (

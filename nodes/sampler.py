@@ -16,22 +16,26 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 
-from dax_core.accelerations import STEP_CACHE_KINDS
 from dax_core.models.loading import inspect_weights
+from dax_core.models.spec import WanSpec
 from dax_core.recipe import Recipe
-from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, check_recipe_layout, parallel_layout
+from dax_core.rules import STEP_CACHE_KINDS, check_run
+from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, parallel_layout
 from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
 from dax_core.runtime.engine_cache import EngineCache
 from dax_core.runtime.group import GroupConfig, SampleCancelled, StartCancelled, WorkerGroup
+from dax_core.runtime.liveness import Liveness
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
+
+from .loaded_engines import LoadedEngine
 
 DEFAULT_SAMPLER = "wan_unipc"
 
 log = logging.getLogger(__name__)
 
 TOOLTIPS = {
-    "shift": "Flow shift: Wan2.1 uses 8 for T2V at 480p (5 at 720p).",
+    "shift": "Flow shift (> 0): Wan2.1 uses 8 for T2V at 480p (5 at 720p).",
     "sampler_name": "ComfyUI's samplers, step for step as ComfyUI runs them on Wan (uni_pc and uni_pc_bh2 are "
     "ComfyUI's UniPC); wan_unipc is Wan's own solver (flow UniPC, bh2), wan_unipc_bh1 its bh1 variant.",
     "denoise": "Below 1: video-to-video. The input latent is noised to the first sigma of the last steps of a "
@@ -50,10 +54,16 @@ TOOLTIPS = {
     "cfg_parallel": "Run the positive and negative branches on two halves of the GPUs (needs an even count).",
     "overlap": "Overlap the workers' all-to-alls with attention. Measured on 2 NVLink H200s: 1.9% faster at 1.3B "
     "480p, 2.4% slower at 14B 720p; likelier to pay on slower links.",
+    "hang_timeout": "gpus > 1: seconds after which a worker that sends no heartbeat (stopped, frozen), or a step "
+    "that takes longer than this and 5x the slowest step so far, fails the run naming the worker. Changing it "
+    "keeps the running workers.",
+    "first_step_timeout": "gpus > 1: seconds the first step of a run may take (it includes torch.compile's "
+    "warm-up, minutes at 14B) before the run fails as hung. Changing it keeps the running workers.",
 }
 CPU_WORKERS_MAX = 8
+DEFAULT_LIVENESS = Liveness()
 
-ENGINES: EngineCache[WanEngine | WorkerGroup] = EngineCache(on_release=mm.soft_empty_cache)
+ENGINES: EngineCache[LoadedEngine] = EngineCache(on_release=mm.soft_empty_cache)
 
 
 def _text_embedding(conditioning: list, which: str) -> torch.Tensor:
@@ -96,16 +106,22 @@ def _owner(recipe: Recipe, takes_in_place: Callable[[Recipe], bool]) -> Recipe:
     return next((r for r in recipe.lineage() if not takes_in_place(r)), recipe)
 
 
-def _build_engine(recipe: Recipe) -> WanEngine:
-    device = mm.get_torch_device()
-    mm.free_memory(_bytes_needed(recipe), device)  # ComfyUI's own models make room for ours first
-    return WanEngine.build(recipe, device)
-
-
-def _bytes_needed(recipe: Recipe) -> int:
-    info = inspect_weights(recipe.weights)
+def _bytes_needed(recipe: Recipe, spec: WanSpec) -> int:
     per_param = {"fp8_e4m3fn": 1, "fp32": 4}.get(recipe.weight_dtype, 2)
-    return int(info.spec.parameter_count() * per_param * 1.2)
+    return int(spec.parameter_count() * per_param * 1.2)
+
+
+def _build_engine(recipe: Recipe) -> LoadedEngine:
+    device, size = mm.get_torch_device(), _bytes_needed(recipe, inspect_weights(recipe.weights).spec)
+    mm.free_memory(size, device)  # ComfyUI's own models make room for ours first
+    return _register(WanEngine.build(recipe, device), size)
+
+
+def _register(engine: WanEngine | WorkerGroup, size: int) -> LoadedEngine:
+    """The engine, registered as loaded with ComfyUI's model management (which may then unload it)."""
+    loaded = LoadedEngine(engine, mm.get_torch_device(), size)
+    loaded.register()
+    return loaded
 
 
 def _max_processes() -> int:
@@ -116,7 +132,7 @@ def _max_processes() -> int:
 
 
 def _group_config(
-    recipe: Recipe, gpus: int, mode: str, ulysses_degree: int, cfg_parallel: bool, overlap: bool
+    gpus: int, mode: str, ulysses_degree: int, cfg_parallel: bool, overlap: bool, liveness: Liveness
 ) -> GroupConfig:
     device = mm.get_torch_device()
     if device.type == "cuda":
@@ -129,55 +145,82 @@ def _group_config(
     elif device.type != "cpu":
         raise ValueError(f"the worker group runs on CUDA GPUs (or CPUs, for testing), not {device.type}: use gpus = 1")
     layout = parallel_layout(gpus, mode, ulysses_degree, cfg_parallel, overlap)
-    layout.validate_for(inspect_weights(recipe.weights).spec)  # a layout error before any process starts
-    check_recipe_layout(recipe, layout)  # and a recipe the layout cannot run, before an earlier group is released
-    return GroupConfig(nproc_per_node=gpus, device=device.type, parallel=layout)
+    return GroupConfig(nproc_per_node=gpus, device=device.type, parallel=layout, liveness=liveness)
 
 
-def _free_devices(config: GroupConfig) -> None:
-    """ComfyUI's own models (text encoder, VAE...) leave the GPUs the group uses."""
+def _prepare(
+    recipe: Recipe,
+    request: SampleRequest,
+    gpus: int,
+    mode: str = "ulysses",
+    ulysses_degree: int = 2,
+    cfg_parallel: bool = False,
+    overlap: bool = True,
+    liveness: Liveness = DEFAULT_LIVENESS,
+) -> tuple[WanSpec, GroupConfig | None]:
+    """Every check of the run, before any engine is touched: a warm group stays as it is and no new one starts
+    for a request or a recipe the ranks would refuse. The model's spec, and the group's config (None: one GPU)."""
+    spec = inspect_weights(recipe.weights).spec
+    config = None if gpus == 1 else _group_config(gpus, mode, ulysses_degree, cfg_parallel, overlap, liveness)
+    check_run(recipe, spec, request, None if config is None else config.parallel)
+    return spec, config
+
+
+def _free_devices(config: GroupConfig, keep: LoadedEngine | None = None) -> None:
+    """ComfyUI's own models (text encoder, VAE...) leave the GPUs the group uses (the group itself stays)."""
     if config.device != "cuda":
         return
+    keep_loaded = keep.keep_loaded() if keep is not None else []
     for index in range(config.nproc_per_node):
-        mm.free_memory(1e30, torch.device("cuda", index))
+        mm.free_memory(1e30, torch.device("cuda", index), keep_loaded=keep_loaded)
     mm.soft_empty_cache()
 
 
-def _sample_in_group(recipe: Recipe, request: SampleRequest, steps: int, config: GroupConfig, pbar) -> SampleResult:
-    # a change of recipe, layout or GPU set (the first gpus of CUDA_VISIBLE_DEVICES) starts a new group
-    variant = f"{config}|CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
+def _sample_in_group(
+    recipe: Recipe, spec: WanSpec, request: SampleRequest, steps: int, config: GroupConfig, pbar
+) -> SampleResult:
+    # a change of recipe, layout or GPU set (the first gpus of CUDA_VISIBLE_DEVICES) starts a new group; the
+    # liveness limits only change how the owner watches it
+    same_group = dataclasses.replace(config, liveness=DEFAULT_LIVENESS)
+    variant = f"{same_group}|CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
 
-    def start(r: Recipe) -> WorkerGroup:
+    def start(r: Recipe) -> LoadedEngine:
         _free_devices(config)
-        return WorkerGroup(r, config, should_cancel=mm.processing_interrupted)  # Cancel works while it starts
+        group = WorkerGroup(r, config, should_cancel=mm.processing_interrupted)  # Cancel works while it starts
+        return _register(group, _bytes_needed(r, spec))
 
     # New LoRAs (files, strengths) are taken by the running group (WorkerGroup.use_recipe): it is keyed without them
-    whole = dataclasses.replace(recipe)  # started with the LoRAs; a copy, so the group does not keep the caller's
+    whole = dataclasses.replace(recipe)  # started with its LoRAs; a copy, so the group does not keep the caller's
     try:
-        group = ENGINES.get(
+        loaded = ENGINES.get(
             recipe,
             lambda _key: start(whole),
             variant=variant,
-            valid=lambda g: g.alive,
+            valid=lambda e: e.engine is not None and e.engine.alive,
             built_from=recipe.without_loras(),
             owner=_owner(recipe, lambda r: bool(r.loras)),
         )
-        group.use_recipe(whole)
     except StartCancelled:
         mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
         raise
-    _free_devices(config)  # ComfyUI may have loaded its models again since the last prompt
-    gpus = config.world_size
-    log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", steps, group.run_id, gpus)
+    group = loaded.engine
+    assert isinstance(group, WorkerGroup)
+    _free_devices(config, keep=loaded)  # ComfyUI may have loaded its models again since the last prompt
+    log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", steps, group.run_id, config.world_size)
     try:
+        group.use_recipe(whole)
         return group.sample(
             request,
             on_step=lambda step, total: pbar.update_absolute(step, total),
             should_cancel=mm.processing_interrupted,
+            liveness=config.liveness,
         )
     except SampleCancelled:
         mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
         raise
+    finally:
+        if not group.alive:  # failed, or taken down after a cancel: the cache drops it at the next prompt (a full
+            loaded.close()  # garbage collection then, not now: a Cancel must end the prompt within 2 s)
 
 
 PARALLEL_INPUTS = {
@@ -188,6 +231,26 @@ PARALLEL_INPUTS = {
     "ulysses_degree": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": TOOLTIPS["ulysses_degree"]}),
     "cfg_parallel": ("BOOLEAN", {"default": False, "tooltip": TOOLTIPS["cfg_parallel"]}),
     "overlap": ("BOOLEAN", {"default": True, "tooltip": TOOLTIPS["overlap"]}),
+    "hang_timeout": (
+        "FLOAT",
+        {
+            "default": DEFAULT_LIVENESS.silence_s,
+            "min": 5.0,
+            "max": 3600.0,
+            "step": 1.0,
+            "tooltip": TOOLTIPS["hang_timeout"],
+        },
+    ),
+    "first_step_timeout": (
+        "FLOAT",
+        {
+            "default": DEFAULT_LIVENESS.first_step_s,
+            "min": 10.0,
+            "max": 86400.0,
+            "step": 10.0,
+            "tooltip": TOOLTIPS["first_step_timeout"],
+        },
+    ),
 }
 
 
@@ -197,7 +260,7 @@ def _sampling_inputs(seed_name: str) -> dict:
         seed_name: ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
         "steps": ("INT", {"default": 30, "min": 1, "max": 1000}),
         "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
-        "shift": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": TOOLTIPS["shift"]}),
+        "shift": ("FLOAT", {"default": 8.0, "min": 0.01, "max": 100.0, "step": 0.1, "tooltip": TOOLTIPS["shift"]}),
         "sampler_name": (list(SAMPLERS), {"default": DEFAULT_SAMPLER, "tooltip": TOOLTIPS["sampler_name"]}),
         "scheduler": (list(SCHEDULERS), {"default": "simple"}),
     }
@@ -209,13 +272,13 @@ def _gpus_input() -> tuple:
 
 def _run(recipe: Recipe, request: SampleRequest, latent_image: dict, gpus: int, parallel: dict) -> dict:
     """Sample ``request`` here (gpus = 1) or in a worker group; the node's output with the run's summary."""
+    spec, config = _prepare(recipe, request, gpus, **parallel)  # before any engine is touched
     steps = len(request.run_sigmas()) - 1  # the steps this run takes (a start/end cut or denoise changes them)
     pbar = comfy.utils.ProgressBar(steps)
-    if gpus == 1:
+    if config is None:
         result = _sample_here(recipe, request, pbar)
     else:
-        config = _group_config(recipe, gpus, **parallel)
-        result = _sample_in_group(recipe, request, steps, config, pbar)
+        result = _sample_in_group(recipe, spec, request, steps, config, pbar)
     out = dict(latent_image)
     out["samples"] = result.latent
     return {"ui": {"dax_summary": result.summary_lines()}, "result": (out,)}
@@ -226,13 +289,15 @@ def _sample_here(recipe: Recipe, request: SampleRequest, pbar) -> SampleResult:
     # scratch: the engine is keyed without step caches and LoRAs and kept alive by the last recipe upstream of those
     # nodes, which ComfyUI keeps cached while only their widgets change.
     built = recipe.without(STEP_CACHE_KINDS)
-    engine = ENGINES.get(
+    loaded = ENGINES.get(
         recipe,
         lambda _key: _build_engine(built),  # built with its LoRAs
         built_from=built.without_loras(),
-        valid=lambda e: e.can_use_loras_of(recipe),
         owner=_owner(recipe, lambda r: _has_step_cache(r) or bool(r.loras)),
+        valid=lambda e: e.engine is not None and e.engine.can_use_loras_of(recipe),  # None: ComfyUI unloaded it
     )
+    engine = loaded.engine
+    assert isinstance(engine, WanEngine)
     engine.use_loras_of(recipe)
     engine.use_step_caches_of(recipe)
 
@@ -344,11 +409,15 @@ class DaxSamplerAdvanced:
 
 
 def _parallel_options(given: dict) -> dict:
-    """The optional layout widgets as _group_config takes them, defaults filled in."""
+    """The optional multi-GPU widgets as _prepare takes them, defaults filled in."""
     options = {name: spec[1]["default"] for name, spec in PARALLEL_INPUTS.items()} | given
+    hang = options["hang_timeout"]
     return {
         "mode": options["sequence_parallel"],
         "ulysses_degree": options["ulysses_degree"],
         "cfg_parallel": options["cfg_parallel"],
         "overlap": options["overlap"],
+        "liveness": dataclasses.replace(
+            DEFAULT_LIVENESS, silence_s=hang, step_floor_s=hang, first_step_s=options["first_step_timeout"]
+        ),
     }

@@ -43,6 +43,10 @@ class AttentionConfig(Acceleration):
     """SageAttention's Q/K int8 granularity: auto, per_thread or per_warp (SageAttention2 CUDA kernels only)."""
     sage_pv_accum: str = "auto"
     """SageAttention's P·V accumulation: auto (its own choice for the GPU) or one the GPU's kernel offers."""
+    sage_inputs: str = "sage"
+    """Who prepares SageAttention2's int8 / fp8 inputs: "sage" (its own kernels, after the model's norms), "fused"
+    (the model's q/k norm kernels and a value kernel write them; the sm90 kernel with per-thread Q/K and fp32+fp32
+    P·V only, else an error) or "auto" (fused where it can be, else SageAttention's own)."""
 
     def __post_init__(self) -> None:
         names = backend_names()
@@ -60,6 +64,8 @@ class AttentionConfig(Acceleration):
             raise RecipeError(
                 f"SageAttention P·V accumulation {self.sage_pv_accum!r} is not one of {', '.join(sage.PV_ACCUM)}"
             )
+        if self.sage_inputs not in sage.INPUTS:
+            raise RecipeError(f"SageAttention inputs {self.sage_inputs!r} is not one of {', '.join(sage.INPUTS)}")
 
     @property
     def cross(self) -> str:
@@ -68,7 +74,10 @@ class AttentionConfig(Acceleration):
 
     def _bind_one(self, name: str, role: str, device: torch.device | str, dtype: torch.dtype) -> BoundAttention:
         backend = get_backend(name)  # raises BackendUnavailable with the install hint
-        options = {"role": role, "qk_quant_gran": self.sage_qk_quant, "pv_accum_dtype": self.sage_pv_accum}
+        options = {
+            "role": role, "qk_quant_gran": self.sage_qk_quant, "pv_accum_dtype": self.sage_pv_accum,
+            "inputs": self.sage_inputs,
+        }  # fmt: skip
         return backend.bind(device, dtype, **{k: v for k, v in options.items() if k in backend.options})
 
     def bind(self, device: torch.device | str, dtype: torch.dtype) -> tuple[BoundAttention, BoundAttention]:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """What a model calls: (q, k, v) [B, S, H, D] -> out [B, S, H, D]."""
+Rope = tuple[torch.Tensor, torch.Tensor]
+"""cos, sin [S, head_dim / 2] of the rotary embedding."""
 
 
 class Kernel(Protocol):
@@ -30,6 +32,19 @@ class LseKernel(Protocol):
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class PreparedInputs(Protocol):
+    """A kernel fed by its own preparation kernels, which also apply the layer's RMSNorm (and rotary embedding):
+    the model hands it the q, k and v projections [B, S, H * D] instead of normalised q, k, v."""
+
+    def query(self, x: torch.Tensor, weight: torch.Tensor, rope: Rope | None, num_heads: int, eps: float) -> Any: ...
+
+    def key(self, x: torch.Tensor, weight: torch.Tensor, rope: Rope | None, num_heads: int, eps: float) -> Any: ...
+
+    def value(self, v: torch.Tensor, num_heads: int) -> Any: ...
+
+    def attend(self, q: Any, k: Any, v: Any, scale: float | None = None) -> torch.Tensor: ...
 
 
 class BackendUnavailable(RuntimeError):
@@ -47,6 +62,9 @@ class BoundAttention:
     run_lse: LseKernel | None = field(default=None, repr=False)
     capturable: bool = True
     """Whether a CUDA graph can record it: its kernels launch on PyTorch's current stream."""
+    prepared: PreparedInputs | None = field(default=None, repr=False)
+    """Set when the model should hand the kernel its projections for its own preparation (``PreparedInputs``);
+    ``run`` still takes normalised q, k, v (sequence parallelism, benchmarks)."""
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         return self.run(q, k, v, scale)

@@ -29,7 +29,9 @@ INSTALL_HINT = (
 )
 QK_QUANT = ("auto", "per_thread", "per_warp")
 PV_ACCUM = ("auto", "fp32+fp32", "fp32+fp16", "fp32", "fp16+fp32", "fp16")
-OPTIONS = {"qk_quant_gran": QK_QUANT, "pv_accum_dtype": PV_ACCUM}
+INPUTS = ("sage", "fused", "auto")  # who prepares the kernel's int8 / fp8 inputs: SageAttention, DAX's norm kernels,
+# or DAX's where they can feed the kernel bound (the sm90 kernel, per-thread Q/K, fp32+fp32 P·V), else SageAttention
+OPTIONS = {"qk_quant_gran": QK_QUANT, "pv_accum_dtype": PV_ACCUM, "inputs": INPUTS}
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,12 @@ def _bind(device: torch.device, dtype: torch.dtype, options: Mapping[str, str]) 
         kernel = spec.key
         pv_kind = "fp16" if spec.key == "sm80" else "fp8"
         label = f"{spec.description} {spec.function} (int8 Q·K {qk}, {pv_kind} P·V, {pv} accumulation)"
+    prepared = None
+    if options["inputs"] != "sage":
+        from .sage_prepared import fused_inputs
+
+        prepared = fused_inputs(kernel, qk, pv, dtype, required=options["inputs"] == "fused")
+        label += ", inputs prepared by DAX's norm kernels" if prepared is not None else ""
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
         check_qkv("sage", q, k, v)
@@ -183,7 +191,12 @@ def _bind(device: torch.device, dtype: torch.dtype, options: Mapping[str, str]) 
     # stream, not PyTorch's current one, so no CUDA graph can record them (its Triton kernels are recorded).
     triton_only = kernel == "triton"
     return BoundAttention(
-        backend="sage", kernel=label, run=run, run_lse=None if triton_only else lse, capturable=triton_only
+        backend="sage",
+        kernel=label,
+        run=run,
+        run_lse=None if triton_only else lse,
+        capturable=triton_only,
+        prepared=prepared,
     )
 
 

@@ -5,7 +5,9 @@
     python -m dax_core bench --model tiny --device cpu --compile-backend aot_eager   # a smoke test
 
 Rungs (``--rungs``, comma-separated; stock always runs): stock, sage, fp8, int8, compile, graphs, teacache, magcache,
-distill, and with ``--peer`` the diffusers line. ``--quick``: one timed forward per rung, no INT8 rung.
+distill, and with ``--peer`` the diffusers line. ``--quick``: one timed forward per rung, no INT8 rung. On request
+only (the dense stack built whole, for A/B runs of DAX's kernels): full, full_sage_inputs, full_input_kernels,
+full_dax, eager_full, eager_dax.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .timing import write_json
 log = logging.getLogger(__name__)
 
 RUNG_KEYS = tuple(r.key for r in R.dense_rungs()) + tuple(r.key for r in R.SCHEDULE_RUNGS)
+ON_REQUEST = tuple(r.key for r in R.dense_rungs() if r.on_request)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _rungs(parser: argparse.ArgumentParser, text: str | None, quick: bool) -> tuple[str, ...]:
     if text is None:
-        return tuple(k for k in RUNG_KEYS if not (quick and k == "int8"))
+        return tuple(k for k in RUNG_KEYS if not (quick and k == "int8") and k not in ON_REQUEST)
     chosen = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [k for k in chosen if k not in RUNG_KEYS]
     if unknown:

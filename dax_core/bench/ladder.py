@@ -56,8 +56,9 @@ class LadderSettings:
         """bf16 on a GPU (what the product runs); float32 on the CPU, whose bf16 kernels are slow (a smoke test)."""
         return torch.bfloat16 if self.device.type == "cuda" else torch.float32
 
-    def wants(self, key: str) -> bool:
-        return not self.only or key == "stock" or key in self.only
+    def wants(self, key: str, on_request: bool = False) -> bool:
+        """Whether to run the rung ``key``; an ``on_request`` rung runs only when named."""
+        return key in self.only if on_request else not self.only or key == "stock" or key in self.only
 
 
 def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -206,7 +207,7 @@ class Ladder:
     def run_dense(self, weights: Any, inputs: tuple) -> None:
         dense = {r.key: r for r in R.dense_rungs(self.settings.compile_backend)}
         for rung in dense.values():
-            if not self.settings.wants(rung.key):
+            if not self.settings.wants(rung.key, rung.on_request):
                 continue
             base_key = self._base(rung, dense) if rung.base else None
             if rung.in_place and base_key is not None and base_key not in self._built:

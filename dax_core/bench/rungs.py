@@ -23,6 +23,7 @@ class DenseRung:
     base: str | None = None
     in_place: bool = False
     side: bool = False  # an alternative to the rung above it, not a step up the ladder (INT8 for FP8)
+    on_request: bool = False  # runs only when ``--rungs`` names it (A/B variants of the dense stack)
 
 
 def dense_rungs(compile_backend: str = "inductor") -> tuple[DenseRung, ...]:
@@ -39,7 +40,27 @@ def dense_rungs(compile_backend: str = "inductor") -> tuple[DenseRung, ...]:
                   ({"kind": "quantize", "dtype": "fp8"}, compile_config), "stock"),
         DenseRung("graphs", "+ CUDA graphs", ({**compile_config, "cuda_graphs": True},), "compile_sdpa",
                   in_place=True),
+        *ab_rungs(compile_config),
     )  # fmt: skip
+
+
+def ab_rungs(compile_config: dict) -> tuple[DenseRung, ...]:
+    """The dense stack built whole from the weights, with DAX's kernels or without (run on request, same run): the
+    full stack as the ``compile`` rung has it; with SageAttention2's inputs written by DAX's norm kernels; with the
+    8-bit linears' inputs quantized by DAX's kernels as custom ops; with both; and the eager stack without and with
+    both."""
+    fp8, fp8_dax = {"kind": "quantize", "dtype": "fp8"}, {"kind": "quantize", "dtype": "fp8", "input_kernels": "dax"}
+    sage, sage_fused = {"kind": "attention", "backend": "sage"}, {"kind": "attention", "backend": "sage",
+                                                                  "sage_inputs": "fused"}  # fmt: skip
+    variants = (
+        ("full", "full stack: FP8 + SageAttention2 + compile", (fp8, sage, compile_config)),
+        ("full_sage_inputs", "full stack, Sage inputs from DAX's norm kernels", (fp8, sage_fused, compile_config)),
+        ("full_input_kernels", "full stack, 8-bit inputs from DAX's kernels", (fp8_dax, sage, compile_config)),
+        ("full_dax", "full stack, both (DAX's kernels)", (fp8_dax, sage_fused, compile_config)),
+        ("eager_full", "FP8 + SageAttention2, eager", (fp8, sage)),
+        ("eager_dax", "FP8 + SageAttention2, eager, DAX's kernels", (fp8_dax, sage_fused)),
+    )
+    return tuple(DenseRung(k, t, adds, "stock", side=True, on_request=True) for k, t, adds in variants)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The recipe entries of the step caches: frozen, validated configs that install a TeaCache or a MagCache on one
-model. A model takes one step cache: a recipe with both is refused when it is built."""
+model. A model takes one step cache: a recipe with both is refused by ``dax_core.rules.check_recipe`` before any
+weight is loaded (and by ``apply`` on a model that has one already)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..parallel.config import step_cache_refused
 from ..recipe import Acceleration, RecipeError, register_acceleration
+from ..rules import second_step_cache_refused, step_cache_refused
 from .coefficients import MODELS, MODES, published_coefficients
 from .magcache import MagCache
 from .magcache_ratios import MAG_RATIOS
@@ -166,10 +167,7 @@ class MagcacheConfig(Acceleration):
 def _check_no_step_cache(model: Any, adding: str) -> None:
     existing = getattr(model, "step_cache", None)
     if existing is not None:
-        raise RecipeError(
-            f"this model already has a {existing.name} step cache; a model takes one: remove one of the "
-            f"{existing.name} and {adding} nodes"
-        )
+        raise RecipeError(second_step_cache_refused(existing.name, adding))
     plan = getattr(model, "sequence_parallel", None)
     if plan is not None and plan.config.cfg_parallel:  # the other order is refused by enable_sequence_parallel
         raise RecipeError(step_cache_refused(adding))

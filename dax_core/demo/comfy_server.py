@@ -116,6 +116,7 @@ class ComfyServer:
     """``with ComfyServer(comfyui, base) as server: server.run(prompt)``; the process group is killed on exit.
 
     ``cpu``: start ComfyUI with ``--cpu`` (the default; tests and the tiny demo), else on its default device.
+    ``env``: variables set for the server on top of this process's environment (e.g. a private TMPDIR).
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class ComfyServer:
         python: str = sys.executable,
         extra_args: Iterable[str] = (),
         start_timeout: float = 180.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if not is_comfyui(Path(comfyui)):
             raise ComfyServerError(f"{comfyui} is not a ComfyUI checkout (no main.py, comfy/ and execution.py)")
@@ -140,6 +142,7 @@ class ComfyServer:
         self.python = python
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
+        self.env = dict(env or {})
         self.log_path = self.base / "comfyui.log"
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -147,6 +150,13 @@ class ComfyServer:
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The server's process id (it leads a process group of its own)."""
+        if self._proc is None:
+            raise ComfyServerError("ComfyUI is not running")
+        return self._proc.pid
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -219,7 +229,7 @@ class ComfyServer:
         return cmd + self.extra_args
 
     def _spawn(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
                 self._command(),

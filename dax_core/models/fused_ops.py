@@ -23,11 +23,11 @@ NO_RESIDUAL, ADD, GATED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 def _norm_kernel(
     x_ptr, r_ptr, gate_ptr, sum_ptr, a_ptr, b_ptr, out_ptr, q_ptr, q_scale_ptr, tokens, dim, eps,
     RESIDUAL: tl.constexpr, AFFINE: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr, ROUND: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, STORE: tl.constexpr = True,
 ):  # fmt: skip
     # One row: optionally x + r or x + r * gate (stored: the residual stream), then LayerNorm with a per-batch
     # modulation (a = shift, b = scale) or a per-channel affine (a = weight, b = bias), then optionally the
-    # output's per-row quantization, all from the one read of the row.
+    # output's per-row quantization, all from the one read of the row. STORE off: the output is only quantized.
     row = tl.program_id(0).to(tl.int64)
     batch = row // tokens
     cols = tl.arange(0, BLOCK)
@@ -52,7 +52,8 @@ def _norm_kernel(
         scale = tl.load(b_ptr + batch * dim + cols, mask=mask, other=0.0)
         y = diff * rstd * (1.0 + scale) + shift
     y = y.to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + row * dim + cols, y, mask=mask)
+    if STORE:
+        tl.store(out_ptr + row * dim + cols, y, mask=mask)
     if QUANT:  # the linear quantizes the output as stored
         quantize_row(y.to(tl.float32), mask, q_ptr + row * dim + cols, q_scale_ptr + row, QMAX, ROUND)
 
@@ -100,6 +101,12 @@ def _warps(block: int) -> int:
     return max(4, min(16, block // 512))
 
 
+_norm_kernel_tuned = triton.autotune(
+    configs=[triton.Config({}, num_warps=w) for w in (4, 8, 16)], key=["dim", "RESIDUAL", "AFFINE", "QUANT"]
+)(_norm_kernel)
+"""The norm kernel with its warps chosen on the GPU at first use per width and mode (``norm_quantized``)."""
+
+
 def _norm(
     x: torch.Tensor,
     r: torch.Tensor | None,
@@ -110,28 +117,60 @@ def _norm(
     affine: bool,
     quantize: torch.dtype | None,
     storage: torch.dtype | None,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
+    store: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(stream, out, q, q_scale): each None where not written."""
     batch, tokens, dim = x.shape
     x = x.contiguous()
     mode = NO_RESIDUAL if r is None else ADD if gate is None else GATED
     stream = None if r is None else torch.empty_like(x)
-    out = torch.empty_like(x)
+    out = torch.empty_like(x) if store else None
     rows = batch * tokens
     if quantize is not None:
         qmax, rounding = fused_quant.quant_constants(quantize)
         q, q_scale = fused_quant.empty_quantized(rows, dim, quantize, x.device, storage)
     else:
-        qmax, rounding, q, q_scale = 1.0, False, out, out
+        qmax, rounding, q, q_scale = 1.0, False, None, None
     block = triton.next_power_of_2(dim)
-    _norm_kernel[(rows,)](
+    args = (
         x, x if r is None else r.contiguous(), x if gate is None else gate.float().contiguous(),
-        x if stream is None else stream, a.contiguous(), b.contiguous(), out, q, q_scale, tokens, dim, eps,
-        RESIDUAL=mode, AFFINE=affine, QUANT=quantize is not None, QMAX=qmax, ROUND=rounding, BLOCK=block,
-        num_warps=_warps(block),
+        x if stream is None else stream, a.contiguous(), b.contiguous(), x if out is None else out,
+        x if q is None else q, x if q_scale is None else q_scale, tokens, dim, eps,
     )  # fmt: skip
+    flags = {"RESIDUAL": mode, "AFFINE": affine, "QUANT": quantize is not None, "QMAX": qmax, "ROUND": rounding,
+             "BLOCK": block, "STORE": store}  # fmt: skip
+    if not store and x.is_cuda:  # Triton's autotuner times configs on a GPU only (not in its interpreter)
+        _norm_kernel_tuned[(rows,)](*args, **flags)
+    else:
+        _norm_kernel[(rows,)](*args, **flags, num_warps=_warps(block))
+    return stream, out, q, q_scale
+
+
+def _attached(stream, out, q, q_scale, quantize) -> tuple[torch.Tensor | None, torch.Tensor]:
     if quantize is not None:
         prequantized.attach(out, quantize, q, q_scale)
     return stream, out
+
+
+def norm_quantized(
+    x: torch.Tensor,
+    r: torch.Tensor | None,
+    gate: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    eps: float,
+    affine: bool,
+    quantize: torch.dtype,
+    *,
+    storage: torch.dtype | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """One of the three norm sites (``modulated_layer_norm``: no ``r``; ``add_modulated_layer_norm``: ``r``;
+    ``gated_residual_layer_norm``: ``r``, ``gate``, ``affine``) writing only the residual stream (when there is one)
+    and the per-row quantization of its output: (stream or None, q [rows, dim], scale [rows, 1]). ``a``, ``b`` as
+    the functions below pass them."""
+    stream, _, q, q_scale = _norm(x, r, gate, a, b, eps, affine, quantize, storage, store=False)
+    assert q is not None and q_scale is not None
+    return stream, q, q_scale
 
 
 def modulated_layer_norm(
@@ -145,7 +184,7 @@ def modulated_layer_norm(
 ) -> torch.Tensor:
     """``ops.modulated_layer_norm``; with ``quantize``, the output carries its per-row quantization
     (``prequantized``). ``storage``: as in ``fused_quant.quantize_rows``."""
-    return _norm(x, None, None, shift.float(), scale.float(), eps, False, quantize, storage)[1]
+    return _attached(*_norm(x, None, None, shift.float(), scale.float(), eps, False, quantize, storage), quantize)[1]
 
 
 def add_modulated_layer_norm(
@@ -159,7 +198,7 @@ def add_modulated_layer_norm(
     storage: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``ops.add_modulated_layer_norm`` in one pass: (x + r, its modulated LayerNorm)."""
-    stream, out = _norm(x, r, None, shift.float(), scale.float(), eps, False, quantize, storage)
+    stream, out = _attached(*_norm(x, r, None, shift.float(), scale.float(), eps, False, quantize, storage), quantize)
     assert stream is not None
     return stream, out
 
@@ -176,7 +215,8 @@ def gated_residual_layer_norm(
     storage: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``ops.gated_residual_layer_norm`` in one pass: (x + y * gate, its affine LayerNorm)."""
-    stream, out = _norm(x, y, gate, weight.to(x.dtype), bias.to(x.dtype), eps, True, quantize, storage)
+    norm = _norm(x, y, gate, weight.to(x.dtype), bias.to(x.dtype), eps, True, quantize, storage)
+    stream, out = _attached(*norm, quantize)
     assert stream is not None
     return stream, out
 

@@ -56,6 +56,12 @@ def _quantize_rows_kernel(
     quantize_row(y, mask, q_ptr + row * width + cols, scale_ptr + row, QMAX, ROUND)
 
 
+_quantize_rows_kernel_tuned = triton.autotune(
+    configs=[triton.Config({}, num_warps=w) for w in (4, 8, 16, 32)], key=["width", "GELU"]
+)(_quantize_rows_kernel)
+"""The row quantizer with its warps chosen on the GPU at first use per width (``quantize_rows(tuned=True)``)."""
+
+
 def quant_constants(dtype: torch.dtype) -> tuple[float, bool]:
     """(qmax, round half to even before the cast) of a quantized dtype."""
     if dtype == torch.int8:
@@ -83,13 +89,19 @@ def empty_quantized(
 
 
 def quantize_rows(
-    x: torch.Tensor, dtype: torch.dtype, gelu: bool = False, *, storage: torch.dtype | None = None
+    x: torch.Tensor,
+    dtype: torch.dtype,
+    gelu: bool = False,
+    *,
+    storage: torch.dtype | None = None,
+    tuned: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``numerics.quantize(x, dtype, per_row=True)`` of a 2-d ``x`` in one kernel; with ``gelu``, of
     ``GELU_tanh(x)`` rounded to ``x.dtype`` (what ``nn.GELU(approximate="tanh")`` returns) without writing it.
 
     ``storage`` keeps the clamped, rounded values in another dtype instead of casting them (Triton's interpreter
-    converts float32 to float8 wrongly at binade edges; the CPU tests cast with PyTorch instead).
+    converts float32 to float8 wrongly at binade edges; the CPU tests cast with PyTorch instead). ``tuned``: the
+    kernel's warps are timed on the GPU at first use per width (Triton's autotuner; no effect elsewhere).
     """
     if x.ndim != 2:
         raise ValueError(f"quantize_rows takes [rows, width], got {tuple(x.shape)}")
@@ -101,7 +113,9 @@ def quantize_rows(
     q, scale = empty_quantized(rows, width, dtype, x.device, storage)
     if rows:
         block = triton.next_power_of_2(width)
-        _quantize_rows_kernel[(rows,)](
-            x, q, scale, width, QMAX=qmax, ROUND=rounding, GELU=gelu, BLOCK=block, num_warps=warps(block)
-        )
+        flags = {"QMAX": qmax, "ROUND": rounding, "GELU": gelu, "BLOCK": block}
+        if tuned and x.is_cuda:
+            _quantize_rows_kernel_tuned[(rows,)](x, q, scale, width, **flags)
+        else:
+            _quantize_rows_kernel[(rows,)](x, q, scale, width, **flags, num_warps=warps(block))
     return q, scale

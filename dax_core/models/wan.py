@@ -8,7 +8,7 @@ Float32 where Wan keeps it: time embedding, modulation, norms and rotary embeddi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -94,10 +94,24 @@ class WanAttention(nn.Module):
         return self.v(x).unflatten(-1, (self.num_heads, -1))
 
     def self_attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: AttentionFn):
+        if (prepared := getattr(attn, "prepared", None)) is not None:
+            return self.o(self.prepared_attention(x, x, rope, prepared).flatten(2))
         out = attn(self.query(x, rope), self.key(x, rope), self.value(x))
         return self.o(out.flatten(2))
 
+    def prepared_attention(
+        self, x: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, prepared: Any
+    ) -> torch.Tensor:
+        """Attention whose kernel prepares its own inputs from the projections (``BoundAttention.prepared``), applying
+        this layer's RMSNorm (and, with ``rope``, the rotary embedding) as it writes them: [B, S, H, D]."""
+        h, eps = self.num_heads, self.eps
+        q = prepared.query(self.q(x), self.norm_q.weight, rope, h, eps)
+        k = prepared.key(self.k(context), self.norm_k.weight, rope, h, eps)
+        return prepared.attend(q, k, prepared.value(self.v(context), h))
+
     def cross_attention(self, x: torch.Tensor, context: torch.Tensor, attn: AttentionFn) -> torch.Tensor:
+        if (prepared := getattr(attn, "prepared", None)) is not None:
+            return self.o(self.prepared_attention(x, context, None, prepared).flatten(2))
         h = self.num_heads
         q = ops.rms_norm(self.q(x), self.norm_q.weight, self.eps).unflatten(-1, (h, -1))
         k = ops.rms_norm(self.k(context), self.norm_k.weight, self.eps).unflatten(-1, (h, -1))
@@ -135,6 +149,9 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 6, d, device=device, dtype=torch.float32))
         self.input_quant: BlockInputQuant | None = None
         """Set by ``dax_core.quant`` on 8-bit models: what the norm kernels quantize their outputs to."""
+        self.input_kernels: Any = None
+        """Set by ``dax_core.quant`` (``input_kernels="dax"``): ``ops``' three norm sites returning the quantized rows
+        alone where ``input_quant`` names a dtype (the block runs without sequence parallelism)."""
 
     def forward(
         self,
@@ -152,18 +169,19 @@ class WanBlock(nn.Module):
         """
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e0).chunk(6, dim=1)
         iq = self.input_quant or NO_INPUT_QUANT
-        xn = ops.modulated_layer_norm(x, shift, scale, self.eps, iq.self_attn)
+        norms = ops if self.input_kernels is None or parallel is not None else self.input_kernels
+        xn = norms.modulated_layer_norm(x, shift, scale, self.eps, iq.self_attn)
         if parallel is None:
             y = self.self_attn.self_attention(xn, rope, self_attn)
         else:
             y = parallel.self_attention(self.self_attn, xn, rope, self_attn)
         if self.norm3 is not None:
             n3 = self.norm3
-            x, xn = ops.gated_residual_layer_norm(x, y, gate, n3.weight, n3.bias, self.eps, iq.cross_attn)
+            x, xn = norms.gated_residual_layer_norm(x, y, gate, n3.weight, n3.bias, self.eps, iq.cross_attn)
         else:
             x = xn = ops.gated_residual(x, y, gate)
         y = self.cross_attn.cross_attention(xn, context, cross_attn)
-        x, xn = ops.add_modulated_layer_norm(x, y, c_shift, c_scale, self.eps, iq.ffn)
+        x, xn = norms.add_modulated_layer_norm(x, y, c_shift, c_scale, self.eps, iq.ffn)
         return ops.gated_residual(x, self.ffn(xn), c_gate)
 
 
@@ -282,6 +300,10 @@ class WanModel(nn.Module):
         """Per-layer self-attention kernels (radial attention), set by ``dax_core.attention.radial_config``."""
         self.sequence_parallel: SequenceParallelHooks | None = None
         """Set by ``dax_core.parallel.enable_sequence_parallel`` on this instance only."""
+        self.block_hook: Callable[[int, int], None] | None = None
+        """Called with (block index, blocks) after every transformer block, e.g. by the engine for a run that can
+        stop mid-step (it may raise to stop there); None: nothing between blocks. A block stack replayed as a CUDA
+        graph (one GPU only) runs no Python between blocks, and so no hook."""
 
     def set_attention(self, self_attn: AttentionFn, cross_attn: AttentionFn | None = None) -> None:
         """Attention kernels for this model instance only (cross-attention defaults to the same)."""
@@ -333,10 +355,12 @@ class WanModel(nn.Module):
         x = p.tokens
         if self.compiled is not None:
             self.compiled.note_shapes(x, p.context)  # logs when a new shape makes the blocks compile once more
-        schedule, n = self.self_attention_schedule, len(self.blocks)
+        schedule, n, hook = self.self_attention_schedule, len(self.blocks), self.block_hook
         kernels = [self.self_attn_fn] * n if schedule is None else schedule.layer_kernels(p.grid, n, self.self_attn_fn)
-        for block, self_attn in zip(self.blocks, kernels, strict=True):
+        for index, (block, self_attn) in enumerate(zip(self.blocks, kernels, strict=True)):
             x = block(x, p.e0, p.context, p.rope, self_attn, self.cross_attn_fn, self.sequence_parallel)
+            if hook is not None:
+                hook(index, n)
         return x
 
     def finish(self, x: torch.Tensor, p: Prepared) -> torch.Tensor:

@@ -16,15 +16,6 @@ from ..models.spec import WanSpec
 _SPEC_NAMES = {"wan2.1-t2v-1.3b": "Wan2.1 1.3B", "wan2.1-t2v-14b": "Wan2.1 14B"}
 
 
-def step_cache_refused(cache: str = "a step cache (TeaCache/MagCache)") -> str:
-    """Why ``cache`` cannot run with CFG-parallel, and what to change: the one text of every place that refuses it
-    (a layout checked before the ranks start, a model's layout, a model's step cache)."""
-    return (
-        f"{cache} cannot run with CFG-parallel, where each rank holds one branch: turn cfg_parallel off "
-        "(Ulysses/ring split the tokens instead) or drop the step cache"
-    )
-
-
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 

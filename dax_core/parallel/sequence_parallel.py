@@ -25,8 +25,9 @@ from torch.distributed import ProcessGroup
 from ..attention import AttentionFn
 from ..attention.block_sparse_attention import BlockSparseSelfAttention
 from ..models.wan import WanAttention, WanModel
+from ..rules import step_cache_refused
 from .collectives import all_gather, all_reduce
-from .config import ParallelConfig, step_cache_refused
+from .config import ParallelConfig
 from .groups import ParallelGroups, build_groups
 from .lse_attention import LseAttentionFn, attention_with_lse
 from .ring import ChunkAttention, ring_attention

@@ -9,6 +9,8 @@ the activation several times per linear layer: at 14B 720p that cost more than F
 - what no kernel of ours produces (the attention outputs feeding o) is quantized by one one-pass kernel
   (``QuantLinear.quantize_input``).
 
+``use_input_kernels`` makes the same kernels custom ops that run under torch.compile too (``kernel_ops``).
+
 The values equal the unfused path's bit for bit (the same quantization of the same rounded activations); under
 torch.compile every piece takes its PyTorch form and inductor fuses it instead.
 """
@@ -20,6 +22,7 @@ from torch import nn
 
 from ..models import ops
 from ..models.wan import BlockInputQuant, WanModel
+from . import kernel_ops
 from .linear import QuantLinear
 
 
@@ -35,9 +38,15 @@ class GeluQuantFfn(nn.Sequential):
     """Wan's FFN (``0``: up projection, ``1``: GELU tanh, ``2``: per-token 8-bit down projection) whose GELU, in eager
     CUDA runs, is one kernel with the quantization of its output."""
 
+    input_ops = False
+    """GELU and the quantization as one custom op (``kernel_ops.quantize_rows``), eager and compiled."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up, act, down = self[0], self[1], self[2]
         h = up(x)
+        if self.input_ops:
+            q, scale = kernel_ops.quantize_rows(h.reshape(-1, down.in_features), down.activation_dtype, True)
+            return down.forward_quantized(q, scale, h.dtype).reshape(*h.shape[:-1], down.out_features)
         kernels = ops.row_quantizer(h)
         if kernels is None or not kernels.fits(down.in_features):
             return down(act(h))
@@ -57,4 +66,19 @@ def fuse_input_quantization(model: WanModel) -> int:
         if _per_row_dtype(ffn[2]) is not None and isinstance(gelu, nn.GELU) and gelu.approximate == "tanh":
             block.ffn = GeluQuantFfn(*ffn)
         fused += block.input_quant is not None or isinstance(block.ffn, GeluQuantFfn)
+    return fused
+
+
+def use_input_kernels(model: WanModel) -> int:
+    """Quantize the 8-bit linears' inputs with ``kernel_ops`` (DAX's kernels as custom ops, also under torch.compile)
+    instead of attaching them in eager runs and letting inductor generate them when compiled; run after
+    ``fuse_input_quantization``. Returns how many blocks' norms write only the quantized rows. Per instance."""
+    fused = 0
+    for block in model.blocks:
+        if block.input_quant is not None:
+            block.input_kernels = kernel_ops.QuantizingNorms()
+            fused += 1
+        for module in block.modules():
+            if isinstance(module, (QuantLinear, GeluQuantFfn)):
+                module.input_ops = True
     return fused

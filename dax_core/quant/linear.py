@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import ops, prequantized
+from . import kernel_ops
+from .kernel_ops import QuantizedRows
 from .numerics import dequantize, quantize, reference_linear
 from .qconfig import QConfig, QuantizationError
 
@@ -98,6 +100,9 @@ class QuantLinear(nn.Module):
         self.fast_accum = qconfig.fast_accum
         # each output row depends on its own input row alone (checked by sequence parallelism)
         self.token_local = qconfig.per_token
+        self.input_ops = False
+        """Quantize inputs with ``kernel_ops`` (DAX's kernels as custom ops, eager and compiled); set by
+        ``fused_inputs.use_input_kernels``."""
 
     @classmethod
     def from_linear(
@@ -117,7 +122,15 @@ class QuantLinear(nn.Module):
         """The weight this layer multiplies by, in float32 ([N, K])."""
         return dequantize(self.qweight, self.weight_scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
+        """x [..., in_features], or its rows already quantized to this layer's activation dtype per token."""
+        if isinstance(x, QuantizedRows):
+            if x.q.dtype != self.activation_dtype or not self.per_token:
+                raise ValueError(
+                    f"{self.qconfig.describe()} linear given rows quantized to {x.q.dtype}: a block's input_quant "
+                    "names a dtype its linears do not take (set it with dax_core.quant.fused_inputs)"
+                )
+            return self.forward_quantized(x.q, x.scale, x.dtype).reshape(*x.shape[:-1], self.out_features)
         qx, x_scale = self.quantize_input(x)
         return self.forward_quantized(qx, x_scale, x.dtype).reshape(*x.shape[:-1], self.out_features)
 
@@ -125,7 +138,8 @@ class QuantLinear(nn.Module):
         """(q [rows, in_features], scale) of ``x`` [..., in_features], as ``numerics.quantize`` makes them.
 
         Eager CUDA, per token: the quantization a fused kernel attached to ``x`` (``prequantized``), else one
-        one-pass kernel (``fused_quant``); elsewhere, and under torch.compile (which fuses it), the PyTorch ops.
+        one-pass kernel (``fused_quant``); with ``kernel_ops``, that kernel as a custom op everywhere (the CPU runs
+        its PyTorch form); otherwise, and under torch.compile (which fuses it), the PyTorch ops.
         """
         x2 = x.reshape(-1, self.in_features)
         kernels = ops.row_quantizer(x) if self.per_token else None
@@ -133,8 +147,10 @@ class QuantLinear(nn.Module):
             attached = prequantized.take(x, self.activation_dtype)
             if attached is not None:
                 return attached
-            if kernels.fits(self.in_features):
-                return kernels.quantize_rows(x2, self.activation_dtype)
+        if self.input_ops and self.per_token:
+            return kernel_ops.quantize_rows(x2, self.activation_dtype, False)
+        if kernels is not None and kernels.fits(self.in_features):
+            return kernels.quantize_rows(x2, self.activation_dtype)
         return quantize(x2, self.activation_dtype, self.per_token)
 
     def forward_quantized(self, qx: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:

@@ -4,8 +4,9 @@ The owner listens (on 127.0.0.1 unless the group spans machines); every rank con
 they hold the group's secret without sending it: the server sends a random nonce, the client answers with
 ``HMAC-SHA256(secret, "client" | server nonce | client nonce)`` and its own nonce, the server answers with
 ``HMAC-SHA256(secret, "server" | client nonce | server nonce)``. A connection that fails this (no secret, a
-wrong one, or anything that is not the protocol) is refused and closed before any request is read from it.
-The secret reaches workers through the environment (``SECRET_ENV``), never on a command line.
+wrong one, or anything that is not the protocol, or too slow) is refused and closed before any request is read
+from it. The secret reaches a one-machine group's ranks on their stdin, those of a group spanning machines through
+their agent's environment (``SECRET_ENV``); never on a command line.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import queue
 import secrets
 import socket
 import threading
+import time
 from typing import Any
 
 import torch
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 SECRET_ENV = "DAX_GROUP_SECRET"
 ADDRESS_ENV = "DAX_CONTROL_ADDRESS"
+JOIN_FAILED = "could not join the worker group"
+"""How a rank that cannot join says why in its output (the owner quotes that line as the cause of a failed start)."""
 _HANDSHAKE_HEADER_LIMIT = 4096  # before authentication a peer may only send a small header and no tensors
 
 
@@ -78,50 +83,103 @@ class Channel:
         return recv_message(self.sock)
 
     def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        _shutdown(self.sock)
         self.sock.close()
 
 
 class ControlServer:
-    """Listens for the ranks of one group and authenticates each connection."""
+    """Listens for the ranks of one group and authenticates each connection, many at once.
 
-    def __init__(self, secret: str, host: str = "127.0.0.1", port: int = 0, handshake_timeout_s: float = 10.0) -> None:
+    A thread accepts connections; each one's handshake runs on a thread of its own with an absolute deadline
+    (``handshake_timeout_s``), so a stranger's idle or slow connections cannot hold up the group's ranks.
+    Authenticated channels wait in a queue for ``accept``.
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        handshake_timeout_s: float = 10.0,
+        max_pending: int = 256,
+    ) -> None:
         self._secret = _secret_bytes(secret)
         self._handshake_timeout_s = handshake_timeout_s
-        self._listener = socket.create_server((host, port), backlog=64)
-        self.refused = 0  # connections refused so far (failed or malformed handshakes)
+        self._max_pending = max_pending
+        self._listener = socket.create_server((host, port), backlog=128)
+        self._listener.settimeout(0.1)  # the accepting thread looks at its deadlines and at close() this often
+        self._joined: queue.Queue[Channel] = queue.Queue()
+        self._pending: dict[socket.socket, float] = {}  # handshakes in progress -> their deadline (monotonic)
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self.refused = 0  # connections refused so far (failed, malformed, too slow or too many handshakes)
+        self._acceptor = threading.Thread(target=self._accept_loop, name="dax-control-accept", daemon=True)
+        self._acceptor.start()
 
     @property
     def address(self) -> tuple[str, int]:
         host, port = self._listener.getsockname()[:2]
         return host, port
 
-    def fileno(self) -> int:
-        return self._listener.fileno()
+    def accept(self, timeout: float | None = None) -> Channel | None:
+        """The next authenticated channel, or None if none came within ``timeout`` seconds."""
+        try:
+            return self._joined.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
-    def accept(self) -> Channel | None:
-        """Accept one pending connection; the authenticated channel, or None if it was refused.
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            self._expire_handshakes()
+            try:
+                sock, addr = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._closed.is_set():
+                    return
+                continue
+            with self._lock:
+                crowded = len(self._pending) >= self._max_pending
+                if not crowded:
+                    self._pending[sock] = time.monotonic() + self._handshake_timeout_s
+            if crowded:
+                self._count_refused(addr, f"{self._max_pending} handshakes already pending")
+                sock.close()
+                continue
+            threading.Thread(target=self._handshake_one, args=(sock, addr), name="dax-control-handshake",
+                             daemon=True).start()  # fmt: skip
 
-        Any failure during the handshake refuses the connection: the peer is not authenticated yet, so whatever
-        it sent must not stop the server from accepting the group's real ranks.
-        """
-        sock, addr = self._listener.accept()
+    def _expire_handshakes(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            late = [sock for sock, deadline in self._pending.items() if now > deadline]
+        for sock in late:  # wakes the handshake's blocked read, which then fails and refuses the connection
+            _shutdown(sock)
+
+    def _handshake_one(self, sock: socket.socket, addr: Any) -> None:
         sock.settimeout(self._handshake_timeout_s)
         try:
             peer = self._handshake(sock)
         except Exception as e:
-            self.refused += 1
-            log.warning(
-                "control channel: refused a connection from %s:%s: %s: %s", addr[0], addr[1], type(e).__name__, e
-            )
+            # the peer is not authenticated: whatever it sent must not stop the server from taking the real ranks
+            self._count_refused(addr, f"{type(e).__name__}: {e}")
             sock.close()
-            return None
+            return
+        finally:
+            with self._lock:
+                self._pending.pop(sock, None)
+        if self._closed.is_set():
+            sock.close()
+            return
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return Channel(sock, peer)
+        self._joined.put(Channel(sock, peer))
+
+    def _count_refused(self, addr: Any, why: str) -> None:
+        with self._lock:
+            self.refused += 1
+        log.warning("control channel: refused a connection from %s:%s: %s", addr[0], addr[1], why)
 
     def _handshake(self, sock: socket.socket) -> dict[str, Any]:
         server_nonce = secrets.token_hex(16)
@@ -148,7 +206,23 @@ class ControlServer:
             pass
 
     def close(self) -> None:
+        """Stop listening; pending handshakes are cut and authenticated channels nobody took are closed."""
+        self._closed.set()
+        self._acceptor.join(timeout=5.0)
         self._listener.close()
+        with self._lock:
+            pending = list(self._pending)
+        for sock in pending:
+            _shutdown(sock)
+        while (channel := self.accept(timeout=0)) is not None:
+            channel.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def connect(address: tuple[str, int], secret: str, hello: dict[str, Any], timeout_s: float = 30.0) -> Channel:

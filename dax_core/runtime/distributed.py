@@ -1,8 +1,9 @@
 """Joining a process group and building the engine on one rank: shared by worker-group ranks and ``generate``.
 
-Ranks are started by PyTorch's launcher (``torch.distributed.run``), which sets RANK, WORLD_SIZE, LOCAL_RANK and
-LOCAL_WORLD_SIZE. On GPUs each rank takes the GPU of its local rank and joins with NCCL; on CPU with gloo. The
-collective timeout is bounded so that a hung or dead peer turns into an error on every other rank.
+Ranks are started by a one-machine worker group's owner or by PyTorch's launcher (``torchrun``); either sets RANK,
+WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE. On GPUs each rank takes the GPU of its local rank and joins with NCCL;
+on CPU with gloo. The collective timeout is bounded so that a hung or dead peer turns into an error on every other
+rank at last (a worker group's owner tells them sooner, by their heartbeats).
 """
 
 from __future__ import annotations
@@ -17,13 +18,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..accelerations import STEP_CACHE_KINDS
-from ..attention.radial_config import RadialConfig
-from ..compile import CompileConfig
+from ..models.loading import inspect_weights
 from ..parallel import ParallelConfig, enable_sequence_parallel
-from ..parallel.config import step_cache_refused
-from ..quant.config import QuantizeConfig
 from ..recipe import Recipe
+from ..rules import check_recipe
 from .engine import WanEngine
 
 log = logging.getLogger(__name__)
@@ -35,7 +33,6 @@ __all__ = [
     "ParallelConfig",
     "RankEnv",
     "build_engine",
-    "check_recipe_layout",
     "init_process_group",
     "parallel_from_dict",
 ]
@@ -80,14 +77,21 @@ class RankEnv:
         return torch.device("cuda", self.local_rank)
 
 
-def init_process_group(env: RankEnv, device: torch.device, timeout_s: float) -> None:
-    """Join the launcher's process group: NCCL on a GPU, gloo on the CPU, collectives bounded by ``timeout_s``."""
+def init_process_group(env: RankEnv, device: torch.device, timeout_s: float, store_file: str | None = None) -> None:
+    """Join the group: NCCL on a GPU, gloo on the CPU, collectives bounded by ``timeout_s``.
+
+    ``store_file``: the rendezvous is a file (``FileStore``) in a directory only the owner's user can open, as a
+    one-machine worker group makes it; None: the launcher's (``torchrun``: MASTER_ADDR / MASTER_PORT).
+    """
     timeout = timedelta(seconds=timeout_s)
+    where: dict[str, Any] = {}
+    if store_file is not None:
+        where = {"store": dist.FileStore(store_file, env.world_size), "rank": env.rank, "world_size": env.world_size}
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", timeout=timeout, device_id=device)
+        dist.init_process_group("nccl", timeout=timeout, device_id=device, **where)
     else:
-        dist.init_process_group("gloo", timeout=timeout)
+        dist.init_process_group("gloo", timeout=timeout, **where)
     log.info("rank %d of %d joined the process group on %s", env.rank, env.world_size, device)
 
 
@@ -101,37 +105,17 @@ def parallel_to_dict(cfg: ParallelConfig | None) -> dict[str, Any] | None:
 
 def build_engine(recipe: Recipe, device: torch.device, parallel: ParallelConfig | None) -> WanEngine:
     """The recipe's engine on ``device``; with a parallel layout its forward is split over the process group
-    (the whole world), which the accelerations are given too (a step cache decides alike on every rank)."""
+    (the whole world), which the accelerations are given too (a step cache decides alike on every rank).
+
+    The recipe and the layout are checked against the weights file's header first (``dax_core.rules``, what the
+    owner of a worker group checked already), before any weight is loaded."""
+    check_recipe(recipe, inspect_weights(recipe.weights).spec, parallel)
     if parallel is None or parallel.world_size == 1:
         return WanEngine.build(recipe, device)
     engine = WanEngine.build(recipe, device, sequence_group=dist.group.WORLD)
-    parallel.validate_for(engine.model.spec)
     enable_sequence_parallel(engine.model, parallel)
     engine.parallel = parallel
     return engine
-
-
-def check_recipe_layout(recipe: Recipe, parallel: ParallelConfig | None) -> None:
-    """Raise ValueError if ``recipe``'s accelerations cannot run split as ``parallel``, from the recipe alone.
-
-    The ranks refuse the same (with the same words) only once each has loaded the weights, minutes at 14B: the
-    owner of a worker group checks first. Per-tensor activation scales differ on a slice of the tokens; CUDA graphs
-    cannot hold the collectives; a step cache needs both guidance branches on every rank, which CFG-parallel splits;
-    ring attention needs a radial kernel that returns the log-sum-exp.
-    """
-    if parallel is None or parallel.world_size == 1:  # build_engine splits nothing then
-        return
-    quantize = recipe.acceleration(QuantizeConfig.kind)
-    if isinstance(quantize, QuantizeConfig):
-        quantize.check_world_size(parallel.world_size)
-    compile_config = recipe.acceleration(CompileConfig.kind)
-    if isinstance(compile_config, CompileConfig):
-        compile_config.check_world_size(parallel.world_size)
-    if parallel.cfg_parallel and any(a.kind in STEP_CACHE_KINDS for a in recipe.accelerations):
-        raise ValueError(step_cache_refused())
-    radial = recipe.acceleration(RadialConfig.kind)
-    if isinstance(radial, RadialConfig):
-        radial.check_layout(parallel.ring)
 
 
 SEQUENCE_PARALLEL_MODES = ("ulysses", "ring", "hybrid")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,13 +13,13 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
-from ..accelerations import STEP_CACHE_KINDS, BuildEnv, apply_accelerations
+from ..accelerations import BuildEnv, apply_accelerations
 from ..attention.schedule import DensityReport
 from ..cache.base import StepCacheReport
-from ..models.spec import WanSpec
 from ..models.wan import WanModel
 from ..parallel.config import ParallelConfig
 from ..recipe import Recipe
+from ..rules import STEP_CACHE_KINDS, check_request, check_sampling
 from . import latents
 from .samplers import DISCARDS_PENULTIMATE_SIGMA, SAMPLERS, final_sigma, inverse_noise_scaling, noise_scaling, sample
 from .schedules import SCHEDULERS, check_sigmas, ksampler_sigmas, sigma_to_timestep, step_range
@@ -29,6 +28,8 @@ log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after every step with (step index, total steps, current latent in model space)."""
+BlockCallback = Callable[[int, int], None]
+"""Called after every transformer block with (block index, blocks of the model)."""
 FEW_STEPS = 8
 """Schedules of at most this many steps (a cut of a longer one is not one) run without their step cache: each step
 carries at least an eighth of the denoising, and TeaCache's and MagCache's published settings are made for 20-50
@@ -73,48 +74,9 @@ class SampleRequest:
     sigmas: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.latent.ndim != 5:
-            raise ValueError(
-                f"expected a video latent [B, 16, frames, height, width], got shape {tuple(self.latent.shape)}: "
-                "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
-            )
-        for name in ("positive", "negative"):
-            t = getattr(self, name)
-            if t is not None and t.ndim != 3:
-                raise ValueError(f"{name} text embedding must be [B, tokens, width], got {tuple(t.shape)}")
-            if t is not None and t.shape[0] not in (1, self.latent.shape[0]):
-                raise ValueError(f"{name} batch {t.shape[0]} does not match the latent batch {self.latent.shape[0]}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if not math.isfinite(self.cfg) or self.cfg < 0:
-            raise ValueError(f"cfg must be a finite number >= 0, got {self.cfg}")
-        if self.cfg != 1.0 and self.negative is None:
-            raise ValueError("cfg != 1 needs a negative prompt embedding")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-        if not 0 <= self.seed < 2**64:
-            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
-        if not (isinstance(self.denoise, (int, float)) and math.isfinite(self.denoise) and 0 < self.denoise <= 1):
-            raise ValueError(
-                f"denoise must be in (0, 1], got {self.denoise!r}: 1 samples from pure noise, lower values keep more "
-                "of the input latent (video-to-video)"
-            )
-        for name in ("add_noise", "return_with_leftover_noise"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("start_at_step", "end_at_step"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{name} must be an integer step index, got {value!r}")
+        check_sampling(self, SAMPLERS, SCHEDULERS)
         if self.sigmas is not None:
             check_sigmas(self.sigmas, "the sigmas input")
-            if self.denoise != 1.0:
-                raise ValueError(
-                    "denoise applies to the scheduler's sigmas; with a sigmas input, cut the sigmas instead "
-                    "(SplitSigmasDenoise) and leave denoise at 1"
-                )
         self.run_sigmas()  # a bad step range fails here, before any step
 
     def run_sigmas(self) -> torch.Tensor:
@@ -137,38 +99,6 @@ class SampleRequest:
     def batches_branches(self) -> bool:
         """Whether both guidance branches run in one forward: their text embeddings batch when of equal length."""
         return self.uses_cfg and self.negative is not None and self.negative.shape[1] == self.positive.shape[1]
-
-
-def check_request(req: SampleRequest, spec: WanSpec, parallel: ParallelConfig | None = None) -> None:
-    """Raise ValueError, saying what to change, if ``req`` cannot run on a model of ``spec`` split as ``parallel``.
-
-    The engine checks every request before its first step, and a worker group's owner before the request reaches
-    any rank: inside the ranks the same error would end the whole group, and the next prompt would load the
-    weights again on every GPU.
-    """
-    spec.check_latent(req.latent.shape)
-    spec.check_text(req.positive.shape, "the positive text embedding")
-    if req.uses_cfg and req.negative is not None:
-        spec.check_text(req.negative.shape, "the negative text embedding")
-    if parallel is None or not parallel.cfg_parallel:
-        return
-    # CFG-parallel gives each half of the GPUs half of every forward's batch rows: the conditional or the
-    # unconditional ones when both branches are batched, else half of the latent's own rows
-    batch = req.latent.shape[0]
-    rows = 2 * batch if req.batches_branches else batch
-    if rows % 2 == 0:
-        return
-    if not req.uses_cfg:
-        raise ValueError(
-            "cfg_parallel runs the positive and the negative branch on two halves of the GPUs, but cfg is 1, which "
-            "runs the positive branch alone: set cfg above 1 or turn cfg_parallel off"
-        )
-    raise ValueError(
-        f"cfg_parallel runs both guidance branches in one forward, which needs text embeddings of the same length, "
-        f"but the positive one has {req.positive.shape[1]} tokens and the negative one {req.negative.shape[1]}: "
-        "ComfyUI's Wan text encoder pads every prompt to 512 tokens, so shorten the longer prompt to 512 tokens, "
-        "or turn cfg_parallel off"
-    )
 
 
 @dataclass(frozen=True)
@@ -345,18 +275,21 @@ class WanEngine:
         return denoise
 
     @torch.inference_mode()
-    def sample(self, req: SampleRequest, on_step: StepCallback | None = None) -> SampleResult:
+    def sample(
+        self, req: SampleRequest, on_step: StepCallback | None = None, on_block: BlockCallback | None = None
+    ) -> SampleResult:
         """Run the sampling loop and return ComfyUI's (un-normalised) latent with the timing.
 
-        A schedule of at most ``FEW_STEPS`` steps computes every step, without the model's step cache (the summary
-        says so)."""
+        ``on_block`` is called after every transformer block of every forward of this run (it may raise to stop the
+        run there, e.g. a cancel agreed by every rank of a worker group mid-step). A schedule of at most
+        ``FEW_STEPS`` steps computes every step, without the model's step cache (the summary says so)."""
         if not self.usable:
             raise RuntimeError(f"this engine is unusable: {self._unusable}; build it again")
         check_request(req, self.model.spec, self.parallel)
         cache = self.model.step_cache
         steps = req.steps if req.sigmas is None else len(req.sigmas) - 1  # of the whole schedule, not of a cut
         if cache is None or steps > FEW_STEPS:
-            return self._sample(req, on_step, self.lora_lines)
+            return self._sample(req, on_step, on_block, self.lora_lines)
         note = (
             f"{cache.name} is off for this {steps}-step schedule: at {FEW_STEPS} steps or fewer every step carries "
             f"too much of the denoising to be skipped (step caches are made for 20-50 steps), so every step ran; "
@@ -365,11 +298,17 @@ class WanEngine:
         log.warning(note)
         self.model.step_cache = None
         try:
-            return self._sample(req, on_step, (*self.lora_lines, note))
+            return self._sample(req, on_step, on_block, (*self.lora_lines, note))
         finally:
             self.model.step_cache = cache
 
-    def _sample(self, req: SampleRequest, on_step: StepCallback | None, notes: tuple[str, ...]) -> SampleResult:
+    def _sample(
+        self,
+        req: SampleRequest,
+        on_step: StepCallback | None,
+        on_block: BlockCallback | None,
+        notes: tuple[str, ...],
+    ) -> SampleResult:
         sigmas = req.run_sigmas()
         if req.add_noise:
             noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
@@ -406,9 +345,11 @@ class WanEngine:
             layer_schedule.start_run(steps, first_step=req.start_at_step)
         if per_run:
             denoise = _announcing_steps(denoise, per_run)
+        self.model.block_hook = on_block
         try:
             x = sample(req.sampler, denoise, x, sigmas, seed=req.seed, callback=step_done)
         finally:
+            self.model.block_hook = None
             if cache is not None:
                 report = cache.end_run()  # also after a cancelled run: the residuals are released
             if layer_schedule is not None:

@@ -74,6 +74,16 @@ class EngineCache(Generic[E]):
             self._engines[key] = engine
         return engine
 
+    def release(self, engine: E) -> bool:
+        """Drop ``engine`` now (someone else decided its memory is needed, e.g. ComfyUI's "Unload models"); whether it
+        was cached. The next ``get`` for its recipe builds it again."""
+        with self._lock:
+            key = next((k for k, e in self._engines.items() if e is engine), None)
+            if key is None:
+                return False
+            self._drop(key)
+            return True
+
     def clear(self) -> None:
         with self._lock:
             for key in list(self._engines):

@@ -34,7 +34,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..lora import lora_ref
+from ..lora.merge import recipe_deltas
+from ..models.loading import inspect_weights
 from ..recipe import COMPUTE_DTYPES, WEIGHT_DTYPES, LoraRef, Recipe
+from ..rules import check_run
 from .distributed import ParallelConfig, RankEnv, build_engine, init_process_group
 from .engine import SampleRequest
 from .samplers import SAMPLERS
@@ -151,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         request = _request(args)
         loras = tuple(lora_from_arg(arg) for arg in args.lora)
         recipe = Recipe(args.weights, args.weight_dtype, args.compute_dtype, loras=loras)
+        spec = inspect_weights(args.weights).spec
+        check_run(recipe, spec, request, layout)  # before joining or loading anything
+        recipe_deltas(recipe, spec)  # and the LoRA files against the model, from their headers
     except ValueError as e:
         parser.error(str(e))
     device = env.device(args.device)

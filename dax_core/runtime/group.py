@@ -1,35 +1,37 @@
-"""A worker group: N processes, started by PyTorch's launcher, that hold one engine and sample on request.
+"""A worker group: N processes that hold one engine and sample on request.
 
-The owner (ComfyUI's process, or any Python program) starts ``torch.distributed.run`` as a subprocess in a session
-of its own, with ``--max-restarts 0`` and a c10d rendezvous; the launcher starts the ranks
-(``dax_core.runtime.worker``), which connect back to the owner's control channel, authenticate with the group's
-secret (passed in the environment) and build the engine from the recipe. The group then serves any number of
-prompts until ``close()``, and takes a new recipe in the same processes (``use_recipe``: new LoRAs merge into the
-built engines).
+The owner (ComfyUI's process, or any Python program) checks the recipe and the layout against the weights file's
+header (``dax_core.rules``), then starts the ranks (``dax_core.runtime.launch``: itself on one machine, through
+``torch.distributed.run`` agents across machines); the ranks (``dax_core.runtime.worker``) connect back to the
+owner's control channel, authenticate with the group's secret and build the engine from the recipe. The group then
+serves any number of prompts until ``close()``, and takes a new recipe in the same processes (``use_recipe``: new
+LoRAs merge into the built engines).
 
 Failure model: a rank that raises reports its traceback and exits; a rank that dies drops its connection; a rank
-that hangs makes its peers' collectives time out (``collective_timeout_s``) so they raise. Any of these ends the
-run with a ``WorkerGroupError`` naming the rank, and tears the whole group down (every process of the launch is
-killed, so GPU memory returns to the driver): a group is never reused after a failure. A cancel is not a failure:
-the ranks stop together at the next step boundary and the group stays up. Neither is a request the model cannot run:
-``sample`` refuses it (``check_request``) before any rank sees it.
+that is stopped or frozen stops sending heartbeats, and one that hangs while alive stops making progress
+(``dax_core.runtime.liveness``): both are told within the limits of ``GroupConfig.liveness``, long before a
+collective's own timeout. Any of these ends the run with a ``WorkerGroupError`` naming the rank and what it was
+doing, and tears the whole group down (every process it started is killed, so GPU memory returns to the driver): a
+group is never reused after a failure. A cancel is not a failure: the ranks stop together at the next block or step
+and the group stays up; only ranks that do not stop within ``Liveness.cancel_s`` make the owner take the group down
+(the run still ends as cancelled). Neither is a request the model cannot run: ``sample`` refuses it before any rank
+sees it.
 
-A group may span machines (``nnodes`` > 1): the owner's launcher is one agent of the rendezvous, the other machines
-each start one with ``agent_command`` (the same recipe file must exist at the same path on every machine).
+A group may span machines (``nnodes`` > 1): the owner's agent is one agent of the c10d rendezvous, the other
+machines each start one with ``agent_command`` (the same recipe file must exist at the same path on every machine).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import selectors
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -37,26 +39,39 @@ import psutil
 from ..lora.merge import recipe_deltas
 from ..models.loading import inspect_weights
 from ..recipe import Recipe
-from .control import ADDRESS_ENV, SECRET_ENV, Channel, ControlServer, new_secret
-from .distributed import DEVICE_KINDS, ParallelConfig, check_recipe_layout, parallel_to_dict
-from .engine import SampleRequest, SampleResult, check_request
+from ..rules import check_recipe, check_request
+from . import launch
+from .control import SECRET_ENV, Channel, ControlServer, new_secret
+from .distributed import DEVICE_KINDS, ParallelConfig, parallel_to_dict
+from .engine import SampleRequest, SampleResult
 from .failures import RankEvent, explain, primary_event
-from .processes import LaunchedProcess
+from .launch import agent_command, agent_environment
+from .liveness import HEARTBEAT_KIND, Liveness, Watchdog
 from .sample_messages import request_fields, result_from_message
 from .wire import Message, ProtocolError
 
 log = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding dax_core, put on the workers' PYTHONPATH
 WORKER_MODULE = "dax_core.runtime.worker"
-ABANDON_GRACE_S = 30.0
-"""After a cancel, how long past the collective timeout the ranks may take to stop before the group is taken down."""
 ProgressCallback = Callable[[int, int], None]
 """Called with (steps done, total steps) after every step."""
 
+__all__ = [
+    "GroupConfig",
+    "Liveness",
+    "SampleCancelled",
+    "StartCancelled",
+    "WorkerError",
+    "WorkerGroup",
+    "WorkerGroupError",
+    "agent_command",
+    "agent_environment",
+    "free_port",
+]
+
 
 class WorkerGroupError(RuntimeError):
-    """The group failed (a rank raised, died or hung) and was torn down; the next group starts fresh."""
+    """The group failed (a rank raised, died, stopped or hung) and was torn down; the next group starts fresh."""
 
 
 class StartCancelled(Exception):
@@ -74,31 +89,36 @@ class WorkerError(WorkerGroupError):
 
 
 class SampleCancelled(Exception):
-    """Every rank stopped at the same step boundary after a cancel; the group is still usable."""
+    """The run was cancelled. ``group_lost``: False when every rank stopped at the same point (the group is still
+    usable), True when some did not stop in time and the group was taken down (the next run starts a fresh one)."""
 
-    def __init__(self, step: int) -> None:
-        super().__init__(f"sampling cancelled after step {step}")
+    def __init__(self, step: int, group_lost: bool = False) -> None:
+        lost = "; the ranks did not stop in time, so the group was taken down" if group_lost else ""
+        super().__init__(f"sampling cancelled after step {step}{lost}")
         self.step = step
+        self.group_lost = group_lost
 
 
 @dataclass(frozen=True)
 class GroupConfig:
-    """Where and how a group runs. Two groups with equal configs (and recipes) are interchangeable."""
+    """Where and how a group runs. Two groups with equal configs (and recipes) are interchangeable; ``liveness``
+    only changes how the owner watches them (a sample may pass its own)."""
 
     nproc_per_node: int
     device: str = "cuda"  # "cuda": one GPU per process, NCCL; "cpu": gloo (for tests and CPU-only machines)
     parallel: ParallelConfig | None = None
     cuda_devices: tuple[int, ...] | None = None  # CUDA_VISIBLE_DEVICES of the workers; None inherits the owner's
     nnodes: int = 1
-    rdzv_endpoint: str | None = None  # HOST:PORT of the c10d rendezvous; None: 127.0.0.1 and a free port
-    rdzv_id: str = "dax-worker-group"  # every agent of the group passes the same one
+    rdzv_endpoint: str | None = None  # nnodes > 1: HOST:PORT of the c10d rendezvous every agent joins
+    rdzv_id: str = "dax-worker-group"  # nnodes > 1: every agent of the group passes the same one
     control_host: str = "127.0.0.1"  # where the control channel listens; another machine's ranks must reach it
     control_port: int = 0  # 0: a free port (a multi-machine group needs a fixed one for the other agents)
-    local_addr: str | None = None  # this machine's address for the other ranks; None: 127.0.0.1 on one machine
-    collective_timeout_s: float = 600.0
+    local_addr: str | None = None  # nnodes > 1: this machine's address for the other ranks
+    collective_timeout_s: float = 600.0  # the last resort: a collective waiting this long raises on its rank
     start_timeout_s: float = 900.0
+    liveness: Liveness = field(default_factory=Liveness)
     worker_module: str = WORKER_MODULE
-    env: tuple[tuple[str, str], ...] = field(default=())  # extra environment for the launcher and the workers
+    env: tuple[tuple[str, str], ...] = field(default=())  # extra environment for the workers (and the agent)
 
     def __post_init__(self) -> None:
         if not isinstance(self.nproc_per_node, int) or self.nproc_per_node < 1:
@@ -119,39 +139,20 @@ class GroupConfig:
                 "a group spanning machines needs a fixed rendezvous endpoint (rdzv_endpoint=HOST:PORT) and a fixed "
                 "control_port, so the agents on the other machines can be started before it"
             )
+        if self.nnodes == 1 and self.rdzv_endpoint is not None:
+            raise ValueError(
+                "rdzv_endpoint is for a group spanning machines (nnodes > 1); a one-machine group meets through a "
+                "private file of its owner: leave it None"
+            )
         for name in ("collective_timeout_s", "start_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not isinstance(self.liveness, Liveness):
+            raise ValueError(f"liveness must be a dax_core.runtime.liveness.Liveness, got {self.liveness!r}")
 
     @property
     def world_size(self) -> int:
         return self.nnodes * self.nproc_per_node
-
-
-def agent_command(config: GroupConfig, rdzv_endpoint: str, python: str = sys.executable) -> list[str]:
-    """The ``torch.distributed.run`` agent of one machine of the group (the same on every machine)."""
-    local_addr = config.local_addr or ("127.0.0.1" if config.nnodes == 1 else None)
-    cmd = [python, "-m", "torch.distributed.run", "--nnodes", str(config.nnodes)]
-    cmd += ["--nproc-per-node", str(config.nproc_per_node), "--rdzv-backend", "c10d"]
-    cmd += ["--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", config.rdzv_id, "--max-restarts", "0"]
-    cmd += ["--monitor-interval", "0.1"]
-    cmd += ["--local-addr", local_addr] if local_addr else []
-    return [*cmd, "-m", config.worker_module]
-
-
-def agent_environment(config: GroupConfig, control_address: str, secret: str) -> dict[str, str]:
-    """The environment of a launcher agent: the control address, the secret and the path to dax_core."""
-    env = dict(os.environ)
-    env.update(config.env)
-    env[ADDRESS_ENV] = control_address
-    env[SECRET_ENV] = secret
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    if config.cuda_devices is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in config.cuda_devices)
-    if config.device == "cpu" and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.nproc_per_node))
-    return env
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -168,9 +169,13 @@ class _Run:
     pending: set[int]
     result: SampleResult | None = None
     cancelled_at: int | None = None
-    cancel_sent: bool = False
+    cancel_deadline: float | None = None  # monotonic; set when the cancel went out
     last_step: int = 0
     """The last step rank 0 reported done."""
+
+    @property
+    def cancel_sent(self) -> bool:
+        return self.cancel_deadline is not None
 
 
 @dataclass
@@ -200,8 +205,10 @@ class WorkerGroup:
     ) -> None:
         """``should_cancel`` is asked while the ranks connect and build the engine: once it answers True the start
         stops, everything started is taken down, and ``StartCancelled`` is raised."""
-        check_recipe_layout(recipe, config.parallel)  # before any process starts and loads the weights
-        recipe_deltas(recipe)  # and its LoRA files, which every rank would refuse alike
+        # before any process starts and loads the weights: what the ranks would refuse, from the file's header
+        self.spec = inspect_weights(recipe.weights).spec
+        check_recipe(recipe, self.spec, config.parallel)
+        recipe_deltas(recipe, self.spec)  # its LoRA files (headers, fingerprints), which every rank would refuse alike
         self.recipe = recipe
         self.config = config
         self._secret = secret or self._default_secret(config)
@@ -210,7 +217,7 @@ class WorkerGroup:
         self._next_id = 0
         self._failed: str | None = None
         self._closed = False
-        self._tree: list[psutil.Process] = []
+        self._watchdog: Watchdog | None = None
         self.run_id = uuid.uuid4().hex[:12]
         self._server = ControlServer(self._secret, config.control_host, config.control_port)
         self._selector = selectors.DefaultSelector()
@@ -218,23 +225,14 @@ class WorkerGroup:
         self.control_address = f"{host}:{port}"
         started = time.monotonic()
         try:
-            self.rdzv_endpoint = config.rdzv_endpoint or f"127.0.0.1:{free_port()}"
-            self._launcher = LaunchedProcess(
-                agent_command(config, self.rdzv_endpoint),
-                agent_environment(config, self.control_address, self._secret),
-                log_name="dax_core.workers",
-            )
+            self._launch = launch.start(config, self.control_address, self._secret)
         except BaseException:
             self._selector.close()
             self._server.close()
             raise
         try:
             self._connect_ranks(started + config.start_timeout_s)
-            # the ranks' processes, taken while the launcher runs: if it dies from here on, they are still found
-            self._tree = self._launcher.descendants()
-            self._setup()
-            # the ranks built the model from these weights (on this machine too): its size, for check_request
-            self.spec = inspect_weights(recipe.weights).spec
+            self._setup(started + config.start_timeout_s)
         except BaseException:
             self._teardown()
             raise
@@ -263,25 +261,25 @@ class WorkerGroup:
 
     @property
     def alive(self) -> bool:
-        """Started, not closed, not failed, and the launcher still running."""
-        return not self._closed and self._failed is None and self._launcher.poll() is None
+        """Started, not closed, not failed, and every process still running."""
+        return not self._closed and self._failed is None and not self._launch.exited()
 
     @property
     def worker_pids(self) -> dict[int, int]:
         """rank -> pid (on its own machine)."""
         return {r.rank: r.pid for r in self._ranks.values()}
 
-    @property
-    def launcher_pid(self) -> int:
-        return self._launcher.pid
+    def processes(self) -> list[psutil.Process]:
+        """Every process of the group on this machine, while it is up (ranks, or the agent and its workers)."""
+        return self._launch.processes()
 
     # -- start-up ----------------------------------------------------------------------------------------------
 
     def _connect_ranks(self, deadline: float) -> None:
         world = self.config.world_size
-        self._selector.register(self._server, selectors.EVENT_READ)
+        doing = "while the ranks were connecting"
         while len(self._ranks) < world:
-            self._check_launcher("while the ranks were connecting")
+            self._check_processes(doing)
             self._check_start_cancelled()
             if time.monotonic() > deadline:
                 raise WorkerGroupError(
@@ -289,9 +287,7 @@ class WorkerGroup:
                     + ("; are the agents on the other machines running?" if self.config.nnodes > 1 else "")
                     + self._log_tail()
                 )
-            if not self._selector.select(timeout=0.1):
-                continue
-            channel = self._server.accept()
+            channel = self._server.accept(timeout=0.1)
             if channel is None:
                 continue
             peer = channel.peer
@@ -308,28 +304,35 @@ class WorkerGroup:
                 channel.close()
                 continue
             self._ranks[rank] = _Rank(channel, rank, int(peer.get("pid", -1)), str(peer.get("host", "?")))
-        self._selector.unregister(self._server)
         self._server.close()  # every rank is here: nobody else may connect
+        if isinstance(self._launch, launch.AgentLaunch):
+            self._launch.joined()
         for r in self._ranks.values():
             self._selector.register(r.channel, selectors.EVENT_READ, r)
+        names = {r.rank: r.describe() for r in self._ranks.values()}
+        self._watchdog = Watchdog(self.config.liveness, names, time.monotonic())
 
-    def _setup(self) -> None:
+    def _setup(self, deadline: float) -> None:
         setup = {
             "recipe": self.recipe.to_dict(),
             "parallel": parallel_to_dict(self.config.parallel),
             "device": self.config.device,
             "collective_timeout_s": self.config.collective_timeout_s,
+            "heartbeat_s": self.config.liveness.heartbeat_s,
         }
         for r in self._ranks.values():
             r.channel.send("setup", **setup)
-        self._await_ready("while the ranks were building the engine", self._check_start_cancelled)
+        self._await_ready("while the ranks were building the engine", deadline, self._check_start_cancelled)
 
-    def _await_ready(self, doing: str, check: Callable[[], None] | None = None) -> None:
-        """Until every rank said "ready"; anything else from a rank fails the group."""
+    def _await_ready(self, doing: str, deadline: float, check: Callable[[], None] | None = None) -> None:
+        """Until every rank said "ready" (by ``deadline``); anything else from a rank fails the group."""
         waiting = set(self._ranks)
         while waiting:
             if check is not None:
                 check()
+            if time.monotonic() > deadline:
+                ranks = ", ".join(self._ranks[i].describe() for i in sorted(waiting))
+                self._take_down(f"{ranks} did not build the engine within {self.config.start_timeout_s:.0f} s", doing)
             for r, msg in self._receive(0.1, doing):
                 if msg.kind == "ready":
                     waiting.discard(r.rank)
@@ -340,57 +343,80 @@ class WorkerGroup:
         if self._should_cancel is not None and self._should_cancel():
             raise StartCancelled(f"worker group {self.run_id}: start cancelled; nothing of it is left running")
 
+    # -- sampling ----------------------------------------------------------------------------------------------
+
     def use_recipe(self, recipe: Recipe) -> None:
         """Serve ``recipe`` from now on, in the same processes: every rank takes it on its built engine (other LoRAs
-        are merged again in place: ``WanEngine.use_loras_of``) or builds its engine again from it. A rank that fails
-        fails the group, as at start-up."""
+        are merged again in place: ``WanEngine.use_loras_of``) or builds its engine again from it. The recipe and its
+        LoRA files are checked here first; a rank that fails then fails the group, as at start-up."""
         if not self.alive:
             state = "down after a failure" if self._failed else "closed"
             raise WorkerGroupError(f"worker group {self.run_id} is {state}: start a new one")
         if recipe == self.recipe:
             return
-        check_recipe_layout(recipe, self.config.parallel)
         spec = inspect_weights(recipe.weights).spec
-        recipe_deltas(recipe, spec)  # LoRA files every rank would refuse alike (headers and fingerprints only)
+        check_recipe(recipe, spec, self.config.parallel)
+        recipe_deltas(recipe, spec)
         for r in self._ranks.values():
             r.channel.send("rebuild", recipe=recipe.to_dict())
-        self._await_ready("while the ranks were taking a new recipe")
+        deadline = time.monotonic() + self.config.start_timeout_s
+        self._await_ready("while the ranks were taking a new recipe", deadline)
         self.recipe, self.spec = recipe, spec
         log.info("worker group %s: every rank took the new recipe %s", self.run_id, recipe.fingerprint())
-
-    # -- sampling ----------------------------------------------------------------------------------------------
 
     def sample(
         self,
         req: SampleRequest,
         on_step: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        liveness: Liveness | None = None,
     ) -> SampleResult:
         """Run one request on every rank; raises ``SampleCancelled`` or ``WorkerGroupError``, or ValueError for a
         request the model cannot run, which is checked here: inside the ranks it would end the group.
 
-        If ``on_step`` or ``should_cancel`` raises (ComfyUI's progress hook raises on Cancel), the ranks are
-        cancelled and waited for before the exception goes on, so the group is ready for the next request.
+        ``liveness``: the limits this run is watched with (default: the config's; the heartbeat interval is the
+        one the ranks were started with). If ``on_step`` or ``should_cancel`` raises (ComfyUI's progress hook
+        raises on Cancel), the ranks are cancelled and waited for (at most ``cancel_s``, then the group is taken
+        down) before the exception goes on, so the group is ready for the next request.
         """
         if not self.alive:
             state = "down after a failure" if self._failed else "closed"
             raise WorkerGroupError(f"worker group {self.run_id} is {state}: start a new one")
         check_request(req, self.spec, self.config.parallel)
+        watch = dataclasses.replace(liveness or self.config.liveness, heartbeat_s=self.config.liveness.heartbeat_s)
         self._next_id += 1
         run = _Run(self._next_id, set(self._ranks))
         fields, tensors = request_fields(req)
-        for r in self._ranks.values():
-            try:
-                r.channel.send("request", tensors, id=run.request_id, **fields)
-            except OSError:
-                self._selector.unregister(r.channel)
-                self._fail(RankEvent(r.rank, r.describe(), "drop", time.time()), "while sending the request")
+        assert self._watchdog is not None
+        self._watchdog.start_run(watch, len(req.run_sigmas()) - 1, time.monotonic())
+        try:
+            for r in self._ranks.values():
+                try:
+                    r.channel.send("request", tensors, id=run.request_id, **fields)
+                except OSError:
+                    self._selector.unregister(r.channel)
+                    self._fail(RankEvent(r.rank, r.describe(), "drop", time.time()), "while sending the request")
+            return self._wait_for(run, req, on_step, should_cancel)
+        finally:
+            self._watchdog.end_run()
+
+    def _wait_for(
+        self,
+        run: _Run,
+        req: SampleRequest,
+        on_step: ProgressCallback | None,
+        should_cancel: Callable[[], bool] | None,
+    ) -> SampleResult:
         try:
             while run.pending:
                 self._follow(run, on_step)
                 if not run.cancel_sent and should_cancel is not None and should_cancel():
                     self._cancel(run)
-        except WorkerGroupError:
+                if run.pending and self._cancel_overdue(run):
+                    step = run.cancelled_at if run.cancelled_at is not None else run.last_step
+                    self._take_down_after_cancel(run)
+                    raise SampleCancelled(step, group_lost=True)
+        except (WorkerGroupError, SampleCancelled):
             raise
         except BaseException:
             self._abandon(run)
@@ -414,6 +440,8 @@ class WorkerGroup:
                 self._fail_with(r, msg, doing)
             elif msg.kind == "progress":
                 run.last_step = int(msg["step"])
+                if self._watchdog is not None:
+                    self._watchdog.step_done(run.last_step, time.monotonic())
                 progress.append((int(msg["step"]), int(msg["total"])))
             elif msg.kind == "result":
                 run.result = result_from_message(msg)
@@ -430,26 +458,37 @@ class WorkerGroup:
                 on_step(step, total)
 
     def _cancel(self, run: _Run) -> None:
-        run.cancel_sent = True
+        assert self._watchdog is not None
+        run.cancel_deadline = time.monotonic() + self._watchdog.liveness.cancel_s
         for r in self._ranks.values():
-            r.channel.send("cancel", id=run.request_id)
+            try:
+                r.channel.send("cancel", id=run.request_id)
+            except OSError:
+                pass  # a rank that is gone: the deadline takes the group down
+
+    def _cancel_overdue(self, run: _Run) -> bool:
+        return run.cancel_deadline is not None and time.monotonic() > run.cancel_deadline
+
+    def _take_down_after_cancel(self, run: _Run) -> None:
+        assert self._watchdog is not None
+        ranks = ", ".join(self._ranks[i].describe() for i in sorted(run.pending))
+        self._failed = f"{ranks} did not stop within {self._watchdog.liveness.cancel_s:g} s of a cancel"
+        log.warning("worker group %s taken down: %s", self.run_id, self._failed)
+        self._teardown()
 
     def _abandon(self, run: _Run) -> None:
-        """The caller gave up on ``run``: stop the ranks and wait until each has finished with it. Ranks stop at a
-        step boundary; one that never gets there (hung) makes the others' collectives time out, and one that
-        still has not answered a while after that takes the group down, so this never waits for ever."""
+        """The caller gave up on ``run``: stop the ranks and wait until each has finished with it. Ranks stop at the
+        next block or step; ranks that have not within ``cancel_s`` make the owner take the group down, so this
+        never waits long."""
         if not self.alive or not run.pending:
             return
-        deadline = time.monotonic() + self.config.collective_timeout_s + ABANDON_GRACE_S
         try:
             if not run.cancel_sent:
                 self._cancel(run)
             while run.pending:
-                if time.monotonic() > deadline:
-                    ranks = ", ".join(self._ranks[i].describe() for i in sorted(run.pending))
-                    self._failed = f"{ranks} did not stop after a cancel"
-                    self._teardown()
-                    raise WorkerGroupError(f"worker group {self.run_id} taken down: {self._failed}")
+                if self._cancel_overdue(run):
+                    self._take_down_after_cancel(run)
+                    return
                 self._follow(run, None)
             log.info("worker group %s: request %d stopped after step %d (the caller gave up)", self.run_id,
                      run.request_id, run.cancelled_at if run.cancelled_at is not None else run.last_step)  # fmt: skip
@@ -457,27 +496,42 @@ class WorkerGroup:
             log.warning("worker group %s failed while stopping an abandoned request: %s", self.run_id, e)
 
     def _receive(self, timeout: float, doing: str) -> list[tuple[_Rank, Message]]:
-        """Messages that arrived within ``timeout``; a dropped connection or a dead launcher fails the group."""
+        """Messages that arrived within ``timeout`` (heartbeats are taken in here, not returned); a dropped
+        connection, an exited process, a silent rank or a stalled step fails the group."""
         out = []
+        now = time.monotonic()
         for key, _ in self._selector.select(timeout=timeout):
             r: _Rank = key.data
             try:
-                out.append((r, r.channel.recv()))
+                msg = r.channel.recv()
             except (ProtocolError, OSError):
                 self._selector.unregister(r.channel)
                 self._fail(RankEvent(r.rank, r.describe(), "drop", time.time()), doing)
+            now = time.monotonic()
+            if self._watchdog is not None:
+                self._watchdog.heard(r.rank, msg.kind, msg.fields, now)
+            if msg.kind != HEARTBEAT_KIND:
+                out.append((r, msg))
         if not out:
-            self._check_launcher(doing)
+            self._check_processes(doing)
+        if self._watchdog is not None:
+            overdue = self._watchdog.overdue(time.monotonic())
+            if overdue is not None:
+                self._take_down(overdue, doing)
         return out
 
-    def _check_launcher(self, doing: str) -> None:
-        code = self._launcher.poll()
-        if code is not None:
-            self._failed = f"the launcher exited with code {code}"
-            self._teardown()
-            raise WorkerGroupError(f"worker group failed {doing}: {self._failed}{self._log_tail()}")
+    def _check_processes(self, doing: str) -> None:
+        if self._launch.exited():
+            self._take_down(self._launch.exit_reason() or "a process of the group exited", doing)
 
     # -- failure -----------------------------------------------------------------------------------------------
+
+    def _take_down(self, reason: str, doing: str) -> None:
+        """Fail with ``reason`` (whose cause is known: nobody else need be heard), tear down, raise."""
+        self._failed = reason
+        tail = self._log_tail()
+        self._teardown()
+        raise WorkerGroupError(f"worker group failed {doing}: {reason}{tail}")
 
     def _fail_with(self, r: _Rank, msg: Message, doing: str) -> None:
         if msg.kind == "error":
@@ -529,17 +583,17 @@ class WorkerGroup:
         raise WorkerGroupError(message + tail)
 
     def launcher_log(self, lines: int = 200) -> str:
-        """The last lines the launcher and the ranks printed (they are also logged as ``dax_core.workers``)."""
-        return self._launcher.tail(lines)
+        """The last lines the ranks (or the agent) printed (they are also logged as ``dax_core.workers``)."""
+        return self._launch.tail(lines)
 
     def _log_tail(self) -> str:
-        tail = self._launcher.tail(25)
-        return f"\n--- launcher log (last lines) ---\n{tail}" if tail else ""
+        tail = self._launch.tail(25)
+        return f"\n--- the ranks' output (last lines) ---\n{tail}" if tail else ""
 
     # -- teardown ----------------------------------------------------------------------------------------------
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Ask every rank to finish, wait for the launcher, then make sure nothing of the group is left."""
+        """Ask every rank to finish, wait for them to exit, then make sure nothing of the group is left."""
         if self._closed:
             return
         if self.alive:
@@ -548,7 +602,7 @@ class WorkerGroup:
                     r.channel.send("shutdown")
                 except OSError:
                     pass
-            if self._launcher.wait_exit(timeout_s) is None:
+            if not self._launch.wait_exit(timeout_s):
                 log.warning("worker group %s still running %.0f s after shutdown: killing it", self.run_id, timeout_s)
         self._teardown()
         log.info("worker group %s closed", self.run_id)
@@ -561,7 +615,7 @@ class WorkerGroup:
             r.channel.close()
         self._selector.close()
         self._server.close()
-        self._launcher.terminate_tree(also=self._tree)
+        self._launch.take_down()
 
     def __enter__(self) -> WorkerGroup:
         return self

@@ -1,42 +1,54 @@
-"""One rank of a worker group: ``python -m dax_core.runtime.worker``, started by ``torch.distributed.run``.
+"""One rank of a worker group: ``python -m dax_core.runtime.worker``, started by the group's owner (one machine) or
+by a ``torch.distributed.run`` agent (a group spanning machines).
 
 A rank's life:
 
-1. connect to the owner's control channel (its address and the group secret come from the environment) and
-   authenticate; the owner answers with the setup: the recipe as a dict, the parallel layout, the device kind
-   and the collective timeout;
-2. join the process group (NCCL on GPUs, gloo on CPU), build the engine from the recipe, enable sequence
-   parallelism, report ready;
+1. read the group secret (a line on stdin from the owner, or ``$DAX_GROUP_SECRET`` under an agent), connect to the
+   owner's control channel (``$DAX_CONTROL_ADDRESS``) and authenticate; the owner answers with the setup: the recipe
+   as a dict, the parallel layout, the device kind, the collective timeout and the heartbeat interval;
+2. join the process group (NCCL on GPUs, gloo on CPU; the rendezvous is the owner's private ``FileStore`` or the
+   agent's), plus a small gloo group of its own for stop votes; build the engine from the recipe, enable sequence
+   parallelism, report ready. From the setup on, a thread sends a heartbeat (phase, step, block) while the rank
+   works, so the owner can tell a rank that waits in a long collective from one that is stopped;
 3. serve requests until told to shut down. Every rank receives the same request and runs the same sampling
-   loop; rank 0 reports progress after each step and returns the latent. At every step boundary the ranks
-   agree whether to stop (a cancel reached any of them) with one tiny all_reduce, so all stop at the same step.
-   A "rebuild" message carries a new recipe: the rank takes it on its engine (other LoRAs merge again in place)
-   or builds its engine again, in the same process group, and reports ready;
+   loop; rank 0 reports progress after each step and returns the latent. After every transformer block and every
+   step the ranks agree whether to stop (a cancel reached any of them) with one all_reduce of a CPU flag on the
+   gloo vote group, which adds no GPU synchronisation: all stop at the same point, so their collectives stay
+   matched and the group stays ready for the next request. A "rebuild" message carries a new recipe: the rank takes
+   it on its engine (other LoRAs merge again in place) or builds its engine again, in the same process group, and
+   reports ready;
 4. an exception is reported with this rank's traceback, then the rank exits (its peers may be blocked in a
-   collective; the owner tears the group down). If the control channel drops, the owner is gone: exit at once.
+   collective; the owner tears the group down). If the control channel drops, the owner is gone: remove the
+   owner's rendezvous folder and exit at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
 import queue
+import shutil
 import socket
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 
 from ..recipe import Recipe
-from .control import ADDRESS_ENV, SECRET_ENV, Channel, connect, parse_address
+from .control import ADDRESS_ENV, JOIN_FAILED, SECRET_ENV, AuthenticationError, Channel, connect, parse_address
 from .distributed import ParallelConfig, RankEnv, build_engine, init_process_group, parallel_from_dict
-from .engine import SampleRequest, SampleResult, StepCallback
+from .engine import BlockCallback, SampleRequest, SampleResult, StepCallback
+from .launch import STORE_ENV
+from .liveness import HEARTBEAT_KIND, Position
 from .sample_messages import request_from_message, result_fields
 from .wire import Message, ProtocolError
 
@@ -45,10 +57,14 @@ log = logging.getLogger(__name__)
 EXIT_FAILED = 1
 EXIT_BAD_LAUNCH = 2
 EXIT_OWNER_GONE = 3
+JOIN_TIMEOUT_S = 60.0
+"""How long a rank keeps trying to reach the owner's control channel."""
 
 
 class SamplingEngine(Protocol):
-    def sample(self, req: SampleRequest, on_step: StepCallback | None = None) -> SampleResult: ...
+    def sample(
+        self, req: SampleRequest, on_step: StepCallback | None = None, on_block: BlockCallback | None = None
+    ) -> SampleResult: ...
 
 
 EngineBuilder = Callable[[Recipe, torch.device, "ParallelConfig | None", RankEnv], SamplingEngine]
@@ -83,6 +99,42 @@ def report_error(channel: Channel, rank: int, request_id: int | None, exc: BaseE
         )
     except OSError:
         pass  # the owner is gone; the exit code still tells the launcher
+
+
+class RankState:
+    """What this rank is doing: written by the main thread, read by the heartbeat (one reference, swapped whole)."""
+
+    def __init__(self) -> None:
+        self.position = Position()
+
+    def set(self, **changes: Any) -> None:
+        self.position = dataclasses.replace(self.position, **changes)
+
+
+class Heartbeat:
+    """Sends the rank's position every ``interval_s`` while it works (not while idle: nobody reads then)."""
+
+    def __init__(self, channel: Channel, state: RankState, interval_s: float) -> None:
+        self._channel = channel
+        self._state = state
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="dax-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            position = self._state.position
+            if position.phase == "idle":
+                continue
+            try:
+                self._channel.send(HEARTBEAT_KIND, **dataclasses.asdict(position))
+            except OSError:
+                return  # the owner is gone: the control reader ends the process
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
 
 
 class Inbox:
@@ -142,49 +194,68 @@ class Inbox:
 
 
 class StopVote:
-    """One all_reduce(MAX) of a 0/1 flag: every rank learns whether any rank wants to stop."""
+    """One all_reduce(MAX) of a 0/1 CPU flag over a gloo group of its own: every rank learns whether any rank wants
+    to stop. On GPUs this never waits for the GPU (the flag is not a CUDA tensor), so it can run after every block."""
 
-    def __init__(self, env: RankEnv, device: torch.device) -> None:
+    def __init__(self, env: RankEnv, timeout_s: float) -> None:
         self.distributed = env.world_size > 1
-        self._flag = torch.zeros(1, dtype=torch.int32, device=device)
+        self._flag = torch.zeros(1, dtype=torch.int32)
+        timeout = timedelta(seconds=timeout_s)
+        self._group = dist.new_group(backend="gloo", timeout=timeout) if self.distributed else None
 
     def any(self, stop: bool) -> bool:
         if not self.distributed:
             return stop
         self._flag.fill_(int(stop))
-        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(self._flag.item())
 
 
 class Worker:
-    def __init__(self, channel: Channel, env: RankEnv, build: EngineBuilder) -> None:
+    def __init__(
+        self, channel: Channel, env: RankEnv, build: EngineBuilder, exit_process: Callable[[int], object] = os._exit
+    ) -> None:
         self.channel = channel
         self.env = env
         self.build = build
+        self.state = RankState()
+        self._exit_process = exit_process
 
     def serve(self) -> int:
         setup = self.channel.recv()
         if setup.kind != "setup":
             self._report(None, RuntimeError(f"expected the group setup, got a {setup.kind!r} message"))
             return EXIT_FAILED
+        self.state.set(phase="loading")
+        heartbeat = Heartbeat(self.channel, self.state, float(setup.get("heartbeat_s", 1.0)))
+        try:
+            return self._serve(setup)
+        finally:
+            heartbeat.stop()
+
+    def _serve(self, setup: Message) -> int:
         try:
             device = self.env.device(setup["device"])
+            timeout_s = float(setup["collective_timeout_s"])
             if self.env.world_size > 1:
-                init_process_group(self.env, device, float(setup["collective_timeout_s"]))
+                init_process_group(self.env, device, timeout_s, os.environ.get(STORE_ENV))
+            votes = StopVote(self.env, timeout_s)
             recipe, parallel = Recipe.from_dict(setup["recipe"]), parallel_from_dict(setup["parallel"])
             engine = self.build(recipe, device, parallel, self.env)
-            votes = StopVote(self.env, device)
         except Exception as e:
             self._report(None, e)
             return EXIT_FAILED
+        self.state.set(phase="idle")
         self.channel.send("ready", rank=self.env.rank)
-        inbox = Inbox(self.channel, self.env.rank)
+        inbox = Inbox(self.channel, self.env.rank, self._exit_process)
         while True:
             msg = inbox.messages.get()
             if msg.kind == "shutdown":
                 inbox.closing = True
+                self.state.set(phase="stopping")
                 break
             if msg.kind == "rebuild":
+                self.state.set(phase="loading")
                 try:
                     recipe = Recipe.from_dict(msg["recipe"])
                     can_use = getattr(engine, "can_use_loras_of", None)
@@ -197,6 +268,7 @@ class Worker:
                 except Exception as e:
                     self._report(None, e)
                     return EXIT_FAILED
+                self.state.set(phase="idle")
                 self.channel.send("ready", rank=self.env.rank)
                 continue
             if msg.kind != "request":
@@ -212,23 +284,41 @@ class Worker:
     def _run(self, engine: SamplingEngine, msg: Message, inbox: Inbox, votes: StopVote) -> bool:
         request_id = int(msg["id"])
         lead = self.env.rank == 0
+        state = self.state
+        try:
+            req = request_from_message(msg)
+        except Exception as e:
+            self._report(request_id, e)
+            return False
+        state.set(phase="sampling", step=0, steps=len(req.run_sigmas()) - 1, forward=0, block=0, blocks=0)
+
+        def on_block(index: int, blocks: int) -> None:
+            if index + 1 == blocks:  # a forward is done: the next one starts at block 0
+                state.set(forward=state.position.forward + 1, block=0, blocks=blocks)
+            else:
+                state.set(block=index + 1, blocks=blocks)
+            if votes.any(inbox.cancelled(request_id)):
+                raise Cancelled(state.position.step)
 
         def on_step(i: int, total: int, _x: torch.Tensor) -> None:
+            state.set(step=i + 1, steps=total, forward=0, block=0)
             if lead:
                 self.channel.send("progress", id=request_id, step=i + 1, total=total)
             if votes.any(inbox.cancelled(request_id)):
                 raise Cancelled(i + 1)
 
         try:
-            result = engine.sample(request_from_message(msg), on_step=on_step)
+            result = engine.sample(req, on_step=on_step, on_block=on_block)
         except Cancelled as c:
             inbox.forget(request_id)
+            state.set(phase="idle")
             self.channel.send("cancelled", id=request_id, step=c.step)
             return True
         except Exception as e:
             self._report(request_id, e)
             return False
         inbox.forget(request_id)
+        state.set(phase="idle")
         if lead:
             fields, tensors = result_fields(result)
             self.channel.send("result", tensors, id=request_id, **fields)
@@ -256,22 +346,60 @@ def hello(env: RankEnv) -> dict[str, Any]:
     }
 
 
+def read_secret() -> str:
+    """The group secret: from the environment under a launcher agent (then removed from it), else the first line
+    the owner wrote on this process's stdin (never in the environment, so not in /proc/<pid>/environ)."""
+    secret = os.environ.pop(SECRET_ENV, "")
+    if secret:
+        return secret
+    return sys.stdin.readline().strip()
+
+
+def join(address: tuple[str, int], secret: str, env: RankEnv, timeout_s: float = JOIN_TIMEOUT_S) -> Channel:
+    """Connect and authenticate, trying again while the owner cannot be reached (not after a refused secret)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return connect(address, secret, hello(env), timeout_s=max(1.0, min(30.0, deadline - time.monotonic())))
+        except AuthenticationError:
+            raise
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _exit_removing_rendezvous(code: int) -> None:
+    """End this process at once; when the owner is gone, remove its rendezvous folder first (nobody else will)."""
+    store = os.environ.get(STORE_ENV)
+    if code == EXIT_OWNER_GONE and store:
+        shutil.rmtree(Path(store).parent, ignore_errors=True)
+    logging.shutdown()
+    os._exit(code)
+
+
 def main(build: EngineBuilder = default_builder) -> int:
     env = RankEnv.from_environ()
     fmt = f"%(asctime)s [rank {env.rank}] %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
-    secret = os.environ.pop(SECRET_ENV, "")  # read once; nothing this rank starts inherits it
+    secret = read_secret()
     address = os.environ.get(ADDRESS_ENV, "")
     if not secret or not address:
         log.error(
-            "a worker needs %s (HOST:PORT of the owner's control channel) and %s in its environment; "
-            "workers are started by dax_core.runtime.group.WorkerGroup (or by a torchrun agent joining one)",
+            "%s: a worker needs %s (HOST:PORT of the owner's control channel) in its environment and the group "
+            "secret (on stdin, or %s under a launcher agent); workers are started by "
+            "dax_core.runtime.group.WorkerGroup (or by a torchrun agent joining one)",
+            JOIN_FAILED,
             ADDRESS_ENV,
             SECRET_ENV,
         )
         return EXIT_BAD_LAUNCH
-    channel = connect(parse_address(address), secret, hello(env))
-    return Worker(channel, env, build).serve()
+    try:
+        channel = join(parse_address(address), secret, env)
+    except Exception as e:
+        log.error("%s: %s: %s", JOIN_FAILED, type(e).__name__, e)
+        return EXIT_FAILED
+    return Worker(channel, env, build, _exit_removing_rendezvous).serve()
 
 
 if __name__ == "__main__":

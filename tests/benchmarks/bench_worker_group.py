@@ -3,11 +3,12 @@
     python -m tests.benchmarks.bench_worker_group --out results.json [--weights-dir DIR] [--gpus 2]
 
 Start-up loads Wan2.1-1.3B-shaped random bf16 weights (~2.8 GB, written once to ``--weights-dir``) on every rank:
-launcher, process start, NCCL init, loading, ready. The overhead is a 1-step prompt through the warm group minus
+process start, NCCL init, loading, ready. The overhead is a 1-step prompt through the warm group minus
 the same 1-step prompt in this process (same weights, same GPU model), and minus the ranks' own loop time; the
 target is at most 0.5 s. The overhead group runs without sequence parallelism (every rank computes the whole step,
-as this process does), so the difference is the group's own cost: request and result transfer, the per-step stop
-vote, progress messages. Two latent sizes: a small one (overhead dominates) and 832x480x81 (real transfer sizes).
+as this process does), so the difference is the group's own cost: request and result transfer, the stop votes
+after every block and step (a CPU flag on a gloo group), heartbeats, progress messages. Two latent sizes: a small
+one (overhead dominates) and 832x480x81 (real transfer sizes).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"worker group on {args.gpus} x {results['device']} ({results['weights_gb']:.1f} GB 1.3B-shaped bf16 weights)",
         f"  in-process build          {results['in_process_build_s']:7.2f} s",
-        f"  group start-up            {results['group_start_s']:7.2f} s   (launcher, NCCL, load, ready)",
+        f"  group start-up            {results['group_start_s']:7.2f} s   (processes, NCCL, load, ready)",
         f"  group close               {results['group_close_s']:7.2f} s",
         f"  {'1-step prompt':24s}  {'here':>7s}  {'group':>7s}  {'overhead':>8s}  {'vs rank loop':>12s}",
     ]

@@ -7,6 +7,9 @@ and a non-safetensors) and a LoRA for another model family.
 
 from __future__ import annotations
 
+import getpass
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,11 @@ from dax_core.demo.run import (
     tiny_models,
 )
 
+INDUCTOR_CACHE = os.environ.get(
+    "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+)
+TEST_NODES = Path(__file__).resolve().parent / "custom_nodes" / "dax_test_conditioning"
+"""A test-only node beside the pack (``DaxTestConditioningWidth``)."""
 # kind -> file name in models/diffusion_models
 WRONG_DIT_FILES = {"vae": "wrong_dit_is_a_vae.safetensors", "garbage": "wrong_dit_is_garbage.safetensors"}
 WRONG_LORA_FILE = "flux_style_lora.safetensors"  # in models/loras: keys of a Flux LoRA
@@ -55,6 +63,9 @@ def comfy_server(
 ) -> Iterator[ComfyServer]:
     base = tmp_path_factory.mktemp("comfyui-base")
     demo_models.link_into(base)
+    (base / "tmp").mkdir()
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / TEST_NODES.name).symlink_to(TEST_NODES, target_is_directory=True)
     for folder, name in placeholders():
         (base / "models" / folder / name).write_bytes(b"")
     diffusion_models = base / "models" / "diffusion_models"
@@ -63,8 +74,16 @@ def comfy_server(
     flux = {"diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight": torch.zeros(4, 3072),
             "diffusion_model.double_blocks.0.img_attn.qkv.lora_up.weight": torch.zeros(9216, 4)}  # fmt: skip
     save_file(flux, str(base / "models" / "loras" / WRONG_LORA_FILE))
-    with ComfyServer(comfyui_dir, base, start_timeout=120.0) as server:
+    # a temp folder of its own, to see what is left there; torch.compile's cache stays where it is shared
+    env = {"TMPDIR": str(base / "tmp"), "TORCHINDUCTOR_CACHE_DIR": INDUCTOR_CACHE}
+    with ComfyServer(comfyui_dir, base, start_timeout=120.0, env=env) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def server_tmp(comfy_server: ComfyServer) -> Path:
+    """The server's own temp folder (its TMPDIR): what its worker groups leave in temp shows up there."""
+    return comfy_server.base / "tmp"
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,15 @@
 #   bash tests/gpu/run_ladder_on_device.sh                        # kernels ladder-14b ladder-1.3b
 #   bash tests/gpu/run_ladder_on_device.sh ladder-1.3b peer-1.3b  # some stages, in this order
 #   QUICK=1 bash tests/gpu/run_ladder_on_device.sh                # one timed forward per rung
+#   AB_RUNGS=full,full_dax bash tests/gpu/run_ladder_on_device.sh ab-14b   # some of the A/B rungs
 # Stages: kernels, gpu-tier (all of tests/gpu), ladder-14b, ladder-1.3b, profile-14b, profile-1.3b (kernel tables of
-# the full stack's forward), peer-1.3b (diffusers' line: needs .whl with diffusers, torchao, ...).
+# the full stack's forward), peer-1.3b (diffusers' line: needs .whl with diffusers, torchao, ...); DAX's fused kernels
+# against what they replace: dax-kernels (their GPU tests), bench-dax-14b (site by site), ab-14b (whole 14B forwards
+# of the full stack without and with them, same run), profile-14b-dax (the kernel table with them).
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl.
 # Each stage has a time limit, so one that hangs cannot take the others' time; the ladder writes after every rung.
-# Writes at most 8 files: gpu.txt, run.log, ladder_14b.{json,md}, ladder_1.3b.{json,md}, peer_1.3b.{json,md}.
+# Writes gpu.txt, run.log and each stage's results: ladder_*.{json,md}, peer_1.3b.{json,md}, profile_*.txt,
+# dax_kernels_14b.{json,md}, ab_14b.{json,md}.
 set -uo pipefail
 OUT=${OUT:-/tmp/dax-out}
 mkdir -p "$OUT"
@@ -25,6 +29,9 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 python3 -c "import sageattention.core as c; print('sageattention sm90', c.SM90_ENABLED)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 QUICK_FLAG=${QUICK:+--quick}
 LADDER_14B="stock,sage,fp8,compile,teacache,magcache,distill"  # INT8 and the CUDA-graph pair: 1.3B only (time)
+AB_14B=${AB_RUNGS:-full,full_sage_inputs,full_input_kernels,full_dax}  # the full stack without, with either, both
+DAX_ACCELERATIONS='[{"kind": "quantize", "dtype": "fp8", "input_kernels": "dax"},
+  {"kind": "attention", "backend": "sage", "sage_inputs": "fused"}, {"kind": "compile"}]'
 
 stage() {  # name, time limit in seconds, command...
   local name=$1 limit=$2; shift 2
@@ -40,6 +47,13 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
     gpu-tier) stage gpu-tier 150 python3 -m pytest -q -p no:cacheprovider -rs -x tests/gpu ;;
     profile-14b) stage profile-14b 110 python3 -m tests.gpu.profile_forward --model 14b --out "$OUT/profile_14b.txt" ;;
     profile-1.3b) stage profile-1.3b 60 python3 -m tests.gpu.profile_forward --model 1.3b --out "$OUT/profile_1.3b.txt" ;;
+    dax-kernels) stage dax-kernels 200 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_sage_inputs_cuda.py \
+      tests/gpu/test_input_kernels_cuda.py tests/gpu/test_fused_quant.py tests/gpu/test_fused_ops.py ;;
+    bench-dax-14b) stage bench-dax-14b 150 python3 -m tests.benchmarks.bench_dax_kernels --case 14b-720p \
+      --out "$OUT/dax_kernels_14b" ;;
+    ab-14b) stage ab-14b 330 python3 -m dax_core bench --model 14b --rungs "$AB_14B" $QUICK_FLAG --out "$OUT/ab_14b" ;;
+    profile-14b-dax) stage profile-14b-dax 110 python3 -m tests.gpu.profile_forward --model 14b \
+      --accelerations "$DAX_ACCELERATIONS" --out "$OUT/profile_14b_dax.txt" ;;
     ladder-14b) stage ladder-14b 320 python3 -m dax_core bench --model 14b --rungs "$LADDER_14B" $QUICK_FLAG \
       --out "$OUT/ladder_14b" ;;
     ladder-1.3b) stage ladder-1.3b 150 python3 -m dax_core bench --model 1.3b $QUICK_FLAG --out "$OUT/ladder_1.3b" ;;
@@ -48,5 +62,6 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done
-for f in "$OUT"/ladder_*.md "$OUT"/peer_*.md; do [ -f "$f" ] && sed -n '/^| rung/,/^$/p' "$f"; done
+for f in "$OUT"/ladder_*.md "$OUT"/peer_*.md "$OUT"/ab_*.md; do [ -f "$f" ] && sed -n '/^| rung/,/^$/p' "$f"; done
+[ -f "$OUT/dax_kernels_14b.md" ] && sed -n '/^| site/,/^Sum/p' "$OUT/dax_kernels_14b.md"
 echo "== done $(date +%T)" | tee -a "$LOG"

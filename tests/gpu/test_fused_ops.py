@@ -35,7 +35,7 @@ def test_gated_residual(dim):
     gate = torch.randn(2, 1, dim, device="cuda")
     got = fused_ops.gated_residual(x, y, gate)
     expected = x.double() + y.double() * gate.double()
-    assert rel_error(got, expected) < 4e-3
+    assert rel_error(got, expected) < 4e-3  # one bf16 rounding of the output, as above
     assert torch.equal(got.cpu(), ops.gated_residual(x.cpu(), y.cpu(), gate.cpu()))
 
 

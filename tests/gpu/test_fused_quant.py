@@ -117,7 +117,11 @@ def test_an_fp8_model_with_fused_input_quantization_computes_what_the_layers_wou
         outputs[fused] = model(x, t, ctx).float()
     quantization_shift = rel_error(outputs[False], reference)
     fusion_shift = rel_error(outputs[True], outputs[False])
-    # the fused norms round like the unfused ones up to float32 summation order; what differs is a rare input code
-    # moved by one step, which must move the output far less than quantization itself does
+    # the fused norms and GELU round like the unfused ones up to float32 summation order and the GELU kernel's own
+    # tanh: an input sitting on an 8-bit rounding boundary then takes the neighbouring code (one step), and two layers
+    # carry that on. Measured on an H200: 9.5e-4 against a quantization shift of 2.9e-3 (0.32 of it); a wrong scale
+    # or row moves the output by about the quantization shift or more. The fused path must not be further from the
+    # unquantized model than the unfused one (measured: as far, within the same rounding noise).
     assert 0 < quantization_shift < 0.1
-    assert fusion_shift < 0.2 * quantization_shift, (fusion_shift, quantization_shift)
+    assert fusion_shift < 0.5 * quantization_shift, (fusion_shift, quantization_shift)
+    assert rel_error(outputs[True], reference) < 1.25 * quantization_shift

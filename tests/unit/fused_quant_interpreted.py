@@ -98,6 +98,11 @@ def main() -> None:
                 (x.double() + r * gate, layer_norm64(x.double() + r * gate, w.double(), b.double())),
             ),
         }
+        quantized_only = {  # the same sites writing only the stream and the quantized rows (kernel_ops)
+            "modulated": fused_ops.norm_quantized(x, None, None, shift, scale, 1e-6, False, e4m3, storage=f32),
+            "add_modulated": fused_ops.norm_quantized(x, r, None, shift, scale, 1e-6, False, e4m3, storage=f32),
+            "gated_affine": fused_ops.norm_quantized(x, r, gate, w, b, 1e-6, True, e4m3, storage=f32),
+        }
         for site, ((stream, normed), (stream_ref, normed_ref)) in sites.items():
             attached = prequantized.take(normed, e4m3)
             assert attached is not None, site
@@ -106,6 +111,13 @@ def main() -> None:
             if stream is not None:
                 entry["stream_rel"] = rel_error(stream, stream_ref)
             out[f"{site}/{dim}"] = entry
+            only_stream, q, q_scale = quantized_only[site]
+            out[f"{site}/{dim}/quantized_only"] = {
+                "values": int((q != attached[0]).sum()),
+                "scales": int((q_scale != attached[1]).sum()),
+                "codes_differ": (only_stream is None) != (stream is None)
+                or (stream is not None and not torch.equal(only_stream, stream)),
+            }
     print(json.dumps(out))
 
 

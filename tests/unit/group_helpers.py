@@ -1,17 +1,23 @@
-"""Shared pieces of the worker-group tests: a tiny model, a request, and checks that no process is left."""
+"""Shared pieces of the worker-group tests: a tiny model, a request, the sampler node's group policy, and checks
+that no process and no file is left."""
 
 from __future__ import annotations
 
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+import pytest
 import torch
 
 from dax_core.models.tiny import write_tiny_model
 from dax_core.recipe import Recipe
 from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
-from dax_core.runtime.group import WorkerGroup
+from dax_core.runtime.engine_cache import EngineCache
+from dax_core.runtime.group import GroupConfig, WorkerGroup
 
 TINY = {"dim": 64, "num_layers": 2, "num_heads": 4, "ffn_dim": 128, "text_dim": 32}
 
@@ -44,10 +50,38 @@ def assert_same_latent(got: SampleResult, expected: SampleResult) -> None:
     torch.testing.assert_close(got.latent, expected.latent, rtol=1e-5, atol=1e-5)
 
 
+class Groups:
+    """The sampler node's policy: one cached group per (recipe, config), started again when it is down."""
+
+    def __init__(self, config: GroupConfig, secret: str | None = None) -> None:
+        self.config = config
+        self.secret = secret
+        self.cache: EngineCache[WorkerGroup] = EngineCache()
+        self.started: list[WorkerGroup] = []
+
+    def get(self, recipe: Recipe, config: GroupConfig | None = None) -> WorkerGroup:
+        config = config or self.config
+
+        def start(r: Recipe) -> WorkerGroup:
+            group = WorkerGroup(r, config, secret=self.secret)
+            self.started.append(group)
+            return group
+
+        return self.cache.get(recipe, start, variant=repr(config), valid=lambda g: g.alive)
+
+
+def next_prompt_starts_a_fresh_group(
+    groups: Groups, recipe: Recipe, reference: SampleResult, failed: WorkerGroup
+) -> None:
+    count = len(groups.started)
+    fresh = groups.get(recipe)
+    assert fresh is not failed and len(groups.started) == count + 1
+    assert_same_latent(fresh.sample(tiny_request()), reference)
+
+
 def group_processes(group: WorkerGroup) -> list[psutil.Process]:
-    """The launcher and everything under it, while the group is up."""
-    launcher = psutil.Process(group.launcher_pid)
-    return [launcher, *launcher.children(recursive=True)]
+    """Every process of the group (its ranks and whatever they started), while the group is up."""
+    return group.processes()
 
 
 def _running(p: psutil.Process) -> bool:
@@ -63,3 +97,20 @@ def assert_all_gone(procs: list[psutil.Process], within_s: float = 10.0) -> None
         time.sleep(0.05)
     left = [f"{p.pid} {' '.join(p.cmdline()[:6])}" for p in procs if _running(p)]
     assert not left, f"processes left behind: {left}"
+
+
+@contextmanager
+def private_tmp(folder: Path) -> Iterator[Path]:
+    """The system temp folder of this process (and so of the groups it starts) is ``folder`` meanwhile: what a group
+    leaves in temp shows up there, and nobody else's files do."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(folder))
+        mp.setattr(tempfile, "tempdir", str(folder))
+        yield folder
+
+
+def assert_no_leftovers(folder: Path) -> None:
+    """Nothing of a closed (failed, killed) group is left in the temp folder: no rendezvous, no torchelastic_*."""
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == [], f"left in the temp folder: {left}"

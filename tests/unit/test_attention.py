@@ -149,6 +149,8 @@ def test_layout_is_batch_tokens_heads_dim():
     sdpa = bind_attention("sdpa", "cpu", torch.float32)
     q, k, v = qkv(b=1, s_q=5, s_k=7, h=4, d=8)
     out = sdpa(q, k, v)
+    # A head alone runs the same float32 sums (1e-6: float32 rounding of unit values); reversed keys reorder the
+    # softmax sum over 7 keys (a few ulp, ~1e-7 relative): 1e-5 still fails on any leak between heads or tokens.
     for h in range(4):
         alone = sdpa(q[:, :, h : h + 1], k[:, :, h : h + 1], v[:, :, h : h + 1])
         torch.testing.assert_close(out[:, :, h : h + 1], alone, rtol=1e-6, atol=1e-6)
@@ -200,6 +202,7 @@ def test_lse_merges_key_blocks_into_full_attention():
     w2 = torch.exp(l2 - lse).transpose(1, 2).unsqueeze(-1)
     merged = o1 * w1 + o2 * w2
     expected_out, expected_lse = reference(q, k, v)
+    # float32 partials and weights exp(l - lse): ~1e-7 relative each, as for one block; a wrong weight is O(1)
     assert rel_error(merged, expected_out) < 1e-5
     torch.testing.assert_close(lse.double(), expected_lse, rtol=0, atol=1e-5)
 

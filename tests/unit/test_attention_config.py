@@ -22,7 +22,9 @@ SPEC = WanSpec(dim=32, num_layers=2, num_heads=2, ffn_dim=64, text_dim=16)
 def test_config_module_is_registered_so_recipes_rebuild_from_plain_json():
     assert "dax_core.attention.config" in CONFIG_MODULES
     recipe = Recipe("wan.safetensors").with_acceleration(
-        AttentionConfig("sage", cross_backend="sdpa", sage_qk_quant="per_warp", sage_pv_accum="fp32+fp32")
+        AttentionConfig(
+            "sage", cross_backend="sdpa", sage_qk_quant="per_warp", sage_pv_accum="fp32+fp32", sage_inputs="fused"
+        )
     )
     data = json.loads(json.dumps(recipe.to_dict()))
     assert data["accelerations"] == [
@@ -32,6 +34,7 @@ def test_config_module_is_registered_so_recipes_rebuild_from_plain_json():
             "cross_backend": "sdpa",
             "sage_qk_quant": "per_warp",
             "sage_pv_accum": "fp32+fp32",
+            "sage_inputs": "fused",
         }
     ]
     assert Recipe.from_dict(data) == recipe
@@ -44,6 +47,7 @@ def test_config_module_is_registered_so_recipes_rebuild_from_plain_json():
         ({"backend": "xformers"}, r"unknown attention backend 'xformers'; choose one of sdpa, sdpa_cudnn"),
         ({"cross_backend": "fast"}, r"unknown cross-attention backend 'fast'; choose same or one of sdpa"),
         ({"sage_qk_quant": "per_block"}, r"Q/K granularity 'per_block' is not one of auto, per_thread, per_warp"),
+        ({"sage_inputs": "triton"}, r"SageAttention inputs 'triton' is not one of sage, fused, auto"),
         ({"sage_pv_accum": "fp8"}, r"P·V accumulation 'fp8' is not one of auto, fp32\+fp32"),
     ],
 )

@@ -94,3 +94,20 @@ def test_schedule_rungs_project_their_stated_schedules(ladder):
     up = {row["ours"]: row for row in results["upstream"]["rows"] if row["ours"]}
     assert up["stock"]["ours_projected_s"] == rungs["stock"]["projected_s"]
     assert up["teacache"]["ours_speedup"] == tea["speedup"]
+
+
+def test_the_ab_rungs_run_only_when_named_and_build_from_the_weights(tmp_path):
+    out = tmp_path / "ab"
+    argv = ["bench", "--model", "tiny", "--device", "cpu", "--compile-backend", "aot_eager", "--quick",
+            "--rungs", "full_dax", "--out", str(out)]  # fmt: skip
+    assert dax_main(argv) == 0
+    rungs = json.loads(out.with_name("ab.json").read_text())["rungs"]
+    assert list(rungs) == ["stock", "full_dax"]  # the default ladder (above) has none of them
+    assert rungs["full_dax"]["status"] == "skipped" and "sageattention" in rungs["full_dax"]["reason"]
+    rung = next(r for r in R.dense_rungs("aot_eager") if r.key == "full_dax")
+    assert rung.base == "stock" and rung.side
+    assert rung.adds == (
+        {"kind": "quantize", "dtype": "fp8", "input_kernels": "dax"},
+        {"kind": "attention", "backend": "sage", "sage_inputs": "fused"},
+        {"kind": "compile", "backend": "aot_eager"},
+    )

@@ -21,9 +21,9 @@ from dax_core.parallel import ParallelConfig
 from dax_core.quant import quantize_dynamic
 from dax_core.quant.config import QuantizeConfig
 from dax_core.recipe import Recipe, RecipeError
-from dax_core.runtime.distributed import check_recipe_layout
+from dax_core.rules import check_recipe
 from dax_core.runtime.engine import WanEngine
-from tests.unit.tiny_wan import tiny_model, tiny_request
+from tests.unit.tiny_wan import TINY, tiny_model, tiny_request
 
 
 class StandInCapture:
@@ -121,7 +121,7 @@ def test_cuda_graphs_are_refused_where_they_cannot_run():
         config.apply(tiny_model(), BuildEnv(torch.device("cpu")))
     recipe = Recipe("w.safetensors").with_acceleration(config)
     with pytest.raises(RecipeError, match="on 2 GPUs"):
-        check_recipe_layout(recipe, ParallelConfig(world_size=2, ulysses=2))
+        check_recipe(recipe, TINY, ParallelConfig(world_size=2, ulysses=2))
     model = tiny_model()
     model.sequence_parallel = object()  # any plan
     with pytest.raises(RuntimeError, match="sequence-parallel"):

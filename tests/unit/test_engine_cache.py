@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gc
 
-from dax_core.accelerations import STEP_CACHE_KINDS
 from dax_core.cache.config import TeacacheConfig
 from dax_core.recipe import Recipe
+from dax_core.rules import STEP_CACHE_KINDS
 from dax_core.runtime.engine_cache import EngineCache
 
 
@@ -95,3 +95,14 @@ def test_an_owner_upstream_keeps_the_engine_while_later_recipes_come_and_go():
     del second, upstream
     gc.collect()
     assert released == ["released"]
+
+
+def test_an_engine_released_by_someone_else_is_closed_and_built_again_on_the_next_get():
+    log: list[str] = []
+    cache, released = _cache()
+    a = Recipe("a.safetensors")
+    first = cache.get(a, lambda r: FakeEngine(r, log))
+    assert cache.release(first) and not cache.release(first)  # the second time there is nothing to release
+    assert log == ["build a.safetensors", "close a.safetensors"] and released == ["released"] and len(cache) == 0
+    assert cache.get(a, lambda r: FakeEngine(r, log)) is not first
+    assert log[-1] == "build a.safetensors"

@@ -24,7 +24,8 @@ def test_kernels_in_the_interpreter_match_quantize_bit_for_bit():
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(results) == 4 * 4 + 3 * 3  # 4 widths x (3 dtypes + GELU); 3 norm sites x 3 widths
+    # 4 widths x (3 dtypes + GELU); 3 norm sites x 3 widths, each also writing only its stream and quantized rows
+    assert len(results) == 4 * 4 + 3 * 3 * 2
     for name, r in results.items():
         if name.startswith("gelu"):
             # float32 end to end against float64 GELU: measured 2e-8 to 5e-8; a wrong row, mask or formula is O(1)
@@ -61,8 +62,12 @@ def test_kernels_compile_for_hopper_with_exact_division_and_rounding():
     norm |= {"gate_ptr": "*fp32", "q_ptr": "*fp8e4nv", "q_scale_ptr": "*fp32", "tokens": "i32", "dim": "i32"}
     norm["eps"] = "fp32"
     for mode, affine in ((0, False), (1, False), (2, True)):
-        flags = {"RESIDUAL": mode, "AFFINE": affine, "QUANT": True, "QMAX": 448.0, "ROUND": False, "BLOCK": 8192}
-        ptx[f"norm/{mode}"] = _ptx(fused_ops._norm_kernel, norm, flags)
+        for store in (True, False):  # False: the quantized rows alone (kernel_ops)
+            flags = {"RESIDUAL": mode, "AFFINE": affine, "QUANT": True, "QMAX": 448.0, "ROUND": False, "BLOCK": 8192,
+                     "STORE": store}  # fmt: skip
+            ptx[f"norm/{mode}/{store}"] = _ptx(fused_ops._norm_kernel, norm, flags)
+    # without the output, the only 2-byte stores left are the residual stream's (mode 0 has none)
+    assert "st.global.b16" not in ptx["norm/0/False"] and "st.global.v4.b16" not in ptx["norm/0/False"]
     for name, text in ptx.items():
         divisions = set(re.findall(r"\bdiv\.[a-z]+\.f32", text))
         # the scale and x / scale: IEEE (div.rn); the norms' mean may divide approximately, it is not quantization

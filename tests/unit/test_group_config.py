@@ -59,6 +59,10 @@ def test_group_config_checks():
         GroupConfig(2, device="mps")
     with pytest.raises(ValueError, match="2 processes need as many GPUs"):
         GroupConfig(2, cuda_devices=(3,))
+    with pytest.raises(ValueError, match="a one-machine group meets through a private file of its owner"):
+        GroupConfig(2, device="cpu", rdzv_endpoint="0.0.0.0:29500")  # no TCP store on one machine
+    with pytest.raises(ValueError, match=r"liveness must be a dax_core\.runtime\.liveness\.Liveness"):
+        GroupConfig(2, device="cpu", liveness=60.0)
 
 
 def test_agent_command_uses_pytorchs_launcher_without_restarts():

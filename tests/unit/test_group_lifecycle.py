@@ -55,6 +55,7 @@ def test_a_raising_progress_callback_loses_no_message_of_its_batch():
         (ranks[1], Message("done", {"id": 7})),
     ]
     group._receive = lambda timeout, doing: batch  # type: ignore[method-assign]
+    group._watchdog = None
     run = _Run(7, {0, 1})
 
     def on_step(step: int, total: int) -> None:

@@ -134,6 +134,7 @@ def test_scaled_fp8_converted_to_a_wide_dtype_is_multiplied_by_its_scale(tmp_pat
     assert all(m.weight_scale is None for m in _linear_weights(wide).values())
     kept = load_wan_model(path, device="cpu", compute_dtype=torch.float32)  # float8 + scale, upcast per call
     assert kept.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn
+    # the same float32 weights (float8 x scale), multiplied in at load or per call: float32 rounding, ~1e-7
     torch.testing.assert_close(_forward(kept), _forward(wide), rtol=1e-6, atol=1e-6)
     bf16 = load_wan_model(path, device="cpu", weight_dtype="bf16", compute_dtype=torch.float32)
     w = bf16.blocks[1].cross_attn.k.weight

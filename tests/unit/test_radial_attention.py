@@ -23,7 +23,7 @@ from dax_core.models.spec import WanSpec
 from dax_core.models.wan import WanModel
 from dax_core.parallel import ParallelConfig
 from dax_core.recipe import Recipe, RecipeError
-from dax_core.runtime.distributed import check_recipe_layout
+from dax_core.rules import check_recipe
 from dax_core.runtime.engine import SampleRequest, WanEngine
 from dax_core.runtime.sample_messages import result_fields, result_from_message
 from dax_core.runtime.wire import Message
@@ -193,9 +193,9 @@ def test_kernels_that_cannot_run_are_refused_before_sampling():
     ring = ParallelConfig(2, ulysses=1, ring=2)
     sparge = Recipe("w.safetensors").with_acceleration(RadialConfig(kernel="sparge"))
     with pytest.raises(ValueError, match=r"sparge kernel returns no log-sum-exp.*Ulysses only"):
-        check_recipe_layout(sparge, ring)
-    check_recipe_layout(sparge, ParallelConfig(2, ulysses=2))
-    check_recipe_layout(Recipe("w.safetensors").with_acceleration(RadialConfig()), ring)
+        check_recipe(sparge, SPEC, ring)
+    check_recipe(sparge, SPEC, ParallelConfig(2, ulysses=2))
+    check_recipe(Recipe("w.safetensors").with_acceleration(RadialConfig()), SPEC, ring)
     model = model_with(RADIAL)
     model.self_attention_schedule.ring_kernel = None
     with pytest.raises(ValueError, match="choose the radial kernel auto or flex"):

