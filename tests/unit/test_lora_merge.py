@@ -180,8 +180,8 @@ def test_a_changed_lora_file_is_refused_before_any_weight_is_read(tmp_path):
 
 
 def test_loras_and_step_caches_change_on_one_built_engine(tmp_path):
-    from dax_core.rules import STEP_CACHE_KINDS
     from dax_core.cache.config import TeacacheConfig
+    from dax_core.rules import STEP_CACHE_KINDS
 
     _, base = write_base(tmp_path, dtype="bf16")
     _, lora = lora_file(tmp_path, rank=4)
