@@ -2,6 +2,7 @@
 
 Commands:
   tiny-model   write a small random Wan2.1 DiT (ComfyUI and/or diffusers naming)
+  tiny-lora    write a random LoRA for a Wan2.1 DiT (lightx2v, ComfyUI, diffusers, kohya or bare key names)
   demo         run a shipped workflow end to end through a headless ComfyUI on 127.0.0.1
   generate     sample a latent from text embeddings, in one process or under torchrun (sequence parallel)
   bench        the speed ladder: every acceleration timed against the same run's stock forward (JSON + Markdown)
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     commands = {
         "tiny-model": "dax_core.models.tiny",
+        "tiny-lora": "dax_core.lora.tiny",
         "demo": "dax_core.demo.run",
         "generate": "dax_core.runtime.generate",
         "bench": "dax_core.bench.cli",

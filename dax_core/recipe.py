@@ -1,14 +1,16 @@
-"""The recipe: a frozen, validated description of a model and the accelerations to apply to it.
+"""The recipe: a frozen, validated description of a model, the LoRAs merged into it and the accelerations to apply.
 
 A recipe is what the ComfyUI nodes pass along (as DAX_MODEL) and what crosses process boundaries: it
 serializes to a dict of primitives (``to_dict``) and back (``from_dict``). Patch nodes never mutate a
-recipe; they return a new one (``with_acceleration``).
+recipe; they return a new one (``with_acceleration``, ``with_loras``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -72,15 +74,48 @@ def acceleration_from_dict(data: dict[str, Any]) -> Acceleration:
 
 
 @dataclass(frozen=True)
+class LoraRef:
+    """One LoRA of a recipe: its safetensors file, its strength, and a fingerprint of the file's content.
+
+    The fingerprint (``dax_core.lora.lora_ref`` makes one) is part of the recipe's value: a changed file is a new
+    recipe, and a built engine checks that the file it merges is still the one the recipe names.
+    """
+
+    path: str
+    strength: float
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path:
+            raise RecipeError("a LoRA needs the path of its .safetensors file")
+        strength = self.strength
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+            raise RecipeError(f"LoRA strength must be a finite number (negative allowed), got {strength!r}")
+        object.__setattr__(self, "strength", float(strength))
+        if not isinstance(self.fingerprint, str) or not self.fingerprint:
+            raise RecipeError(
+                f"LoRA {self.path}: no content fingerprint; make the entry with dax_core.lora.lora_ref(path, strength)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "strength": self.strength, "fingerprint": self.fingerprint}
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """Weights plus dtypes plus an ordered tuple of accelerations (at most one of each kind)."""
+    """Weights plus dtypes plus an ordered tuple of accelerations (at most one of each kind) plus the LoRAs merged
+    into the weights when the model is built, in order."""
 
     weights: str
     weight_dtype: str = "default"
     compute_dtype: str = "bf16"
     accelerations: tuple[Acceleration, ...] = field(default=())
+    loras: tuple[LoraRef, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "loras", tuple(self.loras))
+        if not all(isinstance(lora, LoraRef) for lora in self.loras):
+            raise RecipeError(f"recipe LoRAs must be LoraRef entries, got {[type(x).__name__ for x in self.loras]}")
         if not isinstance(self.weights, str) or not self.weights:
             raise RecipeError("recipe needs a weights path (a .safetensors file or a diffusers folder)")
         if self.weight_dtype not in WEIGHT_DTYPES:
@@ -104,7 +139,14 @@ class Recipe:
         The new recipe remembers this one (``lineage``; not part of its value, equality or dict).
         """
         kept = tuple(a for a in self.accelerations if a.kind != acc.kind)
-        derived = Recipe(self.weights, self.weight_dtype, self.compute_dtype, (*kept, acc))
+        return self._derive(accelerations=(*kept, acc))
+
+    def with_loras(self, loras: tuple[LoraRef, ...]) -> Recipe:
+        """A new recipe merging ``loras`` (in place of this one's), remembering this one like ``with_acceleration``."""
+        return self._derive(loras=tuple(loras))
+
+    def _derive(self, **changes: Any) -> Recipe:
+        derived = dataclasses.replace(self, **changes)
         object.__setattr__(derived, "_derived_from", self)
         return derived
 
@@ -118,20 +160,29 @@ class Recipe:
     def without(self, kinds: tuple[str, ...]) -> Recipe:
         """A new recipe without the accelerations of these kinds."""
         kept = tuple(a for a in self.accelerations if a.kind not in kinds)
-        return Recipe(self.weights, self.weight_dtype, self.compute_dtype, kept)
+        return dataclasses.replace(self, accelerations=kept)
+
+    def without_loras(self) -> Recipe:
+        """A new recipe merging no LoRA."""
+        return dataclasses.replace(self, loras=())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "weights": self.weights,
             "weight_dtype": self.weight_dtype,
             "compute_dtype": self.compute_dtype,
             "accelerations": [a.to_dict() for a in self.accelerations],
         }
+        if self.loras:
+            data["loras"] = [lora.to_dict() for lora in self.loras]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
         accs = tuple(acceleration_from_dict(a) for a in data.get("accelerations", ()))
-        return cls(data["weights"], data.get("weight_dtype", "default"), data.get("compute_dtype", "bf16"), accs)
+        loras = tuple(LoraRef(**lora) for lora in data.get("loras", ()))
+        dtypes = (data.get("weight_dtype", "default"), data.get("compute_dtype", "bf16"))
+        return cls(data["weights"], *dtypes, accs, loras)
 
     def fingerprint(self) -> str:
         """Stable identity of what this recipe builds: equal recipes build equal models."""

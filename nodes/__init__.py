@@ -3,6 +3,7 @@
 from .attention import DaxSetAttentionBackend
 from .compile import DaxCompile
 from .load_wan import DaxLoadWan
+from .lora import DaxLoadLora
 from .magcache import DaxMagcache
 from .quantize import DaxQuantizeLinear
 from .radial import DaxRadialAttention
@@ -12,6 +13,7 @@ from .teacache import DaxTeacache
 
 NODE_CLASS_MAPPINGS = {
     "DaxLoadWan": DaxLoadWan,
+    "DaxLoadLora": DaxLoadLora,
     "DaxMultiGPUSampler": DaxMultiGPUSampler,
     "DaxSamplerAdvanced": DaxSamplerAdvanced,
     "DaxScheduler": DaxScheduler,
@@ -24,6 +26,7 @@ NODE_CLASS_MAPPINGS = {
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DaxLoadWan": "Load Wan DAX",
+    "DaxLoadLora": "Load LoRA (DAX)",
     "DaxMultiGPUSampler": "Multi-GPU Sampler (DAX)",
     "DaxSamplerAdvanced": "Sampler Advanced (DAX)",
     "DaxScheduler": "Scheduler (DAX)",

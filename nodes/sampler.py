@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 
 import comfy.model_management as mm
 import torch
@@ -115,6 +116,12 @@ def _has_step_cache(recipe: Recipe) -> bool:
     return any(a.kind in STEP_CACHE_KINDS for a in recipe.accelerations)
 
 
+def _owner(recipe: Recipe, takes_in_place: Callable[[Recipe], bool]) -> Recipe:
+    """The recipe whose lifetime keeps the engine: the last one upstream of every node whose change a built engine
+    takes in place, which ComfyUI keeps cached while only those nodes' widgets change."""
+    return next((r for r in recipe.lineage() if not takes_in_place(r)), recipe)
+
+
 def _bytes_needed(recipe: Recipe, spec: WanSpec) -> int:
     per_param = {"fp8_e4m3fn": 1, "fp32": 4}.get(recipe.weight_dtype, 2)
     return int(spec.parameter_count() * per_param * 1.2)
@@ -202,8 +209,17 @@ def _sample_in_group(
         started.append(group)
         return _register(group, _bytes_needed(r, spec))
 
+    # New LoRAs (files, strengths) are taken by the running group (WorkerGroup.use_recipe): it is keyed without them
+    whole = dataclasses.replace(recipe)  # started with its LoRAs; a copy, so the group does not keep the caller's
     try:
-        loaded = ENGINES.get(recipe, start, variant=variant, valid=lambda e: e.engine is not None and e.engine.alive)
+        loaded = ENGINES.get(
+            recipe,
+            lambda _key: start(whole),
+            variant=variant,
+            valid=lambda e: e.engine is not None and e.engine.alive,
+            built_from=recipe.without_loras(),
+            owner=_owner(recipe, lambda r: bool(r.loras)),
+        )
     except StartCancelled:
         mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
         raise
@@ -215,6 +231,7 @@ def _sample_in_group(
     layout = config.parallel.describe() if config.parallel is not None else f"{config.world_size} processes"
     status.setup(Setup(devices, layout, group=True, reused=not started))
     try:
+        group.use_recipe(whole)
         return group.sample(
             request,
             should_cancel=mm.processing_interrupted,
@@ -322,26 +339,27 @@ def _run(
 
 
 def _sample_here(recipe: Recipe, request: SampleRequest, status: SamplerStatus) -> SampleResult:
-    # A changed TeaCache/MagCache setting is taken by the built model, with no reload of the weights: the
-    # engine is keyed without step caches and kept alive by the last recipe upstream of the step cache
-    # node, which ComfyUI keeps cached while only the step cache's widgets change.
-    owner = next((r for r in recipe.lineage() if not _has_step_cache(r)), recipe)
+    # A changed TeaCache/MagCache setting or LoRA (file, strength) is taken by the built model, with no build from
+    # scratch: the engine is keyed without step caches and LoRAs and kept alive by the last recipe upstream of those
+    # nodes, which ComfyUI keeps cached while only their widgets change.
+    to_build = recipe.without(STEP_CACHE_KINDS)
     built: list[LoadedEngine] = []
 
-    def build(r: Recipe) -> LoadedEngine:
+    def build(_key: Recipe) -> LoadedEngine:
         status.show("loading the model")
-        built.append(_build_engine(r))
+        built.append(_build_engine(to_build))  # built with its LoRAs
         return built[-1]
 
     loaded = ENGINES.get(
         recipe,
         build,
-        built_from=recipe.without(STEP_CACHE_KINDS),
-        owner=owner,
-        valid=lambda e: e.engine is not None,  # None: ComfyUI unloaded it
+        built_from=to_build.without_loras(),
+        owner=_owner(recipe, lambda r: _has_step_cache(r) or bool(r.loras)),
+        valid=lambda e: e.engine is not None and e.engine.can_use_loras_of(recipe),  # None: ComfyUI unloaded it
     )
     engine = loaded.engine
     assert isinstance(engine, WanEngine)
+    engine.use_loras_of(recipe)
     engine.use_step_caches_of(recipe)
     device = engine.device
     status.setup(Setup(gpu_names(device), "1 GPU" if device.type == "cuda" else "", reused=not built))

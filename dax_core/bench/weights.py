@@ -20,24 +20,28 @@ def _seed(name: str, seed: int) -> int:
     return zlib.crc32(name.encode()) ^ seed
 
 
+def seeded_values(wan_name: str, shape: tuple[int, ...], device: torch.device | str, seed: int) -> torch.Tensor:
+    """The float32 values of the parameter ``wan_name`` of ``shape`` for ``seed``, generated on ``device``. Small
+    scales keep 40 layers finite; norm weights sit around 1."""
+    g = torch.Generator(device=device).manual_seed(_seed(wan_name, seed))
+    ndim = len(shape)
+    if wan_name.endswith("modulation"):
+        std = 0.1
+    elif ndim >= 2:
+        std = 0.5 / shape[-1] ** 0.5
+    else:
+        std = 0.02
+    values = torch.randn(shape, generator=g, device=device, dtype=torch.float32) * std
+    if ndim == 1 and "norm" in wan_name and wan_name.endswith("weight"):
+        values += 1.0
+    return values
+
+
 @torch.no_grad()
 def fill_seeded_(module: torch.nn.Module, seed: int, rename: Callable[[str], str] = lambda n: n) -> None:
-    """Deterministic random values per (Wan) parameter name, generated on the parameter's device in float32.
-    Small scales keep 40 layers finite; norm weights sit around 1."""
+    """Deterministic random values per (Wan) parameter name (``seeded_values``), on the parameter's device."""
     for name, p in module.named_parameters():
-        wan_name = rename(name)
-        g = torch.Generator(device=p.device).manual_seed(_seed(wan_name, seed))
-        fan_in = p.shape[-1] if p.ndim >= 2 else 1
-        if wan_name.endswith("modulation"):
-            std = 0.1
-        elif p.ndim >= 2:
-            std = 0.5 / fan_in**0.5
-        else:
-            std = 0.02
-        values = torch.randn(p.shape, generator=g, device=p.device, dtype=torch.float32) * std
-        if p.ndim == 1 and "norm" in wan_name and wan_name.endswith("weight"):
-            values += 1.0
-        p.copy_(values)
+        p.copy_(seeded_values(rename(name), tuple(p.shape), p.device, seed))
 
 
 def build_model(spec: WanSpec, device: torch.device | str, dtype: torch.dtype, seed: int) -> WanModel:

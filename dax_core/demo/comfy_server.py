@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 PACK_NAME = "ComfyUI-DAX"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MODEL_FOLDERS = ("diffusion_models", "diffusers", "text_encoders", "vae")
+MODEL_FOLDERS = ("diffusion_models", "diffusers", "text_encoders", "vae", "loras")
 
 
 class ComfyServerError(RuntimeError):

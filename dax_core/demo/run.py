@@ -1,11 +1,12 @@
 """The main job: run a shipped Wan2.1 T2V workflow end to end through a headless ComfyUI.
 
-    python -m dax_core demo [--comfyui PATH] [--workflow FILE.json] [--model FILE --text-encoder FILE --vae FILE]
-                            [--width W --height H --length N --steps S --prompt TEXT --seed N --gpus N]
+    python -m dax_core demo [--comfyui PATH] [--workflow FILE.json] [--model FILE --text-encoder FILE --vae FILE
+                            [--lora FILE]] [--width W --height H --length N --steps S --prompt TEXT --seed N --gpus N]
 
 Without weights it writes (once, cached in $DAX_CACHE or ~/.cache/dax-demo) a tiny random Wan DiT, a random T5-base
-text encoder and a random Wan2.1 VAE, and runs the workflow small (64x64, 5 frames, 4 steps): the video is noise,
-the point is that every node runs. With ``--model/--text-encoder/--vae`` it runs the workflow's own settings.
+text encoder, a random Wan2.1 VAE and a random LoRA for the DiT (lightx2v's key format), and runs the workflow small
+(64x64, 5 frames, 4 steps): the video is noise, the point is that every node runs. With ``--model/--text-encoder/
+--vae`` (and ``--lora`` for a workflow with a Load LoRA node) it runs the workflow's own settings.
 Each run writes into a folder of its own (``<cache>/runs/<date>-<time>-<pid>`` unless ``--output-dir`` is given):
 the video and ComfyUI's log.
 """
@@ -55,7 +56,9 @@ LOADERS = {
     "DaxLoadWan": ("model_name", "diffusion_models"),
     "CLIPLoader": ("clip_name", "text_encoders"),
     "VAELoader": ("vae_name", "vae"),
+    "DaxLoadLora": ("lora_name", "loras"),
 }
+OPTIONAL_LOADERS = ("DaxLoadLora",)  # the others are in every Wan workflow
 # setting -> the (node class, input) it sets. The latent and sampler nodes must be in the workflow; the others are
 # set on every node of their class the workflow has, if any.
 NODE_SETTINGS = {
@@ -71,19 +74,23 @@ SUMMARY_KEY = "dax_summary"  # what the Multi-GPU Sampler reports in its node's 
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """The three weight files (or, for the DiT, a diffusers folder) a Wan2.1 T2V workflow needs."""
+    """The three weight files (or, for the DiT, a diffusers folder) a Wan2.1 T2V workflow needs, and the LoRA of a
+    workflow with a Load LoRA node."""
 
     model: Path
     text_encoder: Path
     vae: Path
+    lora: Path | None = None
 
     def by_loader(self) -> dict[str, Path]:
-        return {"DaxLoadWan": self.model, "CLIPLoader": self.text_encoder, "VAELoader": self.vae}
+        files = {"DaxLoadWan": self.model, "CLIPLoader": self.text_encoder, "VAELoader": self.vae}
+        return files if self.lora is None else {**files, "DaxLoadLora": self.lora}
 
     def link_into(self, base: Path) -> None:
         """Make the files visible to a ComfyUI whose base directory is ``base``."""
         model_folder = "diffusers" if self.model.is_dir() else "diffusion_models"
-        link_models(base, {model_folder: [self.model], "text_encoders": [self.text_encoder], "vae": [self.vae]})
+        models = {model_folder: [self.model], "text_encoders": [self.text_encoder], "vae": [self.vae]}
+        link_models(base, models if self.lora is None else {**models, "loras": [self.lora]})
 
 
 def cache_dir() -> Path:
@@ -131,12 +138,19 @@ def _write_tiny_dit(path: Path) -> None:
 
 
 def tiny_models(cache: Path | None = None) -> ModelFiles:
-    """The tiny DiT (768-wide text input), random T5-base and random Wan2.1 VAE; generated on first use."""
+    """The tiny DiT (768-wide text input), random T5-base, random Wan2.1 VAE and a random LoRA for the DiT in
+    lightx2v's key format; generated on first use."""
+    from dax_core.lora.tiny import write_tiny_lora
+    from dax_core.models.loading import inspect_weights
+
     cache = cache or cache_dir()
+    model = _cached(cache / f"dax_tiny_wan_t2v_{TINY_VERSION}.safetensors", _write_tiny_dit)
+    spec = inspect_weights(model).spec
     return ModelFiles(
-        model=_cached(cache / f"dax_tiny_wan_t2v_{TINY_VERSION}.safetensors", _write_tiny_dit),
+        model=model,
         text_encoder=_cached(cache / f"dax_random_t5_base_{TINY_VERSION}.safetensors", write_random_t5_base),
         vae=_cached(cache / f"dax_random_wan21_vae_{TINY_VERSION}.safetensors", write_random_wan_vae),
+        lora=_cached(cache / f"dax_tiny_lora_lightx2v_{TINY_VERSION}.safetensors", lambda p: write_tiny_lora(p, spec)),
     )
 
 
@@ -197,6 +211,8 @@ def configure(
     """
     prompt = copy.deepcopy(prompt)
     for class_type, name in model_names.items():
+        if class_type in OPTIONAL_LOADERS and not any(n["class_type"] == class_type for n in prompt.values()):
+            continue
         node_of(prompt, class_type)["inputs"][LOADERS[class_type][0]] = name
     sampler = node_of(prompt, "DaxMultiGPUSampler")["inputs"]
     for key, value in (settings or {}).items():
@@ -227,6 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="Wan2.1 T2V DiT: .safetensors file or diffusers folder")
     p.add_argument("--text-encoder", type=Path, help="umt5-xxl text encoder .safetensors (ComfyUI's)")
     p.add_argument("--vae", type=Path, help="Wan2.1 VAE .safetensors")
+    p.add_argument("--lora", type=Path, help="LoRA .safetensors for a workflow with a Load LoRA (DAX) node")
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--length", type=int, help="frames (4k+1)")
@@ -303,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             files = tiny_models()
             settings = {**settings, **{k: v for k, v in TINY_SETTINGS.items() if settings.get(k) is None}}
         else:
-            files = ModelFiles(args.model, args.text_encoder, args.vae)
+            if args.lora is None and any(n["class_type"] == "DaxLoadLora" for n in workflow.values()):
+                raise ValueError(f"{args.workflow.name} loads a LoRA: pass it with --lora FILE")
+            files = ModelFiles(args.model, args.text_encoder, args.vae, args.lora)
         output_dir = args.output_dir or run_dir()
         cpu = args.device == "cpu" if args.device else bool(missing) or not torch.cuda.is_available()
         done = run(comfyui, files, settings, output_dir, workflow=workflow, cpu=cpu, timeout=args.timeout)

@@ -6,7 +6,9 @@ bf16 / fp16 / fp32 / fp8_e4m3fn / fp8_e5m2 and ComfyUI scaled fp8 (``X.scale_wei
 and a ``scaled_fp8`` marker; ``X.scale_input`` is ignored). Anything else raises WeightsError.
 
 Loading builds the model on the meta device and fills it tensor by tensor: the host holds the model
-being built plus one stored tensor (and its conversion), never the whole file twice.
+being built plus one stored tensor (and its conversion), never the whole file twice. LoRA changes merge into the
+parameters as they stream in (``deltas``); ``read_parameters`` gives a built model any of its parameters again, as
+loading gave them, so that it can take other LoRAs without being built anew.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,7 @@ from .weight_conversion import convert_parameter, is_block_linear_weight
 from .weight_files import TensorLocation, locate_weight_files, read_tensor_table
 from .weights_error import WeightsError
 
-__all__ = ["WeightsError", "WeightsInfo", "inspect_weights", "load_wan_model"]
+__all__ = ["DeltaFn", "WeightsError", "WeightsInfo", "inspect_weights", "load_wan_model", "read_parameters"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,33 +79,29 @@ def inspect_weights(path: str | os.PathLike) -> WeightsInfo:
     return _plan(Path(path)).info
 
 
+DeltaFn = Callable[[str, torch.device], "torch.Tensor | None"]
+"""A parameter's float32 change (a LoRA's), by Wan name, on the given device; None for a parameter left as stored."""
+
+
 def load_wan_model(
     path: str | os.PathLike,
     *,
     device: str | torch.device,
     weight_dtype: str = "default",
     compute_dtype: torch.dtype = torch.bfloat16,
+    deltas: DeltaFn | None = None,
 ) -> WanModel:
-    """Build the WanModel stored at ``path`` on ``device``, converting dtypes as ``weight_conversion`` describes."""
-    if weight_dtype not in WEIGHT_DTYPES:
-        raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype {compute_dtype} is not one of {', '.join(map(str, COMPUTE_DTYPES))}")
+    """Build the WanModel stored at ``path`` on ``device``, converting dtypes as ``weight_conversion`` describes.
+
+    ``deltas``: changes merged into the parameters as they load (LoRAs), before any conversion of their dtype.
+    """
+    _check_dtypes(weight_dtype, compute_dtype)
     device = torch.device(device)
     plan = _plan(Path(path))
     model = WanModel(plan.info.spec, device=torch.device("meta"), dtype=compute_dtype)
     linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, WanLinear)}
-    scales = {name: tensor.reshape(()).float() for name, tensor in _stream(plan.scales)}
-    for name, stored in _stream(plan.params):
-        value, scale = convert_parameter(
-            name,
-            stored.to(device),
-            scales.get(name),
-            linear_weight=name in linears,
-            weight_dtype=weight_dtype,
-            compute_dtype=compute_dtype,
-        )
-        del stored  # before the next read: at most one stored tensor at a time
+    converted = _converted(plan, plan.params, set(linears), device, weight_dtype, compute_dtype, deltas)
+    for name, value, scale in converted:
         module_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(module_name), leaf, nn.Parameter(value, requires_grad=False))
         if name in linears:
@@ -124,7 +122,64 @@ def load_wan_model(
     return model.eval()
 
 
-def _open(file: Path):
+def read_parameters(
+    path: str | os.PathLike,
+    names: Collection[str],
+    *,
+    device: str | torch.device,
+    weight_dtype: str = "default",
+    compute_dtype: torch.dtype = torch.bfloat16,
+    deltas: DeltaFn | None = None,
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    """``(name, value, scale)`` for the parameters ``names`` (Wan names), one at a time, exactly as ``load_wan_model``
+    with the same arguments gives them to the model; ``scale`` is a float8 linear weight's per-tensor scale, else
+    None. What a built model needs to take its stored weights again (with other LoRAs) without being built anew."""
+    _check_dtypes(weight_dtype, compute_dtype)
+    plan = _plan(Path(path))
+    unknown = [name for name in names if name not in plan.params]
+    if unknown:
+        raise WeightsError(f"{path}: has no parameter {_some(unknown)}")
+    meta = WanModel(plan.info.spec, device=torch.device("meta"))
+    linear_names = {f"{name}.weight" for name, m in meta.named_modules() if isinstance(m, WanLinear)}
+    params = {name: plan.params[name] for name in names}
+    yield from _converted(plan, params, linear_names, torch.device(device), weight_dtype, compute_dtype, deltas)
+
+
+def _check_dtypes(weight_dtype: str, compute_dtype: torch.dtype) -> None:
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype {compute_dtype} is not one of {', '.join(map(str, COMPUTE_DTYPES))}")
+
+
+def _converted(
+    plan: _WeightsPlan,
+    params: Mapping[str, TensorLocation],
+    linear_names: Collection[str],
+    device: torch.device,
+    weight_dtype: str,
+    compute_dtype: torch.dtype,
+    deltas: DeltaFn | None,
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    """(name, value, float8 scale or None) of ``params``, read and converted one at a time, in storage order."""
+    scale_locations = {name: plan.scales[name] for name in params if name in plan.scales}
+    scales = {name: tensor.reshape(()).float() for name, tensor in _stream(scale_locations)}
+    for name, stored in _stream(params):
+        delta = deltas(name, device) if deltas is not None else None
+        value, scale = convert_parameter(
+            name,
+            stored.to(device),
+            scales.get(name),
+            linear_weight=name in linear_names,
+            weight_dtype=weight_dtype,
+            compute_dtype=compute_dtype,
+            delta=delta,
+        )
+        del stored, delta  # before the next read: at most one stored tensor at a time
+        yield name, value, scale
+
+
+def open_safetensors(file: Path):
     """safe_open reading each tensor into fresh memory with pread(2) (safetensors >= 0.8).
 
     The default memory-mapped reading keeps every page of the file it touched mapped, and counted in the
@@ -142,7 +197,7 @@ def _stream(locations: Mapping[str, TensorLocation]) -> Iterator[tuple[str, torc
     for name, loc in locations.items():
         by_file.setdefault(loc.file, []).append((name, loc))
     for file, items in by_file.items():
-        with _open(file) as f:
+        with open_safetensors(file) as f:
             for name, loc in sorted(items, key=lambda item: item[1].entry.offset):
                 yield name, f.get_tensor(loc.name)
 

@@ -8,6 +8,11 @@ Rules (``weight_dtype`` as in recipes):
   and "fp32" convert to that dtype, multiplying in a stored scale; "fp8_e4m3fn" stores the linear
   weights of the blocks as float8_e4m3fn with a per-tensor scale amax / 448 (so nothing is clipped)
   and converts the other linear weights (embeddings, head) to the compute dtype.
+
+A ``delta`` (a LoRA's change to the parameter, float32) is added to the stored value dequantized to float32, and the
+sum takes the dtype the stored value would have taken. A float8 linear weight that stays float8 is quantized again,
+with a per-tensor scale amax / 448 of its own (the stored scale may clip the merged values); an e5m2 weight becomes
+e4m3fn on the way, as ``fp8_e4m3fn`` storage makes every weight.
 """
 
 from __future__ import annotations
@@ -69,8 +74,16 @@ def convert_parameter(
     linear_weight: bool,
     weight_dtype: str,
     compute_dtype: torch.dtype,
+    delta: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The value parameter ``name`` takes in the model and, for a float8 linear weight, its scale (else None)."""
+    """The value parameter ``name`` takes in the model and, for a float8 linear weight, its scale (else None).
+
+    ``delta``: float32, of the parameter's shape and on ``tensor``'s device, added in float32 before the conversion.
+    """
+    stored_fp8 = tensor.dtype in FLOAT8_DTYPES
+    if delta is not None:
+        merged = dequantize(tensor, scale, torch.float32)
+        tensor, scale = (merged + delta if merged is tensor else merged.add_(delta)), None  # never the caller's
     if name.endswith("modulation") or name.startswith("patch_embedding."):
         return dequantize(tensor, scale, torch.float32), None
     if not linear_weight:
@@ -79,7 +92,9 @@ def convert_parameter(
         if tensor.dtype == torch.float8_e4m3fn:
             return tensor, scale
         return quantize_fp8(dequantize(tensor, scale, torch.float32))
-    if weight_dtype == "default" and tensor.dtype in FLOAT8_DTYPES:
-        return tensor, scale
+    if weight_dtype == "default" and stored_fp8:
+        if tensor.dtype in FLOAT8_DTYPES:
+            return tensor, scale
+        return quantize_fp8(tensor)  # merged: float8 again, with a scale of its own
     target = compute_dtype if weight_dtype in ("default", "fp8_e4m3fn") else TORCH_DTYPES[weight_dtype]
     return dequantize(tensor, scale, target), None

@@ -31,6 +31,10 @@ StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after every step with (step index, total steps, current latent in model space)."""
 BlockCallback = Callable[[int, int], None]
 """Called after every transformer block with (block index, blocks of the model)."""
+FEW_STEPS = 8
+"""Schedules of at most this many steps (a cut of a longer one is not one) run without their step cache: each step
+carries at least an eighth of the denoising, and TeaCache's and MagCache's published settings are made for 20-50
+steps, where a skipped step is one of many small ones. The sampler's summary says so."""
 
 
 class StepListener(Protocol):
@@ -113,6 +117,7 @@ class SampleResult:
     kernels: tuple[str, ...] = ()  # what the model ran: attention kernels, linear layers, compilation (describe_model)
     peak_memory_bytes: tuple[int, ...] = ()
     """Per GPU (rank order), the most memory PyTorch's allocator held during the run; empty off CUDA."""
+    notes: tuple[str, ...] = ()  # what else the user should know: the LoRAs merged, a step cache left out
 
     def summary_lines(self) -> list[str]:
         text = f"{self.steps} step{'s' if self.steps != 1 else ''} in {self.seconds:.1f} s"
@@ -129,7 +134,7 @@ class SampleResult:
         if self.peak_memory_bytes:
             per_gpu = ", ".join(f"{b / GIB:.1f}" for b in self.peak_memory_bytes)
             lines.append(f"peak GPU memory: {per_gpu} GiB" + (" (per GPU)" if len(self.peak_memory_bytes) > 1 else ""))
-        return lines
+        return [*lines, *self.notes]
 
     def summary(self) -> str:
         return "; ".join(self.summary_lines())
@@ -147,6 +152,11 @@ class WanEngine:
         """How the model's forward is split over ranks (set with sequence parallelism), for ``check_request``."""
         self.kernels = describe_model(model)
         """What the model runs (attention kernels, linear layers, compilation), read once: the report of every run."""
+        self.lora_params: frozenset[str] = frozenset()
+        """The parameters the recipe's LoRAs changed (``use_loras_of`` reads them again)."""
+        self.lora_lines: tuple[str, ...] = ()
+        """What the LoRAs did, for the summary of every run."""
+        self._unusable: str | None = None
 
     @classmethod
     def build(
@@ -158,17 +168,64 @@ class WanEngine:
         None for one process. The accelerations see it: a step cache reduces its decision sums over it, and
         quantization refuses per-tensor activation scales, which a split would change.
         """
-        from ..models.loading import load_wan_model  # the weight loader is needed only here
+        from ..lora.merge import recipe_deltas  # the weight loader and the LoRA merge are needed only here
+        from ..models.loading import load_wan_model
 
         device = torch.device(device)
         world = 1 if sequence_group is None else sequence_group.size()
         start = time.perf_counter()
-        model = load_wan_model(
-            recipe.weights, device=device, weight_dtype=recipe.weight_dtype, compute_dtype=recipe.torch_compute_dtype
-        ).eval()
+        deltas = recipe_deltas(recipe)  # the LoRA files are checked before any weight is read
+        with deltas:
+            model = load_wan_model(
+                recipe.weights,
+                device=device,
+                weight_dtype=recipe.weight_dtype,
+                compute_dtype=recipe.torch_compute_dtype,
+                deltas=deltas if deltas.params else None,
+            ).eval()
         apply_accelerations(model, recipe, BuildEnv(device, world, sequence_group))
         log.info("built %s on %s in %.1f s", model.spec.name, device, time.perf_counter() - start)
-        return cls(model, recipe, device)
+        engine = cls(model, recipe, device)
+        engine.lora_params, engine.lora_lines = deltas.params, tuple(deltas.summary_lines())
+        return engine
+
+    @property
+    def usable(self) -> bool:
+        """False after ``use_loras_of`` failed half-way through the weights: build the engine again."""
+        return self._unusable is None
+
+    def can_use_loras_of(self, recipe: Recipe) -> bool:
+        """Whether ``use_loras_of(recipe)`` can serve ``recipe`` on this model (else build it again)."""
+        from ..lora.merge import can_merge_again
+
+        same = _built_part(recipe) == _built_part(self.recipe)
+        return same and self.usable and (recipe.loras == self.recipe.loras or can_merge_again(self.model))
+
+    def use_loras_of(self, recipe: Recipe) -> None:
+        """Take ``recipe``'s LoRAs (other strengths, other files, or none) on this built model, without building it
+        again or compiling it again: the parameters the old or the new LoRAs touch are read again from the weights
+        file and merged anew (``dax_core.lora.merge``), so the model equals one built from ``recipe``.
+
+        ``recipe`` must differ from the engine's recipe in its LoRAs and step caches only; its step caches are left
+        to ``use_step_caches_of``. The LoRA files are checked before the first parameter is written; a failure after
+        that leaves the engine unusable (``usable``).
+        """
+        from ..lora.merge import merge_again, recipe_deltas
+        from ..models.loading import inspect_weights
+
+        if _built_part(recipe) != _built_part(self.recipe):
+            raise ValueError("use_loras_of takes a recipe that differs from the engine's in its LoRAs and step caches")
+        if recipe.loras == self.recipe.loras:
+            return
+        deltas = recipe_deltas(recipe, self.model.spec)
+        inspect_weights(self.recipe.weights)  # the weights file still there and whole, before the first write
+        try:
+            merge_again(self.model, self.recipe, deltas, self.lora_params, self.device)
+        except BaseException as e:
+            self._unusable = f"taking new LoRAs failed half-way ({type(e).__name__}: {e})"
+            raise
+        self.lora_params, self.lora_lines = deltas.params, tuple(deltas.summary_lines())
+        self.recipe = dataclasses.replace(self.recipe, loras=recipe.loras)
 
     def use_step_caches_of(self, recipe: Recipe) -> None:
         """Take ``recipe``'s step cache (TeaCache, MagCache, or none) on this built model, without rebuilding it.
@@ -246,9 +303,37 @@ class WanEngine:
         ``on_block`` is called after every transformer block of every forward of this run (it may raise to stop the
         run there, e.g. a cancel agreed by every rank of a worker group mid-step). ``on_progress`` gets a
         ``StepProgress`` after every step (before ``on_step``), with a preview latent of the current denoised
-        prediction when ``preview`` is set; on CUDA the device is synchronized for it each step.
+        prediction when ``preview`` is set; on CUDA the device is synchronized for it each step. A schedule of at most
+        ``FEW_STEPS`` steps computes every step, without the model's step cache (the summary says so).
         """
+        if not self.usable:
+            raise RuntimeError(f"this engine is unusable: {self._unusable}; build it again")
         check_request(req, self.model.spec, self.parallel)
+        cache = self.model.step_cache
+        steps = req.steps if req.sigmas is None else len(req.sigmas) - 1  # of the whole schedule, not of a cut
+        if cache is None or steps > FEW_STEPS:
+            return self._sample(req, on_step, on_block, on_progress, preview, self.lora_lines)
+        note = (
+            f"{cache.name} is off for this {steps}-step schedule: at {FEW_STEPS} steps or fewer every step carries "
+            f"too much of the denoising to be skipped (step caches are made for 20-50 steps), so every step ran; "
+            f"remove the {cache.name} node for few-step (distilled) sampling"
+        )
+        log.warning(note)
+        self.model.step_cache = None
+        try:
+            return self._sample(req, on_step, on_block, on_progress, preview, (*self.lora_lines, note))
+        finally:
+            self.model.step_cache = cache
+
+    def _sample(
+        self,
+        req: SampleRequest,
+        on_step: StepCallback | None,
+        on_block: BlockCallback | None,
+        on_progress: ProgressCallback | None,
+        preview: bool,
+        notes: tuple[str, ...],
+    ) -> SampleResult:
         sigmas = req.run_sigmas()
         if req.add_noise:
             noise = latents.initial_noise(req.latent.shape, req.seed).to(self.device)
@@ -330,6 +415,7 @@ class WanEngine:
             first_step_compiled=first_step_compiled[0],
             kernels=self.kernels,
             peak_memory_bytes=(torch.cuda.max_memory_allocated(self.device),) if cuda else (),
+            notes=notes,
         )
         schedule = "sigmas input" if req.sigmas is not None else req.scheduler
         log.info("%s: %s (%s/%s, cfg %.2f)", self.model.spec.name, result.summary(), req.sampler, schedule, req.cfg)
@@ -350,6 +436,11 @@ def _remembering(
         return x0
 
     return run
+
+
+def _built_part(recipe: Recipe) -> Recipe:
+    """What a built engine cannot take in place: the recipe without its LoRAs and step caches."""
+    return recipe.without_loras().without(STEP_CACHE_KINDS)
 
 
 def _announcing_steps(

@@ -3,7 +3,8 @@
 One process::
 
     python -m dax_core generate --weights wan2.1_t2v_1.3B_bf16.safetensors \\
-        --text-embeddings prompt.safetensors --out latent.safetensors [--width 832 --height 480 --frames 81 ...]
+        --text-embeddings prompt.safetensors --out latent.safetensors [--width 832 --height 480 --frames 81 ...] \\
+        [--lora distill_lora.safetensors:1.0 ...]
 
 Several GPUs of one machine (each process takes the GPU of its local rank and the video tokens are split over
 them, like upstream DAX's ``--sequence_parallel``)::
@@ -32,8 +33,10 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..lora import lora_ref
+from ..lora.merge import recipe_deltas
 from ..models.loading import inspect_weights
-from ..recipe import COMPUTE_DTYPES, WEIGHT_DTYPES, Recipe
+from ..recipe import COMPUTE_DTYPES, WEIGHT_DTYPES, LoraRef, Recipe
 from ..rules import check_run
 from .distributed import ParallelConfig, RankEnv, build_engine, init_process_group
 from .engine import SampleRequest
@@ -61,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=SAMPLERS, default="wan_unipc")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="simple")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="a LoRA merged into the weights (strength 1 unless given); repeat for several")  # fmt: skip
     p.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="default")
     p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="bf16")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -92,6 +97,16 @@ def layout_from_args(args: argparse.Namespace, world_size: int) -> ParallelConfi
     return ParallelConfig(
         world_size=world_size, ulysses=ulysses, ring=ring, cfg_parallel=args.cfg_parallel, overlap=not args.no_overlap
     )
+
+
+def lora_from_arg(arg: str) -> LoraRef:
+    """``FILE`` or ``FILE:STRENGTH`` as a recipe entry (the file's fingerprint read now)."""
+    head, sep, tail = arg.rpartition(":")
+    try:
+        strength = float(tail) if sep and head else None
+    except ValueError:
+        strength = None  # a colon in the file's name
+    return lora_ref(arg, 1.0) if strength is None else lora_ref(head, strength)
 
 
 def _embeddings(path: Path, need_negative: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -137,8 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         layout = layout_from_args(args, env.world_size) if env.world_size > 1 else None
         request = _request(args)
-        recipe = Recipe(args.weights, args.weight_dtype, args.compute_dtype)
-        check_run(recipe, inspect_weights(args.weights).spec, request, layout)  # before joining or loading anything
+        loras = tuple(lora_from_arg(arg) for arg in args.lora)
+        recipe = Recipe(args.weights, args.weight_dtype, args.compute_dtype, loras=loras)
+        spec = inspect_weights(args.weights).spec
+        check_run(recipe, spec, request, layout)  # before joining or loading anything
+        recipe_deltas(recipe, spec)  # and the LoRA files against the model, from their headers
     except ValueError as e:
         parser.error(str(e))
     device = env.device(args.device)

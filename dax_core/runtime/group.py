@@ -4,7 +4,8 @@ The owner (ComfyUI's process, or any Python program) checks the recipe and the l
 header (``dax_core.rules``), then starts the ranks (``dax_core.runtime.launch``: itself on one machine, through
 ``torch.distributed.run`` agents across machines); the ranks (``dax_core.runtime.worker``) connect back to the
 owner's control channel, authenticate with the group's secret and build the engine from the recipe. The group then
-serves any number of prompts until ``close()``.
+serves any number of prompts until ``close()``, and takes a new recipe in the same processes (``use_recipe``: new
+LoRAs merge into the built engines).
 
 Failure model: a rank that raises reports its traceback and exits; a rank that dies drops its connection; a rank
 that is stopped or frozen stops sending heartbeats, and one that hangs while alive stops making progress
@@ -35,6 +36,7 @@ from typing import Any
 
 import psutil
 
+from ..lora.merge import recipe_deltas
 from ..models.loading import inspect_weights
 from ..recipe import Recipe
 from ..rules import check_recipe, check_request
@@ -211,6 +213,7 @@ class WorkerGroup:
         # before any process starts and loads the weights: what the ranks would refuse, from the file's header
         self.spec = inspect_weights(recipe.weights).spec
         check_recipe(recipe, self.spec, config.parallel)
+        recipe_deltas(recipe, self.spec)  # its LoRA files (headers, fingerprints), which every rank would refuse alike
         self.recipe = recipe
         self.config = config
         self._secret = secret or self._default_secret(config)
@@ -324,10 +327,14 @@ class WorkerGroup:
         }
         for r in self._ranks.values():
             r.channel.send("setup", **setup)
+        self._await_ready("while the ranks were building the engine", deadline, self._check_start_cancelled)
+
+    def _await_ready(self, doing: str, deadline: float, check: Callable[[], None] | None = None) -> None:
+        """Until every rank said "ready" (by ``deadline``); anything else from a rank fails the group."""
         waiting = set(self._ranks)
-        doing = "while the ranks were building the engine"
         while waiting:
-            self._check_start_cancelled()
+            if check is not None:
+                check()
             if time.monotonic() > deadline:
                 ranks = ", ".join(self._ranks[i].describe() for i in sorted(waiting))
                 self._take_down(f"{ranks} did not build the engine within {self.config.start_timeout_s:.0f} s", doing)
@@ -342,6 +349,25 @@ class WorkerGroup:
             raise StartCancelled(f"worker group {self.run_id}: start cancelled; nothing of it is left running")
 
     # -- sampling ----------------------------------------------------------------------------------------------
+
+    def use_recipe(self, recipe: Recipe) -> None:
+        """Serve ``recipe`` from now on, in the same processes: every rank takes it on its built engine (other LoRAs
+        are merged again in place: ``WanEngine.use_loras_of``) or builds its engine again from it. The recipe and its
+        LoRA files are checked here first; a rank that fails then fails the group, as at start-up."""
+        if not self.alive:
+            state = "down after a failure" if self._failed else "closed"
+            raise WorkerGroupError(f"worker group {self.run_id} is {state}: start a new one")
+        if recipe == self.recipe:
+            return
+        spec = inspect_weights(recipe.weights).spec
+        check_recipe(recipe, spec, self.config.parallel)
+        recipe_deltas(recipe, spec)
+        for r in self._ranks.values():
+            r.channel.send("rebuild", recipe=recipe.to_dict())
+        deadline = time.monotonic() + self.config.start_timeout_s
+        self._await_ready("while the ranks were taking a new recipe", deadline)
+        self.recipe, self.spec = recipe, spec
+        log.info("worker group %s: every rank took the new recipe %s", self.run_id, recipe.fingerprint())
 
     def sample(
         self,

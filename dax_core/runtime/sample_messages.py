@@ -61,6 +61,7 @@ def result_fields(result: SampleResult) -> tuple[dict[str, Any], dict[str, torch
         "first_step_compiled": result.first_step_compiled,
         "kernels": list(result.kernels),
         "peak_memory_bytes": list(result.peak_memory_bytes),
+        "notes": list(result.notes),
     }
     report = result.step_cache
     if report is not None:
@@ -92,6 +93,7 @@ def result_from_message(msg: Message) -> SampleResult:
         first_step_compiled=bool(msg.get("first_step_compiled", False)),
         kernels=tuple(str(line) for line in msg.get("kernels", ())),
         peak_memory_bytes=tuple(int(b) for b in msg.get("peak_memory_bytes", ())),
+        notes=tuple(str(note) for note in msg.get("notes", ())),
     )
 
 

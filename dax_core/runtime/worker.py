@@ -14,7 +14,9 @@ A rank's life:
    loop; rank 0 reports progress after each step and returns the latent. After every transformer block and every
    step the ranks agree whether to stop (a cancel reached any of them) with one all_reduce of a CPU flag on the
    gloo vote group, which adds no GPU synchronisation: all stop at the same point, so their collectives stay
-   matched and the group stays ready for the next request;
+   matched and the group stays ready for the next request. A "rebuild" message carries a new recipe: the rank takes
+   it on its engine (other LoRAs merge again in place) or builds its engine again, in the same process group, and
+   reports ready;
 4. an exception is reported with this rank's traceback, then the rank exits (its peers may be blocked in a
    collective; the owner tears the group down). If the control channel drops, the owner is gone: remove the
    owner's rendezvous folder and exit at once.
@@ -23,6 +25,7 @@ A rank's life:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import queue
@@ -257,6 +260,23 @@ class Worker:
                 inbox.closing = True
                 self.state.set(phase="stopping")
                 break
+            if msg.kind == "rebuild":
+                self.state.set(phase="loading")
+                try:
+                    recipe = Recipe.from_dict(msg["recipe"])
+                    can_use = getattr(engine, "can_use_loras_of", None)
+                    if can_use is not None and can_use(recipe):
+                        engine.use_loras_of(recipe)  # type: ignore[attr-defined]
+                    else:
+                        engine = None  # its memory goes before the new engine's comes
+                        _release_memory(device)
+                        engine = self.build(recipe, device, parallel, self.env)
+                except Exception as e:
+                    self._report(None, e)
+                    return EXIT_FAILED
+                self.state.set(phase="idle")
+                self.channel.send("ready", rank=self.env.rank)
+                continue
             if msg.kind != "request":
                 self._report(msg.get("id"), RuntimeError(f"unexpected {msg.kind!r} message on the control channel"))
                 return EXIT_FAILED
@@ -318,6 +338,12 @@ class Worker:
 
     def _report(self, request_id: int | None, exc: BaseException) -> None:
         report_error(self.channel, self.env.rank, request_id, exc)
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def hello(env: RankEnv) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The ComfyUI tier: one headless ComfyUI (a subprocess on 127.0.0.1) shared by the whole session.
 
-Its base directory holds the pack (symlinked into custom_nodes), the tiny demo models, empty placeholders under the
-file names of every shipped workflow's loaders (so their file lists validate) and two wrong "DiT" files: a VAE and a
-non-safetensors.
+Its base directory holds the pack (symlinked into custom_nodes), the tiny demo models (and LoRA), empty placeholders
+under the file names of every shipped workflow's loaders (so their file lists validate), two wrong "DiT" files (a VAE
+and a non-safetensors) and a LoRA for another model family.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from dax_core.demo.comfy_server import ComfyServer
 from dax_core.demo.run import (
@@ -35,6 +37,7 @@ TEST_NODES = Path(__file__).resolve().parent / "custom_nodes" / "dax_test_condit
 """A test-only node beside the pack (``DaxTestConditioningWidth``)."""
 # kind -> file name in models/diffusion_models
 WRONG_DIT_FILES = {"vae": "wrong_dit_is_a_vae.safetensors", "garbage": "wrong_dit_is_garbage.safetensors"}
+WRONG_LORA_FILE = "flux_style_lora.safetensors"  # in models/loras: keys of a Flux LoRA
 
 
 def placeholders() -> set[tuple[str, str]]:
@@ -68,6 +71,9 @@ def comfy_server(
     diffusion_models = base / "models" / "diffusion_models"
     (diffusion_models / WRONG_DIT_FILES["vae"]).symlink_to(demo_models.vae)
     (diffusion_models / WRONG_DIT_FILES["garbage"]).write_bytes(b"this is not a safetensors file\n" * 64)
+    flux = {"diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight": torch.zeros(4, 3072),
+            "diffusion_model.double_blocks.0.img_attn.qkv.lora_up.weight": torch.zeros(9216, 4)}  # fmt: skip
+    save_file(flux, str(base / "models" / "loras" / WRONG_LORA_FILE))
     # a temp folder of its own, to see what is left there; torch.compile's cache stays where it is shared
     env = {"TMPDIR": str(base / "tmp"), "TORCHINDUCTOR_CACHE_DIR": INDUCTOR_CACHE}
     # previews on, as a user turns them on: the samplers of every prompt make them, through one GPU and the group
@@ -86,6 +92,12 @@ def server_tmp(comfy_server: ComfyServer) -> Path:
 def wrong_dit_files() -> dict[str, str]:
     """Files in the server's diffusion_models that are not Wan DiTs: kind ("vae", "garbage") -> file name."""
     return dict(WRONG_DIT_FILES)
+
+
+@pytest.fixture(scope="session")
+def wrong_lora_file() -> str:
+    """A Flux-style LoRA in the server's models/loras (it matches no layer of a Wan model)."""
+    return WRONG_LORA_FILE
 
 
 @pytest.fixture(scope="session")

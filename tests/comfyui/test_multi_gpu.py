@@ -253,3 +253,24 @@ def test_unload_models_releases_the_group_which_listens_on_loopback_only_and_lea
     assert not [p for p in server_tmp.iterdir() if p.name.startswith(("dax-group-", "torchelastic_"))]
     _videos(comfy_server, comfy_server.run(tiny_prompt(seed=62, gpus=2), timeout=RUN_TIMEOUT))  # started again
     assert set(_ranks(comfy_server).values()).isdisjoint(ranks.values())
+
+
+def test_a_new_lora_strength_is_taken_by_the_running_worker_group(
+    comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]
+) -> None:
+    from dax_core.demo.run import shipped_workflows
+
+    workflow = next(w for w in shipped_workflows() if "DaxLoadLora" in w.read_text())
+    prompt = tiny_prompt(workflow=workflow, seed=71, gpus=2)
+    for node in prompt.values():
+        if node["class_type"] == "DaxCompile":
+            node["inputs"]["backend"] = "eager"  # inductor's C++ build on every rank is not what this test is about
+    groups_before = len(GROUP_READY.findall(comfy_server.log_text()))
+    _videos(comfy_server, comfy_server.run(prompt, timeout=RUN_TIMEOUT))
+    next(node for node in prompt.values() if node["class_type"] == "DaxLoadLora")["inputs"]["strength"] = 0.5
+    start = len(comfy_server.log_text())
+    _videos(comfy_server, comfy_server.run(prompt, timeout=RUN_TIMEOUT))
+    log = comfy_server.log_text()
+    assert len(GROUP_READY.findall(log)) == groups_before + 1, "the new strength started another group"
+    assert re.search(r"worker group \w+: every rank took the new recipe", log[start:]), log[start:]
+    assert log[start:].count("merged 1 LoRA(s) again") == 2, log[start:]  # each rank, in place

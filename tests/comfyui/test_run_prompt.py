@@ -43,9 +43,15 @@ def _check_levers(prompt: dict[str, Any], outputs: dict[str, Any], log: str) -> 
     """Each acceleration node of ``prompt`` left its mark on the run (``log``: ComfyUI's log of this prompt)."""
     by_type = {node["class_type"]: node_id for node_id, node in prompt.items()}
     levers = {t for t in by_type if t.startswith("Dax")} - {"DaxLoadWan", "DaxMultiGPUSampler"}
-    assert levers <= {"DaxQuantizeLinear", "DaxSetAttentionBackend", "DaxTeacache", "DaxCompile"}, (
+    assert levers <= {"DaxLoadLora", "DaxQuantizeLinear", "DaxSetAttentionBackend", "DaxTeacache", "DaxCompile"}, (
         f"add a check for {levers} here"
     )
+    if "DaxLoadLora" in by_type:
+        inputs = prompt[by_type["DaxLoadLora"]]["inputs"]
+        summary = "\n".join(outputs[by_type["DaxMultiGPUSampler"]]["dax_summary"])
+        lora = f"LoRA {re.escape(inputs['lora_name'])} at strength {inputs['strength']:g}"
+        merged = re.search(rf"{lora}: (\d+) parameters changed", summary)
+        assert merged and int(merged[1]) > 0 and "match no layer" not in summary, summary
     if "DaxQuantizeLinear" in by_type:
         inputs = prompt[by_type["DaxQuantizeLinear"]]["inputs"]
         done = re.search(rf"quantized (\d+) linear layers \[{inputs['dtype']} {inputs['granularity']}", log)
@@ -127,3 +133,34 @@ def test_a_new_teacache_threshold_reuses_the_loaded_model(
     log = comfy_server.log_text()
     assert log.count("built custom-") == built_before, "a new threshold reloaded the model\n" + log[start:]
     assert f"threshold={teacache['inputs']['threshold']}" in log[start:], log[start:]
+
+
+def _lora_workflow() -> Path:
+    return next(w for w in shipped_workflows() if "DaxLoadLora" in w.read_text())
+
+
+def test_a_new_lora_strength_merges_into_the_loaded_model(
+    comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]
+) -> None:
+    prompt = tiny_prompt(workflow=_lora_workflow(), seed=31)
+    _run_to_video(comfy_server, prompt)
+    built_before = comfy_server.log_text().count("built custom-")
+    lora = next(node for node in prompt.values() if node["class_type"] == "DaxLoadLora")
+    lora["inputs"]["strength"] = 0.5
+    start = len(comfy_server.log_text())
+    outputs = _run_to_video(comfy_server, prompt)
+    log = comfy_server.log_text()
+    assert log.count("built custom-") == built_before, "a new strength reloaded the model\n" + log[start:]
+    assert "merged 1 LoRA(s) again" in log[start:], log[start:]
+    sampler = next(k for k, node in prompt.items() if node["class_type"] == "DaxMultiGPUSampler")
+    assert any(" at strength 0.5: " in line for line in outputs[sampler]["dax_summary"]), outputs[sampler]
+
+
+def test_a_lora_for_another_model_family_fails_in_its_node(
+    comfy_server: ComfyServer, tiny_prompt: Callable[..., dict], wrong_lora_file: str
+) -> None:
+    with pytest.raises(PromptFailed) as failed:
+        comfy_server.run(tiny_prompt(workflow=_lora_workflow(), DaxLoadLora=wrong_lora_file, seed=32), RUN_TIMEOUT)
+    assert failed.value.node_type == "DaxLoadLora"
+    assert wrong_lora_file in failed.value.exception_message
+    assert "another model family" in failed.value.exception_message

@@ -44,7 +44,7 @@ from dax_core.quant import quantize_dynamic  # noqa: E402
 from dax_core.quant.config import QuantizeConfig  # noqa: E402
 from dax_core.recipe import Acceleration, Recipe  # noqa: E402
 from dax_core.runtime.distributed import build_engine  # noqa: E402
-from dax_core.runtime.engine import SampleRequest, WanEngine  # noqa: E402
+from dax_core.runtime.engine import FEW_STEPS, SampleRequest, WanEngine  # noqa: E402
 from dax_core.runtime.group import free_port  # noqa: E402
 from tests.benchmarks.common import build_ours  # noqa: E402
 from tests.numerics import rel_error  # noqa: E402
@@ -53,14 +53,14 @@ log = logging.getLogger("parallel_worker")
 SPEC = WanSpec(dim=96, num_layers=2, num_heads=12, ffn_dim=128, text_dim=32, freq_dim=32)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TIMESTEPS = (900.0, 600.0)  # two forwards per run, so accelerations that keep state between steps are exercised
-SAMPLE_STEPS = 8  # a run of a model with a step cache: euler, CFG 5 with both branches batched
+SAMPLE_STEPS = FEW_STEPS + 1  # a run of a model with a step cache (fewer steps leave it out): euler, CFG 5 batched
 
 # Graph capture (dynamo, fullgraph) and AOT tracing of the collectives; inductor needs a C++ toolchain
 COMPILE = CompileConfig(backend="aot_eager")
 FP8 = QuantizeConfig(dtype="fp8")  # per token and per channel: the CPU runs the GEMMs' numerics contract
 INT8 = QuantizeConfig(dtype="int8")
 # TeaCache on the time embedding (only the first and last steps forced), rescale(x) = x: the distances of these
-# models are 0.6 to 1.3 per step, so the 8-step runs skip about every other step, at steps that differ between
+# models are 0.6 to 1.3 per step, so the 9-step runs skip about every other step, at steps that differ between
 # models of different seeds (so ranks holding different replicas decide differently unless they share decisions)
 TEACACHE = TeacacheConfig(threshold=1.2, mode="e", coefficients=(1.0, 0.0))
 # Radial attention on the exact masked kernel, blocks of 8 tokens (frames of 6): the first layer dense, the second

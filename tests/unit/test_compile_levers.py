@@ -31,8 +31,8 @@ CPU = BuildEnv(torch.device("cpu"))
 # the sum crosses 2.0 every two or three steps, 0.07 or more away from the threshold. The decisions depend on
 # the timestep alone (computed eagerly, outside the blocks), so the compiled and eager runs must take the same.
 TEACACHE = TeacacheConfig(threshold=2.0, mode="e", coefficients=(1.0, 0.0))
-PATTERN = "CSCSSCSC"  # 8 steps: first and last forced, 4 skipped
-STEPS = 8
+PATTERN = "CSSCSCSCC"  # 9 steps (8 or fewer run without a step cache): first and last forced, 4 skipped
+STEPS = 9
 
 
 def _model() -> WanModel:
@@ -94,7 +94,7 @@ def test_blocks_compile_once_per_input_shape_across_steps_branches_and_prompts(d
     counter = CountingBackend()
     compile_blocks(model, CompileConfig(), backend=counter)
 
-    # 1. Two prompts, 8 steps, cond and uncond batched in one forward: one graph (batch 2 x 48 x 7) for both
+    # 1. Two prompts, 9 steps, cond and uncond batched in one forward: one graph (batch 2 x 48 x 7) for both
     #    blocks and every computed step; skipped steps do not call the blocks.
     first = engine.sample(tiny_request(prompt_seed=1, seed=3, steps=STEPS))
     assert first.step_cache.branch("cond").pattern == PATTERN

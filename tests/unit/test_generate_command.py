@@ -98,3 +98,23 @@ def test_bad_layout_is_refused_with_the_fix(inputs, tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit):
         main([*inputs, "--out", str(tmp_path / "x.safetensors"), "--cfg-parallel"])
     assert "--cfg-parallel needs an even number of processes, got 3" in capsys.readouterr().err
+
+
+def test_loras_reach_the_engine(inputs, single, tmp_path):
+    from dax_core.lora import lora_ref
+    from dax_core.lora.tiny import write_tiny_lora
+    from dax_core.models.loading import inspect_weights
+
+    weights = inputs[inputs.index("--weights") + 1]
+    lora = write_tiny_lora(tmp_path / "lora.safetensors", inspect_weights(weights).spec, rank=2)
+    out = tmp_path / "latent.safetensors"
+    assert main([*inputs, "--out", str(out), "--lora", f"{lora}:0.5", "--lora", str(lora)]) == 0
+    embeddings = load_file(inputs[inputs.index("--text-embeddings") + 1])
+    recipe = Recipe(weights, compute_dtype="fp32", loras=(lora_ref(lora, 0.5), lora_ref(lora, 1.0)))
+    request = SampleRequest(
+        embeddings["positive"][None], embeddings["negative"][None], torch.zeros(1, 16, 2, 4, 8),
+        seed=7, steps=3, cfg=4.5, shift=8.0, sampler="euler", scheduler="simple",
+    )  # fmt: skip
+    got = load_file(str(out))["latent"]
+    assert torch.equal(got, WanEngine.build(recipe, "cpu").sample(request).latent)
+    assert not torch.equal(got, single)

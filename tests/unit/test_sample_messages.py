@@ -74,17 +74,19 @@ def test_request_without_negative_round_trip():
     assert request_from_message(_through_a_socket("request", *request_fields(req))).negative is None
 
 
-def test_result_round_trip_with_step_cache_report():
+def test_result_round_trip_with_step_cache_report_and_notes():
     report = StepCacheReport("TeaCache", 5, (BranchReport("cond", "CCSCC"), BranchReport("uncond", "CCSSC")))
     kernels = ("attention: PyTorch SDPA", "linears: 3 of 5 in fp8 per-token-per-channel, the others in bfloat16")
+    notes = ("LoRA a.safetensors at strength 0.5: 3 parameters changed", "a second note")
     result = SampleResult(
         torch.randn(1, 16, 2, 4, 4), 5, 3.25, 1.5, report,
-        first_step_compiled=True, kernels=kernels, peak_memory_bytes=(7 * 2**30, 2**33),
+        first_step_compiled=True, kernels=kernels, peak_memory_bytes=(7 * 2**30, 2**33), notes=notes,
     )  # fmt: skip
     got = result_from_message(_through_a_socket("result", *result_fields(result)))
     assert torch.equal(got.latent, result.latent)
     assert (got.steps, got.seconds, got.first_step_seconds, got.step_cache) == (5, 3.25, 1.5, report)
     assert (got.first_step_compiled, got.kernels, got.peak_memory_bytes) == (True, kernels, (7 * 2**30, 2**33))
+    assert got.notes == notes and got.summary_lines()[-2:] == list(notes)
     assert got.summary_lines() == result.summary_lines()
     assert got.summary_lines()[-1] == "peak GPU memory: 7.0, 8.0 GiB (per GPU)"
 

@@ -123,13 +123,12 @@ def test_bad_sampling_options_are_refused_when_the_request_is_made(changes, mess
 
 def test_a_cut_run_counts_its_own_steps_in_the_step_cache_and_the_result() -> None:
     # TeaCache ("e": first and last step forced; a constant rescale of 1 per step against 2.5 skips two of every
-    # three) sees a run of 5 steps when steps 3-8 of 12 run: the pattern of a plain 5-step run.
+    # three) sees a run of 5 steps when steps 3-8 of 12 run: the pattern of a plain 5-step run. (A plain 5-step
+    # schedule itself runs without its step cache: engine.FEW_STEPS.)
     engine = tiny_engine()
     engine.model.step_cache = TeaCache((1.0,), threshold=2.5, mode="e")
     cut = engine.sample(_with(tiny_request(steps=12), start_at_step=3, end_at_step=8))
-    plain = engine.sample(tiny_request(steps=5))
     assert cut.steps == 5 and cut.step_cache.steps == 5
-    assert [b.pattern for b in cut.step_cache.branches] == [b.pattern for b in plain.step_cache.branches]
-    assert cut.step_cache.branch("cond").pattern == "CSSCC"
+    assert [b.pattern for b in cut.step_cache.branches] == ["CSSCC", "CSSCC"]
     # denoise: 6 of int(6 / 0.5) = 12 scheduled steps run
     assert engine.sample(_with(tiny_request(steps=6), denoise=0.5, latent=torch.ones(1, 16, 3, 8, 8))).steps == 6
