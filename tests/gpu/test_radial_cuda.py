@@ -155,13 +155,14 @@ def test_a_block_with_radial_attention_compiles_without_graph_breaks(name, case)
         eager = block(x, e0, ctx, rope, attention, SDPA_DEFAULT)
         compiled = torch.compile(block, fullgraph=True)(x, e0, ctx, rope, attention, SDPA_DEFAULT)
     assert dict(counters["graph_break"]) == {}
-    err = rel_error(compiled.float() - x.float(), eager.float() - x.float())
+    update = eager.float() - x.float()
+    err = rel_error(compiled.float() - x.float(), update)
     print(f"{name}: compiled block update {err:.2e} from eager")
-    # the same kernel; inductor reorders the bf16 element-wise work around it, which moves q and k in their last bf16
-    # bit: an exact kernel (flex) passes that on as it is, SpargeAttn requantizes Q·K to int8 and P·V to fp8, so a
-    # moved input may take the neighbouring code (measured on an H200: 3.3e-2, within SageAttention2's own 4e-2 from
-    # exact attention at these shapes)
-    assert err < (8e-2 if name == "sparge" else 2e-2)
+    # the same kernel; inductor reorders the bf16 element-wise work around it. The block's output is bf16: each of its
+    # values is rounded to 2^-9 of itself, which measured against the update (smaller than x) is 2^-9 |x| / |update|;
+    # on an H200 both kernels measured 3.3e-2, the same number, so it is the block around the kernel that differs
+    bf16_output = 2.0**-8 * x.float().norm().item() / update.norm().item()
+    assert err < 2e-2 + bf16_output
     torch._dynamo.reset()
 
 
