@@ -14,6 +14,8 @@ from dax_core.lora import lora_fingerprint, lora_ref, plan_lora
 from dax_core.models.loading import inspect_weights
 from dax_core.recipe import Recipe
 
+from .model_socket import dax_model_input, patched_model_tooltip
+
 log = logging.getLogger(__name__)
 
 TOOLTIPS = {
@@ -45,7 +47,7 @@ class DaxLoadLora:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "dax_model": ("DAX_MODEL",),
+                "dax_model": dax_model_input(),
                 "lora_name": (folder_paths.get_filename_list("loras"), {"tooltip": TOOLTIPS["lora_name"]}),
                 "strength": (
                     "FLOAT",
@@ -56,6 +58,7 @@ class DaxLoadLora:
 
     RETURN_TYPES = ("DAX_MODEL",)
     RETURN_NAMES = ("dax_model",)
+    OUTPUT_TOOLTIPS = (patched_model_tooltip("this LoRA merged into its weights"),)
     FUNCTION = "load"
     CATEGORY = "DAX"
     DESCRIPTION = (

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from dax_core.demo.comfy_server import ComfyServer
-from dax_core.demo.run import TINY_SETTINGS, WORKFLOWS, ModelFiles
+from dax_core.demo.run import LOADERS, TINY_SETTINGS, WORKFLOWS, ModelFiles
 from tests.comfyui import front_end
 from tests.comfyui.conftest import placeholders
 
@@ -47,8 +47,7 @@ def ui_server(
     comfyui_dir: Path, demo_models: ModelFiles, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ComfyServer]:
     base = tmp_path_factory.mktemp("comfyui-front-end")
-    by_folder = {"diffusion_models": demo_models.model, "text_encoders": demo_models.text_encoder,
-                 "vae": demo_models.vae}  # fmt: skip
+    by_folder = {LOADERS[loader][1]: path for loader, path in demo_models.by_loader().items()}
     for folder, name in placeholders():
         target = base / "models" / folder / name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,7 @@ def test_result_round_trip_with_step_cache_report_and_notes():
     assert (got.first_step_compiled, got.kernels, got.peak_memory_bytes) == (True, kernels, (7 * 2**30, 2**33))
     assert got.notes == notes and got.summary_lines()[-2:] == list(notes)
     assert got.summary_lines() == result.summary_lines()
-    assert got.summary_lines()[-1] == "peak GPU memory: 7.0, 8.0 GiB (per GPU)"
+    assert got.summary_lines()[-3] == "peak GPU memory: 7.0, 8.0 GiB (per GPU)"
 
 
 def test_progress_round_trip_with_a_preview_in_half_precision():
