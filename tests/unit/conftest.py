@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.unit.group_helpers import in_process, private_tmp, tiny_recipe, tiny_request
+
 
 @pytest.fixture(scope="session")
 def comfyui_importable(comfyui_dir: Path) -> Path:
@@ -31,3 +33,23 @@ def fresh_dynamo():
     counters.clear()
     yield
     torch._dynamo.reset()
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """The worker-group tests' tiny float32 model, written once per test module."""
+    return tiny_recipe(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def reference(recipe):
+    """What one process gives for ``recipe`` and the tiny request: the worker groups' expected result."""
+    return in_process(recipe, tiny_request())
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    """A temp folder of the test module's own, as the system temp folder of this process and of the groups it
+    starts: what a group leaves behind shows up there."""
+    with private_tmp(tmp_path_factory.mktemp("tmp")) as folder:
+        yield folder

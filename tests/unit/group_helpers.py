@@ -70,6 +70,14 @@ class Groups:
         return self.cache.get(recipe, start, variant=repr(config), valid=lambda g: g.alive)
 
 
+def cached_groups(config: GroupConfig, tmp: Path) -> Iterator[Groups]:
+    """The body of a test module's ``groups`` fixture: its groups, closed at the end, with nothing left in ``tmp``."""
+    groups = Groups(config)
+    yield groups
+    groups.cache.clear()
+    assert_no_leftovers(tmp)
+
+
 def next_prompt_starts_a_fresh_group(
     groups: Groups, recipe: Recipe, reference: SampleResult, failed: WorkerGroup
 ) -> None:

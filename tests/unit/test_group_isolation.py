@@ -23,9 +23,7 @@ from tests.unit.group_helpers import (
     assert_all_gone,
     assert_no_leftovers,
     assert_same_latent,
-    in_process,
     private_tmp,
-    tiny_recipe,
     tiny_request,
 )
 
@@ -37,16 +35,6 @@ CONFIG = GroupConfig(2, device="cpu", parallel=parallel_layout(2), worker_module
 def tmp(tmp_path):
     with private_tmp(tmp_path / "tmp") as folder:
         yield folder
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    return tiny_recipe(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def reference(recipe):
-    return in_process(recipe, tiny_request())
 
 
 def _listening(pid: int) -> list[tuple[str, int]]:

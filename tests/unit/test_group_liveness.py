@@ -20,15 +20,11 @@ from dax_core.runtime.liveness import Liveness, Position, Watchdog
 from tests.unit.faulty_worker import HOLD_AFTER, HOLD_IN_BLOCK_SEED, HOLD_SEED, STALL_SEED
 from tests.unit.faulty_worker import MODULE as FAULTY_WORKER
 from tests.unit.group_helpers import (
-    Groups,
     assert_all_gone,
-    assert_no_leftovers,
     assert_same_latent,
+    cached_groups,
     group_processes,
-    in_process,
     next_prompt_starts_a_fresh_group,
-    private_tmp,
-    tiny_recipe,
     tiny_request,
 )
 
@@ -51,27 +47,8 @@ kills them (SIGKILL); generous for a loaded 2-core machine, and far below the 60
 
 
 @pytest.fixture(scope="module")
-def tmp(tmp_path_factory):
-    with private_tmp(tmp_path_factory.mktemp("tmp")) as folder:
-        yield folder
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    return tiny_recipe(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def reference(recipe):
-    return in_process(recipe, tiny_request())
-
-
-@pytest.fixture(scope="module")
 def groups(tmp):
-    g = Groups(CONFIG)
-    yield g
-    g.cache.clear()
-    assert_no_leftovers(tmp)
+    yield from cached_groups(CONFIG, tmp)
 
 
 def test_a_cancel_stops_every_rank_mid_step_and_keeps_the_group(groups, recipe, reference):

@@ -30,14 +30,13 @@ from dax_core.runtime.progress import StepProgress
 from tests.unit.faulty_worker import FAIL_BUILD_ENV, HOLD_AFTER, HOLD_SEED, RAISE_SEED
 from tests.unit.faulty_worker import MODULE as FAULTY_WORKER
 from tests.unit.group_helpers import (
-    Groups,
     assert_all_gone,
     assert_no_leftovers,
     assert_same_latent,
+    cached_groups,
     group_processes,
     in_process,
     next_prompt_starts_a_fresh_group,
-    private_tmp,
     tiny_recipe,
     tiny_request,
 )
@@ -50,27 +49,8 @@ CONFIG = GroupConfig(
 
 
 @pytest.fixture(scope="module")
-def tmp(tmp_path_factory):
-    with private_tmp(tmp_path_factory.mktemp("tmp")) as folder:
-        yield folder
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    return tiny_recipe(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def reference(recipe):
-    return in_process(recipe, tiny_request())
-
-
-@pytest.fixture(scope="module")
 def groups(tmp):
-    g = Groups(CONFIG)
-    yield g
-    g.cache.clear()
-    assert_no_leftovers(tmp)
+    yield from cached_groups(CONFIG, tmp)
 
 
 def test_group_gives_the_in_process_result_and_is_reused_across_prompts(groups, recipe, reference):

@@ -28,20 +28,8 @@ from tests.unit.group_helpers import (
     assert_all_gone,
     assert_same_latent,
     group_processes,
-    in_process,
-    tiny_recipe,
     tiny_request,
 )
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    return tiny_recipe(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def reference(recipe):
-    return in_process(recipe, tiny_request())
 
 
 def test_four_ranks_cancel_raise_and_sigkill(recipe, reference):
