@@ -44,8 +44,10 @@ class DaxLoadWan:
 
     def load(self, model_name: str, weight_dtype: str, compute_dtype: str) -> tuple[Recipe]:
         path = resolve_model(model_name)
-        info = inspect_weights(path)  # raises a clear WeightsError for I2V/VACE/VAE/text encoders/corrupt files
+        info = inspect_weights(path)  # raises a clear WeightsError for VACE/VAE/text encoders/corrupt files
         log.info(
-            "Load Wan DAX: %s (%s, %s naming, stored %s)", model_name, info.spec.name, info.naming, info.stored_dtype
-        )
-        return (Recipe(weights=path, weight_dtype=weight_dtype, compute_dtype=compute_dtype),)
+            "Load Wan DAX: %s (%s, %s naming, stored %s)", model_name, info.model.variant, info.naming,
+            info.stored_dtype,
+        )  # fmt: skip
+        # the resolved model travels in the recipe: nothing downstream reads the headers again
+        return (Recipe(weights=path, weight_dtype=weight_dtype, compute_dtype=compute_dtype, model=info.model),)

@@ -15,7 +15,6 @@ from collections.abc import Callable
 import comfy.model_management as mm
 import torch
 
-from dax_core.models.loading import inspect_weights
 from dax_core.models.spec import WanSpec
 from dax_core.recipe import Recipe
 from dax_core.rules import STEP_CACHE_KINDS, check_run
@@ -24,6 +23,7 @@ from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
 from dax_core.runtime.engine_cache import EngineCache
 from dax_core.runtime.group import GroupConfig, SampleCancelled, StartCancelled, WorkerGroup
 from dax_core.runtime.liveness import Liveness
+from dax_core.runtime.model_info import recipe_model
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
 
@@ -128,7 +128,7 @@ def _bytes_needed(recipe: Recipe, spec: WanSpec) -> int:
 
 
 def _build_engine(recipe: Recipe) -> LoadedEngine:
-    device, size = mm.get_torch_device(), _bytes_needed(recipe, inspect_weights(recipe.weights).spec)
+    device, size = mm.get_torch_device(), _bytes_needed(recipe, recipe_model(recipe).spec)
     mm.free_memory(size, device)  # ComfyUI's own models make room for ours first
     return _register(WanEngine.build(recipe, device), size)
 
@@ -176,7 +176,7 @@ def _prepare(
 ) -> tuple[WanSpec, GroupConfig | None]:
     """Every check of the run, before any engine is touched: a warm group stays as it is and no new one starts
     for a request or a recipe the ranks would refuse. The model's spec, and the group's config (None: one GPU)."""
-    spec = inspect_weights(recipe.weights).spec
+    spec = recipe_model(recipe).spec
     config = None if gpus == 1 else _group_config(gpus, mode, ulysses_degree, cfg_parallel, overlap, liveness)
     check_run(recipe, spec, request, None if config is None else config.parallel)
     return spec, config

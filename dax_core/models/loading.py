@@ -24,8 +24,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..recipe import WEIGHT_DTYPES
 from .detect import NUM_HEADS_METADATA, describe_foreign, expected_shapes, infer_spec
+from .dtypes import WEIGHT_DTYPES
+from .info import ModelInfo
 from .naming import detect_naming, strip_comfy_prefix, to_wan_name
 from .safetensors_files import FLOAT_NAMES, ITEMSIZE, SafetensorsHeader
 from .spec import WanSpec
@@ -56,11 +57,15 @@ class WeightsInfo:
 
     path: str
     naming: str  # "wan" (original / ComfyUI) or "diffusers"
-    spec: WanSpec
+    model: ModelInfo  # the model the file holds: spec, variant, family (what a recipe carries)
     stored_dtype: str  # dtype of the blocks' linear weights (most of the bytes), e.g. "bf16", "fp8_e4m3fn"
     scaled_fp8: bool  # ComfyUI scaled fp8: per-tensor scale_weight beside the float8 weights
     total_bytes: int
     files: tuple[str, ...]
+
+    @property
+    def spec(self) -> WanSpec:
+        return self.model.spec
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,7 @@ def _plan(path: Path) -> _WeightsPlan:
     info = WeightsInfo(
         path=where,
         naming=naming,
-        spec=spec,
+        model=ModelInfo.of(spec),
         stored_dtype=FLOAT_NAMES[by_dtype.most_common(1)[0][0]],
         scaled_fp8=scaled_fp8 or bool(scales),
         total_bytes=sum(h.file_size for h in headers),

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..recipe import TORCH_DTYPES
+from .dtypes import TORCH_DTYPES
 
 FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 FP8_E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 import dax_core.models.loading as loading
 from dax_core.models.detect import infer_spec
+from dax_core.models.info import ModelInfo
 from dax_core.models.loading import WeightsError, WeightsInfo, inspect_weights, load_wan_model
 from dax_core.models.spec import PRESETS, WanSpec
 from dax_core.models.tiny import (
@@ -232,7 +233,7 @@ def test_inspect_reports_naming_spec_dtype_and_files(tmp_path, naming, dtype, st
     assert info == WeightsInfo(
         path=str(path),
         naming="diffusers" if naming == "diffusers" else "wan",
-        spec=SPEC,
+        model=ModelInfo.of(SPEC),
         stored_dtype=stored_dtype,
         scaled_fp8=scaled,
         total_bytes=path.stat().st_size,
