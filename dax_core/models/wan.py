@@ -23,7 +23,6 @@ from .spec import WanSpec
 
 if TYPE_CHECKING:
     from ..attention.schedule import SelfAttentionSchedule
-    from ..cache.base import StepCache
 
 
 class WanLinear(nn.Linear):
@@ -260,6 +259,13 @@ class SequenceParallelHooks(Protocol):
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+class BlockStackCache(Protocol):
+    """What the model asks of a step cache (``dax_core.cache.StepCache`` implements it): the block stack's output
+    for ``p``, computed or reused; ``branches[i]`` names the stream of batch row i."""
+
+    def run_blocks(self, model: WanModel, p: Prepared, branches: Sequence[str]) -> torch.Tensor: ...
+
+
 class WanModel(nn.Module):
     """The Wan2.1 T2V diffusion transformer.
 
@@ -295,7 +301,8 @@ class WanModel(nn.Module):
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.compiled: Any = None  # dax_core.compile's CompiledBlocks (config, shapes met) while compiled
         self.block_graphs: Any = None  # dax_core.compile's BlockGraphs while the block stack runs as CUDA graphs
-        self.step_cache: StepCache | None = None
+        self.step_cache: BlockStackCache | None = None
+        """Set by ``dax_core.cache`` (TeaCache, MagCache) on this instance only."""
         self.self_attention_schedule: SelfAttentionSchedule | None = None
         """Per-layer self-attention kernels (radial attention), set by ``dax_core.attention.radial_config``."""
         self.sequence_parallel: SequenceParallelHooks | None = None
