@@ -146,6 +146,30 @@ class WanSpec:
                 "4096 wide: CLIPLoader with type wan)"
             )
 
+    def check_image_features(self, shape: Sequence[int] | None, batch: int) -> None:
+        """Raise ValueError, saying what to change, unless CLIP-vision features of ``shape`` (None: none given) fit
+        this model for a forward of ``batch`` rows: an image model needs them, [batch or 1, tokens, clip_dim], and a
+        model without image cross-attention takes none."""
+        if not self.takes_image:
+            if shape is not None:
+                raise ValueError(
+                    f"this {self.model_type} model has no image cross-attention, but CLIP-vision features were given: "
+                    "use a Wan2.1 image-to-video (I2V) or first-last-frame (FLF2V) model, or leave clip_vision_output "
+                    "unconnected"
+                )
+            return
+        if shape is None:
+            raise ValueError(
+                f"this {self.model_type} model needs the CLIP-vision features of its image: connect CLIPVisionEncode "
+                "(crop none, CLIP ViT-H) to the clip_vision_output input of WanImageToVideo / WanFirstLastFrameToVideo"
+            )
+        shape = tuple(shape)
+        if len(shape) != 3 or shape[0] not in (1, batch) or shape[2] != self.clip_dim or shape[1] < 1:
+            raise ValueError(
+                f"CLIP-vision features must be [{batch} or 1, tokens, {self.clip_dim}] (CLIP ViT-H penultimate hidden "
+                f"states), got {shape}: encode the image with the Wan2.1 CLIP vision model (clip_vision_h)"
+            )
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["patch_size"] = list(self.patch_size)
