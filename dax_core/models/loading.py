@@ -1,4 +1,4 @@
-"""Wan2.1 T2V DiT weights: inspect a file from its header, load it one tensor at a time.
+"""Wan2.1 DiT weights (T2V, I2V, FLF2V): inspect a file from its header, load it one tensor at a time.
 
 Reads single safetensors files in original / ComfyUI naming (with or without ``model.diffusion_model.``)
 or diffusers naming, diffusers folders (sharded or not, or a repository with ``transformer/``), in
@@ -24,7 +24,14 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .detect import NUM_HEADS_METADATA, describe_foreign, expected_shapes, infer_spec
+from .detect import (
+    NUM_HEADS_METADATA,
+    SUPPORTED,
+    describe_foreign,
+    describe_variant_by_name,
+    expected_shapes,
+    infer_spec,
+)
 from .dtypes import WEIGHT_DTYPES
 from .info import ModelInfo
 from .naming import detect_naming, strip_comfy_prefix, to_wan_name
@@ -43,9 +50,9 @@ SCALED_FP8_MARKER = "scaled_fp8"
 SCALE_WEIGHT = ".scale_weight"
 SCALE_INPUT = ".scale_input"  # ComfyUI's activation scale for fp8 matmuls: not used here
 COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_EXAMPLE = "e.g. wan2.1_t2v_1.3B_bf16.safetensors or a diffusers Wan2.1-T2V folder"
+_EXAMPLE = "e.g. wan2.1_t2v_1.3B_bf16.safetensors, wan2.1_i2v_480p_14B_bf16.safetensors or a diffusers Wan2.1 folder"
 _EXPECTED = (
-    f"expected a Wan2.1 text-to-video diffusion model ({_EXAMPLE}), whose tensors are "
+    f"expected a Wan2.1 diffusion model ({_EXAMPLE}), whose tensors are "
     "named like blocks.0.self_attn.q.weight and head.modulation (original/ComfyUI naming) or "
     "blocks.0.attn1.to_q.weight and scale_shift_table (diffusers naming)"
 )
@@ -79,7 +86,7 @@ def inspect_weights(path: str | os.PathLike) -> WeightsInfo:
     """Naming, size and dtype of the weights at ``path``, from the safetensors headers only.
 
     Raises WeightsError (naming the file and what it looks like) for anything that is not a complete
-    Wan2.1 text-to-video DiT.
+    Wan2.1 DiT of a variant DAX runs (T2V, I2V, FLF2V).
     """
     return _plan(Path(path)).info
 
@@ -219,9 +226,9 @@ def _plan(path: Path) -> _WeightsPlan:
         other = stripped.setdefault(strip_comfy_prefix(name), loc)
         if other is not loc:
             raise WeightsError(f"{where}: holds {other.name} and {name}, two copies of one tensor; {_EXPECTED}")
-    foreign = describe_foreign(stripped.keys())
+    foreign = describe_foreign(stripped.keys()) or describe_variant_by_name(where)
     if foreign:
-        raise WeightsError(f"{where}: {foreign}. Pick a Wan2.1 text-to-video diffusion model here ({_EXAMPLE})")
+        raise WeightsError(f"{where}: {foreign}. Pick a Wan2.1 diffusion model here ({_EXAMPLE})")
     naming = detect_naming(stripped.keys())
     if naming is None:
         sample = ", ".join(sorted(table)[:4])
@@ -292,20 +299,20 @@ def _check_tensors(
     unexpected += [loc.name for name, loc in scales.items() if name not in params]
     if unexpected:
         raise WeightsError(
-            f"{where}: holds tensors a Wan2.1 T2V {spec.name} model does not have: {_some(unexpected)}; "
-            "the file is another Wan variant or was modified - use an unmodified Wan2.1 text-to-video file"
+            f"{where}: holds tensors a Wan2.1 {spec.name} model does not have: {_some(unexpected)}; "
+            f"the file is another Wan variant or was modified - use an unmodified file ({SUPPORTED})"
         )
     missing = [name for name in expected if name not in params]
     if missing:
         raise WeightsError(
-            f"{where}: incomplete - lacks {len(missing)} tensor(s) of a Wan2.1 T2V {spec.name} model: "
+            f"{where}: incomplete - lacks {len(missing)} tensor(s) of a Wan2.1 {spec.name} model: "
             f"{_some(missing)}; the file is damaged or only part of a model - fetch it again"
         )
     for name, loc in params.items():
         if loc.entry.shape != expected[name]:
             raise WeightsError(
                 f"{where}: tensor {loc.name} has shape {list(loc.entry.shape)}, expected {list(expected[name])} "
-                f"for a Wan2.1 T2V {spec.name} model; the file mixes tensors of different models"
+                f"for a Wan2.1 {spec.name} model; the file mixes tensors of different models"
             )
         if loc.entry.dtype not in FLOAT_NAMES:
             raise WeightsError(
