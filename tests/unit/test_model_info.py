@@ -53,3 +53,14 @@ def test_nodes_and_the_group_read_the_recipes_model(no_header_reads):
 def test_a_recipe_made_without_a_model_reads_the_headers(tmp_path):
     path = write_tiny_model(tmp_path / "tiny.safetensors")
     assert recipe_model(Recipe(str(path))).spec == SPEC
+
+
+def test_an_engine_refuses_weights_that_are_no_longer_the_model_the_recipe_carries(tmp_path):
+    from dax_core.models.tiny import tiny_spec
+    from dax_core.runtime.engine import WanEngine
+
+    path = write_tiny_model(tmp_path / "model.safetensors")  # now a T2V file; the recipe was made for an I2V one
+    i2v = tiny_spec("i2v")
+    recipe = Recipe(str(path), compute_dtype="fp32", model=ModelInfo(i2v, i2v.name))
+    with pytest.raises(ValueError, match="the file changed since Load Wan DAX read it"):
+        WanEngine.build(recipe, "cpu")
