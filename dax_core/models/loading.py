@@ -102,14 +102,22 @@ def load_wan_model(
     weight_dtype: str = "default",
     compute_dtype: torch.dtype = torch.bfloat16,
     deltas: DeltaFn | None = None,
+    expect: ModelInfo | None = None,
 ) -> WanModel:
     """Build the WanModel stored at ``path`` on ``device``, converting dtypes as ``weight_conversion`` describes.
 
     ``deltas``: changes merged into the parameters as they load (LoRAs), before any conversion of their dtype.
+    ``expect``: the model the caller resolved from this file earlier (a recipe's); a file that now holds another
+    raises WeightsError before any tensor is read.
     """
     _check_dtypes(weight_dtype, compute_dtype)
     device = torch.device(device)
     plan = _plan(Path(path))
+    if expect is not None and plan.info.spec != expect.spec:
+        raise WeightsError(
+            f"{path} now holds a {plan.info.model.variant} model, but the recipe was made for a {expect.variant} "
+            "model: the file changed since Load Wan DAX read it - run the workflow again"
+        )
     model = WanModel(plan.info.spec, device=torch.device("meta"), dtype=compute_dtype)
     linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, WanLinear)}
     converted = _converted(plan, plan.params, set(linears), device, weight_dtype, compute_dtype, deltas)

@@ -201,12 +201,8 @@ class WanEngine:
                 weight_dtype=recipe.weight_dtype,
                 compute_dtype=recipe.torch_compute_dtype,
                 deltas=deltas if deltas.params else None,
+                expect=recipe.model,
             ).eval()
-        if recipe.model is not None and model.spec != recipe.model.spec:
-            raise ValueError(
-                f"{recipe.weights} now holds a {model.spec.name} model, but the recipe was made for a "
-                f"{recipe.model.variant} model: the file changed since Load Wan DAX read it - run the workflow again"
-            )
         apply_accelerations(model, recipe, BuildEnv(device, world, sequence_group))
         log.info("built %s on %s in %.1f s", model.spec.name, device, time.perf_counter() - start)
         engine = cls(model, recipe, device)
