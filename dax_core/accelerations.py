@@ -52,6 +52,9 @@ def register_config_modules() -> None:
         importlib.import_module(name)
 
 
+register_config_modules()  # importing this module registers every lever's config (``Recipe.from_dict`` needs them)
+
+
 def apply_accelerations(model: WanModel, recipe: Recipe, env: BuildEnv) -> None:
     def order(acc: Acceleration) -> int:
         return APPLY_ORDER.index(acc.kind) if acc.kind in APPLY_ORDER else len(APPLY_ORDER)

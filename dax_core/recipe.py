@@ -3,6 +3,9 @@
 A recipe is what the ComfyUI nodes pass along (as DAX_MODEL) and what crosses process boundaries: it
 serializes to a dict of primitives (``to_dict``) and back (``from_dict``). Patch nodes never mutate a
 recipe; they return a new one (``with_acceleration``, ``with_loras``).
+
+The recipe is data and imports no lever: each acceleration config registers its kind when its module is imported
+(``dax_core.accelerations`` imports them all), and ``from_dict`` rebuilds the kinds registered by then.
 """
 
 from __future__ import annotations
@@ -17,15 +20,21 @@ from typing import Any, ClassVar
 
 import torch
 
-WEIGHT_DTYPES = ("default", "bf16", "fp16", "fp32", "fp8_e4m3fn")
-COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
+from .models.dtypes import COMPUTE_DTYPES, TORCH_DTYPES, WEIGHT_DTYPES
+from .models.info import ModelInfo
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-    "fp32": torch.float32,
-    "fp8_e4m3fn": torch.float8_e4m3fn,
-}
+__all__ = [
+    "COMPUTE_DTYPES",
+    "TORCH_DTYPES",
+    "WEIGHT_DTYPES",
+    "Acceleration",
+    "LoraRef",
+    "ModelInfo",
+    "Recipe",
+    "RecipeError",
+    "acceleration_from_dict",
+    "register_acceleration",
+]
 
 
 class RecipeError(ValueError):
@@ -63,13 +72,15 @@ def register_acceleration(cls: type[Acceleration]) -> type[Acceleration]:
 
 
 def acceleration_from_dict(data: dict[str, Any]) -> Acceleration:
-    from .accelerations import register_config_modules
-
-    register_config_modules()
+    """The acceleration config ``data`` describes; its kind must be registered (import ``dax_core.accelerations``,
+    which imports every lever's config, before rebuilding recipes from dicts)."""
     data = dict(data)
     kind = data.pop("kind", None)
     if kind not in _ACCELERATIONS:
-        raise RecipeError(f"unknown acceleration kind {kind!r}; known: {sorted(_ACCELERATIONS)}")
+        raise RecipeError(
+            f"unknown acceleration kind {kind!r}; known: {sorted(_ACCELERATIONS)} (import dax_core.accelerations "
+            "first: it registers every lever's config)"
+        )
     return _ACCELERATIONS[kind](**data)
 
 
@@ -104,15 +115,19 @@ class LoraRef:
 @dataclass(frozen=True)
 class Recipe:
     """Weights plus dtypes plus an ordered tuple of accelerations (at most one of each kind) plus the LoRAs merged
-    into the weights when the model is built, in order."""
+    into the weights when the model is built, in order, plus the model those weights hold (``model``: resolved once,
+    by Load Wan DAX, from the weights' headers; None for a recipe made without it, whose users read the headers)."""
 
     weights: str
     weight_dtype: str = "default"
     compute_dtype: str = "bf16"
     accelerations: tuple[Acceleration, ...] = field(default=())
     loras: tuple[LoraRef, ...] = field(default=())
+    model: ModelInfo | None = None
 
     def __post_init__(self) -> None:
+        if self.model is not None and not isinstance(self.model, ModelInfo):
+            raise RecipeError(f"recipe model must be a ModelInfo, got {type(self.model).__name__}")
         object.__setattr__(self, "loras", tuple(self.loras))
         if not all(isinstance(lora, LoraRef) for lora in self.loras):
             raise RecipeError(f"recipe LoRAs must be LoraRef entries, got {[type(x).__name__ for x in self.loras]}")
@@ -175,6 +190,8 @@ class Recipe:
         }
         if self.loras:
             data["loras"] = [lora.to_dict() for lora in self.loras]
+        if self.model is not None:
+            data["model"] = self.model.to_dict()
         return data
 
     @classmethod
@@ -182,7 +199,8 @@ class Recipe:
         accs = tuple(acceleration_from_dict(a) for a in data.get("accelerations", ()))
         loras = tuple(LoraRef(**lora) for lora in data.get("loras", ()))
         dtypes = (data.get("weight_dtype", "default"), data.get("compute_dtype", "bf16"))
-        return cls(data["weights"], *dtypes, accs, loras)
+        model = ModelInfo.from_dict(data["model"]) if data.get("model") is not None else None
+        return cls(data["weights"], *dtypes, accs, loras, model)
 
     def fingerprint(self) -> str:
         """Stable identity of what this recipe builds: equal recipes build equal models."""

@@ -95,6 +95,7 @@ def check_sampling(req: Any, samplers: Collection[str], schedulers: Collection[s
         value = getattr(req, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"{name} must be an integer step index, got {value!r}")
+    _check_image_shapes(req)
     if req.sigmas is not None and req.denoise != 1.0:
         raise ValueError(
             "denoise applies to the scheduler's sigmas; with a sigmas input, cut the sigmas instead "
@@ -108,10 +109,11 @@ def check_request(req: Any, spec: WanSpec, parallel: ParallelConfig | None = Non
     The engine checks every request before its first step, and a worker group's owner before the request reaches
     any rank (or before a group is started for it): inside the ranks the same error would end the whole group.
     """
-    spec.check_latent(req.latent.shape)
+    spec.check_latent(req.latent.shape, spec.latent_channels)
     spec.check_text(req.positive.shape, "the positive text embedding")
     if req.uses_cfg and req.negative is not None:
         spec.check_text(req.negative.shape, "the negative text embedding")
+    check_image_conditioning(req, spec)
     if parallel is None or not parallel.cfg_parallel:
         return
     # CFG-parallel gives each half of the GPUs half of every forward's batch rows: the conditional or the
@@ -131,6 +133,58 @@ def check_request(req: Any, spec: WanSpec, parallel: ParallelConfig | None = Non
         "ComfyUI's Wan text encoder pads every prompt to 512 tokens, so shorten the longer prompt to 512 tokens, "
         "or turn cfg_parallel off"
     )
+
+
+def check_image_conditioning(req: Any, spec: WanSpec) -> None:
+    """Raise ValueError, saying what to change, unless the request's image conditioning is what a model of ``spec``
+    takes: an image model (I2V, FLF2V) needs every branch's image latent and CLIP-vision features, a text-to-video
+    model takes none."""
+    if not spec.takes_image:
+        if req.has_image:
+            raise ValueError(
+                f"the conditioning carries an image (concat_latent_image / clip_vision_output, from WanImageToVideo or "
+                f"WanFirstLastFrameToVideo), but this is a {spec.model_type} model ({spec.name}), which takes none: "
+                "load a Wan2.1 image-to-video (I2V) or first-last-frame (FLF2V) model in Load Wan DAX, or give the "
+                "sampler the text conditioning alone"
+            )
+        return
+    node = "WanFirstLastFrameToVideo" if spec.model_type == "flf2v" else "WanImageToVideo"
+    batch = req.latent.shape[0]
+    for branch in ("positive", "negative") if req.uses_cfg else ("positive",):
+        image, clip = getattr(req, f"{branch}_image"), getattr(req, f"{branch}_clip")
+        if image is None:
+            raise ValueError(
+                f"this {spec.model_type} model ({spec.name}) needs the start image, but the {branch} conditioning "
+                f"carries none: pass the positive and negative conditioning through {node} (with its start image) "
+                "and sample its latent"
+            )
+        extra = spec.in_dim - spec.latent_channels
+        if image.shape[1] != extra:
+            raise ValueError(
+                f"the {branch} image conditioning has {image.shape[1]} channels, this model takes {extra} "
+                f"(4 mask + {extra - 4} image-latent channels): make it with {node} and the Wan2.1 VAE"
+            )
+        try:
+            spec.check_image_features(None if clip is None else clip.shape, batch)
+        except ValueError as e:
+            raise ValueError(f"the {branch} conditioning: {e}") from e
+
+
+def _check_image_shapes(req: Any) -> None:
+    """The image conditioning's own shapes against the latent (whatever the model)."""
+    latent = tuple(req.latent.shape)
+    for branch in ("positive", "negative"):
+        image, clip = getattr(req, f"{branch}_image"), getattr(req, f"{branch}_clip")
+        if image is not None and (
+            image.ndim != 5 or image.shape[0] not in (1, latent[0]) or tuple(image.shape[2:]) != latent[2:]
+        ):
+            raise ValueError(
+                f"the {branch} image conditioning is {tuple(image.shape)}, but the latent is {latent}: it must be "
+                f"[1 or {latent[0]}, channels, {', '.join(map(str, latent[2:]))}] - sample the latent that "
+                "WanImageToVideo / WanFirstLastFrameToVideo made with this conditioning"
+            )
+        if clip is not None and clip.ndim != 3:
+            raise ValueError(f"the {branch} CLIP-vision features must be [B, tokens, width], got {tuple(clip.shape)}")
 
 
 # -- recipes and layouts -----------------------------------------------------------------------------------------

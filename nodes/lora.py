@@ -11,8 +11,8 @@ import logging
 import folder_paths
 
 from dax_core.lora import lora_fingerprint, lora_ref, plan_lora
-from dax_core.models.loading import inspect_weights
 from dax_core.recipe import Recipe
+from dax_core.runtime.model_info import recipe_model
 
 from .model_socket import dax_model_input, patched_model_tooltip
 
@@ -77,7 +77,7 @@ class DaxLoadLora:
 
     def load(self, dax_model: Recipe, lora_name: str, strength: float) -> tuple[Recipe]:
         path = _lora_path(lora_name)
-        plan = plan_lora(path, inspect_weights(dax_model.weights).spec)  # a LoRA that does not fit fails here
+        plan = plan_lora(path, recipe_model(dax_model).spec)  # a LoRA that does not fit fails here
         if plan.unmatched:
             log.warning("Load LoRA (DAX): %s: %s", lora_name, plan.describe_unmatched())
         if strength == 0:

@@ -19,7 +19,8 @@ TOOLTIPS = {
     "0.24 with K 6 (14B, fastest).",
     "max_consecutive_skips": "MagCache's K: run the transformer after this many skipped steps in a row (0: no limit).",
     "retention_ratio": "Fraction of the first steps that always run (they shape the layout of the video).",
-    "model": "Whose calibrated magnitude ratios to use: auto picks the loaded model size (Wan2.1 T2V 1.3B or 14B).",
+    "model": "Whose calibrated magnitude ratios to use: auto picks the loaded model size (Wan2.1 T2V 1.3B or 14B); "
+    "an I2V 14B model needs its resolution named (wan2.1-i2v-14b-480p or -720p).",
 }
 
 

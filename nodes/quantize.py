@@ -6,11 +6,11 @@ import logging
 
 import torch
 
-from dax_core.models.spec import WanSpec
 from dax_core.quant.config import DTYPES, QuantizeConfig, parse_keep_list
 from dax_core.quant.qconfig import GRANULARITIES, PER_TOKEN_PER_CHANNEL, require_fp8_support
 from dax_core.quant.wan import WAN_KEEP_DEFAULT
 from dax_core.recipe import Recipe
+from dax_core.runtime.model_info import recipe_model
 
 from .model_socket import dax_model_input, patched_model_tooltip
 
@@ -32,12 +32,6 @@ def _sampling_device() -> torch.device:
     import comfy.model_management as mm
 
     return mm.get_torch_device()
-
-
-def _weights_spec(path: str) -> WanSpec:
-    from dax_core.models.loading import inspect_weights
-
-    return inspect_weights(path).spec
 
 
 class DaxQuantizeLinear:
@@ -74,6 +68,6 @@ class DaxQuantizeLinear:
         config = QuantizeConfig(dtype=dtype, granularity=granularity, keep=parse_keep_list(keep_high_precision))
         if dtype == "fp8":
             require_fp8_support(_sampling_device())
-        config.check(_weights_spec(dax_model.weights))
+        config.check(recipe_model(dax_model).spec)
         log.info("Quantize Linear: %s %s, kept in high precision: %s", dtype, granularity, ", ".join(config.keep))
         return (dax_model.with_acceleration(config),)

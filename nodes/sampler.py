@@ -15,7 +15,6 @@ from collections.abc import Callable
 import comfy.model_management as mm
 import torch
 
-from dax_core.models.loading import inspect_weights
 from dax_core.models.spec import WanSpec
 from dax_core.recipe import Recipe
 from dax_core.rules import STEP_CACHE_KINDS, check_run
@@ -23,7 +22,9 @@ from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, parallel_layou
 from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
 from dax_core.runtime.engine_cache import EngineCache
 from dax_core.runtime.group import GroupConfig, SampleCancelled, StartCancelled, WorkerGroup
+from dax_core.runtime.image_conditioning import MASK_CHANNELS, concat_channels
 from dax_core.runtime.liveness import Liveness
+from dax_core.runtime.model_info import recipe_model
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
 
@@ -40,8 +41,10 @@ TOOLTIPS = {
     "dax_model": "The model to sample: Load Wan DAX, directly or through Quantize Linear, Set Attention Backend, "
     "Radial Attention, TeaCache / MagCache and Compile.",
     "positive": "What the video shows: one CLIPTextEncode output, encoded with the Wan text encoder (CLIPLoader, "
-    "type wan).",
-    "negative": "What the video avoids: one CLIPTextEncode output (not used when cfg is 1).",
+    "type wan). Image-to-video (I2V / FLF2V models): WanImageToVideo's or WanFirstLastFrameToVideo's positive "
+    "output, which carries the start (and end) image and its CLIP-vision features.",
+    "negative": "What the video avoids: one CLIPTextEncode output (not used when cfg is 1); image-to-video: the "
+    "negative output of the same WanImageToVideo / WanFirstLastFrameToVideo.",
     "latent_image": "The video's size: EmptyHunyuanLatentVideo (width, height, length in frames, batch), or a "
     "latent to continue (a VAE encode, another sampler's output).",
     "seed": "Seed of the starting noise: the same noise as the native KSampler's for the same seed.",
@@ -82,7 +85,38 @@ DEFAULT_LIVENESS = Liveness()
 ENGINES: EngineCache[LoadedEngine] = EngineCache(on_release=mm.soft_empty_cache)
 
 
-def _text_embedding(conditioning: list, which: str) -> torch.Tensor:
+# Conditioning extras that other Wan nodes set, which the DAX sampler does not apply: refused by name.
+_OTHER_WAN_EXTRAS = {
+    "time_dim_concat": "Phantom's subject images (WanPhantomSubjectToVideo)",
+    "reference_latents": "reference latents (a VACE or reference-image node)",
+    "vace_frames": "VACE control frames (WanVaceToVideo)",
+    "camera_conditions": "camera control (WanCameraImageToVideo)",
+    "audio_embed": "speech-to-video audio (WanSoundImageToVideo)",
+    "concat_mask_index": "a Fun-model mask layout",
+}
+
+
+def _conditioning(recipe: Recipe, positive: list, negative: list, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+    """SampleRequest's text and image fields from the native CONDITIONING of both branches: the text embedding, and
+    what WanImageToVideo / WanFirstLastFrameToVideo add (``concat_latent_image``, ``concat_mask``,
+    ``clip_vision_output``) made as ComfyUI's Wan2.1 model makes them (``dax_core.runtime.image_conditioning``).
+    Whether the model takes them is ``dax_core.rules``' decision, before anything loads."""
+    spec = recipe_model(recipe).spec
+    fields: dict[str, torch.Tensor] = {}
+    for which, conditioning in (("positive", positive), ("negative", negative)):
+        emb, extras = _text_embedding(conditioning, which)
+        fields[which] = emb
+        image = extras.get("concat_latent_image")
+        if image is not None:
+            extra = spec.in_dim - spec.latent_channels if spec.takes_image else MASK_CHANNELS + image.shape[1]
+            fields[f"{which}_image"] = concat_channels(tuple(latent.shape), image, extras.get("concat_mask"), extra)
+        clip = extras.get("clip_vision_output")
+        if clip is not None:
+            fields[f"{which}_clip"] = clip.penultimate_hidden_states.detach().cpu()
+    return fields
+
+
+def _text_embedding(conditioning: list, which: str) -> tuple[torch.Tensor, dict]:
     if not conditioning:
         raise ValueError(f"{which} conditioning is empty: connect a CLIPTextEncode output")
     if len(conditioning) > 1:
@@ -94,7 +128,14 @@ def _text_embedding(conditioning: list, which: str) -> torch.Tensor:
     unsupported = sorted(k for k in ("area", "mask", "control", "gligen") if k in extras)
     if unsupported:
         raise ValueError(f"{which} conditioning carries {unsupported}, which the DAX sampler does not support")
-    return emb
+    other = [f"{key} ({what})" for key, what in _OTHER_WAN_EXTRAS.items() if key in extras]
+    if other:
+        raise ValueError(
+            f"{which} conditioning carries {', '.join(other)}, which the DAX sampler does not apply: DAX runs Wan2.1 "
+            "text-to-video, image-to-video (WanImageToVideo) and first-last-frame (WanFirstLastFrameToVideo) "
+            "conditioning - use the native KSampler for this one"
+        )
+    return emb, extras
 
 
 def _latent_samples(latent: dict) -> torch.Tensor:
@@ -128,7 +169,7 @@ def _bytes_needed(recipe: Recipe, spec: WanSpec) -> int:
 
 
 def _build_engine(recipe: Recipe) -> LoadedEngine:
-    device, size = mm.get_torch_device(), _bytes_needed(recipe, inspect_weights(recipe.weights).spec)
+    device, size = mm.get_torch_device(), _bytes_needed(recipe, recipe_model(recipe).spec)
     mm.free_memory(size, device)  # ComfyUI's own models make room for ours first
     return _register(WanEngine.build(recipe, device), size)
 
@@ -176,7 +217,7 @@ def _prepare(
 ) -> tuple[WanSpec, GroupConfig | None]:
     """Every check of the run, before any engine is touched: a warm group stays as it is and no new one starts
     for a request or a recipe the ranks would refuse. The model's spec, and the group's config (None: one GPU)."""
-    spec = inspect_weights(recipe.weights).spec
+    spec = recipe_model(recipe).spec
     config = None if gpus == 1 else _group_config(gpus, mode, ulysses_degree, cfg_parallel, overlap, liveness)
     check_run(recipe, spec, request, None if config is None else config.parallel)
     return spec, config
@@ -400,10 +441,10 @@ class DaxMultiGPUSampler:
 
     def sample(self, dax_model: Recipe, positive, negative, latent_image, seed, steps, cfg, shift, sampler_name,
                scheduler, denoise, gpus, unique_id=None, **parallel):  # fmt: skip
+        latent = _latent_samples(latent_image)
         request = SampleRequest(
-            positive=_text_embedding(positive, "positive"),
-            negative=_text_embedding(negative, "negative"),
-            latent=_latent_samples(latent_image),
+            **_conditioning(dax_model, positive, negative, latent),
+            latent=latent,
             seed=seed,
             steps=steps,
             cfg=cfg,
@@ -449,10 +490,10 @@ class DaxSamplerAdvanced:
     def sample(self, dax_model: Recipe, positive, negative, latent_image, add_noise, noise_seed, steps, cfg, shift,
                sampler_name, scheduler, start_at_step, end_at_step, return_with_leftover_noise, gpus, sigmas=None,
                unique_id=None, **parallel):  # fmt: skip
+        latent = _latent_samples(latent_image)
         request = SampleRequest(
-            positive=_text_embedding(positive, "positive"),
-            negative=_text_embedding(negative, "negative"),
-            latent=_latent_samples(latent_image),
+            **_conditioning(dax_model, positive, negative, latent),
+            latent=latent,
             seed=noise_seed,
             steps=steps,
             cfg=cfg,

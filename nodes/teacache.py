@@ -21,7 +21,8 @@ TOOLTIPS = {
     "(slower ... faster): 14B: 0.10 ... 0.20 in e0 mode, 0.14 ... 0.20 in e mode; 1.3B: 0.05 ... 0.10 in e0 mode, "
     "0.05 ... 0.08 in e mode.",
     "coefficients": "The rescaling polynomial: auto picks the published one for the loaded model size (Wan2.1 T2V "
-    "1.3B or 14B); custom reads custom_coefficients.",
+    "1.3B or 14B); an I2V 14B model needs its resolution named (wan2.1-i2v-14b-480p or -720p: both files have the "
+    "same shapes); custom reads custom_coefficients.",
     "mode": "e0: measure the time projection; the first 5 steps always run (TeaCache's retention steps: faster at "
     "the same quality, except on 1.3B). e: measure the time embedding; only the first step always runs.",
     "start_percent": "Fraction of the steps before which every step runs.",

@@ -76,6 +76,7 @@ class TeacacheConfig(Acceleration):
             return self.coefficients
         model = spec_name if self.model == AUTO else self.model
         if model not in MODELS:
+            _refuse_by_resolution("TeaCache", "coefficients", spec_name, MODELS)
             raise RecipeError(
                 f"TeaCache has no published coefficients for a {spec_name} model; choose the model whose "
                 f"polynomial to use ({', '.join(MODELS)}) or give explicit coefficients"
@@ -145,6 +146,7 @@ class MagcacheConfig(Acceleration):
         """Whose calibrated ratios this config uses on a model whose spec is named ``spec_name``."""
         model = spec_name if self.model == AUTO else self.model
         if model not in MAG_RATIOS:
+            _refuse_by_resolution("MagCache", "model", spec_name, MAG_RATIOS)
             raise RecipeError(
                 f"MagCache has no calibrated ratios for a {spec_name} model; choose the model whose ratios to use "
                 f"({', '.join(MAG_RATIOS)})"
@@ -161,6 +163,18 @@ class MagcacheConfig(Acceleration):
             retention_ratio=self.retention_ratio,
             end=self.end,
             cache_device=torch.device("cpu") if self.cache_device == "cpu" else None,
+        )
+
+
+def _refuse_by_resolution(cache: str, choice: str, spec_name: str, published: Any) -> None:
+    """Raise for an automatic choice on a model whose published settings differ by the video's resolution (Wan2.1
+    I2V 14B: the 480p and the 720p files share their shapes, and TeaCache4Wan2.1 / MagCache publish one set for each):
+    the model cannot tell, the user says which."""
+    sizes = [name for name in published if name.startswith(f"{spec_name}-")]
+    if sizes:
+        raise RecipeError(
+            f"{cache}: the {spec_name} model's 480p and 720p files have the same shapes, and its published settings "
+            f"differ by resolution: set {choice} to {' or '.join(sizes)} (the one of the file you loaded)"
         )
 
 

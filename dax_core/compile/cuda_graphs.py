@@ -88,8 +88,14 @@ class BlockGraphs:
         tensors = (*self.model.blocks.parameters(), *self.model.blocks.buffers())
         return tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in tensors)
 
+    @staticmethod
+    def _inputs(p: Any) -> tuple[torch.Tensor, ...]:
+        """The tensors of ``p`` a graph reads: tokens, time projection, text, rotary tables, image tokens (if any)."""
+        image = () if p.image is None else (p.image,)
+        return (p.tokens, p.e0, p.context, *p.rope, *image)
+
     def _key(self, p: Any) -> tuple:
-        shapes = tuple((tuple(t.shape), t.dtype) for t in (p.tokens, p.e0, p.context, *p.rope))
+        shapes = tuple((tuple(t.shape), t.dtype) for t in self._inputs(p))
         return (shapes, id(self.model.self_attn_fn), id(self.model.cross_attn_fn))
 
     def clear(self) -> None:
@@ -114,8 +120,7 @@ class BlockGraphs:
             graph = self.graphs[key] = self._record(p)
         else:
             inputs = graph.inputs
-            for static, new in zip((inputs.tokens, inputs.e0, inputs.context, *inputs.rope),
-                                   (p.tokens, p.e0, p.context, *p.rope), strict=True):  # fmt: skip
+            for static, new in zip(self._inputs(inputs), self._inputs(p), strict=True):
                 static.copy_(new)
         graph.replay()
         return graph.output.clone()
@@ -123,7 +128,7 @@ class BlockGraphs:
     def _record(self, p: Any) -> _Graph:
         inputs = replace(
             p, tokens=p.tokens.clone(), e0=p.e0.clone(), context=p.context.clone(),
-            rope=(p.rope[0].clone(), p.rope[1].clone()),
+            rope=(p.rope[0].clone(), p.rope[1].clone()), image=None if p.image is None else p.image.clone(),
         )  # fmt: skip
         log.info(
             "capturing the block stack as a CUDA graph for batch %d x %d tokens x %d text tokens",

@@ -89,14 +89,16 @@ class CompileConfig(Acceleration):
 
 @dataclass(frozen=True)
 class BlockShape:
-    """What a static-shape block graph is specialised on: the batch, the video tokens, the text tokens."""
+    """What a static-shape block graph is specialised on: the batch, the video tokens, the text (and image) tokens."""
 
     batch: int
     tokens: int
     text_tokens: int
+    image_tokens: int = 0
 
     def __str__(self) -> str:
-        return f"batch {self.batch} x {self.tokens} video tokens x {self.text_tokens} text tokens"
+        image = f" + {self.image_tokens} image tokens" if self.image_tokens else ""
+        return f"batch {self.batch} x {self.tokens} video tokens x {self.text_tokens} text tokens{image}"
 
 
 class CompiledBlocks:
@@ -110,9 +112,10 @@ class CompiledBlocks:
         self.described = described
         self.shapes: list[BlockShape] = []
 
-    def note_shapes(self, tokens: torch.Tensor, context: torch.Tensor) -> None:
-        """Called with the block stack's input tokens [B, S, D] and embedded text [B, L, D] before it runs."""
-        shape = BlockShape(tokens.shape[0], tokens.shape[1], context.shape[1])
+    def note_shapes(self, tokens: torch.Tensor, context: torch.Tensor, image: torch.Tensor | None = None) -> None:
+        """Called with the block stack's input tokens [B, S, D], embedded text [B, L, D] and image tokens [B, N, D]
+        (I2V / FLF2V, else None) before it runs."""
+        shape = BlockShape(tokens.shape[0], tokens.shape[1], context.shape[1], 0 if image is None else image.shape[1])
         if shape in self.shapes:
             return
         self.shapes.append(shape)

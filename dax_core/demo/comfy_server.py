@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 PACK_NAME = "ComfyUI-DAX"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MODEL_FOLDERS = ("diffusion_models", "diffusers", "text_encoders", "vae", "loras")
+MODEL_FOLDERS = ("diffusion_models", "diffusers", "text_encoders", "vae", "loras", "clip_vision")
 
 
 class ComfyServerError(RuntimeError):
@@ -110,6 +110,18 @@ def link_models(base: Path, models: Mapping[str, Iterable[Path]]) -> None:
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(path, target_is_directory=path.is_dir())
+
+
+def link_input(base: Path, path: Path) -> None:
+    """Symlink an input file (an image for LoadImage) into ``base/input`` under its own name."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"input {path} does not exist")
+    link = base / "input" / path.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(path)
 
 
 class ComfyServer:

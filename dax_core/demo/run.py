@@ -1,11 +1,13 @@
-"""The main job: run a shipped Wan2.1 T2V workflow end to end through a headless ComfyUI.
+"""The main job: run a shipped Wan2.1 workflow (text-, image- or first-last-frame-to-video) end to end through a
+headless ComfyUI.
 
     python -m dax_core demo [--comfyui PATH] [--workflow FILE.json] [--model FILE --text-encoder FILE --vae FILE
                             [--lora FILE]] [--width W --height H --length N --steps S --prompt TEXT --seed N --gpus N]
 
-Without weights it writes (once, cached in $DAX_CACHE or ~/.cache/dax-demo) a tiny random Wan DiT, a random T5-base
-text encoder, a random Wan2.1 VAE and a random LoRA for the DiT (lightx2v's key format), and runs the workflow small
-(64x64, 5 frames, 4 steps): the video is noise, the point is that every node runs. With ``--model/--text-encoder/
+Without weights it writes (once, cached in $DAX_CACHE or ~/.cache/dax-demo) tiny random Wan DiTs (T2V, I2V,
+FLF2V), a random T5-base text encoder, a random Wan2.1 VAE, a random CLIP ViT-H vision tower, a random LoRA for the
+DiT (lightx2v's key format) and a start image, and runs the workflow small (64x64, 5 frames, 4 steps): the video is
+noise, the point is that every node runs. With ``--model/--text-encoder/
 --vae`` (and ``--lora`` for a workflow with a Load LoRA node) it runs the workflow's own settings.
 Each run writes into a folder of its own (``<cache>/runs/<date>-<time>-<pid>`` unless ``--output-dir`` is given):
 the video and ComfyUI's log.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .clip_vision import write_random_clip_vision_h
 from .comfy_server import (
     REPO_ROOT,
     ComfyServer,
@@ -34,6 +38,7 @@ from .comfy_server import (
     PromptFailed,
     PromptRejected,
     find_comfyui,
+    link_input,
     link_models,
 )
 from .text_encoder import write_random_t5_base
@@ -51,18 +56,22 @@ WORKFLOW = API_WORKFLOWS / "Wan2.1 text-to-video 1.3B (DAX).json"
 TINY_SETTINGS = {"width": 64, "height": 64, "length": 5, "steps": 4, "step_cache_model": "wan2.1-t2v-14b"}
 TINY_VERSION = "v1"  # bump when the generated files change, so stale caches are not reused
 
-# loader class -> (its file widget, the ComfyUI model folder it lists)
+# loader class -> (its file widget, the ComfyUI folder it lists: a model folder, or "input" for images)
 LOADERS = {
     "DaxLoadWan": ("model_name", "diffusion_models"),
     "CLIPLoader": ("clip_name", "text_encoders"),
     "VAELoader": ("vae_name", "vae"),
     "DaxLoadLora": ("lora_name", "loras"),
+    "CLIPVisionLoader": ("clip_name", "clip_vision"),
+    "LoadImage": ("image", "input"),
 }
-OPTIONAL_LOADERS = ("DaxLoadLora",)  # the others are in every Wan workflow
+OPTIONAL_LOADERS = ("DaxLoadLora", "CLIPVisionLoader", "LoadImage")  # the others are in every Wan workflow
+# The node that makes the latent (and its size) in each kind of workflow, and the variant of DiT the kind loads.
+LATENT_NODES = {"EmptyHunyuanLatentVideo": "t2v", "WanImageToVideo": "i2v", "WanFirstLastFrameToVideo": "flf2v"}
 # setting -> the (node class, input) it sets. The latent and sampler nodes must be in the workflow; the others are
-# set on every node of their class the workflow has, if any.
+# set on every node of their class the workflow has, if any. "latent" is the workflow's node of LATENT_NODES.
 NODE_SETTINGS = {
-    **{key: ("EmptyHunyuanLatentVideo", key) for key in ("width", "height", "length")},
+    **{key: ("latent", key) for key in ("width", "height", "length")},
     **{key: ("DaxMultiGPUSampler", key) for key in ("steps", "seed", "cfg", "shift", "gpus")},
 }
 OPTIONAL_NODE_SETTINGS = {"step_cache_model": (("DaxTeacache", "coefficients"), ("DaxMagcache", "model"))}
@@ -74,23 +83,49 @@ SUMMARY_KEY = "dax_summary"  # what the Multi-GPU Sampler reports in its node's 
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """The three weight files (or, for the DiT, a diffusers folder) a Wan2.1 T2V workflow needs, and the LoRA of a
-    workflow with a Load LoRA node."""
+    """The three weight files (or, for the DiT, a diffusers folder) a Wan2.1 workflow needs, the LoRA of a workflow
+    with a Load LoRA node, and for image-to-video workflows the CLIP vision model and the image(s) to start from.
+
+    ``image_models``: the DiT of each image variant ("i2v", "flf2v") beside ``model`` (the tiny models have all
+    three); ``for_workflow`` picks the one a workflow loads.
+    """
 
     model: Path
     text_encoder: Path
     vae: Path
     lora: Path | None = None
+    clip_vision: Path | None = None
+    image: Path | None = None
+    image_models: tuple[tuple[str, Path], ...] = ()
 
     def by_loader(self) -> dict[str, Path]:
         files = {"DaxLoadWan": self.model, "CLIPLoader": self.text_encoder, "VAELoader": self.vae}
-        return files if self.lora is None else {**files, "DaxLoadLora": self.lora}
+        optional = {"DaxLoadLora": self.lora, "CLIPVisionLoader": self.clip_vision, "LoadImage": self.image}
+        return {**files, **{loader: path for loader, path in optional.items() if path is not None}}
+
+    def for_workflow(self, prompt: dict[str, Any]) -> ModelFiles:
+        """These files with the DiT of the variant ``prompt`` loads (its latent node tells: ``LATENT_NODES``)."""
+        variant = workflow_variant(prompt)
+        if variant == "t2v":
+            return self
+        models = dict(self.image_models)
+        if variant not in models:
+            return self  # real weights: the given DiT is the workflow's
+        return dataclasses.replace(self, model=models[variant])
 
     def link_into(self, base: Path) -> None:
         """Make the files visible to a ComfyUI whose base directory is ``base``."""
         model_folder = "diffusers" if self.model.is_dir() else "diffusion_models"
-        models = {model_folder: [self.model], "text_encoders": [self.text_encoder], "vae": [self.vae]}
-        link_models(base, models if self.lora is None else {**models, "loras": [self.lora]})
+        models: dict[str, list[Path]] = {model_folder: [self.model], "text_encoders": [self.text_encoder],
+                                         "vae": [self.vae]}  # fmt: skip
+        models.setdefault("diffusion_models", []).extend(path for _, path in self.image_models)
+        if self.lora is not None:
+            models["loras"] = [self.lora]
+        if self.clip_vision is not None:
+            models["clip_vision"] = [self.clip_vision]
+        link_models(base, models)
+        if self.image is not None:
+            link_input(base, self.image)
 
 
 def cache_dir() -> Path:
@@ -131,27 +166,58 @@ def _cached(path: Path, writer: Callable[[Path], object]) -> Path:
     return path
 
 
-def _write_tiny_dit(path: Path) -> None:
+def _write_tiny_dit(path: Path, variant: str = "t2v") -> None:
     from dax_core.models.tiny import write_tiny_model
 
-    write_tiny_model(path, dim=64, num_layers=2, num_heads=4, ffn_dim=128, text_dim=768, naming="comfy", dtype="bf16")
+    write_tiny_model(path, variant=variant, dim=64, num_layers=2, num_heads=4, ffn_dim=128, text_dim=768,
+                     naming="comfy", dtype="bf16")  # fmt: skip
+
+
+def _write_start_image(path: Path) -> None:
+    """A 96 x 80 PNG of smooth colours, to start image-to-video workflows from."""
+    from PIL import Image
+
+    y, x = torch.meshgrid(torch.linspace(0, 1, 80), torch.linspace(0, 1, 96), indexing="ij")
+    rgb = torch.stack([x, y, 1 - x * y], dim=-1).mul(255).round().to(torch.uint8)
+    Image.fromarray(rgb.numpy()).save(path, format="PNG")
 
 
 def tiny_models(cache: Path | None = None) -> ModelFiles:
-    """The tiny DiT (768-wide text input), random T5-base, random Wan2.1 VAE and a random LoRA for the DiT in
-    lightx2v's key format; generated on first use."""
+    """The tiny DiTs (768-wide text input; the I2V and FLF2V ones take ViT-H's 1280-wide image features), random
+    T5-base, random Wan2.1 VAE, random CLIP ViT-H vision tower, a random LoRA for the T2V DiT in lightx2v's key
+    format and a start image; generated on first use."""
     from dax_core.lora.tiny import write_tiny_lora
     from dax_core.models.loading import inspect_weights
 
     cache = cache or cache_dir()
     model = _cached(cache / f"dax_tiny_wan_t2v_{TINY_VERSION}.safetensors", _write_tiny_dit)
     spec = inspect_weights(model).spec
+    image_models = tuple(
+        (variant, _cached(cache / f"dax_tiny_wan_{variant}_{TINY_VERSION}.safetensors",
+                          lambda p, variant=variant: _write_tiny_dit(p, variant)))
+        for variant in ("i2v", "flf2v")
+    )  # fmt: skip
     return ModelFiles(
         model=model,
         text_encoder=_cached(cache / f"dax_random_t5_base_{TINY_VERSION}.safetensors", write_random_t5_base),
         vae=_cached(cache / f"dax_random_wan21_vae_{TINY_VERSION}.safetensors", write_random_wan_vae),
         lora=_cached(cache / f"dax_tiny_lora_lightx2v_{TINY_VERSION}.safetensors", lambda p: write_tiny_lora(p, spec)),
+        clip_vision=_cached(cache / f"dax_random_clip_vision_h_{TINY_VERSION}.safetensors", write_random_clip_vision_h),
+        image=_cached(cache / f"dax_start_image_{TINY_VERSION}.png", _write_start_image),
+        image_models=image_models,
     )
+
+
+def workflow_variant(prompt: dict[str, Any]) -> str:
+    """The DiT variant an API-format workflow loads ("t2v", "i2v", "flf2v"), told by its latent node."""
+    return LATENT_NODES[_latent_node(prompt)["class_type"]]
+
+
+def _latent_node(prompt: dict[str, Any]) -> dict[str, Any]:
+    found = [node for node in prompt.values() if node["class_type"] in LATENT_NODES]
+    if len(found) != 1:
+        raise ValueError(f"the workflow has {len(found)} latent nodes ({', '.join(LATENT_NODES)}), expected one")
+    return found[0]
 
 
 def shipped_workflows() -> list[Path]:
@@ -211,16 +277,21 @@ def configure(
     """
     prompt = copy.deepcopy(prompt)
     for class_type, name in model_names.items():
-        if class_type in OPTIONAL_LOADERS and not any(n["class_type"] == class_type for n in prompt.values()):
+        loaders = [n for n in prompt.values() if n["class_type"] == class_type]
+        if class_type in OPTIONAL_LOADERS and not loaders:
             continue
-        node_of(prompt, class_type)["inputs"][LOADERS[class_type][0]] = name
+        if not loaders:
+            raise ValueError(f"the workflow has no {class_type} node")
+        for node in loaders:  # FLF2V loads two images
+            node["inputs"][LOADERS[class_type][0]] = name
     sampler = node_of(prompt, "DaxMultiGPUSampler")["inputs"]
     for key, value in (settings or {}).items():
         if value is None:
             continue
         if key in NODE_SETTINGS:
             class_type, name = NODE_SETTINGS[key]
-            node_of(prompt, class_type)["inputs"][name] = value
+            node = _latent_node(prompt) if class_type == "latent" else node_of(prompt, class_type)
+            node["inputs"][name] = value
         elif key in OPTIONAL_NODE_SETTINGS:
             for class_type, name in OPTIONAL_NODE_SETTINGS[key]:
                 for node in prompt.values():
@@ -240,7 +311,10 @@ def _parser() -> argparse.ArgumentParser:
                    "~/ComfyUI)")  # fmt: skip
     p.add_argument("--workflow", type=Path, default=WORKFLOW, help=f"workflow to run: API format, or a shipped "
                    f"UI-format one of workflows/ (default: {WORKFLOW.relative_to(REPO_ROOT)})")  # fmt: skip
-    p.add_argument("--model", type=Path, help="Wan2.1 T2V DiT: .safetensors file or diffusers folder")
+    p.add_argument("--model", type=Path, help="Wan2.1 DiT of the workflow's variant: .safetensors file or diffusers "
+                   "folder")  # fmt: skip
+    p.add_argument("--clip-vision", type=Path, help="CLIP vision model (clip_vision_h) for an image-to-video workflow")
+    p.add_argument("--image", type=Path, help="start image (FLF2V: start and end) for an image-to-video workflow")
     p.add_argument("--text-encoder", type=Path, help="umt5-xxl text encoder .safetensors (ComfyUI's)")
     p.add_argument("--vae", type=Path, help="Wan2.1 VAE .safetensors")
     p.add_argument("--lora", type=Path, help="LoRA .safetensors for a workflow with a Load LoRA (DAX) node")
@@ -291,6 +365,7 @@ def run(
         with ComfyServer(comfyui, Path(base), output_dir=output_dir, cpu=cpu, log_path=comfy_log) as server:
             try:
                 info = server.object_info()
+                files = files.for_workflow(workflow)
                 names = {cls: model_option(info, cls, path) for cls, path in files.by_loader().items()}
                 outputs = server.run(configure(workflow, names, settings), timeout=timeout)
             except Exception:
@@ -322,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.lora is None and any(n["class_type"] == "DaxLoadLora" for n in workflow.values()):
                 raise ValueError(f"{args.workflow.name} loads a LoRA: pass it with --lora FILE")
-            files = ModelFiles(args.model, args.text_encoder, args.vae, args.lora)
+            if workflow_variant(workflow) != "t2v" and (args.clip_vision is None or args.image is None):
+                raise ValueError(f"{args.workflow.name} starts from an image: pass --clip-vision FILE and --image FILE")
+            files = ModelFiles(args.model, args.text_encoder, args.vae, args.lora, args.clip_vision, args.image)
         output_dir = args.output_dir or run_dir()
         cpu = args.device == "cpu" if args.device else bool(missing) or not torch.cuda.is_available()
         done = run(comfyui, files, settings, output_dir, workflow=workflow, cpu=cpu, timeout=args.timeout)
@@ -345,4 +422,4 @@ def _setting(workflow: dict[str, Any], settings: dict[str, Any], key: str) -> An
     if settings.get(key) is not None:
         return settings[key]
     class_type, name = NODE_SETTINGS[key]
-    return node_of(workflow, class_type)["inputs"][name]
+    return (_latent_node(workflow) if class_type == "latent" else node_of(workflow, class_type))["inputs"][name]

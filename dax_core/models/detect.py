@@ -1,8 +1,9 @@
 """What a weights file holds, told from tensor names and shapes alone.
 
-``describe_foreign`` recognises the files people pick by mistake (Wan image-to-video or VACE models, the
-Wan VAE, the umt5 text encoder, CLIP vision, LoRAs); ``infer_spec`` reads a Wan2.1 T2V DiT's size from
-its shapes; ``expected_shapes`` is what that size must hold, taken from the model itself.
+``describe_foreign`` recognises the files people pick by mistake (Wan variants DAX does not run - VACE, camera
+control, S2V, HuMo, Animate, Phantom - the Wan VAE, the umt5 text encoder, CLIP vision, LoRAs); ``infer_spec`` reads
+a Wan2.1 DiT's size and variant (T2V, I2V, FLF2V) from its shapes; ``expected_shapes`` is what that spec must hold,
+taken from the model itself.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection, Mapping
+from pathlib import PurePath
 
 import torch
 
@@ -19,27 +21,41 @@ from .weights_error import WeightsError
 
 HEAD_DIM = 128  # every published Wan2.1 size: 1.3B is 1536 / 12 heads, 14B is 5120 / 40
 NUM_HEADS_METADATA = "dax.num_heads"  # safetensors metadata key overriding dim // HEAD_DIM (tiny test models)
-I2V_IN_DIM = 36  # 16 latent channels + 4 mask channels + 16 image-latent channels
+SUPPORTED = (
+    "DAX runs Wan2.1 text-to-video (1.3B, 14B), image-to-video (I2V 14B, 480p and 720p) and first-last-frame "
+    "(FLF2V 14B) models"
+)
+CLIP_EMBEDDING = "img_emb.proj.0.weight"  # the image embedding's first LayerNorm: [clip_dim]
+FLF_POSITIONS = "img_emb.emb_pos"  # FLF2V's positional embedding of its image tokens: [1, tokens, clip_dim]
 
-# (substring of a tensor name, what a file with such tensors is), checked in order.
+# (substring of a tensor name, what a file with such tensors is), checked in order (ComfyUI's own detection keys,
+# and their diffusers names where diffusers has the model).
 _WAN_VARIANTS = (
     ("vace_", "a Wan VACE model (it has vace_blocks.* / vace_patch_embedding tensors)"),
-    ("img_emb.", "a Wan image-to-video (I2V/FLF2V) model (it has img_emb.* tensors)"),
-    ("cross_attn.k_img.", "a Wan image-to-video (I2V/FLF2V) model (it has cross_attn.k_img tensors)"),
-    ("condition_embedder.image_embedder.", "a Wan image-to-video model in diffusers naming (image_embedder.*)"),
-    ("attn2.add_k_proj.", "a Wan image-to-video model in diffusers naming (attn2.add_k_proj tensors)"),
     ("control_adapter.", "a Wan camera-control model (it has control_adapter.* tensors)"),
-    ("casual_audio_encoder.", "a Wan speech-to-video (S2V) model"),
+    ("casual_audio_encoder.", "a Wan speech-to-video (S2V) model (it has casual_audio_encoder.* tensors)"),
     ("audio_proj.", "a Wan HuMo model (it has audio_proj.* tensors)"),
     ("face_adapter.", "a Wan Animate model (it has face_adapter.* tensors)"),
+    ("motion_encoder.", "a Wan Animate model (it has motion_encoder.* tensors)"),
 )
+# Phantom (subject-to-video) has a text-to-video model's tensors: told by its file name only.
+_NAMED_VARIANTS = (("phantom", "a Phantom (subject-to-video) Wan model, by its name"),)
+
+
+def describe_variant_by_name(path: str) -> str | None:
+    """Why a file whose name says it is a variant DAX does not run is refused; None otherwise."""
+    base = PurePath(path).name.lower()
+    for marker, what in _NAMED_VARIANTS:
+        if marker in base:
+            return f"looks like {what}, which DAX does not run; {SUPPORTED}"
+    return None
 
 
 def describe_foreign(names: Collection[str]) -> str | None:
-    """What a file with these (prefix-stripped) names is and where it belongs; None for a Wan2.1 T2V DiT."""
+    """What a file with these (prefix-stripped) names is and where it belongs; None for a Wan2.1 DiT DAX runs."""
     for marker, what in _WAN_VARIANTS:
         if any(marker in name for name in names):
-            return f"looks like {what}, not a text-to-video model; DAX runs Wan2.1 text-to-video models"
+            return f"looks like {what}, which DAX does not run; {SUPPORTED}"
     if any("lora" in name.lower() for name in names):
         return "looks like a LoRA (it has lora_* tensors): a LoRA is applied on top of a model, not loaded as one"
     if "shared.weight" in names or "token_embedding.weight" in names or _any_prefix(names, "encoder.block."):
@@ -60,6 +76,9 @@ def _any_prefix(names: Collection[str], *prefixes: str) -> bool:
 def infer_spec(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None = None, where: str) -> WanSpec:
     """The WanSpec of Wan-named parameter ``shapes``; ``where`` (the file) starts every error message.
 
+    The variant: an image embedding (``img_emb``) makes an I2V model, its positional embedding (``emb_pos``) an
+    FLF2V one; neither, a text-to-video model.
+
     Attention heads leave no trace in the shapes: ``num_heads`` overrides, else dim // 128 (Wan's head size).
     """
     needed = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight", "head.head.weight")
@@ -68,17 +87,13 @@ def infer_spec(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None =
     if lacking:
         raise WeightsError(
             f"{where}: lacks {', '.join(lacking)}, needed to tell the model size; "
-            "the file is incomplete or not a Wan2.1 text-to-video DiT"
+            "the file is incomplete or not a Wan2.1 DiT"
         )
     patch_weight = shapes["patch_embedding.weight"]  # [dim, in_dim, pt, ph, pw]
     if len(patch_weight) != 5:
         raise WeightsError(f"{where}: patch_embedding.weight has shape {list(patch_weight)}, expected 5 dimensions")
     dim, in_dim, patch_size = patch_weight[0], patch_weight[1], tuple(patch_weight[2:])
-    if in_dim == I2V_IN_DIM:
-        raise WeightsError(
-            f"{where}: looks like a Wan image-to-video (I2V) model (its patch embedding takes {in_dim} channels, "
-            "text-to-video models take 16); DAX runs Wan2.1 text-to-video models - pick a t2v file"
-        )
+    image = _image_fields(shapes, in_dim, where)
     blocks = {int(m.group(1)) for name in shapes if (m := re.match(r"blocks\.(\d+)\.", name))}
     if num_heads is None:
         if dim % HEAD_DIM:
@@ -100,9 +115,29 @@ def infer_spec(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None =
             out_dim=shapes["head.head.weight"][0] // max(1, math.prod(patch_size)),
             patch_size=patch_size,
             cross_attn_norm="blocks.0.norm3.weight" in shapes,
+            **image,
         )
     except ValueError as e:
         raise WeightsError(f"{where}: the tensor shapes describe no valid Wan2.1 model ({e})") from e
+
+
+def _image_fields(shapes: Mapping[str, tuple[int, ...]], in_dim: int, where: str) -> dict:
+    """The WanSpec fields of the variant the image modules tell (none for text-to-video)."""
+    if CLIP_EMBEDDING not in shapes:
+        out_dim = shapes["head.head.weight"][0] // max(1, math.prod(shapes["patch_embedding.weight"][2:]))
+        if in_dim == 2 * out_dim + 4:  # noise, mask and an image latent, but no CLIP features
+            raise WeightsError(
+                f"{where}: its patch embedding takes {in_dim} channels but it has no image embedding ({CLIP_EMBEDDING})"
+                f": not a Wan2.1 model DAX runs (a Wan2.2 image-to-video expert or a Fun control model?); {SUPPORTED}"
+            )
+        return {}
+    fields: dict = {"model_type": "i2v", "clip_dim": shapes[CLIP_EMBEDDING][0]}
+    if FLF_POSITIONS in shapes:
+        positions = shapes[FLF_POSITIONS]
+        if len(positions) != 3:
+            raise WeightsError(f"{where}: {FLF_POSITIONS} has shape {list(positions)}, expected [1, tokens, width]")
+        fields |= {"model_type": "flf2v", "image_pos_tokens": positions[1]}
+    return fields
 
 
 def expected_shapes(spec: WanSpec) -> dict[str, tuple[int, ...]]:

@@ -1,4 +1,4 @@
-"""Wan2.1 T2V DiT weights: inspect a file from its header, load it one tensor at a time.
+"""Wan2.1 DiT weights (T2V, I2V, FLF2V): inspect a file from its header, load it one tensor at a time.
 
 Reads single safetensors files in original / ComfyUI naming (with or without ``model.diffusion_model.``)
 or diffusers naming, diffusers folders (sharded or not, or a repository with ``transformer/``), in
@@ -24,8 +24,16 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..recipe import WEIGHT_DTYPES
-from .detect import NUM_HEADS_METADATA, describe_foreign, expected_shapes, infer_spec
+from .detect import (
+    NUM_HEADS_METADATA,
+    SUPPORTED,
+    describe_foreign,
+    describe_variant_by_name,
+    expected_shapes,
+    infer_spec,
+)
+from .dtypes import WEIGHT_DTYPES
+from .info import ModelInfo
 from .naming import detect_naming, strip_comfy_prefix, to_wan_name
 from .safetensors_files import FLOAT_NAMES, ITEMSIZE, SafetensorsHeader
 from .spec import WanSpec
@@ -42,9 +50,9 @@ SCALED_FP8_MARKER = "scaled_fp8"
 SCALE_WEIGHT = ".scale_weight"
 SCALE_INPUT = ".scale_input"  # ComfyUI's activation scale for fp8 matmuls: not used here
 COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_EXAMPLE = "e.g. wan2.1_t2v_1.3B_bf16.safetensors or a diffusers Wan2.1-T2V folder"
+_EXAMPLE = "e.g. wan2.1_t2v_1.3B_bf16.safetensors, wan2.1_i2v_480p_14B_bf16.safetensors or a diffusers Wan2.1 folder"
 _EXPECTED = (
-    f"expected a Wan2.1 text-to-video diffusion model ({_EXAMPLE}), whose tensors are "
+    f"expected a Wan2.1 diffusion model ({_EXAMPLE}), whose tensors are "
     "named like blocks.0.self_attn.q.weight and head.modulation (original/ComfyUI naming) or "
     "blocks.0.attn1.to_q.weight and scale_shift_table (diffusers naming)"
 )
@@ -56,11 +64,15 @@ class WeightsInfo:
 
     path: str
     naming: str  # "wan" (original / ComfyUI) or "diffusers"
-    spec: WanSpec
+    model: ModelInfo  # the model the file holds: spec, variant, family (what a recipe carries)
     stored_dtype: str  # dtype of the blocks' linear weights (most of the bytes), e.g. "bf16", "fp8_e4m3fn"
     scaled_fp8: bool  # ComfyUI scaled fp8: per-tensor scale_weight beside the float8 weights
     total_bytes: int
     files: tuple[str, ...]
+
+    @property
+    def spec(self) -> WanSpec:
+        return self.model.spec
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,7 @@ def inspect_weights(path: str | os.PathLike) -> WeightsInfo:
     """Naming, size and dtype of the weights at ``path``, from the safetensors headers only.
 
     Raises WeightsError (naming the file and what it looks like) for anything that is not a complete
-    Wan2.1 text-to-video DiT.
+    Wan2.1 DiT of a variant DAX runs (T2V, I2V, FLF2V).
     """
     return _plan(Path(path)).info
 
@@ -90,14 +102,22 @@ def load_wan_model(
     weight_dtype: str = "default",
     compute_dtype: torch.dtype = torch.bfloat16,
     deltas: DeltaFn | None = None,
+    expect: ModelInfo | None = None,
 ) -> WanModel:
     """Build the WanModel stored at ``path`` on ``device``, converting dtypes as ``weight_conversion`` describes.
 
     ``deltas``: changes merged into the parameters as they load (LoRAs), before any conversion of their dtype.
+    ``expect``: the model the caller resolved from this file earlier (a recipe's); a file that now holds another
+    raises WeightsError before any tensor is read.
     """
     _check_dtypes(weight_dtype, compute_dtype)
     device = torch.device(device)
     plan = _plan(Path(path))
+    if expect is not None and plan.info.spec != expect.spec:
+        raise WeightsError(
+            f"{path} now holds a {plan.info.model.variant} model, but the recipe was made for a {expect.variant} "
+            "model: the file changed since Load Wan DAX read it - run the workflow again"
+        )
     model = WanModel(plan.info.spec, device=torch.device("meta"), dtype=compute_dtype)
     linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, WanLinear)}
     converted = _converted(plan, plan.params, set(linears), device, weight_dtype, compute_dtype, deltas)
@@ -214,9 +234,9 @@ def _plan(path: Path) -> _WeightsPlan:
         other = stripped.setdefault(strip_comfy_prefix(name), loc)
         if other is not loc:
             raise WeightsError(f"{where}: holds {other.name} and {name}, two copies of one tensor; {_EXPECTED}")
-    foreign = describe_foreign(stripped.keys())
+    foreign = describe_foreign(stripped.keys()) or describe_variant_by_name(where)
     if foreign:
-        raise WeightsError(f"{where}: {foreign}. Pick a Wan2.1 text-to-video diffusion model here ({_EXAMPLE})")
+        raise WeightsError(f"{where}: {foreign}. Pick a Wan2.1 diffusion model here ({_EXAMPLE})")
     naming = detect_naming(stripped.keys())
     if naming is None:
         sample = ", ".join(sorted(table)[:4])
@@ -251,7 +271,7 @@ def _plan(path: Path) -> _WeightsPlan:
     info = WeightsInfo(
         path=where,
         naming=naming,
-        spec=spec,
+        model=ModelInfo.of(spec),
         stored_dtype=FLOAT_NAMES[by_dtype.most_common(1)[0][0]],
         scaled_fp8=scaled_fp8 or bool(scales),
         total_bytes=sum(h.file_size for h in headers),
@@ -287,20 +307,20 @@ def _check_tensors(
     unexpected += [loc.name for name, loc in scales.items() if name not in params]
     if unexpected:
         raise WeightsError(
-            f"{where}: holds tensors a Wan2.1 T2V {spec.name} model does not have: {_some(unexpected)}; "
-            "the file is another Wan variant or was modified - use an unmodified Wan2.1 text-to-video file"
+            f"{where}: holds tensors a Wan2.1 {spec.name} model does not have: {_some(unexpected)}; "
+            f"the file is another Wan variant or was modified - use an unmodified file ({SUPPORTED})"
         )
     missing = [name for name in expected if name not in params]
     if missing:
         raise WeightsError(
-            f"{where}: incomplete - lacks {len(missing)} tensor(s) of a Wan2.1 T2V {spec.name} model: "
+            f"{where}: incomplete - lacks {len(missing)} tensor(s) of a Wan2.1 {spec.name} model: "
             f"{_some(missing)}; the file is damaged or only part of a model - fetch it again"
         )
     for name, loc in params.items():
         if loc.entry.shape != expected[name]:
             raise WeightsError(
                 f"{where}: tensor {loc.name} has shape {list(loc.entry.shape)}, expected {list(expected[name])} "
-                f"for a Wan2.1 T2V {spec.name} model; the file mixes tensors of different models"
+                f"for a Wan2.1 {spec.name} model; the file mixes tensors of different models"
             )
         if loc.entry.dtype not in FLOAT_NAMES:
             raise WeightsError(

@@ -1,9 +1,20 @@
-"""Wan2.1 DiT sizes: the published configurations and any size read from weights."""
+"""Wan DiT shapes and variants: the published configurations and any size read from weights.
+
+A variant is data: ``model_type`` and the fields beside it decide what ``WanModel`` builds (input channels, the image
+cross-attention and image embedding), what the loader expects and what the sampler must be given.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+
+MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
+"""text-to-video; image-to-video (Wan2.1 I2V); first-last-frame-to-video (Wan2.1 FLF2V); Wan2.2 TI2V."""
+IMAGE_MODEL_TYPES = ("i2v", "flf2v")
+"""Variants that take CLIP-vision image features (an image cross-attention beside the text one)."""
+CLIP_IMAGE_TOKENS = 257
+"""Tokens of one image in CLIP ViT-H/14's penultimate hidden states at 224 px (1 class + 16 x 16 patches)."""
 
 VAE_SPATIAL_STRIDE = 8
 """Pixels per latent cell along the height and the width (the Wan2.1 VAE's compression): sizes in messages are in
@@ -12,7 +23,12 @@ pixels, the unit the user chose them in."""
 
 @dataclass(frozen=True)
 class WanSpec:
-    """Shape of a Wan2.1 text-to-video DiT. Validated at construction."""
+    """Shape and variant of a Wan DiT. Validated at construction.
+
+    ``model_type``: one of ``MODEL_TYPES``. The image variants ("i2v", "flf2v") take ``in_dim`` = noise + 4 mask +
+    image-latent channels (36 for Wan2.1) and CLIP-vision features ``clip_dim`` wide; FLF2V adds a learned positional
+    embedding over ``image_pos_tokens`` image tokens (514 = 2 images x 257), which other variants leave at 0.
+    """
 
     dim: int
     num_layers: int
@@ -25,8 +41,13 @@ class WanSpec:
     patch_size: tuple[int, int, int] = (1, 2, 2)
     eps: float = 1e-6
     cross_attn_norm: bool = True
+    model_type: str = "t2v"
+    clip_dim: int = 1280
+    image_pos_tokens: int = 0
 
     def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"WanSpec.model_type {self.model_type!r} is not one of {', '.join(MODEL_TYPES)}")
         for name in ("dim", "num_layers", "num_heads", "ffn_dim", "text_dim", "freq_dim", "in_dim", "out_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -40,6 +61,35 @@ class WanSpec:
         if len(self.patch_size) != 3 or any(p <= 0 for p in self.patch_size):
             raise ValueError(f"WanSpec: patch_size must be three positive ints, got {self.patch_size!r}")
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        self._check_image_fields()
+
+    def _check_image_fields(self) -> None:
+        if not isinstance(self.clip_dim, int) or self.clip_dim <= 0:
+            raise ValueError(f"WanSpec.clip_dim must be a positive integer, got {self.clip_dim!r}")
+        tokens = self.image_pos_tokens
+        if not isinstance(tokens, int) or tokens < 0:
+            raise ValueError(f"WanSpec.image_pos_tokens must be an integer >= 0, got {tokens!r}")
+        if (self.model_type == "flf2v") != (tokens > 0):
+            raise ValueError(
+                f"WanSpec: image_pos_tokens {tokens} with model_type {self.model_type!r}: FLF2V models have a "
+                f"positional embedding over their image tokens (2 x {CLIP_IMAGE_TOKENS} = {2 * CLIP_IMAGE_TOKENS}), "
+                "other variants none (0)"
+            )
+        if self.takes_image and self.in_dim != 2 * self.out_dim + 4:
+            raise ValueError(
+                f"WanSpec: a {self.model_type} model takes noise, a 4-channel mask and the image latent "
+                f"({2 * self.out_dim + 4} channels for {self.out_dim}-channel latents), got in_dim {self.in_dim}"
+            )
+
+    @property
+    def takes_image(self) -> bool:
+        """Whether the model takes CLIP-vision features and an image latent (I2V, FLF2V)."""
+        return self.model_type in IMAGE_MODEL_TYPES
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the video latent the sampler denoises (the model's output; its input adds the image's)."""
+        return self.out_dim
 
     @property
     def head_dim(self) -> int:
@@ -56,18 +106,21 @@ class WanSpec:
         for preset_name, preset in PRESETS.items():
             if preset == self:
                 return preset_name
-        return f"custom-d{self.dim}-l{self.num_layers}-h{self.num_heads}"
+        kind = "" if self.model_type == "t2v" else f"{self.model_type}-"
+        return f"custom-{kind}d{self.dim}-l{self.num_layers}-h{self.num_heads}"
 
-    def check_latent(self, shape: Sequence[int]) -> None:
+    def check_latent(self, shape: Sequence[int], channels: int | None = None) -> None:
         """Raise ValueError, saying what to change, unless a latent of ``shape`` fits this model.
 
-        One check for the model's forward and for a request checked before it reaches a worker group, where an
-        error inside the ranks would end the whole group.
+        One check for the model's forward (``channels`` None: the model's input, ``in_dim``) and for a request
+        checked before it reaches a worker group (``latent_channels``), where an error inside the ranks would end
+        the whole group.
         """
         shape = tuple(shape)
-        if len(shape) != 5 or shape[1] != self.in_dim:
+        channels = self.in_dim if channels is None else channels
+        if len(shape) != 5 or shape[1] != channels:
             raise ValueError(
-                f"expected a video latent [B, {self.in_dim}, frames, height, width], got shape {shape}: "
+                f"expected a video latent [B, {channels}, frames, height, width], got shape {shape}: "
                 "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
             )
         pt, ph, pw = self.patch_size
@@ -93,6 +146,30 @@ class WanSpec:
                 "4096 wide: CLIPLoader with type wan)"
             )
 
+    def check_image_features(self, shape: Sequence[int] | None, batch: int) -> None:
+        """Raise ValueError, saying what to change, unless CLIP-vision features of ``shape`` (None: none given) fit
+        this model for a forward of ``batch`` rows: an image model needs them, [batch or 1, tokens, clip_dim], and a
+        model without image cross-attention takes none."""
+        if not self.takes_image:
+            if shape is not None:
+                raise ValueError(
+                    f"this {self.model_type} model has no image cross-attention, but CLIP-vision features were given: "
+                    "use a Wan2.1 image-to-video (I2V) or first-last-frame (FLF2V) model, or leave clip_vision_output "
+                    "unconnected"
+                )
+            return
+        if shape is None:
+            raise ValueError(
+                f"this {self.model_type} model needs the CLIP-vision features of its image: connect CLIPVisionEncode "
+                "(crop none, CLIP ViT-H) to the clip_vision_output input of WanImageToVideo / WanFirstLastFrameToVideo"
+            )
+        shape = tuple(shape)
+        if len(shape) != 3 or shape[0] not in (1, batch) or shape[2] != self.clip_dim or shape[1] < 1:
+            raise ValueError(
+                f"CLIP-vision features must be [{batch} or 1, tokens, {self.clip_dim}] (CLIP ViT-H penultimate hidden "
+                f"states), got {shape}: encode the image with the Wan2.1 CLIP vision model (clip_vision_h)"
+            )
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["patch_size"] = list(self.patch_size)
@@ -116,13 +193,25 @@ class WanSpec:
         block += 4 * (d * d + d) + 2 * d  # cross attention
         block += (2 * d if self.cross_attn_norm else 0) + d * f + f + f * d + d + 6 * d
         head = d * self.out_dim * p + self.out_dim * p + 2 * d
+        if self.takes_image:
+            c = self.clip_dim
+            block += 2 * (d * d + d) + d  # k_img, v_img, norm_k_img
+            embed += 2 * c + c * c + c + c * d + d + 2 * d + self.image_pos_tokens * c  # img_emb
         return embed + self.num_layers * block + head
 
 
 WAN21_T2V_1_3B = WanSpec(dim=1536, num_layers=30, num_heads=12, ffn_dim=8960)
 WAN21_T2V_14B = WanSpec(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824)
 
+WAN21_I2V_14B = WanSpec(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824, in_dim=36, model_type="i2v")
+"""Wan2.1 I2V 14B: the 480p and the 720p files share these shapes."""
+WAN21_FLF2V_14B = WanSpec(
+    dim=5120, num_layers=40, num_heads=40, ffn_dim=13824, in_dim=36, model_type="flf2v", image_pos_tokens=514
+)
+
 PRESETS: dict[str, WanSpec] = {
     "wan2.1-t2v-1.3b": WAN21_T2V_1_3B,
     "wan2.1-t2v-14b": WAN21_T2V_14B,
+    "wan2.1-i2v-14b": WAN21_I2V_14B,
+    "wan2.1-flf2v-14b": WAN21_FLF2V_14B,
 }

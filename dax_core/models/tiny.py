@@ -1,7 +1,12 @@
-"""Small random Wan2.1 DiTs, written in every on-disk format the loader reads (for tests and demos).
+"""Small random Wan2.1 DiTs of every variant DAX runs, written in every on-disk format the loader reads (for tests
+and demos).
 
-``python -m dax_core tiny-model --out FILE [--dim 64 --layers 2 --heads 4 --ffn 128 --text-dim 768
---naming wan|comfy|diffusers --dtype bf16|fp16|fp32|fp8_e4m3fn|fp8_scaled --seed 0 --sharded]``
+``python -m dax_core tiny-model --out FILE [--variant t2v|i2v|flf2v --dim 64 --layers 2 --heads 4 --ffn 128
+--text-dim 768 --clip-dim 1280 --naming wan|comfy|diffusers --dtype bf16|fp16|fp32|fp8_e4m3fn|fp8_scaled --seed 0
+--sharded]``
+
+I2V and FLF2V models take 36 input channels and CLIP-vision features ``--clip-dim`` wide (1280: what ComfyUI's
+CLIP ViT-H gives); FLF2V's positional embedding covers two images of 257 tokens.
 
 Weights are random with the scales of a trained model (linears std 1/sqrt(fan_in), modulation
 std 1/sqrt(dim), norm weights near 1) so a forward pass stays finite. Every file carries the
@@ -24,13 +29,14 @@ from torch import nn
 
 from .detect import NUM_HEADS_METADATA
 from .naming import COMFY_PREFIXES, wan_to_diffusers
-from .spec import WanSpec
+from .spec import CLIP_IMAGE_TOKENS, WanSpec
 from .wan import WanModel
 from .weight_conversion import is_block_linear_weight, quantize_fp8
 from .weight_files import DIFFUSERS_CONFIG, DIFFUSERS_INDEX
 
 logger = logging.getLogger(__name__)
 
+VARIANTS = ("t2v", "i2v", "flf2v")
 NAMINGS = ("wan", "comfy", "diffusers")  # comfy: wan naming under the model.diffusion_model. prefix
 DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_scaled")
 _PLAIN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -49,6 +55,8 @@ def random_state_dict(spec: WanSpec, seed: int = 0) -> dict[str, torch.Tensor]:
         noise = torch.randn(param.shape, generator=generator)
         if leaf == "modulation":
             out[name] = noise / math.sqrt(spec.dim)
+        elif leaf == "emb_pos":  # FLF2V's image positions, added to unit-scale CLIP features
+            out[name] = noise * 0.1
         elif leaf == "weight" and isinstance(module, (nn.Linear, nn.Conv3d)):
             out[name] = noise / math.sqrt(param[0].numel())
         elif leaf == "bias":
@@ -138,14 +146,15 @@ def diffusers_config(spec: WanSpec) -> dict:
         "cross_attn_norm": spec.cross_attn_norm,
         "qk_norm": "rms_norm_across_heads",
         "eps": spec.eps,
-        "image_dim": None,
-        "added_kv_proj_dim": None,
+        "image_dim": spec.clip_dim if spec.takes_image else None,
+        "added_kv_proj_dim": spec.dim if spec.takes_image else None,
+        "pos_embed_seq_len": spec.image_pos_tokens or None,
         "rope_max_seq_len": 1024,
     }
 
 
-def write_tiny_model(
-    path: str | os.PathLike,
+def tiny_spec(
+    variant: str = "t2v",
     *,
     dim: int = 64,
     num_layers: int = 2,
@@ -153,15 +162,41 @@ def write_tiny_model(
     ffn_dim: int = 128,
     text_dim: int = 768,
     freq_dim: int = 256,
+    clip_dim: int = 1280,
+) -> WanSpec:
+    """The spec of a small model of ``variant`` (one of ``VARIANTS``)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
+    image = {} if variant == "t2v" else {"model_type": variant, "in_dim": 36, "clip_dim": clip_dim}
+    if variant == "flf2v":
+        image["image_pos_tokens"] = 2 * CLIP_IMAGE_TOKENS
+    return WanSpec(
+        dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim, text_dim=text_dim, freq_dim=freq_dim,
+        **image,
+    )  # fmt: skip
+
+
+def write_tiny_model(
+    path: str | os.PathLike,
+    *,
+    variant: str = "t2v",
+    dim: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    ffn_dim: int = 128,
+    text_dim: int = 768,
+    freq_dim: int = 256,
+    clip_dim: int = 1280,
     naming: str = "wan",
     dtype: str = "bf16",
     seed: int = 0,
     sharded: bool = False,
 ) -> Path:
-    """Write a random Wan2.1 DiT; sharded: a diffusers folder with an index, 2 shards and config.json."""
-    spec = WanSpec(
-        dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim, text_dim=text_dim, freq_dim=freq_dim
-    )
+    """Write a random Wan2.1 DiT of ``variant``; sharded: a diffusers folder with an index, 2 shards and config.json."""
+    spec = tiny_spec(
+        variant, dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim, text_dim=text_dim,
+        freq_dim=freq_dim, clip_dim=clip_dim,
+    )  # fmt: skip
     tensors = stored_state_dict(random_state_dict(spec, seed), dtype)
     path = write_state_dict(tensors, path, naming=naming, num_heads=num_heads, sharded=sharded)
     if sharded:
@@ -172,12 +207,14 @@ def write_tiny_model(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dax_core tiny-model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="file to write (a folder with --sharded)")
+    parser.add_argument("--variant", choices=VARIANTS, default="t2v", help="text-, image- or first-last-frame-to-video")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--ffn", type=int, default=128)
     parser.add_argument("--text-dim", type=int, default=768)
     parser.add_argument("--freq-dim", type=int, default=256)
+    parser.add_argument("--clip-dim", type=int, default=1280, help="CLIP-vision feature width (i2v, flf2v)")
     parser.add_argument("--naming", choices=NAMINGS, default="wan")
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--seed", type=int, default=0)
@@ -186,12 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = write_tiny_model(
             args.out,
+            variant=args.variant,
             dim=args.dim,
             num_layers=args.layers,
             num_heads=args.heads,
             ffn_dim=args.ffn,
             text_dim=args.text_dim,
             freq_dim=args.freq_dim,
+            clip_dim=args.clip_dim,
             naming=args.naming,
             dtype=args.dtype,
             seed=args.seed,
@@ -201,8 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     size = sum(p.stat().st_size for p in ([path] if path.is_file() else path.iterdir()))
     logger.info(
-        "wrote %s: Wan2.1 DiT dim %d, %d layers, %d heads, ffn %d, text %d (%s naming, %s, seed %d, %.1f MB)",
+        "wrote %s: Wan2.1 %s DiT dim %d, %d layers, %d heads, ffn %d, text %d (%s naming, %s, seed %d, %.1f MB)",
         path,
+        args.variant,
         args.dim,
         args.layers,
         args.heads,

@@ -1,4 +1,10 @@
-"""Wan2.1 text-to-video DiT: a compact implementation with the original (and ComfyUI) parameter names.
+"""The Wan2.1 DiT (text-to-video, image-to-video, first-last-frame): a compact implementation with the original
+(and ComfyUI) parameter names.
+
+The variant is the spec's (``WanSpec.model_type``): I2V and FLF2V models take 36 input channels (noise, mask, image
+latent), embed CLIP-vision features (``img_emb``; FLF2V adds a positional embedding over its two images' tokens) and
+attend to them beside the text in every cross-attention (``k_img``, ``v_img``, ``norm_k_img``), the two attentions
+summed before the output projection.
 
 Parameter names follow the original Wan2.1 checkpoints (``blocks.0.self_attn.q.weight`` ...), so
 original and ComfyUI files load as they are; diffusers files are renamed on load (``naming.py``).
@@ -23,7 +29,6 @@ from .spec import WanSpec
 
 if TYPE_CHECKING:
     from ..attention.schedule import SelfAttentionSchedule
-    from ..cache.base import StepCache
 
 
 class WanLinear(nn.Linear):
@@ -69,9 +74,22 @@ class LayerNormAffine(nn.Module):
 
 
 class WanAttention(nn.Module):
-    """q/k/v/o projections with RMSNorm on q and k; rotary embedding for self-attention only."""
+    """q/k/v/o projections with RMSNorm on q and k; rotary embedding for self-attention only.
 
-    def __init__(self, dim: int, num_heads: int, eps: float, kv_dim: int | None = None, device=None, dtype=None):
+    ``image``: a cross-attention that also attends to image tokens, through keys and values of their own (``k_img``
+    with its RMSNorm ``norm_k_img``, ``v_img``) and the same queries (I2V, FLF2V).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        eps: float,
+        kv_dim: int | None = None,
+        device=None,
+        dtype=None,
+        image: bool = False,
+    ):
         super().__init__()
         kv_dim = kv_dim or dim
         self.num_heads = num_heads
@@ -82,6 +100,10 @@ class WanAttention(nn.Module):
         self.o = WanLinear(dim, dim, device=device, dtype=dtype)
         self.norm_q = RMSNormWeight(dim, device=device, dtype=dtype)
         self.norm_k = RMSNormWeight(dim, device=device, dtype=dtype)
+        if image:
+            self.k_img = WanLinear(dim, dim, device=device, dtype=dtype)
+            self.v_img = WanLinear(dim, dim, device=device, dtype=dtype)
+            self.norm_k_img = RMSNormWeight(dim, device=device, dtype=dtype)
 
     def query(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Self-attention queries [B, S, H, D]: projection, RMSNorm across heads, rotary embedding."""
@@ -109,14 +131,27 @@ class WanAttention(nn.Module):
         k = prepared.key(self.k(context), self.norm_k.weight, rope, h, eps)
         return prepared.attend(q, k, prepared.value(self.v(context), h))
 
-    def cross_attention(self, x: torch.Tensor, context: torch.Tensor, attn: AttentionFn) -> torch.Tensor:
+    def cross_attention(
+        self, x: torch.Tensor, context: torch.Tensor, attn: AttentionFn, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention of ``x`` to the text ``context`` [B, L, D] plus, with ``image`` [B, N, D] (an image
+        cross-attention only), to the image tokens: the two outputs summed, then projected."""
+        h, eps = self.num_heads, self.eps
         if (prepared := getattr(attn, "prepared", None)) is not None:
-            return self.o(self.prepared_attention(x, context, None, prepared).flatten(2))
-        h = self.num_heads
-        q = ops.rms_norm(self.q(x), self.norm_q.weight, self.eps).unflatten(-1, (h, -1))
-        k = ops.rms_norm(self.k(context), self.norm_k.weight, self.eps).unflatten(-1, (h, -1))
+            q = prepared.query(self.q(x), self.norm_q.weight, None, h, eps)
+            k = prepared.key(self.k(context), self.norm_k.weight, None, h, eps)
+            out = prepared.attend(q, k, prepared.value(self.v(context), h))
+            if image is not None:
+                k_img = prepared.key(self.k_img(image), self.norm_k_img.weight, None, h, eps)
+                out = out + prepared.attend(q, k_img, prepared.value(self.v_img(image), h))
+            return self.o(out.flatten(2))
+        q = ops.rms_norm(self.q(x), self.norm_q.weight, eps).unflatten(-1, (h, -1))
+        k = ops.rms_norm(self.k(context), self.norm_k.weight, eps).unflatten(-1, (h, -1))
         v = self.v(context).unflatten(-1, (h, -1))
         out = attn(q, k, v)
+        if image is not None:
+            k_img = ops.rms_norm(self.k_img(image), self.norm_k_img.weight, eps).unflatten(-1, (h, -1))
+            out = out + attn(q, k_img, self.v_img(image).unflatten(-1, (h, -1)))
         return self.o(out.flatten(2))
 
 
@@ -140,7 +175,7 @@ class WanBlock(nn.Module):
         self.eps = spec.eps
         self.self_attn = WanAttention(d, spec.num_heads, spec.eps, device=device, dtype=dtype)
         self.norm3 = LayerNormAffine(d, device=device, dtype=dtype) if spec.cross_attn_norm else None
-        self.cross_attn = WanAttention(d, spec.num_heads, spec.eps, device=device, dtype=dtype)
+        self.cross_attn = WanAttention(d, spec.num_heads, spec.eps, device=device, dtype=dtype, image=spec.takes_image)
         self.ffn = nn.Sequential(
             WanLinear(d, spec.ffn_dim, device=device, dtype=dtype),
             nn.GELU(approximate="tanh"),
@@ -162,8 +197,10 @@ class WanBlock(nn.Module):
         self_attn: AttentionFn,
         cross_attn: AttentionFn,
         parallel: SequenceParallelHooks | None = None,
+        image: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: [B, S, D]; e0: [B, 6, D] float32 time projection; context: [B, L, D] embedded text.
+        """x: [B, S, D]; e0: [B, 6, D] float32 time projection; context: [B, L, D] embedded text; image: [B, N, D]
+        embedded image tokens (I2V, FLF2V), else None.
 
         With ``parallel``, x holds this rank's slice of the tokens and self-attention runs across ranks.
         """
@@ -180,7 +217,7 @@ class WanBlock(nn.Module):
             x, xn = norms.gated_residual_layer_norm(x, y, gate, n3.weight, n3.bias, self.eps, iq.cross_attn)
         else:
             x = xn = ops.gated_residual(x, y, gate)
-        y = self.cross_attn.cross_attention(xn, context, cross_attn)
+        y = self.cross_attn.cross_attention(xn, context, cross_attn, image)
         x, xn = norms.add_modulated_layer_norm(x, y, c_shift, c_scale, self.eps, iq.ffn)
         return ops.gated_residual(x, self.ffn(xn), c_gate)
 
@@ -196,6 +233,37 @@ class WanHead(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
         return self.head(ops.modulated_layer_norm(x, shift, scale, self.eps))
+
+
+class ImageEmbedding(nn.Module):
+    """CLIP-vision features [B, N, clip_dim] -> image tokens [B, N, dim]: LayerNorm, Linear, GELU, Linear, LayerNorm
+    (``img_emb.proj.0`` .. ``.4``), the norms in float32; FLF2V first adds ``emb_pos``, a learned embedding of each of
+    its two images' token positions (the features of both images, concatenated along the tokens)."""
+
+    def __init__(self, clip_dim: int, dim: int, pos_tokens: int = 0, device=None, dtype=None) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.LayerNorm(clip_dim, device=device, dtype=dtype),
+            WanLinear(clip_dim, clip_dim, device=device, dtype=dtype),
+            nn.GELU(),
+            WanLinear(clip_dim, dim, device=device, dtype=dtype),
+            nn.LayerNorm(dim, device=device, dtype=dtype),
+        )
+        self.emb_pos = (
+            nn.Parameter(torch.zeros(1, pos_tokens, clip_dim, device=device, dtype=dtype)) if pos_tokens else None
+        )
+
+    def forward(self, features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        x = features.float()
+        if self.emb_pos is not None:  # as the original code: at most as many tokens as there are positions
+            x = x[:, : self.emb_pos.shape[1]] + self.emb_pos[:, : x.shape[1]].float()
+        norm_in, fc1, act, fc2, norm_out = self.proj
+        x = F.layer_norm(x, norm_in.normalized_shape, norm_in.weight.float(), norm_in.bias.float(), norm_in.eps)
+        x = fc2(act(fc1(x.to(dtype))))
+        x = F.layer_norm(
+            x.float(), norm_out.normalized_shape, norm_out.weight.float(), norm_out.bias.float(), norm_out.eps
+        )
+        return x.to(dtype)
 
 
 def sinusoidal_embedding(dim: int, timesteps: torch.Tensor) -> torch.Tensor:
@@ -224,6 +292,7 @@ class Prepared:
     e: torch.Tensor  # [B, D] float32 time embedding (for the head)
     e0: torch.Tensor  # [B, 6, D] float32 time projection (for the blocks)
     context: torch.Tensor  # [B, L, D] embedded text
+    image: torch.Tensor | None  # [B, N, D] embedded image tokens (I2V, FLF2V), else None
     rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [S, head_dim/2] for the tokens above
     grid: tuple[int, int, int]  # (frames, height, width) in patches, of the whole video
     out_shape: tuple[int, ...]  # [B, C, F, H, W] of the input latent
@@ -237,6 +306,7 @@ class Prepared:
             e=self.e[rows],
             e0=self.e0[rows],
             context=self.context[rows],
+            image=None if self.image is None else self.image[rows],
             out_shape=(tokens.shape[0], *self.out_shape[1:]),
         )
 
@@ -249,6 +319,8 @@ class SequenceParallelHooks(Protocol):
         self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
+    def split_rows(self, rows: torch.Tensor, batch: int) -> torch.Tensor: ...
+
     def shard_tokens(
         self, tokens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int, int]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]: ...
@@ -260,11 +332,19 @@ class SequenceParallelHooks(Protocol):
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-class WanModel(nn.Module):
-    """The Wan2.1 T2V diffusion transformer.
+class BlockStackCache(Protocol):
+    """What the model asks of a step cache (``dax_core.cache.StepCache`` implements it): the block stack's output
+    for ``p``, computed or reused; ``branches[i]`` names the stream of batch row i."""
 
-    ``forward(x, t, context)`` takes the latent [B, 16, F, H, W], the timestep [B] on Wan's 0..1000
-    scale and the text [B, L, text_dim]; it returns the flow (velocity) prediction, same shape as x.
+    def run_blocks(self, model: WanModel, p: Prepared, branches: Sequence[str]) -> torch.Tensor: ...
+
+
+class WanModel(nn.Module):
+    """The Wan2.1 diffusion transformer of ``spec``'s variant (T2V, I2V, FLF2V).
+
+    ``forward(x, t, context)`` takes the latent [B, in_dim, F, H, W] (I2V / FLF2V: noise, mask and image latent
+    concatenated along the channels), the timestep [B] on Wan's 0..1000 scale and the text [B, L, text_dim], plus
+    ``clip_fea`` for image models; it returns the flow (velocity) prediction [B, out_dim, F, H, W].
     A ``step_cache`` (TeaCache...), when set, decides between ``prepare`` and ``run_blocks`` whether the block
     stack runs; ``branches`` then names the stream (e.g. CFG's "cond" / "uncond") of each batch row.
     """
@@ -287,6 +367,11 @@ class WanModel(nn.Module):
             WanLinear(d, d, device=device, dtype=dtype),
         )
         self.time_projection = nn.Sequential(nn.SiLU(), WanLinear(d, 6 * d, device=device, dtype=dtype))
+        self.img_emb = (
+            ImageEmbedding(spec.clip_dim, d, spec.image_pos_tokens, device=device, dtype=dtype)
+            if spec.takes_image
+            else None
+        )
         self.blocks = nn.ModuleList(WanBlock(spec, device=device, dtype=dtype) for _ in range(spec.num_layers))
         self.head = WanHead(spec, device=device, dtype=dtype)
         self.compute_dtype = dtype or torch.float32
@@ -295,7 +380,8 @@ class WanModel(nn.Module):
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.compiled: Any = None  # dax_core.compile's CompiledBlocks (config, shapes met) while compiled
         self.block_graphs: Any = None  # dax_core.compile's BlockGraphs while the block stack runs as CUDA graphs
-        self.step_cache: StepCache | None = None
+        self.step_cache: BlockStackCache | None = None
+        """Set by ``dax_core.cache`` (TeaCache, MagCache) on this instance only."""
         self.self_attention_schedule: SelfAttentionSchedule | None = None
         """Per-layer self-attention kernels (radial attention), set by ``dax_core.attention.radial_config``."""
         self.sequence_parallel: SequenceParallelHooks | None = None
@@ -317,15 +403,21 @@ class WanModel(nn.Module):
             self._rope_cache[key] = rope_cos_sin(self.spec, grid, device)
         return self._rope_cache[key]
 
-    def prepare(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> Prepared:
+    def prepare(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, clip_fea: torch.Tensor | None = None
+    ) -> Prepared:
         spec = self.spec
         spec.check_latent(x.shape)
         spec.check_text(context.shape)
+        spec.check_image_features(None if clip_fea is None else clip_fea.shape, x.shape[0])
         out_shape = tuple(x.shape)
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
         sp = self.sequence_parallel
         if sp is not None:
+            batch = x.shape[0]
             x, t, context = sp.split_batch(x, t, context)
+            if clip_fea is not None:
+                clip_fea = sp.split_rows(clip_fea, batch)
         tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
         grid = tuple(tokens.shape[2:])
         # One copy (in bf16, the cast's) into row-major [B, S, D], the layout of every block's output on CUDA. A
@@ -342,7 +434,10 @@ class WanModel(nn.Module):
         )
         e0 = _linear_f32(self.time_projection[1], F.silu(e)).unflatten(1, (6, spec.dim))
         ctx = self.text_embedding(context.to(self.compute_dtype))
-        return Prepared(tokens, e, e0, ctx, rope, grid, out_shape)
+        image = None if self.img_emb is None else self.img_emb(clip_fea, self.compute_dtype)
+        if image is not None and image.shape[0] != tokens.shape[0]:
+            image = image.expand(tokens.shape[0], -1, -1)
+        return Prepared(tokens, e, e0, ctx, image, rope, grid, out_shape)
 
     def run_blocks(self, p: Prepared) -> torch.Tensor:
         """The block stack on ``p.tokens`` (left unchanged: step caches take residuals against it), replayed from a
@@ -354,11 +449,11 @@ class WanModel(nn.Module):
     def run_block_stack(self, p: Prepared) -> torch.Tensor:
         x = p.tokens
         if self.compiled is not None:
-            self.compiled.note_shapes(x, p.context)  # logs when a new shape makes the blocks compile once more
+            self.compiled.note_shapes(x, p.context, p.image)  # logs when a new shape makes the blocks compile once more
         schedule, n, hook = self.self_attention_schedule, len(self.blocks), self.block_hook
         kernels = [self.self_attn_fn] * n if schedule is None else schedule.layer_kernels(p.grid, n, self.self_attn_fn)
         for index, (block, self_attn) in enumerate(zip(self.blocks, kernels, strict=True)):
-            x = block(x, p.e0, p.context, p.rope, self_attn, self.cross_attn_fn, self.sequence_parallel)
+            x = block(x, p.e0, p.context, p.rope, self_attn, self.cross_attn_fn, self.sequence_parallel, p.image)
             if hook is not None:
                 hook(index, n)
         return x
@@ -374,9 +469,16 @@ class WanModel(nn.Module):
         return out.reshape(b, c, f * pt, h * ph, w * pw)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, branches: Sequence[str] | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        branches: Sequence[str] | None = None,
+        clip_fea: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        p = self.prepare(x, t, context)
+        """``clip_fea``: CLIP-vision features [B or 1, N, clip_dim] (penultimate hidden states; FLF2V: both images'
+        tokens), which an I2V / FLF2V model requires and a text-to-video model refuses."""
+        p = self.prepare(x, t, context, clip_fea)
         if self.step_cache is None:
             return self.finish(self.run_blocks(p), p)
         if branches is None:  # unnamed rows are one stream

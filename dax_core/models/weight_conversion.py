@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..recipe import TORCH_DTYPES
+from .dtypes import TORCH_DTYPES
 
 FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 FP8_E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
@@ -32,7 +32,7 @@ FP8_E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 # GPU caching allocators reuse big blocks, and big chunks mean few kernel launches.
 _CPU_CHUNK_ELEMENTS = 1 << 16
 _DEVICE_CHUNK_ELEMENTS = 1 << 24
-_BLOCK_LINEAR = re.compile(r"blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])\.weight")
+_BLOCK_LINEAR = re.compile(r"blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.(?:[qkvo]|k_img|v_img)|ffn\.[02])\.weight")
 
 
 def is_block_linear_weight(name: str) -> bool:

@@ -74,8 +74,15 @@ class SequenceParallel:
                 "give the model both guidance branches in one batch (WanEngine does when cfg is not 1 and both text "
                 "embeddings have the same length) or an even batch, or turn cfg_parallel off"
             )
+        return self.split_rows(x, batch), self.split_rows(t, batch), self.split_rows(context, batch)
+
+    def split_rows(self, rows: torch.Tensor, batch: int) -> torch.Tensor:
+        """This rank's rows of a per-sample input of a ``batch``-row forward (with CFG-parallel, its guidance
+        branch's half; a single row shared by every sample stays as it is)."""
+        if not self.config.cfg_parallel or rows.shape[0] != batch:
+            return rows
         half = slice(self.groups.cfg_index * batch // 2, (self.groups.cfg_index + 1) * batch // 2)
-        return x[half], t[half], context[half] if context.shape[0] == batch else context
+        return rows[half]
 
     def shard_tokens(self, tokens: torch.Tensor, rope: Rope, grid: tuple[int, int, int]) -> tuple[torch.Tensor, Rope]:
         """This rank's slice of the tokens [B, S, D] and of the RoPE tables, padded to equal slices."""

@@ -116,6 +116,7 @@ def plan_quantization(model: nn.Module, qconfig_dict: Mapping[str, QConfig | Non
     resolved = resolve_qconfigs(model, qconfig_dict)
     plan = {name: resolved[name] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     if isinstance(model, WanModel):
+        plan = wan.keep_variant_modules(plan)
         wan.check_float32_modules(plan)
     for name, cfg in plan.items():
         if cfg is not None:

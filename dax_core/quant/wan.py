@@ -19,6 +19,11 @@ from .qconfig import QConfig, QuantizationError
 WAN_KEEP_DEFAULT: tuple[str, ...] = ("text_embedding", "time_embedding", "time_projection", "patch_embedding", "head")
 DIFFUSERS_KEEP_DEFAULT: tuple[str, ...] = ("condition_embedder", "patch_embedding", "proj_out")
 
+# Kept in high precision whatever the keep list says: the image embedding of I2V / FLF2V models runs once per
+# forward on a few hundred CLIP tokens between two float32 LayerNorms (nothing to gain from 8 bits; the original code,
+# ComfyUI and WanVideoWrapper's fp8 files keep it too).
+VARIANT_KEPT: tuple[str, ...] = ("img_emb",)
+
 # Linear layers Wan runs in float32 on one vector per sample: never quantized (nothing to gain, and the
 # time embedding feeds every block's modulation).
 FLOAT32_MODULES: tuple[str, ...] = ("time_embedding", "time_projection")
@@ -62,6 +67,11 @@ def translate_keys(
                 out[wan_module] = value
     out.update(explicit)
     return out, sorted(set(aliases) - module_names)
+
+
+def keep_variant_modules(plan: Mapping[str, QConfig | None]) -> dict[str, QConfig | None]:
+    """``plan`` with the linears of ``VARIANT_KEPT`` kept in high precision (None)."""
+    return {name: None if name.split(".")[0] in VARIANT_KEPT else cfg for name, cfg in plan.items()}
 
 
 def check_float32_modules(plan: Mapping[str, QConfig | None]) -> None:

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..models.loading import inspect_weights
 from ..parallel import ParallelConfig, enable_sequence_parallel
 from ..recipe import Recipe
 from ..rules import check_recipe
 from .engine import WanEngine
+from .model_info import recipe_model
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def build_engine(recipe: Recipe, device: torch.device, parallel: ParallelConfig 
 
     The recipe and the layout are checked against the weights file's header first (``dax_core.rules``, what the
     owner of a worker group checked already), before any weight is loaded."""
-    check_recipe(recipe, inspect_weights(recipe.weights).spec, parallel)
+    check_recipe(recipe, recipe_model(recipe).spec, parallel)
     if parallel is None or parallel.world_size == 1:
         return WanEngine.build(recipe, device)
     engine = WanEngine.build(recipe, device, sequence_group=dist.group.WORLD)

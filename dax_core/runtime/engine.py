@@ -45,7 +45,7 @@ class StepListener(Protocol):
 
 @dataclass(frozen=True)
 class SampleRequest:
-    """One text-to-video sampling job, with what ComfyUI's KSampler, KSamplerAdvanced and SamplerCustom offer.
+    """One sampling job, with what ComfyUI's KSampler, KSamplerAdvanced and SamplerCustom offer.
 
     Text embeddings are [B or 1, L, C]; the latent is ComfyUI's (un-normalised) [B, 16, T, H, W]: empty (all zeros)
     for text-to-video, a VAE-encoded video with ``denoise`` < 1 for video-to-video, or a sampler's output with
@@ -56,6 +56,11 @@ class SampleRequest:
     KSamplerAdvanced's ``start_at_step`` / ``end_at_step`` cut (``run_sigmas``). ``add_noise`` False starts from the
     latent alone (zero noise); ``return_with_leftover_noise`` keeps the last sigma of a cut schedule instead of 0.
     ``seed`` gives the initial noise and the noise of ancestral samplers, as the noise seed does in ComfyUI.
+
+    Image models (I2V, FLF2V) take each branch's image conditioning: ``positive_image`` / ``negative_image``, the
+    channels concatenated to the noise (mask and image latent in model space, [B or 1, 20, T, H, W]:
+    ``image_conditioning.concat_channels``), and ``positive_clip`` / ``negative_clip``, the CLIP-vision features
+    [B or 1, N, clip_dim]; a text-to-video model takes none (``dax_core.rules.check_request``).
     """
 
     positive: torch.Tensor
@@ -73,6 +78,10 @@ class SampleRequest:
     add_noise: bool = True
     return_with_leftover_noise: bool = False
     sigmas: torch.Tensor | None = None
+    positive_image: torch.Tensor | None = None
+    negative_image: torch.Tensor | None = None
+    positive_clip: torch.Tensor | None = None
+    negative_clip: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_sampling(self, SAMPLERS, SCHEDULERS)
@@ -98,8 +107,18 @@ class SampleRequest:
 
     @property
     def batches_branches(self) -> bool:
-        """Whether both guidance branches run in one forward: their text embeddings batch when of equal length."""
-        return self.uses_cfg and self.negative is not None and self.negative.shape[1] == self.positive.shape[1]
+        """Whether both guidance branches run in one forward: their text embeddings (and image features) batch when
+        of equal length."""
+        if not self.uses_cfg or self.negative is None or self.negative.shape[1] != self.positive.shape[1]:
+            return False
+        clips = (self.positive_clip, self.negative_clip)
+        return None in clips or clips[0].shape[1] == clips[1].shape[1]
+
+    @property
+    def has_image(self) -> bool:
+        """Whether any image conditioning (concatenated channels or CLIP-vision features) is given."""
+        image = (self.positive_image, self.negative_image, self.positive_clip, self.negative_clip)
+        return any(t is not None for t in image)
 
 
 GIB = 1024**3
@@ -182,6 +201,7 @@ class WanEngine:
                 weight_dtype=recipe.weight_dtype,
                 compute_dtype=recipe.torch_compute_dtype,
                 deltas=deltas if deltas.params else None,
+                expect=recipe.model,
             ).eval()
         apply_accelerations(model, recipe, BuildEnv(device, world, sequence_group))
         log.info("built %s on %s in %.1f s", model.spec.name, device, time.perf_counter() - start)
@@ -255,6 +275,18 @@ class WanEngine:
         emb = emb.to(self.device, self.model.compute_dtype)
         return emb.expand(batch, -1, -1) if emb.shape[0] == 1 else emb
 
+    def _image(self, channels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        if channels is None:
+            return None
+        channels = channels.to(self.device, torch.float32)
+        return channels.expand(batch, -1, -1, -1, -1) if channels.shape[0] == 1 else channels
+
+    def _clip(self, features: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        if features is None:
+            return None
+        features = features.to(self.device, self.model.compute_dtype)
+        return features.expand(batch, -1, -1) if features.shape[0] == 1 else features
+
     def denoiser(self, req: SampleRequest) -> Callable[[torch.Tensor, float], torch.Tensor]:
         """(x, sigma) -> denoised x0 with classifier-free guidance, the two branches batched when they fit.
 
@@ -266,21 +298,35 @@ class WanEngine:
         neg = self._text(req.negative, batch) if use_cfg else None
         batched = req.batches_branches
         context = torch.cat([pos, neg]) if batched else pos
+        pos_image, pos_clip = self._image(req.positive_image, batch), self._clip(req.positive_clip, batch)
+        neg_image = self._image(req.negative_image, batch) if use_cfg else None
+        neg_clip = self._clip(req.negative_clip, batch) if use_cfg else None
+        image = _rows(pos_image, neg_image) if batched else pos_image
+        clip = _rows(pos_clip, neg_clip) if batched else pos_clip
         model = self.model
         cond, uncond = ("cond",) * batch, ("uncond",) * batch
 
-        def velocity(x: torch.Tensor, sigma: float, ctx: torch.Tensor, branches: tuple[str, ...]) -> torch.Tensor:
+        def velocity(
+            x: torch.Tensor,
+            sigma: float,
+            ctx: torch.Tensor,
+            branches: tuple[str, ...],
+            image: torch.Tensor | None,
+            clip: torch.Tensor | None,
+        ) -> torch.Tensor:
             n = ctx.shape[0] // x.shape[0]
             x_in = x.repeat(n, 1, 1, 1, 1) if n > 1 else x
+            if image is not None:  # the image channels after the noise, as ComfyUI's c_concat
+                x_in = torch.cat([x_in, image.to(x_in.dtype)], dim=1)
             t = torch.full((x_in.shape[0],), sigma_to_timestep(sigma), device=self.device, dtype=torch.float32)
-            return model(x_in, t, ctx, branches=branches).float()
+            return model(x_in, t, ctx, branches=branches, clip_fea=clip).float()
 
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
             if batched:
-                v_cond, v_uncond = velocity(x, sigma, context, cond + uncond).chunk(2)
+                v_cond, v_uncond = velocity(x, sigma, context, cond + uncond, image, clip).chunk(2)
             else:
-                v_cond = velocity(x, sigma, pos, cond)
-                v_uncond = velocity(x, sigma, neg, uncond) if use_cfg else None
+                v_cond = velocity(x, sigma, pos, cond, pos_image, pos_clip)
+                v_uncond = velocity(x, sigma, neg, uncond, neg_image, neg_clip) if use_cfg else None
             x0_cond = x - sigma * v_cond
             if v_uncond is None:
                 return x0_cond
@@ -423,6 +469,11 @@ class WanEngine:
             for branch in report.branches:
                 log.info("%s %s steps: %s (C computed, S skipped)", report.cache, branch.name, branch.pattern)
         return result
+
+
+def _rows(cond: torch.Tensor | None, uncond: torch.Tensor | None) -> torch.Tensor | None:
+    """The two branches' rows of one batched forward (None when the model takes no such input)."""
+    return None if cond is None else torch.cat([cond, uncond])
 
 
 def _remembering(

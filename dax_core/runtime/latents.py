@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+LATENT_CHANNELS = 16
+"""Channels of the Wan2.1 VAE latent."""
+
 # Per-channel statistics of the Wan2.1 VAE latent (the values ComfyUI's Wan21 latent format uses).
 WAN21_LATENT_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,

@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
+from .. import accelerations  # noqa: F401  (registers every lever's config: Recipe.from_dict needs them)
 from ..recipe import Recipe
 from .control import ADDRESS_ENV, JOIN_FAILED, SECRET_ENV, AuthenticationError, Channel, connect, parse_address
 from .distributed import ParallelConfig, RankEnv, build_engine, init_process_group, parallel_from_dict

@@ -67,7 +67,7 @@ def comfy_server(
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / TEST_NODES.name).symlink_to(TEST_NODES, target_is_directory=True)
     for folder, name in placeholders():
-        (base / "models" / folder / name).write_bytes(b"")
+        (base / (folder if folder == "input" else f"models/{folder}") / name).write_bytes(b"")
     diffusion_models = base / "models" / "diffusion_models"
     (diffusion_models / WRONG_DIT_FILES["vae"]).symlink_to(demo_models.vae)
     (diffusion_models / WRONG_DIT_FILES["garbage"]).write_bytes(b"this is not a safetensors file\n" * 64)
@@ -106,9 +106,10 @@ def tiny_prompt(demo_models: ModelFiles) -> Callable[..., dict[str, Any]]:
     unless ``workflow`` names another) on the tiny models, with the tiny settings and any others given."""
 
     def make(workflow: Path = WORKFLOW, **overrides: Any) -> dict[str, Any]:
-        names = {cls: path.name for cls, path in demo_models.by_loader().items()}
+        prompt = load_workflow(workflow)
+        names = {cls: path.name for cls, path in demo_models.for_workflow(prompt).by_loader().items()}
         names.update({k: v for k, v in overrides.items() if k in names})
         settings = {**TINY_SETTINGS, **{k: v for k, v in overrides.items() if k not in names}}
-        return configure(load_workflow(workflow), names, settings)
+        return configure(prompt, names, settings)
 
     return make

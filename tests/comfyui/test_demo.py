@@ -72,6 +72,15 @@ def test_demo_needs_all_three_weights(comfyui_dir: Path, tmp_path: Path, caplog:
     assert "missing --text-encoder, --vae" in caplog.text
 
 
+def test_demo_needs_the_clip_vision_model_and_an_image_for_an_image_workflow(
+    comfyui_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    weights = [arg for flag in ("--model", "--text-encoder", "--vae") for arg in (flag, str(tmp_path / "x"))]
+    workflow = API_WORKFLOWS / "Wan2.1 image-to-video 14B 480p (DAX).json"
+    assert main(["--comfyui", str(comfyui_dir), "--workflow", str(workflow), *weights]) == 1
+    assert "starts from an image: pass --clip-vision FILE and --image FILE" in caplog.text
+
+
 def test_configure_changes_only_what_it_is_given() -> None:
     workflow = load_workflow()
     names = {"DaxLoadWan": "dit.safetensors", "CLIPLoader": "te.safetensors", "VAELoader": "vae.safetensors"}

@@ -49,7 +49,7 @@ def ui_server(
     base = tmp_path_factory.mktemp("comfyui-front-end")
     by_folder = {LOADERS[loader][1]: path for loader, path in demo_models.by_loader().items()}
     for folder, name in placeholders():
-        target = base / "models" / folder / name
+        target = base / (folder if folder == "input" else f"models/{folder}") / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(by_folder[folder])
     with ComfyServer(comfyui_dir, base, extra_args=["--preview-method", "auto"], start_timeout=120.0) as server:

@@ -82,6 +82,7 @@ def test_tiny_workflow_writes_a_video(
     log = comfy_server.log_text()
     assert "clip missing" not in log, "the random T5-base lacks keys SA-T5 expects"
     assert "Missing VAE keys" not in log, "the random Wan VAE lacks keys ComfyUI's WanVAE expects"
+    assert "missing clip vision" not in log, "the random CLIP ViT-H lacks keys ComfyUI's vision model expects"
     _check_levers(prompt, outputs, log[log_start:])
 
 

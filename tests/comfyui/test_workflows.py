@@ -22,6 +22,8 @@ NODE_TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its ``pos``
 PUBLISHED_MODEL = {
     "wan2.1_t2v_1.3B_bf16.safetensors": "wan2.1-t2v-1.3b",
     "wan2.1_t2v_14B_bf16.safetensors": "wan2.1-t2v-14b",
+    "wan2.1_i2v_480p_14B_bf16.safetensors": "wan2.1-i2v-14b",
+    "wan2.1_flf2v_720p_14B_fp16.safetensors": "wan2.1-flf2v-14b",
 }
 
 each_workflow = pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=[path.stem for path in API_WORKFLOWS])
@@ -74,6 +76,8 @@ def test_every_ui_workflow_has_an_api_twin() -> None:
     assert {path.stem for path in API_WORKFLOWS} >= {
         "Wan2.1 text-to-video 1.3B (DAX)",
         "Wan2.1 text-to-video 14B, all accelerations (DAX)",
+        "Wan2.1 image-to-video 14B 480p (DAX)",
+        "Wan2.1 first-last-frame 14B (DAX)",
     }
     assert {p.name for p in WORKFLOWS.iterdir()} <= {"api"} | {
         f"{p.stem}{ext}" for p in ui_files for ext in (".json", ".jpg")

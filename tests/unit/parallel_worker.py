@@ -365,15 +365,18 @@ def _log_excerpt(rank: int, log_file: Path, stacks_from: int | None) -> str:
     return f"--- rank {rank}:\n{text[:stacks_from][-1500:]}\n--- rank {rank} stood at:\n{text[stacks_from:][:3000]}"
 
 
-def launch(world: int, cases: dict, out: Path, device: str = "cpu", timeout_s: float = 360.0) -> list[dict]:
-    """Run ``cases`` on ``world`` worker processes; every rank's results, or RuntimeError with the failed ranks'
-    logs. A rank still running at ``timeout_s`` first writes every thread's Python stack to its log, then is
-    killed. (About 25 s for 4 ranks on 2 CPU cores; the timeout leaves room for a slower, busier machine.)"""
+def launch(
+    world: int, cases: dict, out: Path, device: str = "cpu", timeout_s: float = 360.0, script: str = __file__
+) -> list[dict]:
+    """Run ``cases`` on ``world`` worker processes of ``script`` (this one, or another with the same command line);
+    every rank's results, or RuntimeError with the failed ranks' logs. A rank still running at ``timeout_s`` first
+    writes every thread's Python stack to its log, then is killed. (About 25 s for 4 ranks on 2 CPU cores; the
+    timeout leaves room for a slower, busier machine.)"""
     port = free_port()
     logs = [out / f"rank{r}.log" for r in range(world)]
     procs = []
     for rank in range(world):
-        cmd = [sys.executable, __file__, "--rank", str(rank), "--world", str(world), "--port", str(port)]
+        cmd = [sys.executable, script, "--rank", str(rank), "--world", str(world), "--port", str(port)]
         cmd += ["--cases", json.dumps(cases), "--out", str(out), "--device", device]
         procs.append(subprocess.Popen(cmd, stdout=logs[rank].open("w"), stderr=subprocess.STDOUT))
     deadline = time.monotonic() + timeout_s

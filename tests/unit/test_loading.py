@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 import dax_core.models.loading as loading
 from dax_core.models.detect import infer_spec
+from dax_core.models.info import ModelInfo
 from dax_core.models.loading import WeightsError, WeightsInfo, inspect_weights, load_wan_model
 from dax_core.models.spec import PRESETS, WanSpec
 from dax_core.models.tiny import (
@@ -232,7 +233,7 @@ def test_inspect_reports_naming_spec_dtype_and_files(tmp_path, naming, dtype, st
     assert info == WeightsInfo(
         path=str(path),
         naming="diffusers" if naming == "diffusers" else "wan",
-        spec=SPEC,
+        model=ModelInfo.of(SPEC),
         stored_dtype=stored_dtype,
         scaled_fp8=scaled,
         total_bytes=path.stat().st_size,
@@ -260,7 +261,7 @@ def test_spec_inference_reads_every_field():
         ffn_dim=160,
         text_dim=40,
         freq_dim=24,
-        in_dim=20,
+        in_dim=19,  # not 2 x 8 + 4: that many channels without an image embedding is refused
         out_dim=8,
         patch_size=(2, 2, 2),
         cross_attn_norm=False,
@@ -352,13 +353,31 @@ BAD_INPUTS = {
         ["neither a diffusers", "pass that file itself"],
     ),
     "missing shard": (_missing_shard, ["diffusion_pytorch_model-00002-of-00002.safetensors", "not in"]),
-    "i2v by keys": (
+    "half an image model": (
         lambda tmp: _tiny_with(tmp, "i2v.safetensors", lambda sd: sd.update({"img_emb.proj.0.weight": torch.ones(4)})),
-        ["image-to-video", "img_emb"],
+        ["no valid Wan2.1 model", "i2v model takes noise", "in_dim 16"],
     ),
-    "i2v by channels": (
+    "36 channels without an image embedding": (
         lambda tmp: _tiny_with(tmp, "i2v36.safetensors", lambda sd: None, spec=WanSpec(64, 1, 4, 128, in_dim=36)),
-        ["image-to-video", "36 channels"],
+        ["36 channels", "no image embedding", "Wan2.2 image-to-video expert", "first-last-frame (FLF2V 14B)"],
+    ),
+    **{
+        f"{variant} by keys": (
+            lambda tmp, key=key: _tiny_with(
+                tmp, f"{key}.safetensors", lambda sd: sd.update({key: sd["blocks.0.ffn.0.weight"].clone()})
+            ),
+            [what, "which DAX does not run", "image-to-video (I2V 14B, 480p and 720p)"],
+        )
+        for variant, key, what in (
+            ("camera", "control_adapter.conv.weight", "camera-control"),
+            ("s2v", "casual_audio_encoder.encoder.final_linear.weight", "speech-to-video (S2V)"),
+            ("humo", "audio_proj.audio_proj_glob_1.layer.bias", "HuMo"),
+            ("animate", "face_adapter.fuser_blocks.0.k_norm.weight", "Animate"),
+        )
+    },
+    "phantom by name": (
+        lambda tmp: _tiny_with(tmp, "Phantom_Wan_14B_fp16.safetensors", lambda sd: None),
+        ["Phantom (subject-to-video)", "which DAX does not run", "text-to-video (1.3B, 14B)"],
     ),
     "vace": (
         lambda tmp: _tiny_with(
@@ -366,14 +385,14 @@ BAD_INPUTS = {
             "vace.safetensors",
             lambda sd: sd.update({"vace_blocks.0.ffn.0.weight": sd["blocks.0.ffn.0.weight"].clone()}),
         ),
-        ["VACE", "not a text-to-video model"],
+        ["VACE", "which DAX does not run", "first-last-frame"],
     ),
     "wan vae": (
         lambda tmp: _tensors_file(
             tmp / "wan_2.1_vae.safetensors",
             ["encoder.conv1.weight", "decoder.middle.0.residual.0.gamma", "conv1.weight", "conv2.weight"],
         ),
-        ["the Wan VAE", "load it as the VAE", "Pick a Wan2.1 text-to-video diffusion model"],
+        ["the Wan VAE", "load it as the VAE", "Pick a Wan2.1 diffusion model"],
     ),
     "t5": (
         lambda tmp: _tensors_file(

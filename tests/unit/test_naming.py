@@ -79,7 +79,9 @@ def test_detect_naming():
 def test_to_wan_name_maps_diffusers_and_rejects_unknown_names():
     assert to_wan_name("condition_embedder.time_proj.weight", "diffusers") == "time_projection.1.weight"
     assert to_wan_name("blocks.0.attn2.to_out.0.bias", "diffusers") == "blocks.0.cross_attn.o.bias"
-    assert to_wan_name("blocks.0.attn2.add_k_proj.weight", "diffusers") is None
+    assert to_wan_name("blocks.0.attn2.add_k_proj.weight", "diffusers") == "blocks.0.cross_attn.k_img.weight"
+    assert to_wan_name("condition_embedder.image_embedder.pos_embed", "diffusers") == "img_emb.emb_pos"
+    assert to_wan_name("blocks.0.attn2.add_q_proj.weight", "diffusers") is None
     assert to_wan_name("rope.freqs", "diffusers") is None
     with pytest.raises(ValueError, match="unknown naming"):
         to_wan_name("head.modulation", "comfy")

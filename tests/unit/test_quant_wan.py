@@ -146,7 +146,7 @@ def test_a_recipe_dict_rebuilds_in_a_fresh_process():
     assert "dax_core.quant.config" in CONFIG_MODULES
     data = Recipe("wan.safetensors").with_acceleration(QuantizeConfig(dtype="int8")).to_dict()
     code = (
-        "import json, sys\nfrom dax_core.recipe import Recipe\n"
+        "import json, sys\nimport dax_core.accelerations\nfrom dax_core.recipe import Recipe\n"
         "r = Recipe.from_dict(json.loads(sys.argv[1]))\n"
         "print(type(r.accelerations[0]).__name__, r.accelerations[0].dtype)"
     )

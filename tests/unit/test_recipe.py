@@ -52,3 +52,48 @@ def test_lineage_walks_back_through_with_acceleration_and_is_not_part_of_the_val
     assert [r is s for r, s in zip(compiled.lineage(), (compiled, cached, loaded), strict=True)] == [True] * 3
     rebuilt = Recipe.from_dict(compiled.to_dict())
     assert rebuilt == compiled and list(rebuilt.lineage()) == [rebuilt]  # the dict carries no history
+
+
+def test_the_resolved_model_round_trips_with_the_recipe_and_is_part_of_its_value():
+    from dax_core.models.info import ModelInfo
+    from dax_core.models.spec import PRESETS
+
+    model = ModelInfo(PRESETS["wan2.1-i2v-14b"], "wan2.1-i2v-14b")
+    r = Recipe("i2v.safetensors", model=model)
+    again = Recipe.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert again == r and again.model == model and again.model.spec.model_type == "i2v"
+    assert r.fingerprint() != Recipe("i2v.safetensors").fingerprint()
+    assert "model" not in Recipe("t2v.safetensors").to_dict()  # recipes made without one keep their old dict
+    expert = ModelInfo(PRESETS["wan2.1-t2v-14b"], "wan2.2-t2v-a14b", family="wan2.2", expert="high_noise")
+    assert ModelInfo.from_dict(json.loads(json.dumps(expert.to_dict()))) == expert
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"family": "wan3"}, "family 'wan3'"), ({"expert": "middle"}, "expert 'middle'"), ({"variant": ""}, "variant")],
+)
+def test_model_info_refuses_unknown_values(kwargs, message):
+    from dax_core.models.info import ModelInfo
+    from dax_core.models.spec import WAN21_T2V_14B
+
+    with pytest.raises(ValueError, match=message):
+        ModelInfo(**({"spec": WAN21_T2V_14B, "variant": "wan2.1-t2v-14b"} | kwargs))
+
+
+def test_the_recipe_module_registers_no_lever_itself():
+    import subprocess
+    import sys
+
+    code = (
+        "from dax_core.recipe import Recipe, RecipeError\n"
+        "try:\n"
+        "    Recipe.from_dict({'weights': 'w', 'accelerations': [{'kind': 'teacache', 'threshold': 0.3}]})\n"
+        "except RecipeError as e:\n"
+        "    assert 'import dax_core.accelerations' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('a lever was registered without being imported')\n"
+        "import dax_core.accelerations\n"
+        "Recipe.from_dict({'weights': 'w', 'accelerations': [{'kind': 'teacache', 'threshold': 0.3}]})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -45,6 +45,10 @@ def test_request_round_trip():
         end_at_step=21,
         add_noise=False,
         return_with_leftover_noise=True,
+        positive_image=torch.randn(1, 20, 3, 8, 8, generator=g),
+        negative_image=torch.randn(1, 20, 3, 8, 8, generator=g),
+        positive_clip=torch.randn(1, 257, 32, generator=g),
+        negative_clip=torch.randn(1, 257, 32, generator=g).to(torch.bfloat16),
     )
     got = request_from_message(_through_a_socket("request", *request_fields(req)))
     for field in dataclasses.fields(SampleRequest):

@@ -1,0 +1,73 @@
+"""Image conditioning of I2V / FLF2V models from what ComfyUI's WanImageToVideo and WanFirstLastFrameToVideo set
+in the CONDITIONING extras, made as ComfyUI's Wan2.1 model (``model_base.WAN21``) makes it.
+
+``concat_latent_image`` (the VAE latent of the start / end frames, grey elsewhere) goes through the Wan21 latent
+format; ``concat_mask`` (1 where the frames are to be generated) is averaged to one channel unless it has 4 (FLF2V
+groups 4 video frames per latent frame itself), inverted, padded with zeros to the latent's frames and repeated to 4
+channels; the model's input is the noise, then the 4 mask channels, then the image latent. ``clip_vision_output``'s
+penultimate hidden states are the model's ``clip_fea``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import latents
+
+MASK_CHANNELS = 4
+
+
+def concat_channels(
+    latent_shape: tuple[int, ...], image: torch.Tensor | None, mask: torch.Tensor | None, extra_channels: int
+) -> torch.Tensor:
+    """The ``extra_channels`` (mask, then image latent) concatenated to the noise of a latent of ``latent_shape``
+    [B, C, T, H, W], float32 on the CPU, batch 1 or B. ``image`` is ComfyUI's (un-normalised) latent, ``mask`` its
+    ``concat_mask``; without an image the channels are zeros, as ComfyUI gives them (the rules refuse that on an image
+    model: ``dax_core.rules.check_request``)."""
+    batch, _, frames, height, width = latent_shape
+    size = (frames, height, width)
+    if image is None:
+        return torch.zeros(1, extra_channels, *size)
+    image = image.detach().to("cpu", torch.float32)
+    _check_spatial("concat_latent_image", image, latent_shape)
+    if image.shape[2] != frames:
+        raise ValueError(
+            f"concat_latent_image has {image.shape[2]} latent frames, the latent {frames}: give WanImageToVideo the "
+            "length of the latent it makes (connect its latent output to the sampler)"
+        )
+    groups = [latents.normalize(image[:, i : i + latents.LATENT_CHANNELS])
+              for i in range(0, image.shape[1], latents.LATENT_CHANNELS)]  # fmt: skip
+    image = torch.cat(groups, dim=1)[:, : extra_channels - MASK_CHANNELS]
+    image = _batch(image, batch, "concat_latent_image")
+    if mask is None:
+        mask = torch.zeros(1, MASK_CHANNELS, *size)
+    else:
+        mask = mask.detach().to("cpu", torch.float32)
+        if mask.ndim != 5:
+            raise ValueError(f"concat_mask must be [B, 1 or 4, frames, height, width], got {tuple(mask.shape)}")
+        if mask.shape[1] != MASK_CHANNELS:
+            mask = mask.mean(dim=1, keepdim=True)
+        mask = 1.0 - mask
+        _check_spatial("concat_mask", mask, latent_shape)
+        if mask.shape[2] < frames:
+            mask = torch.nn.functional.pad(mask, (0, 0, 0, 0, 0, frames - mask.shape[2]))
+        if mask.shape[1] == 1:
+            mask = mask.repeat(1, MASK_CHANNELS, 1, 1, 1)
+        mask = _batch(mask, batch, "concat_mask")
+    if image.shape[0] != mask.shape[0]:
+        image, mask = image.expand(batch, -1, -1, -1, -1), mask.expand(batch, -1, -1, -1, -1)
+    return torch.cat((mask, image), dim=1)
+
+
+def _check_spatial(name: str, t: torch.Tensor, latent_shape: tuple[int, ...]) -> None:
+    if t.ndim != 5 or tuple(t.shape[-2:]) != tuple(latent_shape[-2:]):
+        raise ValueError(
+            f"{name} is {tuple(t.shape)} but the latent is {tuple(latent_shape)}: their height and width must match - "
+            "connect the latent that WanImageToVideo / WanFirstLastFrameToVideo made with this conditioning"
+        )
+
+
+def _batch(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    if t.shape[0] in (1, batch):
+        return t
+    raise ValueError(f"{name} has batch {t.shape[0]}, the latent {batch}: use batch 1 or the latent's batch")
