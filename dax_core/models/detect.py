@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 
 import torch
 
-from .spec import WanSpec
+from .spec import WAN22_LATENT_CHANNELS, WanSpec
 from .wan import WanModel
 from .weights_error import WeightsError
 
@@ -100,9 +100,17 @@ def infer_spec(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None =
             out_dim=shapes["head.head.weight"][0] // max(1, math.prod(patch_size)),
             patch_size=patch_size,
             cross_attn_norm="blocks.0.norm3.weight" in shapes,
+            model_type=_model_type(shapes["head.head.weight"][0] // max(1, math.prod(patch_size))),
         )
     except ValueError as e:
         raise WeightsError(f"{where}: the tensor shapes describe no valid Wan2.1 model ({e})") from e
+
+
+def _model_type(out_dim: int) -> str:
+    """A DiT that predicts the Wan2.2 VAE's 48 latent channels is Wan2.2 TI2V (ComfyUI's rule too: WAN22_T2V is the
+    Wan model with ``out_dim`` 48); a 16-channel text-to-video DiT is Wan2.1 T2V or a Wan2.2 A14B expert, which
+    shapes cannot tell apart (the user's model choice at Load does)."""
+    return "ti2v" if out_dim == WAN22_LATENT_CHANNELS else "t2v"
 
 
 def expected_shapes(spec: WanSpec) -> dict[str, tuple[int, ...]]:

@@ -1,7 +1,9 @@
-"""Small random Wan2.1 DiTs, written in every on-disk format the loader reads (for tests and demos).
+"""Small random Wan DiTs (Wan2.1 T2V and A14B-expert shapes, Wan2.2 TI2V), written in every on-disk format the
+loader reads (for tests and demos).
 
 ``python -m dax_core tiny-model --out FILE [--dim 64 --layers 2 --heads 4 --ffn 128 --text-dim 768
---naming wan|comfy|diffusers --dtype bf16|fp16|fp32|fp8_e4m3fn|fp8_scaled --seed 0 --sharded]``
+--channels 16|48 --naming wan|comfy|diffusers --dtype bf16|fp16|fp32|fp8_e4m3fn|fp8_scaled --seed 0 --sharded]``
+(``--channels 48``: a Wan2.2 TI2V-shaped DiT, for the Wan2.2 VAE's latent)
 
 Weights are random with the scales of a trained model (linears std 1/sqrt(fan_in), modulation
 std 1/sqrt(dim), norm weights near 1) so a forward pass stays finite. Every file carries the
@@ -24,7 +26,7 @@ from torch import nn
 
 from .detect import NUM_HEADS_METADATA
 from .naming import COMFY_PREFIXES, wan_to_diffusers
-from .spec import WanSpec
+from .spec import WAN22_LATENT_CHANNELS, WanSpec
 from .wan import WanModel
 from .weight_conversion import is_block_linear_weight, quantize_fp8
 from .weight_files import DIFFUSERS_CONFIG, DIFFUSERS_INDEX
@@ -36,6 +38,7 @@ DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_scaled")
 _PLAIN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _SHARD_NAME = "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors"
 _NUM_SHARDS = 2
+CHANNELS = (16, WAN22_LATENT_CHANNELS)  # the Wan2.1 VAE's latent, the Wan2.2 VAE's
 
 
 def random_state_dict(spec: WanSpec, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -157,10 +160,22 @@ def write_tiny_model(
     dtype: str = "bf16",
     seed: int = 0,
     sharded: bool = False,
+    channels: int = 16,
 ) -> Path:
-    """Write a random Wan2.1 DiT; sharded: a diffusers folder with an index, 2 shards and config.json."""
+    """Write a random Wan DiT of ``channels`` latent channels (16: Wan2.1 T2V shapes, also a Wan2.2 A14B expert's;
+    48: Wan2.2 TI2V's); sharded: a diffusers folder with an index, 2 shards and config.json."""
+    if channels not in CHANNELS:
+        raise ValueError(f"channels {channels} is not one of {', '.join(map(str, CHANNELS))}")
     spec = WanSpec(
-        dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim, text_dim=text_dim, freq_dim=freq_dim
+        dim=dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        ffn_dim=ffn_dim,
+        text_dim=text_dim,
+        freq_dim=freq_dim,
+        in_dim=channels,
+        out_dim=channels,
+        model_type="ti2v" if channels == WAN22_LATENT_CHANNELS else "t2v",
     )
     tensors = stored_state_dict(random_state_dict(spec, seed), dtype)
     path = write_state_dict(tensors, path, naming=naming, num_heads=num_heads, sharded=sharded)
@@ -178,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ffn", type=int, default=128)
     parser.add_argument("--text-dim", type=int, default=768)
     parser.add_argument("--freq-dim", type=int, default=256)
+    parser.add_argument("--channels", type=int, choices=CHANNELS, default=16, help="48: Wan2.2 TI2V shapes")
     parser.add_argument("--naming", choices=NAMINGS, default="wan")
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--seed", type=int, default=0)
@@ -196,18 +212,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             dtype=args.dtype,
             seed=args.seed,
             sharded=args.sharded,
+            channels=args.channels,
         )
     except ValueError as e:
         parser.error(str(e))
     size = sum(p.stat().st_size for p in ([path] if path.is_file() else path.iterdir()))
     logger.info(
-        "wrote %s: Wan2.1 DiT dim %d, %d layers, %d heads, ffn %d, text %d (%s naming, %s, seed %d, %.1f MB)",
+        "wrote %s: Wan DiT dim %d, %d layers, %d heads, ffn %d, text %d, %d channels (%s naming, %s, seed %d, %.1f MB)",
         path,
         args.dim,
         args.layers,
         args.heads,
         args.ffn,
         args.text_dim,
+        args.channels,
         args.naming,
         args.dtype,
         args.seed,

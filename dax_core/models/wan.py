@@ -1,4 +1,5 @@
-"""Wan2.1 text-to-video DiT: a compact implementation with the original (and ComfyUI) parameter names.
+"""The Wan DiT (Wan2.1 text-to-video, Wan2.2 TI2V 5B and the A14B experts): a compact implementation with the
+original (and ComfyUI) parameter names.
 
 Parameter names follow the original Wan2.1 checkpoints (``blocks.0.self_attn.q.weight`` ...), so
 original and ComfyUI files load as they are; diffusers files are renamed on load (``naming.py``).
@@ -163,13 +164,19 @@ class WanBlock(nn.Module):
         cross_attn: AttentionFn,
         parallel: SequenceParallelHooks | None = None,
     ) -> torch.Tensor:
-        """x: [B, S, D]; e0: [B, 6, D] float32 time projection; context: [B, L, D] embedded text.
+        """x: [B, S, D]; e0: [B, 6, D] float32 time projection, or [B, S, 6, D] per token (``Prepared.e0``);
+        context: [B, L, D] embedded text.
 
         With ``parallel``, x holds this rank's slice of the tokens and self-attention runs across ranks.
         """
-        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e0).chunk(6, dim=1)
+        per_token = e0.ndim == 4
+        if per_token:  # six [B, S, D] modulations, one row per token
+            shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float().unsqueeze(0) + e0).unbind(2)
+        else:  # six [B, 1, D] modulations, one per batch row
+            shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e0).chunk(6, dim=1)
         iq = self.input_quant or NO_INPUT_QUANT
-        norms = ops if self.input_kernels is None or parallel is not None else self.input_kernels
+        own_kernels = self.input_kernels is not None and parallel is None and not per_token
+        norms = self.input_kernels if own_kernels else ops
         xn = norms.modulated_layer_norm(x, shift, scale, self.eps, iq.self_attn)
         if parallel is None:
             y = self.self_attn.self_attention(xn, rope, self_attn)
@@ -194,7 +201,11 @@ class WanHead(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 2, spec.dim, device=device, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
+        """x: [B, S, D]; e: [B, D] float32 time embedding, or [B, S, D] per token."""
+        if e.ndim == 3:
+            shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)
+        else:
+            shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
         return self.head(ops.modulated_layer_norm(x, shift, scale, self.eps))
 
 
@@ -205,6 +216,34 @@ def sinusoidal_embedding(dim: int, timesteps: torch.Tensor) -> torch.Tensor:
     freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
     angles = torch.outer(t, freqs)
     return torch.cat([angles.cos(), angles.sin()], dim=1).float()
+
+
+def timesteps_of(t: torch.Tensor, batch: int, patch: Sequence[int], latent_size: Sequence[int]) -> torch.Tensor:
+    """The model's timesteps for a latent of ``batch`` rows: [B] (one per row), or [B, N] for N equal groups of
+    consecutive tokens (N = the latent's frames: ComfyUI's WAN22 timestep per frame; or one per token).
+
+    Raises ValueError, saying what fits, for any other shape.
+    """
+    if t.numel() == 1:
+        return t.reshape(-1).expand(batch)
+    if t.ndim <= 1 or (t.ndim == 2 and t.shape[1] == 1):
+        if t.numel() != batch:
+            raise ValueError(f"{t.numel()} timesteps for a batch of {batch}: give one per batch row")
+        return t.reshape(-1)
+    frames = latent_size[0] // patch[0]
+    tokens = frames * (latent_size[1] // patch[1]) * (latent_size[2] // patch[2])
+    if t.ndim != 2 or t.shape[0] != batch or t.shape[1] not in (frames, tokens):
+        raise ValueError(
+            f"timesteps of shape {tuple(t.shape)} do not fit a batch of {batch} with {frames} frames and {tokens} "
+            f"tokens: give [{batch}], [{batch}, {frames}] (per frame) or [{batch}, {tokens}] (per token)"
+        )
+    return t
+
+
+def per_token(rows: torch.Tensor, tokens: int) -> torch.Tensor:
+    """[B, N, ...] values of N equal groups of consecutive tokens -> [B, tokens, ...], one row per token."""
+    groups = rows.shape[1]
+    return rows if groups == tokens else rows.repeat_interleave(tokens // groups, dim=1)
 
 
 def _linear_f32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -221,8 +260,8 @@ class Prepared:
     """Everything the block stack needs for one forward; produced by ``WanModel.prepare``."""
 
     tokens: torch.Tensor  # [B, S, D] in the compute dtype (this rank's batch and tokens when sequence-parallel)
-    e: torch.Tensor  # [B, D] float32 time embedding (for the head)
-    e0: torch.Tensor  # [B, 6, D] float32 time projection (for the blocks)
+    e: torch.Tensor  # [B, D] float32 time embedding (for the head); [B, S, D] with per-token timesteps
+    e0: torch.Tensor  # [B, 6, D] float32 time projection (for the blocks); [B, S, 6, D] with per-token timesteps
     context: torch.Tensor  # [B, L, D] embedded text
     rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [S, head_dim/2] for the tokens above
     grid: tuple[int, int, int]  # (frames, height, width) in patches, of the whole video
@@ -257,14 +296,17 @@ class SequenceParallelHooks(Protocol):
         self, attn: WanAttention, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kernel: AttentionFn
     ) -> torch.Tensor: ...
 
+    def shard_per_token(self, rows: torch.Tensor) -> torch.Tensor: ...
+
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 class WanModel(nn.Module):
     """The Wan2.1 T2V diffusion transformer.
 
-    ``forward(x, t, context)`` takes the latent [B, 16, F, H, W], the timestep [B] on Wan's 0..1000
-    scale and the text [B, L, text_dim]; it returns the flow (velocity) prediction, same shape as x.
+    ``forward(x, t, context)`` takes the latent [B, in_dim, F, H, W], the timestep [B] on Wan's 0..1000 scale (or
+    [B, F] per latent frame, or [B, tokens] per token: Wan2.2 TI2V) and the text [B, L, text_dim]; it returns the flow
+    (velocity) prediction, same shape as x.
     A ``step_cache`` (TeaCache...), when set, decides between ``prepare`` and ``run_blocks`` whether the block
     stack runs; ``branches`` then names the stream (e.g. CFG's "cond" / "uncond") of each batch row.
     """
@@ -322,7 +364,7 @@ class WanModel(nn.Module):
         spec.check_latent(x.shape)
         spec.check_text(context.shape)
         out_shape = tuple(x.shape)
-        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
+        t = timesteps_of(t, x.shape[0], spec.patch_size, x.shape[2:])
         sp = self.sequence_parallel
         if sp is not None:
             x, t, context = sp.split_batch(x, t, context)
@@ -338,9 +380,14 @@ class WanModel(nn.Module):
             tokens, rope = sp.shard_tokens(tokens, rope, grid)
 
         e = _linear_f32(
-            self.time_embedding[2], F.silu(_linear_f32(self.time_embedding[0], sinusoidal_embedding(spec.freq_dim, t)))
+            self.time_embedding[2],
+            F.silu(_linear_f32(self.time_embedding[0], sinusoidal_embedding(spec.freq_dim, t.reshape(-1)))),
         )
-        e0 = _linear_f32(self.time_projection[1], F.silu(e)).unflatten(1, (6, spec.dim))
+        e0 = _linear_f32(self.time_projection[1], F.silu(e)).unflatten(-1, (6, spec.dim))
+        if t.ndim == 2:  # a timestep per group of consecutive tokens (per latent frame): one row of e per token
+            e, e0 = (per_token(v.unflatten(0, t.shape), math.prod(grid)) for v in (e, e0))
+            if sp is not None:
+                e, e0 = sp.shard_per_token(e), sp.shard_per_token(e0)
         ctx = self.text_embedding(context.to(self.compute_dtype))
         return Prepared(tokens, e, e0, ctx, rope, grid, out_shape)
 
