@@ -42,8 +42,9 @@ TOOLTIPS = {
     "positive": "What the video shows: one CLIPTextEncode output, encoded with the Wan text encoder (CLIPLoader, "
     "type wan).",
     "negative": "What the video avoids: one CLIPTextEncode output (not used when cfg is 1).",
-    "latent_image": "The video's size: EmptyHunyuanLatentVideo (width, height, length in frames, batch), or a "
-    "latent to continue (a VAE encode, another sampler's output).",
+    "latent_image": "The video's size: EmptyHunyuanLatentVideo (width, height, length in frames, batch; "
+    "Wan22ImageToVideoLatent for Wan2.2 TI2V 5B, with an optional start image), or a latent to continue (a VAE "
+    "encode, another sampler's output). Its noise mask is applied as KSampler applies it.",
     "seed": "Seed of the starting noise: the same noise as the native KSampler's for the same seed.",
     "add_noise": "enable: start from noise drawn with noise_seed, as KSamplerAdvanced. disable: continue the input "
     "latent as it is (a first sampler's leftover noise).",
@@ -98,18 +99,20 @@ def _text_embedding(conditioning: list, which: str) -> torch.Tensor:
 
 
 def _latent_samples(latent: dict) -> torch.Tensor:
-    """The latent's samples, or a clear error for what the DAX sampler cannot honour."""
-    if "noise_mask" in latent:
-        raise ValueError(
-            "latent_image has a noise_mask (inpainting: SetLatentNoiseMask, VAEEncodeForInpaint), which the DAX "
-            "sampler does not support: sample the whole latent, or use the native KSampler for masked sampling"
-        )
+    """The latent's samples, or a clear error for what the DAX sampler cannot honour (its noise mask, e.g.
+    Wan22ImageToVideoLatent's, goes with the request: ``_noise_mask``)."""
     if "batch_index" in latent:
         raise ValueError(
             "latent_image carries a batch_index (from LatentFromBatch / RepeatLatentBatch), which picks per-item "
             "noise the DAX sampler does not reproduce: sample the whole batch, or use the native KSampler"
         )
     return latent["samples"]
+
+
+def _noise_mask(latent: dict) -> torch.Tensor | None:
+    """The latent's noise mask (Wan22ImageToVideoLatent's first frame, SetLatentNoiseMask), applied as KSampler does."""
+    mask = latent.get("noise_mask")
+    return None if mask is None else mask.detach().cpu().float()
 
 
 def _has_step_cache(recipe: Recipe) -> bool:
@@ -313,7 +316,10 @@ def _model_and_text_inputs() -> dict:
 
 
 HIDDEN = {"unique_id": "UNIQUE_ID"}  # the node the status text goes to
-OUTPUT_TOOLTIP = "The denoised Wan latent: decode it with VAEDecode and the Wan2.1 VAE, or continue it in a sampler."
+OUTPUT_TOOLTIP = (
+    "The denoised Wan latent: decode it with VAEDecode and the model's VAE (Wan2.1 VAE; Wan2.2 VAE for TI2V 5B), or "
+    "continue it in a sampler."
+)
 
 
 def _gpus_input() -> tuple:
@@ -327,7 +333,7 @@ def _run(
     node's output with the run's summary."""
     spec, config = _prepare(recipe, request, gpus, **parallel)  # before any engine is touched
     steps = len(request.run_sigmas()) - 1  # the steps this run takes (a start/end cut or denoise changes them)
-    status = SamplerStatus(node_id, steps)
+    status = SamplerStatus(node_id, steps, spec.latent_channels)
     if config is None:
         result = _sample_here(recipe, request, status)
     else:
@@ -404,6 +410,7 @@ class DaxMultiGPUSampler:
             positive=_text_embedding(positive, "positive"),
             negative=_text_embedding(negative, "negative"),
             latent=_latent_samples(latent_image),
+            noise_mask=_noise_mask(latent_image),
             seed=seed,
             steps=steps,
             cfg=cfg,
@@ -453,6 +460,7 @@ class DaxSamplerAdvanced:
             positive=_text_embedding(positive, "positive"),
             negative=_text_embedding(negative, "negative"),
             latent=_latent_samples(latent_image),
+            noise_mask=_noise_mask(latent_image),
             seed=noise_seed,
             steps=steps,
             cfg=cfg,

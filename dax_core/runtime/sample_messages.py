@@ -25,7 +25,7 @@ _SCALARS = (
     "add_noise",
     "return_with_leftover_noise",
 )
-_OPTIONAL_TENSORS = ("negative", "sigmas")
+_OPTIONAL_TENSORS = ("negative", "sigmas", "noise_mask")
 
 
 def request_fields(req: SampleRequest) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

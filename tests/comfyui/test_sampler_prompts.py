@@ -63,19 +63,16 @@ def test_two_experts_chained_through_split_sigmas_write_a_video(
     assert outputs["low"]["dax_summary"][0].startswith(f"{STEPS - 1} steps in"), outputs["low"]
 
 
-def test_a_latent_with_a_noise_mask_is_a_node_error(
-    comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]
-) -> None:
+def test_a_latent_with_a_noise_mask_is_sampled(comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]) -> None:
+    # the mask goes with the request (the unit tier compares masked runs with native KSampler's)
     prompt = tiny_prompt(seed=32, steps=STEPS)
     sampler = prompt[_sampler_id(prompt)]
     prompt["mask"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
     prompt["masked"] = {"class_type": "SetLatentNoiseMask",
                         "inputs": {"samples": sampler["inputs"]["latent_image"], "mask": ["mask", 0]}}  # fmt: skip
     sampler["inputs"]["latent_image"] = ["masked", 0]
-    with pytest.raises(PromptFailed) as failed:
-        comfy_server.run(prompt, timeout=RUN_TIMEOUT)
-    assert failed.value.node_type == "DaxMultiGPUSampler"
-    assert "noise_mask" in failed.value.exception_message, failed.value.exception_message
+    outputs = comfy_server.run(prompt, timeout=RUN_TIMEOUT)
+    assert [p for p in comfy_server.output_files(outputs) if p.suffix == ".mp4"], outputs
 
 
 def test_an_empty_step_range_is_a_node_error(comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]) -> None:
