@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from .experts import AUTO, EXPERTS, MODEL_CHOICES
+
 WEIGHT_DTYPES = ("default", "bf16", "fp16", "fp32", "fp8_e4m3fn")
 COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
 
@@ -104,13 +106,21 @@ class LoraRef:
 @dataclass(frozen=True)
 class Recipe:
     """Weights plus dtypes plus an ordered tuple of accelerations (at most one of each kind) plus the LoRAs merged
-    into the weights when the model is built, in order."""
+    into the weights when the model is built, in order.
+
+    ``model``: which model the weights are, where their shapes cannot say (``dax_core.experts``: a Wan2.2 A14B
+    expert, or both); "auto" reads it from the file. A two-expert model names the high-noise expert's file in
+    ``weights`` and the low-noise expert's in ``low_noise_weights``; each expert is built with every lever of the
+    recipe (``expert``).
+    """
 
     weights: str
     weight_dtype: str = "default"
     compute_dtype: str = "bf16"
     accelerations: tuple[Acceleration, ...] = field(default=())
     loras: tuple[LoraRef, ...] = field(default=())
+    model: str = AUTO
+    low_noise_weights: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loras", tuple(self.loras))
@@ -125,6 +135,34 @@ class Recipe:
         kinds = [a.kind for a in self.accelerations]
         if len(kinds) != len(set(kinds)):
             raise RecipeError(f"each acceleration may appear once; got {kinds}")
+        if self.model not in MODEL_CHOICES:
+            raise RecipeError(f"model {self.model!r} is not one of {', '.join(MODEL_CHOICES)}")
+        pair = MODEL_CHOICES[self.model].is_pair
+        if pair and (not isinstance(self.low_noise_weights, str) or not self.low_noise_weights):
+            raise RecipeError(
+                f"{MODEL_CHOICES[self.model].description} needs the low-noise expert's weights too (Load Wan DAX's "
+                "low_noise_model_name), or choose one expert alone"
+            )
+        if not pair and self.low_noise_weights is not None:
+            raise RecipeError(
+                f"low-noise expert weights are given, but the model {self.model!r} is not a two-expert model: choose "
+                "wan2.2-t2v-a14b or wan2.2-i2v-a14b, or leave the low-noise weights out"
+            )
+
+    @property
+    def is_expert_pair(self) -> bool:
+        """Whether the recipe describes two experts (one DAX_MODEL of a Wan2.2 A14B model)."""
+        return MODEL_CHOICES[self.model].is_pair
+
+    def expert(self, which: str) -> Recipe:
+        """The recipe of one expert ("high" or "low") of a two-expert recipe: its file, every lever of this one."""
+        if not self.is_expert_pair:
+            raise RecipeError(f"the model {self.model!r} is not a two-expert model")
+        if which not in EXPERTS:
+            raise RecipeError(f"expert {which!r} is not one of {', '.join(EXPERTS)}")
+        weights = self.weights if which == "high" else self.low_noise_weights
+        family = MODEL_CHOICES[self.model].family
+        return dataclasses.replace(self, weights=weights, model=f"{family}-{which}", low_noise_weights=None)
 
     @property
     def torch_compute_dtype(self) -> torch.dtype:
@@ -175,6 +213,10 @@ class Recipe:
         }
         if self.loras:
             data["loras"] = [lora.to_dict() for lora in self.loras]
+        if self.model != AUTO:
+            data["model"] = self.model
+        if self.low_noise_weights is not None:
+            data["low_noise_weights"] = self.low_noise_weights
         return data
 
     @classmethod
@@ -182,7 +224,8 @@ class Recipe:
         accs = tuple(acceleration_from_dict(a) for a in data.get("accelerations", ()))
         loras = tuple(LoraRef(**lora) for lora in data.get("loras", ()))
         dtypes = (data.get("weight_dtype", "default"), data.get("compute_dtype", "bf16"))
-        return cls(data["weights"], *dtypes, accs, loras)
+        model = data.get("model", AUTO)
+        return cls(data["weights"], *dtypes, accs, loras, model=model, low_noise_weights=data.get("low_noise_weights"))
 
     def fingerprint(self) -> str:
         """Stable identity of what this recipe builds: equal recipes build equal models."""

@@ -15,13 +15,14 @@ from collections.abc import Callable
 import comfy.model_management as mm
 import torch
 
-from dax_core.models.loading import inspect_weights
+from dax_core.models.recipe_spec import recipe_spec
 from dax_core.models.spec import WanSpec
 from dax_core.recipe import Recipe
 from dax_core.rules import STEP_CACHE_KINDS, check_run
-from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, parallel_layout
+from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, build_engine, parallel_layout
 from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
-from dax_core.runtime.engine_cache import EngineCache
+from dax_core.runtime.engine_cache import EngineCache, expert_family
+from dax_core.runtime.expert_pair import ExpertPair
 from dax_core.runtime.group import GroupConfig, SampleCancelled, StartCancelled, WorkerGroup
 from dax_core.runtime.liveness import Liveness
 from dax_core.runtime.samplers import SAMPLERS
@@ -127,16 +128,17 @@ def _owner(recipe: Recipe, takes_in_place: Callable[[Recipe], bool]) -> Recipe:
 
 def _bytes_needed(recipe: Recipe, spec: WanSpec) -> int:
     per_param = {"fp8_e4m3fn": 1, "fp32": 4}.get(recipe.weight_dtype, 2)
-    return int(spec.parameter_count() * per_param * 1.2)
+    experts = 2 if recipe.is_expert_pair else 1
+    return int(spec.parameter_count() * per_param * 1.2 * experts)
 
 
 def _build_engine(recipe: Recipe) -> LoadedEngine:
-    device, size = mm.get_torch_device(), _bytes_needed(recipe, inspect_weights(recipe.weights).spec)
+    device, size = mm.get_torch_device(), _bytes_needed(recipe, recipe_spec(recipe))
     mm.free_memory(size, device)  # ComfyUI's own models make room for ours first
-    return _register(WanEngine.build(recipe, device), size)
+    return _register(build_engine(recipe, device, None), size)
 
 
-def _register(engine: WanEngine | WorkerGroup, size: int) -> LoadedEngine:
+def _register(engine: WanEngine | ExpertPair | WorkerGroup, size: int) -> LoadedEngine:
     """The engine, registered as loaded with ComfyUI's model management (which may then unload it)."""
     loaded = LoadedEngine(engine, mm.get_torch_device(), size)
     loaded.register()
@@ -179,7 +181,7 @@ def _prepare(
 ) -> tuple[WanSpec, GroupConfig | None]:
     """Every check of the run, before any engine is touched: a warm group stays as it is and no new one starts
     for a request or a recipe the ranks would refuse. The model's spec, and the group's config (None: one GPU)."""
-    spec = inspect_weights(recipe.weights).spec
+    spec = recipe_spec(recipe)
     config = None if gpus == 1 else _group_config(gpus, mode, ulysses_degree, cfg_parallel, overlap, liveness)
     check_run(recipe, spec, request, None if config is None else config.parallel)
     return spec, config
@@ -222,6 +224,7 @@ def _sample_in_group(
             valid=lambda e: e.engine is not None and e.engine.alive,
             built_from=recipe.without_loras(),
             owner=_owner(recipe, lambda r: bool(r.loras)),
+            family=expert_family(recipe, variant),
         )
     except StartCancelled:
         mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
@@ -362,9 +365,10 @@ def _sample_here(recipe: Recipe, request: SampleRequest, status: SamplerStatus) 
         built_from=to_build.without_loras(),
         owner=_owner(recipe, lambda r: _has_step_cache(r) or bool(r.loras)),
         valid=lambda e: e.engine is not None and e.engine.can_use_loras_of(recipe),  # None: ComfyUI unloaded it
+        family=expert_family(recipe),
     )
     engine = loaded.engine
-    assert isinstance(engine, WanEngine)
+    assert isinstance(engine, (WanEngine, ExpertPair))
     engine.use_loras_of(recipe)
     engine.use_step_caches_of(recipe)
     device = engine.device

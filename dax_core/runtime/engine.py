@@ -86,16 +86,18 @@ class SampleRequest:
             check_sigmas(self.sigmas, "the sigmas input")
         self.run_sigmas()  # a bad step range fails here, before any step
 
+    def schedule_sigmas(self) -> torch.Tensor:
+        """The float32 CPU sigmas of the whole schedule, before the start/end cut (see the class docstring)."""
+        if self.sigmas is not None:
+            return self.sigmas.detach().to("cpu", torch.float32)
+        discard = self.sampler in DISCARDS_PENULTIMATE_SIGMA
+        return ksampler_sigmas(
+            self.scheduler, self.steps, self.shift, denoise=self.denoise, discard_penultimate=discard
+        )
+
     def run_sigmas(self) -> torch.Tensor:
         """The float32 CPU sigmas this request runs, ``steps run + 1`` of them (see the class docstring)."""
-        if self.sigmas is not None:
-            sigmas = self.sigmas.detach().to("cpu", torch.float32)
-        else:
-            discard = self.sampler in DISCARDS_PENULTIMATE_SIGMA
-            sigmas = ksampler_sigmas(
-                self.scheduler, self.steps, self.shift, denoise=self.denoise, discard_penultimate=discard
-            )
-        return step_range(sigmas, self.start_at_step, self.end_at_step, self.return_with_leftover_noise)
+        return step_range(self.schedule_sigmas(), self.start_at_step, self.end_at_step, self.return_with_leftover_noise)
 
     @property
     def uses_cfg(self) -> bool:

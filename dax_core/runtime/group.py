@@ -37,7 +37,7 @@ from typing import Any
 import psutil
 
 from ..lora.merge import recipe_deltas
-from ..models.loading import inspect_weights
+from ..models.recipe_spec import recipe_spec
 from ..recipe import Recipe
 from ..rules import check_recipe, check_request
 from . import launch
@@ -211,7 +211,7 @@ class WorkerGroup:
         """``should_cancel`` is asked while the ranks connect and build the engine: once it answers True the start
         stops, everything started is taken down, and ``StartCancelled`` is raised."""
         # before any process starts and loads the weights: what the ranks would refuse, from the file's header
-        self.spec = inspect_weights(recipe.weights).spec
+        self.spec = recipe_spec(recipe)
         check_recipe(recipe, self.spec, config.parallel)
         recipe_deltas(recipe, self.spec)  # its LoRA files (headers, fingerprints), which every rank would refuse alike
         self.recipe = recipe
@@ -359,7 +359,7 @@ class WorkerGroup:
             raise WorkerGroupError(f"worker group {self.run_id} is {state}: start a new one")
         if recipe == self.recipe:
             return
-        spec = inspect_weights(recipe.weights).spec
+        spec = recipe_spec(recipe)
         check_recipe(recipe, spec, self.config.parallel)
         recipe_deltas(recipe, spec)
         for r in self._ranks.values():
