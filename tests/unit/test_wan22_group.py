@@ -1,6 +1,7 @@
-"""Wan2.2 in a 2-rank worker group (CPU, gloo, Ulysses) against one process: a DAX_MODEL of both A14B experts (each
+"""Wan2.2 in a 2-rank worker group (CPU, gloo) against one process: a DAX_MODEL of both A14B experts (each
 rank holds both and switches at the boundary) and TI2V with Wan22ImageToVideoLatent's noise mask (per-frame
-timesteps on token slices: each rank's slice of the per-token time embedding).
+timesteps on token slices, Ulysses and ring: each rank's slice of the per-token time embedding; CFG-parallel: each
+rank's guidance branch of the per-frame timesteps).
 
 Tolerance: group_helpers.assert_same_latent (float32 rounding of matmuls on token slices, ~1e-6 a step); a wrong
 expert, a lost mask or a misaligned time-embedding slice is off by O(0.1).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from dax_core.models.tiny import write_tiny_model
@@ -39,7 +41,12 @@ def test_a_pair_of_experts_in_a_group_equals_one_process(tmp_path):
     assert any("high-noise expert 4, low-noise expert 2 steps" in n for n in got.notes), got.notes
 
 
-def test_ti2v_with_a_first_frame_in_a_group_equals_one_process(tmp_path):
+@pytest.mark.parametrize(
+    "layout",
+    [{"mode": "ulysses"}, {"mode": "ring"}, {"mode": "ulysses", "cfg_parallel": True}],
+    ids=["ulysses", "ring", "cfg-parallel"],
+)
+def test_ti2v_with_a_first_frame_in_a_group_equals_one_process(tmp_path, layout):
     path = write_tiny_model(tmp_path / "ti2v.safetensors", seed=3, channels=48, **TINY)
     recipe = Recipe(str(path), compute_dtype="fp32")
     g = torch.Generator().manual_seed(4)
@@ -48,7 +55,7 @@ def test_ti2v_with_a_first_frame_in_a_group_equals_one_process(tmp_path):
     mask = torch.ones(1, 1, 3, 8, 6)
     mask[:, :, 0] = 0.0
     req = dataclasses.replace(tiny_request(steps=4), latent=latent, noise_mask=mask)
-    with WorkerGroup(recipe, GroupConfig(2, device="cpu", parallel=parallel_layout(2))) as group:
+    with WorkerGroup(recipe, GroupConfig(2, device="cpu", parallel=parallel_layout(2, **layout))) as group:
         procs = group_processes(group)
         got = group.sample(req)
     assert_all_gone(procs)
