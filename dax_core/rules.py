@@ -58,8 +58,8 @@ def check_sampling(req: Any, samplers: Collection[str], schedulers: Collection[s
     """
     if req.latent.ndim != 5:
         raise ValueError(
-            f"expected a video latent [B, 16, frames, height, width], got shape {tuple(req.latent.shape)}: "
-            "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
+            f"expected a video latent [B, channels, frames, height, width], got shape {tuple(req.latent.shape)}: "
+            "use EmptyHunyuanLatentVideo (or a Wan VAE encode; Wan22ImageToVideoLatent for Wan2.2 TI2V) for the latent"
         )
     for name in ("positive", "negative"):
         t = getattr(req, name)
