@@ -338,3 +338,23 @@ def test_load_wan_makes_one_dax_model_of_both_experts(comfyui_importable, tmp_pa
         node.load("high.safetensors", "default", "bf16", "wan2.2-t2v-a14b")
     with pytest.raises(WeightsError, match="not a t2v expert"):
         node.load("ti2v.safetensors", "default", "bf16", "wan2.2-t2v-a14b-high")
+
+
+def test_both_compiled_experts_share_one_graph_and_the_switch_compiles_nothing(fresh_dynamo):
+    # Each expert's blocks are compiled on their own model; the weights are graph inputs, so one graph serves the
+    # blocks of both experts, and a second run (switching experts at the boundary again) compiles nothing new.
+    from dax_core.compile import CompileConfig
+    from dax_core.compile.regional import compile_blocks
+    from tests.unit.test_compile import CountingBackend
+
+    backend = CountingBackend()
+    pair = _tiny_pair(0, offload=False)
+    for engine in pair.engines.values():
+        compile_blocks(engine.model, CompileConfig(backend="aot_eager"), backend=backend)
+    eager = _tiny_pair(0, offload=False).sample(_tiny_request())
+    first = pair.sample(_tiny_request())
+    assert backend.graphs == 1  # the blocks of both experts, every step and branch
+    second = pair.sample(_tiny_request())
+    assert backend.graphs == 1
+    # traced graphs run the same operations in the same order: float32, equal to the eager pair within rounding
+    assert rel_error(first.latent, eager.latent) < 1e-5 and torch.equal(first.latent, second.latent)
