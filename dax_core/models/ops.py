@@ -30,9 +30,10 @@ def _fused(x: torch.Tensor) -> ModuleType | None:
 
 
 def _fused_modulation(x: torch.Tensor, modulation: torch.Tensor) -> ModuleType | None:
-    """``_fused`` for a per-batch-row modulation [B, 1, D], what the kernels read; a per-token one [B, S, D] (Wan2.2's
-    per-token timesteps) takes the PyTorch path, which broadcasts either."""
-    return _fused(x) if modulation.shape[-2] == 1 else None
+    """``_fused`` for x [B, S, D] with a per-batch-row modulation [B, 1, D], what the kernels read; a modulation per
+    token [B, S, D] or per group of tokens (x [B, N, S / N, D], modulation [B, N, 1, D]: Wan2.2's timestep per latent
+    frame) takes the PyTorch path, which broadcasts any of them."""
+    return _fused(x) if x.ndim == 3 and modulation.ndim == 3 and modulation.shape[1] == 1 else None
 
 
 def row_quantizer(x: torch.Tensor) -> ModuleType | None:
@@ -47,9 +48,9 @@ def modulated_layer_norm(
 ) -> torch.Tensor:
     """``LayerNorm(x) * (1 + scale) + shift`` in float32, returned in ``x.dtype``.
 
-    x: [B, S, D]; shift, scale: [B, 1, D] (or per token [B, S, D]) float32. ``quantize``: the dtype the 8-bit linear
-    layers fed by the output quantize it to, per row; the fused kernel then writes that quantization too
-    (``prequantized``).
+    x: [B, S, D]; shift, scale: [B, 1, D] float32 (or any shapes that broadcast: ``_fused_modulation``).
+    ``quantize``: the dtype the 8-bit linear layers fed by the output quantize it to, per row; the fused kernel then
+    writes that quantization too (``prequantized``).
     """
     if (fused := _fused_modulation(x, shift)) is not None:
         return fused.modulated_layer_norm(x, shift, scale, eps, quantize)
@@ -89,7 +90,7 @@ def gated_residual_layer_norm(
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``x + y * gate`` in float32, returned in ``x.dtype``. gate: [B, 1, D] (or per token [B, S, D]) float32."""
+    """``x + y * gate`` in float32, returned in ``x.dtype``. gate: [B, 1, D] float32 (or any shape that broadcasts)."""
     if (fused := _fused_modulation(x, gate)) is not None:
         return fused.gated_residual(x, y, gate)
     return torch.addcmul(x.float(), y.float(), gate).to(x.dtype)

@@ -164,32 +164,58 @@ class WanBlock(nn.Module):
         cross_attn: AttentionFn,
         parallel: SequenceParallelHooks | None = None,
     ) -> torch.Tensor:
-        """x: [B, S, D]; e0: [B, 6, D] float32 time projection, or [B, S, 6, D] per token (``Prepared.e0``);
-        context: [B, L, D] embedded text.
+        """x: [B, S, D]; e0: [B, 6, D] float32 time projection, or [B, N, 6, D] for N equal groups of consecutive
+        tokens (per latent frame; N = S: per token) (``Prepared.e0``); context: [B, L, D] embedded text.
 
         With ``parallel``, x holds this rank's slice of the tokens and self-attention runs across ranks.
         """
-        per_token = e0.ndim == 4
-        if per_token:  # six [B, S, D] modulations, one row per token
-            shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float().unsqueeze(0) + e0).unbind(2)
-        else:  # six [B, 1, D] modulations, one per batch row
-            shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e0).chunk(6, dim=1)
+        g = TokenGroups(e0.shape[1] if e0.ndim == 4 and e0.shape[1] != x.shape[1] else None)
+        shift, scale, gate, c_shift, c_scale, c_gate = _modulations(self.modulation, e0, g)
         iq = self.input_quant or NO_INPUT_QUANT
-        own_kernels = self.input_kernels is not None and parallel is None and not per_token
+        own_kernels = self.input_kernels is not None and parallel is None and e0.ndim == 3
         norms = self.input_kernels if own_kernels else ops
-        xn = norms.modulated_layer_norm(x, shift, scale, self.eps, iq.self_attn)
+        xn = g.flat(norms.modulated_layer_norm(g.split(x), shift, scale, self.eps, iq.self_attn))
         if parallel is None:
             y = self.self_attn.self_attention(xn, rope, self_attn)
         else:
             y = parallel.self_attention(self.self_attn, xn, rope, self_attn)
         if self.norm3 is not None:
             n3 = self.norm3
-            x, xn = norms.gated_residual_layer_norm(x, y, gate, n3.weight, n3.bias, self.eps, iq.cross_attn)
+            x, xn = norms.gated_residual_layer_norm(
+                g.split(x), g.split(y), gate, n3.weight, n3.bias, self.eps, iq.cross_attn
+            )
+            x, xn = g.flat(x), g.flat(xn)
         else:
-            x = xn = ops.gated_residual(x, y, gate)
+            x = xn = g.flat(ops.gated_residual(g.split(x), g.split(y), gate))
         y = self.cross_attn.cross_attention(xn, context, cross_attn)
-        x, xn = norms.add_modulated_layer_norm(x, y, c_shift, c_scale, self.eps, iq.ffn)
-        return ops.gated_residual(x, self.ffn(xn), c_gate)
+        x, xn = norms.add_modulated_layer_norm(g.split(x), g.split(y), c_shift, c_scale, self.eps, iq.ffn)
+        x, xn = g.flat(x), g.flat(xn)
+        return g.flat(ops.gated_residual(g.split(x), g.split(self.ffn(xn)), c_gate))
+
+
+@dataclass(frozen=True)
+class TokenGroups:
+    """A modulation per group of consecutive tokens (Wan2.2 TI2V's timestep per latent frame): the activations
+    [B, S, D] are viewed as [B, groups, S / groups, D] for the element-wise work, so that each group's [B, groups, 1,
+    D] modulation broadcasts over its tokens without being repeated per token. ``groups`` None: no grouping."""
+
+    groups: int | None
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.groups is None else x.unflatten(1, (self.groups, -1))
+
+    def flat(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.groups is None else x.flatten(1, 2)
+
+
+def _modulations(modulation: torch.Tensor, e: torch.Tensor, groups: TokenGroups) -> tuple[torch.Tensor, ...]:
+    """A block's six (the head's two) modulations from its [1, K, D] parameter and the time projection: [B, 1, D]
+    each for one per batch row ``e`` [B, K, D]; for ``e`` [B, N, K, D], [B, N, D] per token, or [B, N, 1, D] per
+    group of tokens (``groups``)."""
+    if e.ndim == 3:
+        return (modulation.float() + e).chunk(modulation.shape[1], dim=1)
+    mods = (modulation.float().unsqueeze(0) + e).unbind(2)
+    return mods if groups.groups is None else tuple(m.unsqueeze(2) for m in mods)
 
 
 class WanHead(nn.Module):
@@ -201,12 +227,11 @@ class WanHead(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 2, spec.dim, device=device, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """x: [B, S, D]; e: [B, D] float32 time embedding, or [B, S, D] per token."""
-        if e.ndim == 3:
-            shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)
-        else:
-            shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
-        return self.head(ops.modulated_layer_norm(x, shift, scale, self.eps))
+        """x: [B, S, D]; e: [B, D] float32 time embedding, or [B, N, D] per group of consecutive tokens (N = S: per
+        token)."""
+        g = TokenGroups(e.shape[1] if e.ndim == 3 and e.shape[1] != x.shape[1] else None)
+        shift, scale = _modulations(self.modulation, e.unsqueeze(-2), g)
+        return self.head(g.flat(ops.modulated_layer_norm(g.split(x), shift, scale, self.eps)))
 
 
 def sinusoidal_embedding(dim: int, timesteps: torch.Tensor) -> torch.Tensor:
@@ -260,8 +285,9 @@ class Prepared:
     """Everything the block stack needs for one forward; produced by ``WanModel.prepare``."""
 
     tokens: torch.Tensor  # [B, S, D] in the compute dtype (this rank's batch and tokens when sequence-parallel)
-    e: torch.Tensor  # [B, D] float32 time embedding (for the head); [B, S, D] with per-token timesteps
-    e0: torch.Tensor  # [B, 6, D] float32 time projection (for the blocks); [B, S, 6, D] with per-token timesteps
+    e: torch.Tensor  # [B, D] float32 time embedding (for the head); [B, N, D] with N timesteps per row (see e0)
+    e0: torch.Tensor  # [B, 6, D] float32 time projection (for the blocks); [B, N, 6, D] with a timestep per group
+    # of consecutive tokens (N latent frames; N = S: per token; sequence-parallel: per token, this rank's slice)
     context: torch.Tensor  # [B, L, D] embedded text
     rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [S, head_dim/2] for the tokens above
     grid: tuple[int, int, int]  # (frames, height, width) in patches, of the whole video
@@ -384,10 +410,10 @@ class WanModel(nn.Module):
             F.silu(_linear_f32(self.time_embedding[0], sinusoidal_embedding(spec.freq_dim, t.reshape(-1)))),
         )
         e0 = _linear_f32(self.time_projection[1], F.silu(e)).unflatten(-1, (6, spec.dim))
-        if t.ndim == 2:  # a timestep per group of consecutive tokens (per latent frame): one row of e per token
-            e, e0 = (per_token(v.unflatten(0, t.shape), math.prod(grid)) for v in (e, e0))
-            if sp is not None:
-                e, e0 = sp.shard_per_token(e), sp.shard_per_token(e0)
+        if t.ndim == 2:  # a timestep per group of consecutive tokens (per latent frame)
+            e, e0 = e.unflatten(0, t.shape), e0.unflatten(0, t.shape)
+            if sp is not None:  # a rank's slice of the tokens cuts groups: one row per token, sliced alike
+                e, e0 = (sp.shard_per_token(per_token(v, math.prod(grid))) for v in (e, e0))
         ctx = self.text_embedding(context.to(self.compute_dtype))
         return Prepared(tokens, e, e0, ctx, rope, grid, out_shape)
 

@@ -178,3 +178,26 @@ def test_a_16_channel_file_is_text_to_video():
         ).model_type
         == "t2v"
     )
+
+
+def test_compiled_blocks_take_per_frame_timesteps_in_one_graph(native, fresh_dynamo):
+    # the blocks trace the grouped modulation as they run it eagerly (fullgraph: no break at the token groups), and
+    # other timestep values reuse the graph (one graph for every block and call)
+    from dax_core.compile import CompileConfig
+    from dax_core.compile.regional import compile_blocks, uncompile_blocks
+    from tests.unit.test_compile import CountingBackend
+
+    _, ours = native
+    x, ctx = _inputs(10)
+    given = _first_frame_given([900.0, 250.0])
+    with torch.no_grad():
+        eager = ours(x, given, ctx)
+        backend = CountingBackend()
+        compile_blocks(ours, CompileConfig(backend="aot_eager"), backend=backend)
+        try:
+            compiled = ours(x, given, ctx)
+            ours(x, _first_frame_given([500.0, 100.0]), ctx)
+        finally:
+            uncompile_blocks(ours)
+    assert backend.graphs == 1
+    assert rel_error(compiled, eager) <= REL
