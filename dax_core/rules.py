@@ -14,6 +14,7 @@ import math
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+from .experts import MODEL_CHOICES
 from .recipe import Recipe, RecipeError
 
 if TYPE_CHECKING:
@@ -57,8 +58,8 @@ def check_sampling(req: Any, samplers: Collection[str], schedulers: Collection[s
     """
     if req.latent.ndim != 5:
         raise ValueError(
-            f"expected a video latent [B, 16, frames, height, width], got shape {tuple(req.latent.shape)}: "
-            "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
+            f"expected a video latent [B, channels, frames, height, width], got shape {tuple(req.latent.shape)}: "
+            "use EmptyHunyuanLatentVideo (or a Wan VAE encode; Wan22ImageToVideoLatent for Wan2.2 TI2V) for the latent"
         )
     for name in ("positive", "negative"):
         t = getattr(req, name)
@@ -201,6 +202,7 @@ def check_recipe(recipe: Recipe, spec: WanSpec, parallel: ParallelConfig | None 
     if len(caches) > 1:
         first, second = (_STEP_CACHE_NAMES[a.kind] for a in caches[:2])
         raise RecipeError(second_step_cache_refused(first, second))
+    _check_wan22(recipe, spec, caches)
     teacache = recipe.acceleration("teacache")
     if teacache is not None:
         teacache.resolve_coefficients(spec.name)
@@ -223,6 +225,28 @@ def check_recipe(recipe: Recipe, spec: WanSpec, parallel: ParallelConfig | None 
     radial = recipe.acceleration("radial")
     if radial is not None:  # ring attention merges chunks by their log-sum-exp, which the kernel must return
         radial.check_layout(parallel.ring)
+
+
+def _check_wan22(recipe: Recipe, spec: WanSpec, caches: list[Any]) -> None:
+    """Wan2.2's own rules: no published step-cache calibration (refused, except TeaCache with the user's own
+    coefficients), and no LoRA on a two-expert model (each expert takes its own: chain two samplers)."""
+    choice = MODEL_CHOICES[recipe.model_choice]
+    model = choice.description if choice.is_wan22 else ("Wan2.2 TI2V 5B" if spec.model_type == "ti2v" else None)
+    if model is None:
+        return
+    for cache in caches:
+        if cache.kind == "teacache" and cache.coefficients:
+            continue  # the user's own calibration for this model
+        raise RecipeError(
+            f"{_STEP_CACHE_NAMES[cache.kind]} has no published calibration for {model} (its TeaCache and MagCache "
+            "numbers are measured on Wan2.1 and a Wan2.2 expert would get a Wan2.1 model's): remove the "
+            f"{_STEP_CACHE_NAMES[cache.kind]} node, or give TeaCache coefficients calibrated on this model"
+        )
+    if recipe.loras and choice.is_pair:
+        raise RecipeError(
+            f"LoRAs on a two-expert model ({model}): each expert takes its own LoRA files, so load each expert alone "
+            "(model choice ...-high / ...-low), apply its LoRA, and chain two Sampler Advanced (DAX) nodes"
+        )
 
 
 def check_run(recipe: Recipe, spec: WanSpec, req: Any, parallel: ParallelConfig | None = None) -> None:

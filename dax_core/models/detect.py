@@ -15,7 +15,7 @@ from pathlib import PurePath
 
 import torch
 
-from .spec import WanSpec
+from .spec import WAN22_LATENT_CHANNELS, WanSpec
 from .wan import WanModel
 from .weights_error import WeightsError
 
@@ -115,7 +115,7 @@ def infer_spec(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None =
             out_dim=shapes["head.head.weight"][0] // max(1, math.prod(patch_size)),
             patch_size=patch_size,
             cross_attn_norm="blocks.0.norm3.weight" in shapes,
-            **image,
+            **(image or {"model_type": _model_type(shapes["head.head.weight"][0] // max(1, math.prod(patch_size)))}),
         )
     except ValueError as e:
         raise WeightsError(f"{where}: the tensor shapes describe no valid Wan2.1 model ({e})") from e
@@ -138,6 +138,13 @@ def _image_fields(shapes: Mapping[str, tuple[int, ...]], in_dim: int, where: str
             raise WeightsError(f"{where}: {FLF_POSITIONS} has shape {list(positions)}, expected [1, tokens, width]")
         fields |= {"model_type": "flf2v", "image_pos_tokens": positions[1]}
     return fields
+
+
+def _model_type(out_dim: int) -> str:
+    """A DiT that predicts the Wan2.2 VAE's 48 latent channels is Wan2.2 TI2V (ComfyUI's rule too: WAN22_T2V is the
+    Wan model with ``out_dim`` 48); a 16-channel text-to-video DiT is Wan2.1 T2V or a Wan2.2 A14B expert, which
+    shapes cannot tell apart (the user's model choice at Load does)."""
+    return "ti2v" if out_dim == WAN22_LATENT_CHANNELS else "t2v"
 
 
 def expected_shapes(spec: WanSpec) -> dict[str, tuple[int, ...]]:

@@ -1,7 +1,8 @@
 """Wan DiT shapes and variants: the published configurations and any size read from weights.
 
 A variant is data: ``model_type`` and the fields beside it decide what ``WanModel`` builds (input channels, the image
-cross-attention and image embedding), what the loader expects and what the sampler must be given.
+cross-attention and image embedding, per-token timesteps), what the loader expects and what the sampler must be
+given.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
-"""text-to-video; image-to-video (Wan2.1 I2V); first-last-frame-to-video (Wan2.1 FLF2V); Wan2.2 TI2V."""
+MODEL_TYPES: tuple[str, ...] = ("t2v", "i2v", "flf2v", "ti2v")
+"""What a Wan DiT is conditioned on: text ("t2v"), text and a CLIP-vision image ("i2v"), a first and a last frame
+("flf2v"), or text and an optional first frame in the latent itself, with per-token timesteps (Wan2.2 "ti2v")."""
 IMAGE_MODEL_TYPES = ("i2v", "flf2v")
 """Variants that take CLIP-vision image features (an image cross-attention beside the text one)."""
 CLIP_IMAGE_TOKENS = 257
@@ -19,6 +21,9 @@ CLIP_IMAGE_TOKENS = 257
 VAE_SPATIAL_STRIDE = 8
 """Pixels per latent cell along the height and the width (the Wan2.1 VAE's compression): sizes in messages are in
 pixels, the unit the user chose them in."""
+WAN22_VAE_SPATIAL_STRIDE = 16
+"""The same for the Wan2.2 VAE, whose 48-channel latent compresses 16x along the height and the width."""
+WAN22_LATENT_CHANNELS = 48
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,8 @@ class WanSpec:
 
     @property
     def latent_channels(self) -> int:
-        """Channels of the video latent the sampler denoises (the model's output; its input adds the image's)."""
+        """Channels of the VAE latent the sampler denoises (16: the Wan2.1 VAE; 48: the Wan2.2 VAE): the model's
+        output; an image model's input adds the image's."""
         return self.out_dim
 
     @property
@@ -100,6 +106,17 @@ class WanSpec:
         """Channels of each head given to the frame, height and width rotary axes (Wan's split)."""
         d = self.head_dim
         return (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
+
+    @property
+    def per_token_timesteps(self) -> bool:
+        """Whether the model takes a timestep per latent frame (Wan2.2 TI2V: a given first frame is at t = 0), as
+        ComfyUI's WAN22 model derives it from the latent's noise mask."""
+        return self.model_type == "ti2v"
+
+    @property
+    def vae_spatial_stride(self) -> int:
+        """Pixels per latent cell of the VAE whose latent this model denoises."""
+        return WAN22_VAE_SPATIAL_STRIDE if self.latent_channels == WAN22_LATENT_CHANNELS else VAE_SPATIAL_STRIDE
 
     @property
     def name(self) -> str:
@@ -119,16 +136,20 @@ class WanSpec:
         shape = tuple(shape)
         channels = self.in_dim if channels is None else channels
         if len(shape) != 5 or shape[1] != channels:
+            source = (
+                "use Wan22ImageToVideoLatent (with the Wan2.2 VAE) for the latent"
+                if channels == WAN22_LATENT_CHANNELS
+                else "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
+            )
             raise ValueError(
-                f"expected a video latent [B, {channels}, frames, height, width], got shape {shape}: "
-                "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
+                f"expected a video latent [B, {channels}, frames, height, width], got shape {shape}: {source}"
             )
         pt, ph, pw = self.patch_size
         if shape[2] % pt:
             raise ValueError(f"the latent's {shape[2]} frames are not a multiple of the patch's {pt}")
         for axis, size, patch in (("height", shape[3], ph), ("width", shape[4], pw)):
             if size % patch:
-                step, pixels = patch * VAE_SPATIAL_STRIDE, size * VAE_SPATIAL_STRIDE
+                step, pixels = patch * self.vae_spatial_stride, size * self.vae_spatial_stride
                 lower = pixels // step * step
                 use = f"{lower} or {lower + step}" if lower else str(step)
                 raise ValueError(
@@ -202,6 +223,12 @@ class WanSpec:
 
 WAN21_T2V_1_3B = WanSpec(dim=1536, num_layers=30, num_heads=12, ffn_dim=8960)
 WAN21_T2V_14B = WanSpec(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824)
+WAN22_TI2V_5B = WanSpec(dim=3072, num_layers=30, num_heads=24, ffn_dim=14336, in_dim=48, out_dim=48, model_type="ti2v")
+"""Wan2.2 TI2V 5B, from the official configuration (wan/configs/wan_ti2v_5B.py: dim 3072, ffn 14336, 30 layers,
+24 heads, in and out 48 channels, patch (1, 2, 2), freq 256, text 4096, eps 1e-6)."""
+WAN22_T2V_A14B = WAN21_T2V_14B
+"""Each expert of Wan2.2 T2V A14B (and I2V A14B's in 36 channels) has exactly Wan2.1 14B's shapes: which model an
+expert file is can only be said by the user (Load Wan DAX's model choice), never read from the file."""
 
 WAN21_I2V_14B = WanSpec(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824, in_dim=36, model_type="i2v")
 """Wan2.1 I2V 14B: the 480p and the 720p files share these shapes."""
@@ -214,4 +241,6 @@ PRESETS: dict[str, WanSpec] = {
     "wan2.1-t2v-14b": WAN21_T2V_14B,
     "wan2.1-i2v-14b": WAN21_I2V_14B,
     "wan2.1-flf2v-14b": WAN21_FLF2V_14B,
+    "wan2.2-ti2v-5b": WAN22_TI2V_5B,
+    "wan2.2-t2v-a14b": WAN22_T2V_A14B,
 }

@@ -93,7 +93,7 @@ def _sample(node, recipe, latent: dict, **widgets) -> dict:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"noise_mask": torch.ones(1, 1, 16, 16)}, "latent_image has a noise_mask .* does not support"),
+        ({"noise_mask": torch.ones(1, 3, 2, 8, 8)}, r"noise_mask has shape \(1, 3, 2, 8, 8\)"),
         ({"batch_index": [3]}, "latent_image carries a batch_index"),
     ],
 )
