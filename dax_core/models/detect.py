@@ -20,6 +20,7 @@ from .weights_error import WeightsError
 HEAD_DIM = 128  # every published Wan2.1 size: 1.3B is 1536 / 12 heads, 14B is 5120 / 40
 NUM_HEADS_METADATA = "dax.num_heads"  # safetensors metadata key overriding dim // HEAD_DIM (tiny test models)
 I2V_IN_DIM = 36  # 16 latent channels + 4 mask channels + 16 image-latent channels
+SUPPORTED = "Wan2.1 text-to-video, Wan2.2 TI2V 5B and Wan2.2 T2V A14B models"
 
 # (substring of a tensor name, what a file with such tensors is), checked in order.
 _WAN_VARIANTS = (
@@ -39,7 +40,7 @@ def describe_foreign(names: Collection[str]) -> str | None:
     """What a file with these (prefix-stripped) names is and where it belongs; None for a Wan2.1 T2V DiT."""
     for marker, what in _WAN_VARIANTS:
         if any(marker in name for name in names):
-            return f"looks like {what}, not a text-to-video model; DAX runs Wan2.1 text-to-video models"
+            return f"looks like {what}, not a text-to-video model; DAX runs {SUPPORTED}"
     if any("lora" in name.lower() for name in names):
         return "looks like a LoRA (it has lora_* tensors): a LoRA is applied on top of a model, not loaded as one"
     if "shared.weight" in names or "token_embedding.weight" in names or _any_prefix(names, "encoder.block."):
@@ -77,7 +78,7 @@ def infer_spec(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None =
     if in_dim == I2V_IN_DIM:
         raise WeightsError(
             f"{where}: looks like a Wan image-to-video (I2V) model (its patch embedding takes {in_dim} channels, "
-            "text-to-video models take 16); DAX runs Wan2.1 text-to-video models - pick a t2v file"
+            f"text-to-video models take 16); DAX runs {SUPPORTED} - pick a t2v file"
         )
     blocks = {int(m.group(1)) for name in shapes if (m := re.match(r"blocks\.(\d+)\.", name))}
     if num_heads is None:
