@@ -328,7 +328,7 @@ class SequenceParallelHooks(Protocol):
 
 
 class WanModel(nn.Module):
-    """The Wan2.1 T2V diffusion transformer.
+    """The Wan diffusion transformer (Wan2.1 T2V, Wan2.2 TI2V 5B, an A14B expert: ``spec`` says which).
 
     ``forward(x, t, context)`` takes the latent [B, in_dim, F, H, W], the timestep [B] on Wan's 0..1000 scale (or
     [B, F] per latent frame, or [B, tokens] per token: Wan2.2 TI2V) and the text [B, L, text_dim]; it returns the flow
