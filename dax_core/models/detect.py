@@ -23,7 +23,7 @@ HEAD_DIM = 128  # every published Wan2.1 size: 1.3B is 1536 / 12 heads, 14B is 5
 NUM_HEADS_METADATA = "dax.num_heads"  # safetensors metadata key overriding dim // HEAD_DIM (tiny test models)
 SUPPORTED = (
     "DAX runs Wan2.1 text-to-video (1.3B, 14B), image-to-video (I2V 14B, 480p and 720p) and first-last-frame "
-    "(FLF2V 14B) models"
+    "(FLF2V 14B), Wan2.2 TI2V 5B and Wan2.2 T2V A14B models"
 )
 CLIP_EMBEDDING = "img_emb.proj.0.weight"  # the image embedding's first LayerNorm: [clip_dim]
 FLF_POSITIONS = "img_emb.emb_pos"  # FLF2V's positional embedding of its image tokens: [1, tokens, clip_dim]

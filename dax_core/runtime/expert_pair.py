@@ -100,7 +100,7 @@ class ExpertPair:
         high = build(recipe.expert("high"), device)
         needed = tensor_bytes(high.model) * (1.0 + ACTIVATION_RESERVE)
         if offload is None:
-            offload = device.type == "cuda" and torch.cuda.mem_get_info(device)[0] < needed
+            offload = device.type == "cuda" and _free_bytes(device) < needed
         offloads: dict[str, HostOffload] = {}
         if offload:
             offloads["high"] = HostOffload(high.model, device)
@@ -184,6 +184,12 @@ class ExpertPair:
             peak_memory_bytes=tuple(peaks),
             notes=tuple(notes),
         )
+
+
+def _free_bytes(device: torch.device) -> int:
+    """What the GPU can still give: the driver's free memory and what PyTorch's allocator holds unused."""
+    unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return torch.cuda.mem_get_info(device)[0] + unused
 
 
 def _offset_steps(on_step: StepCallback, offset: int, total: int) -> StepCallback:

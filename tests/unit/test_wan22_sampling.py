@@ -152,3 +152,31 @@ def test_a_noise_mask_on_a_16_channel_model_matches_native(comfy, denoise):
     assert rel_error(got, expected) < REL
     unmasked = _dax(comfy.t2v, {"samples": video}, "euler", pos=comfy.pos, neg=comfy.neg, denoise=denoise)
     assert rel_error(unmasked, expected) > 1e-3  # the mask matters here
+
+
+@pytest.mark.parametrize(
+    ("mask_shape", "latent_shape"),
+    [
+        ((1, 1, 3, 4, 6), (2, 48, 3, 4, 6)),  # Wan22ImageToVideoLatent's, for a batch of 2
+        ((3, 8, 12), (1, 16, 3, 4, 6)),  # SetLatentNoiseMask's [frames, height, width] in pixels of the latent
+        ((1, 64, 96), (1, 16, 3, 4, 6)),  # one image mask for every frame
+        ((1, 16, 2, 4, 6), (1, 16, 3, 4, 6)),  # per channel, fewer frames
+    ],
+)
+def test_a_noise_mask_is_prepared_as_comfyui_reshapes_it(comfyui_importable, mask_shape, latent_shape):
+    import comfy.utils
+
+    from dax_core.runtime.noise_mask import prepare_mask
+
+    mask = torch.rand(mask_shape, generator=torch.Generator().manual_seed(1))
+    expected = comfy.utils.reshape_mask(mask, torch.Size(latent_shape))
+    assert torch.equal(prepare_mask(mask, latent_shape, "cpu"), expected)
+
+
+def test_a_bad_noise_mask_is_refused_before_sampling():
+    with pytest.raises(ValueError, match=r"noise_mask has shape \(1, 3, 3, 4, 6\)"):
+        SampleRequest(torch.ones(1, 4, 8), None, torch.zeros(1, 48, 3, 4, 6), seed=0, steps=2, cfg=1.0,
+                      noise_mask=torch.ones(1, 3, 3, 4, 6))  # fmt: skip
+    with pytest.raises(ValueError, match=r"between 0 \(keep\) and 1 \(denoise\)"):
+        SampleRequest(torch.ones(1, 4, 8), None, torch.zeros(1, 48, 3, 4, 6), seed=0, steps=2, cfg=1.0,
+                      noise_mask=torch.full((1, 1, 3, 4, 6), 2.0))  # fmt: skip
