@@ -33,8 +33,8 @@ class ModelInfo:
 
     @classmethod
     def of(cls, spec: WanSpec) -> ModelInfo:
-        """The Wan2.1 model of ``spec``, named by its preset when it is one."""
-        return cls(spec=spec, variant=spec.name)
+        """The model of ``spec`` (Wan2.2 for a TI2V spec, else Wan2.1), named by its preset when it is one."""
+        return cls(spec=spec, variant=spec.name, family="wan2.2" if spec.model_type == "ti2v" else "wan2.1")
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"spec": self.spec.to_dict(), "variant": self.variant, "family": self.family}

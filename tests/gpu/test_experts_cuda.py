@@ -34,7 +34,7 @@ def _request(channels: int = 16, steps: int = 6) -> SampleRequest:
 def _pair_recipe(tmp_path, dtype: str = "bf16") -> Recipe:
     high = write_tiny_model(tmp_path / "high.safetensors", seed=1, dtype=dtype, **TINY)
     low = write_tiny_model(tmp_path / "low.safetensors", seed=2, dtype=dtype, **TINY)
-    return Recipe(str(high), model="wan2.2-t2v-a14b", low_noise_weights=str(low))
+    return Recipe(str(high), model_choice="wan2.2-t2v-a14b", low_noise_weights=str(low))
 
 
 def test_an_offloaded_compiled_fp8_expert_comes_back_exactly_without_recompiling(tmp_path):

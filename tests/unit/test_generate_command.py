@@ -134,7 +134,7 @@ def test_wan22_models_generate_their_own_latents(inputs, tmp_path):
     low = write_tiny_model(tmp_path / "low.safetensors", seed=6, **TINY)
     pair = ["--weights", str(high), "--model", "wan2.2-t2v-a14b", "--low-noise-weights", str(low), "--shift", "12"]
     assert main([*pair, *base, "--out", str(tmp_path / "pair-latent.safetensors")]) == 0
-    recipe = Recipe(str(high), compute_dtype="fp32", model="wan2.2-t2v-a14b", low_noise_weights=str(low))
+    recipe = Recipe(str(high), compute_dtype="fp32", model_choice="wan2.2-t2v-a14b", low_noise_weights=str(low))
     request = SampleRequest(
         embeddings["positive"][None], embeddings["negative"][None], torch.zeros(1, 16, 2, 4, 8),
         seed=7, steps=3, cfg=4.5, shift=12.0, sampler="euler", scheduler="simple",

@@ -166,7 +166,7 @@ def test_a_lora_on_a_two_expert_model_is_refused_at_the_node(lora_node, tmp_path
     _, high = write_base(tmp_path, seed=1)
     _, low = write_base(tmp_path, seed=2)
     _lightx2v(folder)
-    pair = Recipe(str(high), compute_dtype="fp32", model="wan2.2-t2v-a14b", low_noise_weights=str(low))
+    pair = Recipe(str(high), compute_dtype="fp32", model_choice="wan2.2-t2v-a14b", low_noise_weights=str(low))
     with pytest.raises(RecipeError, match="LoRAs on a two-expert model"):
         module.DaxLoadLora().load(pair, "lora.safetensors", 1.0)
     (expert,) = module.DaxLoadLora().load(pair.expert("high"), "lora.safetensors", 1.0)

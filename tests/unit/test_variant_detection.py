@@ -30,8 +30,8 @@ def test_each_variant_is_told_in_each_naming_and_loads(tmp_path, variant, naming
                   metadata={"dax.num_heads": "4"})  # fmt: skip
     spec = tiny_spec(variant, clip_dim=CLIP)
     info = inspect_weights(path)
-    assert info.model == ModelInfo(spec, spec.name, "wan2.1")
-    assert info.spec.model_type == variant and info.spec.takes_image == (variant != "t2v")
+    assert info.model == ModelInfo(spec, spec.name, "wan2.2" if variant == "ti2v" else "wan2.1")
+    assert info.spec.model_type == variant and info.spec.takes_image == (variant in ("i2v", "flf2v"))
     loaded = load_wan_model(path, device="cpu", compute_dtype=torch.float32)
     reference = WanModel(spec, dtype=torch.float32)
     reference.load_state_dict({k: v.bfloat16().float() for k, v in random_state_dict(spec).items()})

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from dax_core.experts import MODEL_CHOICES
-from dax_core.models.loading import WeightsError
+from dax_core.models.loading import WeightsError, inspect_weights
 from dax_core.models.spec import WanSpec
 from dax_core.models.tiny import random_state_dict, write_tiny_model
 from dax_core.models.wan import WanModel
@@ -36,7 +36,9 @@ SPEC = WanSpec(dim=256, num_layers=2, num_heads=2, ffn_dim=256)  # ComfyUI: dim 
 REL = 5e-5  # see the module docstring
 SEED, STEPS, CFG, SHIFT = 21, 8, 4.5, 12.0  # Wan2.2 T2V A14B's official shift
 T2V_BOUNDARY = MODEL_CHOICES["wan2.2-t2v-a14b"].boundary
-PAIR = Recipe("high.safetensors", compute_dtype="fp32", model="wan2.2-t2v-a14b", low_noise_weights="low.safetensors")
+PAIR = Recipe(
+    "high.safetensors", compute_dtype="fp32", model_choice="wan2.2-t2v-a14b", low_noise_weights="low.safetensors"
+)
 
 
 def test_boundaries_are_the_official_configurations():
@@ -183,7 +185,7 @@ def _tiny_pair(seed: int, offload: bool) -> ExpertPair:
     built: list[str] = []
 
     def build(recipe: Recipe, device: torch.device) -> WanEngine:
-        built.append(recipe.model)
+        built.append(recipe.model_choice)
         model = WanModel(spec, dtype=torch.float32)
         model.load_state_dict(random_state_dict(spec, seed=seed + len(built)))
         return WanEngine(model.eval(), recipe, device)
@@ -245,15 +247,19 @@ def test_a_model_replayed_as_cuda_graphs_is_not_offloaded():
 def test_a_pair_recipe_names_both_experts_and_round_trips():
     assert PAIR.is_expert_pair and Recipe.from_dict(PAIR.to_dict()) == PAIR
     high, low = PAIR.expert("high"), PAIR.expert("low")
-    assert (high.weights, high.model, high.low_noise_weights) == ("high.safetensors", "wan2.2-t2v-a14b-high", None)
-    assert (low.weights, low.model) == ("low.safetensors", "wan2.2-t2v-a14b-low")
+    assert (high.weights, high.model_choice, high.low_noise_weights) == (
+        "high.safetensors",
+        "wan2.2-t2v-a14b-high",
+        None,
+    )
+    assert (low.weights, low.model_choice) == ("low.safetensors", "wan2.2-t2v-a14b-low")
     assert "model" not in Recipe("x").to_dict()  # recipes of one model keep their fingerprints
     with pytest.raises(RecipeError, match="needs the low-noise expert's weights"):
-        Recipe("x", model="wan2.2-t2v-a14b")
+        Recipe("x", model_choice="wan2.2-t2v-a14b")
     with pytest.raises(RecipeError, match="not a two-expert model"):
-        Recipe("x", model="wan2.2-t2v-a14b-high", low_noise_weights="y")
+        Recipe("x", model_choice="wan2.2-t2v-a14b-high", low_noise_weights="y")
     with pytest.raises(RecipeError, match=r"model 'wan2\.3' is not one of auto, wan2\.2-t2v-a14b"):
-        Recipe("x", model="wan2.3")
+        Recipe("x", model_choice="wan2.3")
 
 
 def test_recipe_spec_checks_the_files_against_the_model_choice(tmp_path):
@@ -261,18 +267,18 @@ def test_recipe_spec_checks_the_files_against_the_model_choice(tmp_path):
     low = str(write_tiny_model(tmp_path / "low.safetensors", seed=2))
     other = str(write_tiny_model(tmp_path / "other.safetensors", dim=128, num_heads=4, seed=3))
     ti2v = str(write_tiny_model(tmp_path / "ti2v.safetensors", variant="ti2v", seed=4))
-    assert recipe_spec(Recipe(high, model="wan2.2-t2v-a14b", low_noise_weights=low)).model_type == "t2v"
+    assert recipe_spec(Recipe(high, model_choice="wan2.2-t2v-a14b", low_noise_weights=low)).model_type == "t2v"
     with pytest.raises(WeightsError, match=r"low-noise expert's shapes .* differ"):
-        recipe_spec(Recipe(high, model="wan2.2-t2v-a14b", low_noise_weights=other))
+        recipe_spec(Recipe(high, model_choice="wan2.2-t2v-a14b", low_noise_weights=other))
     with pytest.raises(WeightsError, match=r"a ti2v model .* not a t2v expert"):
-        recipe_spec(Recipe(ti2v, model="wan2.2-t2v-a14b-high"))
+        recipe_spec(Recipe(ti2v, model_choice="wan2.2-t2v-a14b-high"))
 
 
 def test_step_caches_are_refused_on_wan22_and_loras_on_a_pair(tmp_path):
     from dax_core.cache.config import MagcacheConfig, TeacacheConfig
     from dax_core.recipe import LoraRef
 
-    expert = Recipe("x", model="wan2.2-t2v-a14b-high")
+    expert = Recipe("x", model_choice="wan2.2-t2v-a14b-high")
     spec_14b = WanSpec(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824)
     ti2v = WanSpec(dim=3072, num_layers=30, num_heads=24, ffn_dim=14336, in_dim=48, out_dim=48, model_type="ti2v")
     for recipe, spec in ((expert, spec_14b), (PAIR, spec_14b), (Recipe("x"), ti2v)):
@@ -296,7 +302,7 @@ def test_the_engine_cache_keeps_both_experts_of_a_model():
     other = Recipe("y")
     cache.get(other, lambda r: "other engine", family=expert_family(other))
     assert len(cache) == 1  # another model takes the devices
-    i2v_high = Recipe("z", model="wan2.2-i2v-a14b-high")
+    i2v_high = Recipe("z", model_choice="wan2.2-i2v-a14b-high")
     assert expert_family(i2v_high) != expert_family(high)
 
 
@@ -307,7 +313,7 @@ def test_a_pair_recipe_builds_both_experts_each_with_the_recipes_levers(tmp_path
 
     high = str(write_tiny_model(tmp_path / "high.safetensors", seed=1, dtype="fp32"))
     low = str(write_tiny_model(tmp_path / "low.safetensors", seed=2, dtype="fp32"))
-    recipe = Recipe(high, compute_dtype="fp32", model="wan2.2-t2v-a14b", low_noise_weights=low)
+    recipe = Recipe(high, compute_dtype="fp32", model_choice="wan2.2-t2v-a14b", low_noise_weights=low)
     recipe = recipe.with_acceleration(QuantizeConfig(dtype="int8", backend="torch"))
     pair = build_engine(recipe, torch.device("cpu"), None)
     assert isinstance(pair, ExpertPair) and not pair.offloads  # on the CPU both stay where they are
@@ -333,7 +339,9 @@ def test_load_wan_makes_one_dax_model_of_both_experts(comfyui_importable, tmp_pa
     (pair,) = node.load("high.safetensors", "default", "bf16", "wan2.2-t2v-a14b", "low.safetensors")
     assert pair.is_expert_pair and pair.low_noise_weights == str(tmp_path / "low.safetensors")
     (single,) = node.load("high.safetensors", "default", "bf16")
-    assert single == Recipe(str(tmp_path / "high.safetensors"))
+    assert single == Recipe(
+        str(tmp_path / "high.safetensors"), model=inspect_weights(tmp_path / "high.safetensors").model
+    )
     with pytest.raises(RecipeError, match="needs the low-noise expert's weights"):
         node.load("high.safetensors", "default", "bf16", "wan2.2-t2v-a14b")
     with pytest.raises(WeightsError, match="not a t2v expert"):

@@ -28,7 +28,7 @@ def _in_process(recipe: Recipe, req):
 def test_a_pair_of_experts_in_a_group_equals_one_process(tmp_path):
     high = write_tiny_model(tmp_path / "high.safetensors", seed=1, **TINY)
     low = write_tiny_model(tmp_path / "low.safetensors", seed=2, **TINY)
-    recipe = Recipe(str(high), compute_dtype="fp32", model="wan2.2-t2v-a14b", low_noise_weights=str(low))
+    recipe = Recipe(str(high), compute_dtype="fp32", model_choice="wan2.2-t2v-a14b", low_noise_weights=str(low))
     req = dataclasses.replace(tiny_request(steps=6), shift=12.0)  # steps 0-3 high-noise, 4-5 low-noise
     with WorkerGroup(recipe, GroupConfig(2, device="cpu", parallel=parallel_layout(2))) as group:
         procs = group_processes(group)

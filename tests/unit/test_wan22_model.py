@@ -140,7 +140,7 @@ def test_ti2v_5b_preset_is_the_official_configuration():
 
 
 def test_model_type_is_validated_with_the_choices():
-    with pytest.raises(ValueError, match="model_type must be one of t2v, i2v, flf2v, ti2v, got 'tiv'"):
+    with pytest.raises(ValueError, match="model_type 'tiv' is not one of t2v, i2v, flf2v, ti2v"):
         WanSpec(dim=64, num_layers=1, num_heads=4, ffn_dim=64, model_type="tiv")
     assert WanSpec.from_dict(SPEC.to_dict()) == SPEC
     legacy = {k: v for k, v in WAN21_T2V_14B.to_dict().items() if k != "model_type"}
