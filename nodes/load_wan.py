@@ -8,7 +8,7 @@ import logging
 from dax_core.experts import AUTO, MODEL_CHOICES
 from dax_core.models.loading import inspect_weights
 from dax_core.recipe import COMPUTE_DTYPES, WEIGHT_DTYPES, Recipe
-from dax_core.runtime.model_info import recipe_spec
+from dax_core.runtime.model_info import chosen_model, recipe_spec
 
 from .model_files import list_models, resolve_model
 
@@ -79,7 +79,7 @@ class DaxLoadWan:
         low = None if low_noise_model_name == NONE else resolve_model(low_noise_model_name)
         # the resolved model travels in the recipe: nothing downstream reads the headers again
         recipe = Recipe(
-            weights=path, weight_dtype=weight_dtype, compute_dtype=compute_dtype, model=info.model,
+            weights=path, weight_dtype=weight_dtype, compute_dtype=compute_dtype, model=chosen_model(info.model, model),
             model_choice=model, low_noise_weights=low,
         )  # fmt: skip
         recipe_spec(recipe)  # raises unless the files are what the model choice says
@@ -87,7 +87,7 @@ class DaxLoadWan:
             "Load Wan DAX: %s (%s, %s, %s naming, stored %s)%s",
             model_name,
             model,
-            info.model.variant,
+            recipe.model.variant,
             info.naming,
             info.stored_dtype,
             "" if low is None else f" + low-noise expert {low_noise_model_name}",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..experts import EXPERTS
 from .spec import WanSpec
 
 FAMILIES = ("wan2.1", "wan2.2")
-EXPERTS = ("high_noise", "low_noise")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ its experts checked against the recipe's model choice."""
 
 from __future__ import annotations
 
-from ..experts import MODEL_CHOICES
+import dataclasses
+
+from ..experts import EXPERTS, MODEL_CHOICES
 from ..models.info import ModelInfo
 from ..models.loading import inspect_weights
 from ..models.spec import WanSpec
@@ -17,6 +19,17 @@ def recipe_model(recipe: Recipe) -> ModelInfo:
     if recipe.model is not None:
         return recipe.model
     return inspect_weights(recipe.weights).model
+
+
+def chosen_model(read: ModelInfo, choice: str) -> ModelInfo:
+    """The model of a file as read from its header (``read``), named by the user's model choice where the header
+    cannot say: a Wan2.2 A14B expert is family "wan2.2", variant the choice's model (e.g. "wan2.2-t2v-a14b") and,
+    for one expert (or the first file of a pair: the high-noise expert), which one."""
+    model = MODEL_CHOICES[choice]
+    if not model.is_wan22:
+        return read
+    expert = model.expert if model.expert in EXPERTS else EXPERTS[0]
+    return dataclasses.replace(read, variant=model.family, family="wan2.2", expert=expert)
 
 
 def recipe_spec(recipe: Recipe) -> WanSpec:

@@ -338,6 +338,10 @@ def test_load_wan_makes_one_dax_model_of_both_experts(comfyui_importable, tmp_pa
     node = load_wan.DaxLoadWan()
     (pair,) = node.load("high.safetensors", "default", "bf16", "wan2.2-t2v-a14b", "low.safetensors")
     assert pair.is_expert_pair and pair.low_noise_weights == str(tmp_path / "low.safetensors")
+    # the header says Wan2.1 14B-like shapes; the recipe's model is what the user chose
+    assert (pair.model.family, pair.model.variant, pair.model.expert) == ("wan2.2", "wan2.2-t2v-a14b", "high")
+    (low,) = node.load("low.safetensors", "default", "bf16", "wan2.2-t2v-a14b-low")
+    assert (low.model.family, low.model.variant, low.model.expert) == ("wan2.2", "wan2.2-t2v-a14b", "low")
     (single,) = node.load("high.safetensors", "default", "bf16")
     assert single == Recipe(
         str(tmp_path / "high.safetensors"), model=inspect_weights(tmp_path / "high.safetensors").model
