@@ -49,11 +49,12 @@ TOOLTIPS = {
     "seed": "Seed of the starting noise: the same noise as the native KSampler's for the same seed.",
     "add_noise": "enable: start from noise drawn with noise_seed, as KSamplerAdvanced. disable: continue the input "
     "latent as it is (a first sampler's leftover noise).",
-    "steps": "Denoising steps of the whole schedule: Wan2.1 uses 50.",
-    "cfg": "Classifier-free guidance: Wan2.1 uses 6 at 1.3B and 5 at 14B. 1 runs the positive branch alone, "
-    "half the work per step.",
+    "steps": "Denoising steps of the whole schedule: Wan2.1 and Wan2.2 TI2V 5B use 50, Wan2.2 A14B 40.",
+    "cfg": "Classifier-free guidance: Wan2.1 uses 6 at 1.3B and 5 at 14B; Wan2.2 TI2V 5B 5, A14B 4 (high-noise "
+    "expert) and 3 (low-noise). 1 runs the positive branch alone, half the work per step.",
     "scheduler": "The sigma schedule, computed as ComfyUI's scheduler of that name with the flow shift.",
-    "shift": "Flow shift (> 0): Wan2.1 uses 8 for T2V at 480p (5 at 720p).",
+    "shift": "Flow shift (> 0): Wan2.1 uses 8 for T2V at 480p (5 at 720p); Wan2.2 T2V A14B 12, TI2V 5B 5. With a "
+    "two-expert model it also moves the step where the experts switch.",
     "sampler_name": "ComfyUI's samplers, step for step as ComfyUI runs them on Wan (uni_pc and uni_pc_bh2 are "
     "ComfyUI's UniPC); wan_unipc is Wan's own solver (flow UniPC, bh2), wan_unipc_bh1 its bh1 variant.",
     "denoise": "Below 1: video-to-video. The input latent is noised to the first sigma of the last steps of a "
