@@ -86,7 +86,7 @@ def details(node: dict[str, Any]) -> str:
 
 def _video_size(prompt: dict[str, Any]) -> str | None:
     for node in prompt.values():
-        if node["class_type"] == "EmptyHunyuanLatentVideo":
+        if node["class_type"] in ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent"):
             i = node["inputs"]
             return f"{i['width']} x {i['height']}, {i['length']} frames"
     return None
