@@ -52,11 +52,12 @@ TOOLTIPS = {
     "seed": "Seed of the starting noise: the same noise as the native KSampler's for the same seed.",
     "add_noise": "enable: start from noise drawn with noise_seed, as KSamplerAdvanced. disable: continue the input "
     "latent as it is (a first sampler's leftover noise).",
-    "steps": "Denoising steps of the whole schedule: Wan2.1 uses 50.",
-    "cfg": "Classifier-free guidance: Wan2.1 uses 6 at 1.3B and 5 at 14B. 1 runs the positive branch alone, "
-    "half the work per step.",
+    "steps": "Denoising steps of the whole schedule: Wan2.1 and Wan2.2 TI2V 5B use 50, Wan2.2 A14B 40.",
+    "cfg": "Classifier-free guidance: Wan2.1 uses 6 at 1.3B and 5 at 14B; Wan2.2 TI2V 5B 5, A14B 4 (high-noise "
+    "expert) and 3 (low-noise). 1 runs the positive branch alone, half the work per step.",
     "scheduler": "The sigma schedule, computed as ComfyUI's scheduler of that name with the flow shift.",
-    "shift": "Flow shift (> 0): Wan2.1 uses 8 for T2V at 480p (5 at 720p).",
+    "shift": "Flow shift (> 0): Wan2.1 uses 8 for T2V at 480p (5 at 720p); Wan2.2 T2V A14B 12, TI2V 5B 5. With a "
+    "two-expert model it also moves the step where the experts switch.",
     "sampler_name": "ComfyUI's samplers, step for step as ComfyUI runs them on Wan (uni_pc and uni_pc_bh2 are "
     "ComfyUI's UniPC); wan_unipc is Wan's own solver (flow UniPC, bh2), wan_unipc_bh1 its bh1 variant.",
     "denoise": "Below 1: video-to-video. The input latent is noised to the first sigma of the last steps of a "
@@ -228,11 +229,12 @@ def _prepare(
     return spec, config
 
 
-def _free_devices(config: GroupConfig, keep: LoadedEngine | None = None) -> None:
-    """ComfyUI's own models (text encoder, VAE...) leave the GPUs the group uses (the group itself stays)."""
+def _free_devices(config: GroupConfig, keep: list[LoadedEngine] | None = None) -> None:
+    """ComfyUI's own models (text encoder, VAE...) leave the GPUs the group uses (the groups in ``keep`` stay: this
+    one, and the group of the other expert of a Wan2.2 model)."""
     if config.device != "cuda":
         return
-    keep_loaded = keep.keep_loaded() if keep is not None else []
+    keep_loaded = [entry for loaded in keep or [] for entry in loaded.keep_loaded()]
     for index in range(config.nproc_per_node):
         mm.free_memory(1e30, torch.device("cuda", index), keep_loaded=keep_loaded)
     mm.soft_empty_cache()
@@ -247,10 +249,11 @@ def _sample_in_group(
     variant = f"{same_group}|CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
 
     started: list[WorkerGroup] = []
+    family = expert_family(recipe, variant)
 
     def start(r: Recipe) -> LoadedEngine:
         status.show(f"starting a worker group of {config.world_size} processes: each loads the model")
-        _free_devices(config)
+        _free_devices(config, keep=ENGINES.family(family))  # the other expert's group stays
         group = WorkerGroup(r, config, should_cancel=mm.processing_interrupted)  # Cancel works while it starts
         started.append(group)
         return _register(group, _bytes_needed(r, spec))
@@ -265,14 +268,15 @@ def _sample_in_group(
             valid=lambda e: e.engine is not None and e.engine.alive,
             built_from=recipe.without_loras(),
             owner=_owner(recipe, lambda r: bool(r.loras)),
-            family=expert_family(recipe, variant),
+            family=family,
         )
     except StartCancelled:
         mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
         raise
     group = loaded.engine
     assert isinstance(group, WorkerGroup)
-    _free_devices(config, keep=loaded)  # ComfyUI may have loaded its models again since the last prompt
+    # ComfyUI may have loaded its models again since the last prompt
+    _free_devices(config, keep=[loaded, *(e for e in ENGINES.family(family) if e is not loaded)])
     log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", steps, group.run_id, config.world_size)
     devices = gpu_names(torch.device(config.device), config.nproc_per_node)
     layout = config.parallel.describe() if config.parallel is not None else f"{config.world_size} processes"

@@ -168,7 +168,7 @@ class SampleResult:
 
 
 class WanEngine:
-    """A Wan2.1 model built from a recipe on one device, and the sampling loop."""
+    """A Wan model built from a recipe on one device, and the sampling loop."""
 
     def __init__(self, model: WanModel, recipe: Recipe, device: torch.device | str) -> None:
         """Wrap an already built (and accelerated) model; ``WanEngine.build`` makes one from a recipe."""

@@ -81,6 +81,11 @@ class EngineCache(Generic[E]):
             self._families[key] = family
         return engine
 
+    def family(self, family: str) -> list[E]:
+        """The cached engines of ``family`` (none for "")."""
+        with self._lock:
+            return [e for k, e in self._engines.items() if family and self._families.get(k) == family]
+
     def release(self, engine: E) -> bool:
         """Drop ``engine`` now (someone else decided its memory is needed, e.g. ComfyUI's "Unload models"); whether it
         was cached. The next ``get`` for its recipe builds it again."""

@@ -175,7 +175,7 @@ class ExpertPair:
         return SampleResult(
             latent=last.latent,
             steps=sum(r.steps for r in results),
-            seconds=sum(r.seconds for r in results),
+            seconds=sum(r.seconds for r in results) + sum(s for _, s in self.swaps),  # the swaps are the run's too
             first_step_seconds=results[0].first_step_seconds,
             step_cache=None,
             attention=last.attention,

@@ -63,13 +63,15 @@ def test_two_experts_chained_through_split_sigmas_write_a_video(
     assert outputs["low"]["dax_summary"][0].startswith(f"{STEPS - 1} steps in"), outputs["low"]
 
 
+@pytest.mark.parametrize("gpus", [1, 2], ids=["one-process", "worker-groups"])
 def test_two_samplers_each_with_one_wan22_expert_keep_both_experts_loaded(
-    comfy_server: ComfyServer, tiny_prompt: Callable[..., dict], demo_models_of_every_kind: dict
+    comfy_server: ComfyServer, tiny_prompt: Callable[..., dict], demo_models_of_every_kind: dict, gpus: int
 ) -> None:
     # Wan2.2 A14B as ComfyUI users chain it: each expert loaded alone (its model choice says which), a Sampler
-    # Advanced (DAX) each. The second prompt finds both experts loaded: neither evicted the other.
+    # Advanced (DAX) each. The second prompt finds both experts loaded (in ComfyUI's process, or two warm worker
+    # groups): neither evicted the other.
     files = demo_models_of_every_kind["wan2.2-a14b"]
-    prompt = tiny_prompt(seed=34, steps=STEPS)
+    prompt = tiny_prompt(seed=34, steps=STEPS, gpus=gpus)
     sampler_id = _sampler_id(prompt)
     sampler = prompt.pop(sampler_id)
     loader = next(k for k, n in prompt.items() if n["class_type"] == "DaxLoadWan")
@@ -94,8 +96,9 @@ def test_two_samplers_each_with_one_wan22_expert_keep_both_experts_loaded(
     prompt["high"]["inputs"]["noise_seed"] += 1  # a new prompt for the samplers, the same loaders
     prompt["low"]["inputs"]["noise_seed"] += 1
     second = comfy_server.run(prompt, timeout=RUN_TIMEOUT)
+    reused = "model already loaded" if gpus == 1 else "warm worker group reused"
     for which in ("high", "low"):
-        assert "model already loaded" in second[which]["dax_summary"][-1], second[which]
+        assert reused in second[which]["dax_summary"][-1], second[which]
 
 
 def test_a_latent_with_a_noise_mask_is_sampled(comfy_server: ComfyServer, tiny_prompt: Callable[..., dict]) -> None:

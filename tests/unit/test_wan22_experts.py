@@ -298,6 +298,7 @@ def test_the_engine_cache_keeps_both_experts_of_a_model():
     cache.get(high, lambda r: "high engine", family=expert_family(high))
     cache.get(low, lambda r: "low engine", family=expert_family(low))
     assert len(cache) == 2  # the second expert did not evict the first
+    assert sorted(cache.family(expert_family(high))) == ["high engine", "low engine"] and cache.family("") == []
     assert cache.get(high, lambda r: "rebuilt", family=expert_family(high)) == "high engine"
     other = Recipe("y")
     cache.get(other, lambda r: "other engine", family=expert_family(other))
