@@ -110,7 +110,7 @@ def _conditioning(recipe: Recipe, positive: list, negative: list, latent: torch.
         fields[which] = emb
         image = extras.get("concat_latent_image")
         if image is not None:
-            extra = spec.in_dim - spec.latent_channels if spec.takes_image else MASK_CHANNELS + image.shape[1]
+            extra = spec.in_dim - spec.latent_channels if spec.takes_image_latent else MASK_CHANNELS + image.shape[1]
             fields[f"{which}_image"] = concat_channels(tuple(latent.shape), image, extras.get("concat_mask"), extra)
         clip = extras.get("clip_vision_output")
         if clip is not None:

@@ -147,8 +147,8 @@ def diffusers_config(spec: WanSpec) -> dict:
         "cross_attn_norm": spec.cross_attn_norm,
         "qk_norm": "rms_norm_across_heads",
         "eps": spec.eps,
-        "image_dim": spec.clip_dim if spec.takes_image else None,
-        "added_kv_proj_dim": spec.dim if spec.takes_image else None,
+        "image_dim": spec.clip_dim if spec.takes_clip else None,
+        "added_kv_proj_dim": spec.dim if spec.takes_clip else None,
         "pos_embed_seq_len": spec.image_pos_tokens or None,
         "rope_max_seq_len": 1024,
     }
