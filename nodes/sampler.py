@@ -133,7 +133,7 @@ def _text_embedding(conditioning: list, which: str) -> tuple[torch.Tensor, dict]
     other = [f"{key} ({what})" for key, what in _OTHER_WAN_EXTRAS.items() if key in extras]
     if other:
         raise ValueError(
-            f"{which} conditioning carries {', '.join(other)}, which the DAX sampler does not apply: DAX runs Wan2.1 "
+            f"{which} conditioning carries {', '.join(other)}, which the DAX sampler does not apply: DAX runs Wan "
             "text-to-video, image-to-video (WanImageToVideo) and first-last-frame (WanFirstLastFrameToVideo) "
             "conditioning - use the native KSampler for this one"
         )
