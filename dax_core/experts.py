@@ -28,6 +28,7 @@ class ModelChoice:
     expert: str = ""  # "high", "low", "pair" (both, one DAX_MODEL) or "" (no experts)
     boundary: float | None = None  # the sigma (timestep / 1000) at and above which the high-noise expert runs
     model_type: str = ""  # the WanSpec.model_type each expert must have ("" for any the file shows)
+    clip: bool = False  # whether each expert takes CLIP-vision features (WanSpec.takes_clip): none of Wan2.2's do
 
     @property
     def is_pair(self) -> bool:
@@ -53,9 +54,9 @@ def _a14b(family: str, task: str, boundary: float, model_type: str) -> dict[str,
 
 
 MODEL_CHOICES: dict[str, ModelChoice] = {
-    AUTO: ModelChoice(AUTO, "read from the file: Wan2.1 T2V (1.3B, 14B) or Wan2.2 TI2V 5B"),
+    AUTO: ModelChoice(AUTO, "read from the file: Wan2.1 T2V (1.3B, 14B), I2V, FLF2V or Wan2.2 TI2V 5B"),
     **_a14b("wan2.2-t2v-a14b", "T2V", 0.875, "t2v"),
-    **_a14b("wan2.2-i2v-a14b", "I2V", 0.900, "i2v"),
+    **_a14b("wan2.2-i2v-a14b", "I2V", 0.900, "i2v"),  # 36 channels in, no CLIP features (WanSpec.clip_dim 0)
 }
 
 

@@ -23,9 +23,10 @@ TOOLTIPS = {
     "fp8_e4m3fn halves memory (upcast per layer).",
     "compute_dtype": "Activation dtype. bf16 is what Wan was trained in.",
     "model": "Which model the file is, where its shapes cannot tell (a Wan2.2 A14B expert has Wan2.1 14B's shapes). "
-    "auto: read from the file (Wan2.1 T2V, Wan2.2 TI2V 5B). wan2.2-t2v-a14b: model_name is the high-noise expert, "
-    "low_noise_model_name the low-noise one, and the sampler switches at the official boundary (sigma 0.875). "
-    "...-high / ...-low: one expert alone, for two chained Sampler Advanced (DAX) nodes.",
+    "auto: read from the file (Wan2.1 T2V, I2V, FLF2V, Wan2.2 TI2V 5B). wan2.2-t2v-a14b / wan2.2-i2v-a14b: "
+    "model_name is the high-noise expert, low_noise_model_name the low-noise one, and the sampler switches at the "
+    "official boundary (sigma 0.875 for T2V, 0.900 for I2V, whose experts take WanImageToVideo's image without CLIP "
+    "vision). ...-high / ...-low: one expert alone, for two chained Sampler Advanced (DAX) nodes.",
     "low_noise_model_name": "The low-noise expert of a two-expert model (model wan2.2-t2v-a14b or wan2.2-i2v-a14b); "
     "none for any other model.",
 }

@@ -111,7 +111,7 @@ def _conditioning(recipe: Recipe, positive: list, negative: list, latent: torch.
         fields[which] = emb
         image = extras.get("concat_latent_image")
         if image is not None:
-            extra = spec.in_dim - spec.latent_channels if spec.takes_image else MASK_CHANNELS + image.shape[1]
+            extra = spec.in_dim - spec.latent_channels if spec.takes_image_latent else MASK_CHANNELS + image.shape[1]
             fields[f"{which}_image"] = concat_channels(tuple(latent.shape), image, extras.get("concat_mask"), extra)
         clip = extras.get("clip_vision_output")
         if clip is not None:
@@ -134,7 +134,7 @@ def _text_embedding(conditioning: list, which: str) -> tuple[torch.Tensor, dict]
     other = [f"{key} ({what})" for key, what in _OTHER_WAN_EXTRAS.items() if key in extras]
     if other:
         raise ValueError(
-            f"{which} conditioning carries {', '.join(other)}, which the DAX sampler does not apply: DAX runs Wan2.1 "
+            f"{which} conditioning carries {', '.join(other)}, which the DAX sampler does not apply: DAX runs Wan "
             "text-to-video, image-to-video (WanImageToVideo) and first-last-frame (WanFirstLastFrameToVideo) "
             "conditioning - use the native KSampler for this one"
         )

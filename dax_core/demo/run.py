@@ -6,12 +6,13 @@ two experts, Wan2.2 TI2V 5B) end to end through a headless ComfyUI.
                             [--width W --height H --length N --steps S --prompt TEXT --seed N --gpus N]
 
 Without weights it writes (once, cached in $DAX_CACHE or ~/.cache/dax-demo) tiny random Wan DiTs (T2V, I2V,
-FLF2V, a second T2V-shaped one as a Wan2.2 A14B low-noise expert, a 48-channel Wan2.2 TI2V one), a random T5-base
+FLF2V, a second T2V-shaped one as a Wan2.2 T2V A14B low-noise expert, two 36-channel ones without CLIP features as
+the Wan2.2 I2V A14B experts, a 48-channel Wan2.2 TI2V one), a random T5-base
 text encoder, random Wan2.1 and Wan2.2 VAEs, a random CLIP ViT-H vision tower, a random LoRA for the DiT (lightx2v's
 key format) and a start image, takes the ones the workflow needs, and runs it small (64x64, 5 frames, 4 steps): the
 video is noise, the point is that every node runs. With ``--model/--text-encoder/--vae`` (``--lora`` for a workflow
-with a Load LoRA node, ``--low-noise-model`` for a two-expert one, ``--clip-vision`` and ``--image`` for one that
-starts from an image) it runs the workflow's own settings.
+with a Load LoRA node, ``--low-noise-model`` for a two-expert one, ``--image`` for one that starts from an image and
+``--clip-vision`` for one that encodes it with CLIP vision) it runs the workflow's own settings.
 Each run writes into a folder of its own (``<cache>/runs/<date>-<time>-<pid>`` unless ``--output-dir`` is given):
 the video and ComfyUI's log.
 """
@@ -205,6 +206,13 @@ def _write_tiny_expert(path: Path) -> None:
                      seed=1)  # fmt: skip
 
 
+def _write_tiny_i2v_expert(path: Path, seed: int) -> None:
+    from dax_core.models.tiny import write_tiny_model
+
+    write_tiny_model(path, variant="i2v", clip_dim=0, dim=64, num_layers=2, num_heads=4, ffn_dim=128, text_dim=768,
+                     naming="comfy", dtype="bf16", seed=seed)  # fmt: skip
+
+
 def _write_tiny_ti2v(path: Path) -> None:
     from dax_core.models.tiny import write_tiny_model
 
@@ -212,17 +220,18 @@ def _write_tiny_ti2v(path: Path) -> None:
                      seed=2, variant="ti2v")  # fmt: skip
 
 
-WORKFLOW_KINDS = ("wan2.1", "wan2.2-a14b", "wan2.2-ti2v")
+WORKFLOW_KINDS = ("wan2.1", "wan2.2-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v")
 
 
 def workflow_kind(prompt: dict[str, Any]) -> str:
     """Which tiny models an API-format workflow needs: a Wan2.1 one, a two-expert Wan2.2 A14B one (a Load Wan DAX
-    with a low-noise expert) or a Wan2.2 TI2V one (the Wan2.2 latent node)."""
+    with a low-noise expert: image-to-video with WanImageToVideo's latent, else text-to-video) or a Wan2.2 TI2V one
+    (the Wan2.2 latent node)."""
     if any(node["class_type"] == "Wan22ImageToVideoLatent" for node in prompt.values()):
         return "wan2.2-ti2v"
     loaders = [node["inputs"] for node in prompt.values() if node["class_type"] == "DaxLoadWan"]
     if any(inputs.get("low_noise_model_name", NO_FILE) != NO_FILE for inputs in loaders):
-        return "wan2.2-a14b"
+        return "wan2.2-i2v-a14b" if workflow_variant(prompt) == "i2v" else "wan2.2-a14b"
     return "wan2.1"
 
 
@@ -230,8 +239,8 @@ def tiny_models(cache: Path | None = None, kind: str = "wan2.1") -> ModelFiles:
     """The tiny models of a workflow ``kind`` (``WORKFLOW_KINDS``), generated on first use: the tiny DiTs (768-wide
     text input; the I2V and FLF2V ones take ViT-H's 1280-wide image features), random T5-base, random Wan2.1 VAE,
     random CLIP ViT-H vision tower, a random LoRA for the T2V DiT in lightx2v's key format and a start image; for
-    wan2.2-a14b a second tiny DiT as the low-noise expert; for wan2.2-ti2v a tiny 48-channel DiT and a random Wan2.2
-    VAE instead."""
+    wan2.2-a14b a second tiny DiT as the low-noise expert; for wan2.2-i2v-a14b two tiny 36-channel DiTs without CLIP
+    features as the two experts; for wan2.2-ti2v a tiny 48-channel DiT and a random Wan2.2 VAE instead."""
     from dax_core.lora.tiny import write_tiny_lora
     from dax_core.models.loading import inspect_weights
 
@@ -257,6 +266,13 @@ def tiny_models(cache: Path | None = None, kind: str = "wan2.1") -> ModelFiles:
     if kind == "wan2.2-a14b":
         expert = _cached(cache / f"dax_tiny_wan_t2v_low_noise_{TINY_VERSION}.safetensors", _write_tiny_expert)
         return dataclasses.replace(files, low_noise_model=expert)
+    if kind == "wan2.2-i2v-a14b":
+        high, low = (
+            _cached(cache / f"dax_tiny_wan22_i2v_{expert}_noise_{TINY_VERSION}.safetensors",
+                    lambda p, seed=seed: _write_tiny_i2v_expert(p, seed))
+            for expert, seed in (("high", 3), ("low", 4))
+        )  # fmt: skip
+        return dataclasses.replace(files, model=high, low_noise_model=low, image_models=())
     if kind == "wan2.2-ti2v":
         return dataclasses.replace(
             files,
@@ -468,9 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.lora is None and any(n["class_type"] == "DaxLoadLora" for n in workflow.values()):
                 raise ValueError(f"{args.workflow.name} loads a LoRA: pass it with --lora FILE")
-            if workflow_variant(workflow) in ("i2v", "flf2v") and (args.clip_vision is None or args.image is None):
-                raise ValueError(f"{args.workflow.name} starts from an image: pass --clip-vision FILE and --image FILE")
-            if args.low_noise_model is None and workflow_kind(workflow) == "wan2.2-a14b":
+            if args.clip_vision is None and any(n["class_type"] == "CLIPVisionLoader" for n in workflow.values()):
+                raise ValueError(f"{args.workflow.name} encodes its image with CLIP vision: pass --clip-vision FILE")
+            if args.low_noise_model is None and workflow_kind(workflow) in ("wan2.2-a14b", "wan2.2-i2v-a14b"):
                 raise ValueError(f"{args.workflow.name} has two experts: pass the low-noise one with --low-noise-model")
             if args.image is None and any(n["class_type"] == "LoadImage" for n in workflow.values()):
                 raise ValueError(f"{args.workflow.name} starts from an image: pass it with --image FILE")

@@ -7,7 +7,8 @@ and demos).
 
 I2V and FLF2V models take 36 input channels and CLIP-vision features ``--clip-dim`` wide (1280: what ComfyUI's
 CLIP ViT-H gives); FLF2V's positional embedding covers two images of 257 tokens. A TI2V model (Wan2.2 TI2V 5B's
-kind) takes and predicts the Wan2.2 VAE's 48 latent channels; a Wan2.2 A14B expert has a t2v model's shapes.
+kind) takes and predicts the Wan2.2 VAE's 48 latent channels; a Wan2.2 T2V A14B expert has a t2v model's shapes, an
+I2V A14B one an i2v model's with ``--clip-dim 0`` (36 input channels, no image embedding nor image cross-attention).
 
 Weights are random with the scales of a trained model (linears std 1/sqrt(fan_in), modulation
 std 1/sqrt(dim), norm weights near 1) so a forward pass stays finite. Every file carries the
@@ -147,8 +148,8 @@ def diffusers_config(spec: WanSpec) -> dict:
         "cross_attn_norm": spec.cross_attn_norm,
         "qk_norm": "rms_norm_across_heads",
         "eps": spec.eps,
-        "image_dim": spec.clip_dim if spec.takes_image else None,
-        "added_kv_proj_dim": spec.dim if spec.takes_image else None,
+        "image_dim": spec.clip_dim if spec.takes_clip else None,
+        "added_kv_proj_dim": spec.dim if spec.takes_clip else None,
         "pos_embed_seq_len": spec.image_pos_tokens or None,
         "rope_max_seq_len": 1024,
     }
@@ -222,7 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ffn", type=int, default=128)
     parser.add_argument("--text-dim", type=int, default=768)
     parser.add_argument("--freq-dim", type=int, default=256)
-    parser.add_argument("--clip-dim", type=int, default=1280, help="CLIP-vision feature width (i2v, flf2v)")
+    parser.add_argument(
+        "--clip-dim",
+        type=int,
+        default=1280,
+        help="CLIP-vision feature width (i2v, flf2v); 0 with i2v: a Wan2.2 I2V A14B expert (no CLIP)",
+    )
     parser.add_argument("--naming", choices=NAMINGS, default="wan")
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,10 +1,12 @@
 """The Wan DiT (Wan2.1 text-to-video, image-to-video, first-last-frame; Wan2.2 TI2V 5B and the A14B experts): a
 compact implementation with the original (and ComfyUI) parameter names.
 
-The variant is the spec's (``WanSpec.model_type``): I2V and FLF2V models take 36 input channels (noise, mask, image
-latent), embed CLIP-vision features (``img_emb``; FLF2V adds a positional embedding over its two images' tokens) and
-attend to them beside the text in every cross-attention (``k_img``, ``v_img``, ``norm_k_img``), the two attentions
-summed before the output projection. TI2V models take a timestep per latent frame (or per token).
+The variant is the spec's (``WanSpec.model_type``, ``clip_dim``): I2V and FLF2V models take 36 input channels (noise,
+mask, image latent); those with CLIP features (``WanSpec.takes_clip``: Wan2.1 I2V, FLF2V) embed them (``img_emb``;
+FLF2V adds a positional embedding over its two images' tokens) and attend to them beside the text in every
+cross-attention (``k_img``, ``v_img``, ``norm_k_img``), the two attentions summed before the output projection;
+Wan2.2 I2V A14B (``clip_dim`` 0) has neither, its cross-attention is the text's alone. TI2V models take a timestep
+per latent frame (or per token).
 
 Parameter names follow the original Wan2.1 checkpoints (``blocks.0.self_attn.q.weight`` ...), so
 original and ComfyUI files load as they are; diffusers files are renamed on load (``naming.py``).
@@ -175,7 +177,7 @@ class WanBlock(nn.Module):
         self.eps = spec.eps
         self.self_attn = WanAttention(d, spec.num_heads, spec.eps, device=device, dtype=dtype)
         self.norm3 = LayerNormAffine(d, device=device, dtype=dtype) if spec.cross_attn_norm else None
-        self.cross_attn = WanAttention(d, spec.num_heads, spec.eps, device=device, dtype=dtype, image=spec.takes_image)
+        self.cross_attn = WanAttention(d, spec.num_heads, spec.eps, device=device, dtype=dtype, image=spec.takes_clip)
         self.ffn = nn.Sequential(
             WanLinear(d, spec.ffn_dim, device=device, dtype=dtype),
             nn.GELU(approximate="tanh"),
@@ -436,7 +438,7 @@ class WanModel(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), WanLinear(d, 6 * d, device=device, dtype=dtype))
         self.img_emb = (
             ImageEmbedding(spec.clip_dim, d, spec.image_pos_tokens, device=device, dtype=dtype)
-            if spec.takes_image
+            if spec.takes_clip
             else None
         )
         self.blocks = nn.ModuleList(WanBlock(spec, device=device, dtype=dtype) for _ in range(spec.num_layers))
@@ -549,7 +551,7 @@ class WanModel(nn.Module):
         clip_fea: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``clip_fea``: CLIP-vision features [B or 1, N, clip_dim] (penultimate hidden states; FLF2V: both images'
-        tokens), which an I2V / FLF2V model requires and a text-to-video model refuses."""
+        tokens), which a model with CLIP features (Wan2.1 I2V, FLF2V) requires and any other refuses."""
         p = self.prepare(x, t, context, clip_fea)
         if self.step_cache is None:
             return self.finish(self.run_blocks(p), p)

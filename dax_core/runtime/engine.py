@@ -19,7 +19,7 @@ from ..cache.base import StepCacheReport
 from ..models.wan import WanModel
 from ..parallel.config import ParallelConfig
 from ..recipe import Recipe
-from ..rules import STEP_CACHE_KINDS, check_request, check_sampling
+from ..rules import STEP_CACHE_KINDS, check_request, check_sampling, clip_ignored_note
 from . import latents
 from .noise_mask import check_noise_mask, frame_timesteps, masked, prepare_mask
 from .progress import ProgressCallback, StepProgress, describe_model, preview_latent
@@ -63,7 +63,9 @@ class SampleRequest:
     Image models (I2V, FLF2V) take each branch's image conditioning: ``positive_image`` / ``negative_image``, the
     channels concatenated to the noise (mask and image latent in model space, [B or 1, 20, T, H, W]:
     ``image_conditioning.concat_channels``), and ``positive_clip`` / ``negative_clip``, the CLIP-vision features
-    [B or 1, N, clip_dim]; a text-to-video model takes none (``dax_core.rules.check_request``).
+    [B or 1, N, clip_dim]; a text-to-video model takes none (``dax_core.rules.check_request``). An image model
+    without CLIP (Wan2.2 I2V A14B) takes the image channels alone: CLIP features given to it are not used, as in
+    ComfyUI, and the run's notes say so.
     """
 
     positive: torch.Tensor
@@ -290,7 +292,7 @@ class WanEngine:
         return channels.expand(batch, -1, -1, -1, -1) if channels.shape[0] == 1 else channels
 
     def _clip(self, features: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        if features is None:
+        if features is None or not self.model.spec.takes_clip:  # a model without CLIP does not use them
             return None
         features = features.to(self.device, self.model.compute_dtype)
         return features.expand(batch, -1, -1) if features.shape[0] == 1 else features
@@ -371,10 +373,12 @@ class WanEngine:
         if not self.usable:
             raise RuntimeError(f"this engine is unusable: {self._unusable}; build it again")
         check_request(req, self.model.spec, self.parallel)
+        clip_note = clip_ignored_note(req, self.model.spec)
+        notes = (*self.lora_lines, clip_note) if clip_note else self.lora_lines
         cache = self.model.step_cache
         steps = req.steps if req.sigmas is None else len(req.sigmas) - 1  # of the whole schedule, not of a cut
         if cache is None or steps > FEW_STEPS:
-            return self._sample(req, on_step, on_block, on_progress, preview, self.lora_lines)
+            return self._sample(req, on_step, on_block, on_progress, preview, notes)
         note = (
             f"{cache.name} is off for this {steps}-step schedule: at {FEW_STEPS} steps or fewer every step carries "
             f"too much of the denoising to be skipped (step caches are made for 20-50 steps), so every step ran; "
@@ -383,7 +387,7 @@ class WanEngine:
         log.warning(note)
         self.model.step_cache = None
         try:
-            return self._sample(req, on_step, on_block, on_progress, preview, (*self.lora_lines, note))
+            return self._sample(req, on_step, on_block, on_progress, preview, (*notes, note))
         finally:
             self.model.step_cache = cache
 

@@ -41,9 +41,10 @@ def recipe_spec(recipe: Recipe) -> WanSpec:
     """
     choice = MODEL_CHOICES[recipe.model_choice]
     spec = recipe_model(recipe).spec
-    if choice.model_type and spec.model_type != choice.model_type:
+    if choice.model_type and (spec.model_type, spec.takes_clip) != (choice.model_type, choice.clip):
+        clip = " with CLIP-vision features" if spec.takes_clip else ""
         raise WeightsError(
-            f"{recipe.weights}: a {spec.model_type} model ({spec.name}), not a {choice.model_type} expert as "
+            f"{recipe.weights}: a {spec.model_type} model{clip} ({spec.name}), not a {choice.model_type} expert as "
             f"{choice.description} has: pick that model's expert file, or the model choice 'auto'"
         )
     if recipe.low_noise_weights is not None:

@@ -79,6 +79,7 @@ def test_every_ui_workflow_has_an_api_twin() -> None:
         "Wan2.1 image-to-video 14B 480p (DAX)",
         "Wan2.1 first-last-frame 14B (DAX)",
         "Wan2.2 text-to-video A14B, two experts (DAX)",
+        "Wan2.2 image-to-video A14B, two experts (DAX)",
         "Wan2.2 text-image-to-video 5B (DAX)",
     }
     assert {p.name for p in WORKFLOWS.iterdir()} <= {"api"} | {
