@@ -10,7 +10,6 @@ weights, which moves the result by far more than 1e-3 (checked below, so the equ
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 from types import SimpleNamespace
 
@@ -31,6 +30,7 @@ from dax_core.runtime.host_offload import HostOffload, model_tensors
 from dax_core.runtime.model_info import recipe_spec
 from dax_core.runtime.schedules import expert_switch_step, ksampler_sigmas
 from tests.numerics import rel_error
+from tests.unit.comfy_native import comfyui_nodes, native_patcher
 
 SPEC = WanSpec(dim=256, num_layers=2, num_heads=2, ffn_dim=256)  # ComfyUI: dim // 128 heads, 4096-wide text
 REL = 5e-5  # see the module docstring
@@ -75,18 +75,9 @@ def test_expert_runs_cut_a_request_at_the_switch():
 
 
 def _native(comfyui, seed: int):
-    import comfy.model_sampling
-    import comfy.sd
 
     state = random_state_dict(SPEC, seed=seed)
-    patcher = comfy.sd.load_diffusion_model_state_dict(dict(state), model_options={"dtype": torch.float32})
-
-    class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-        pass
-
-    sampling = FlowSampling(patcher.model.model_config)
-    sampling.set_parameters(shift=SHIFT, multiplier=1000)
-    patcher.add_object_patch("model_sampling", sampling)
+    patcher = native_patcher(state, SHIFT)
     ours = WanModel(SPEC, dtype=torch.float32)
     ours.load_state_dict(state)
     return patcher, ours.eval()
@@ -96,9 +87,7 @@ def _native(comfyui, seed: int):
 def comfy(comfyui_importable):
     import comfy.samplers
 
-    spec = importlib.util.spec_from_file_location("comfyui_nodes", comfyui_importable / "nodes.py")
-    nodes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(nodes)
+    nodes = comfyui_nodes(comfyui_importable)
     nodes.comfy.utils.PROGRESS_BAR_ENABLED = False
     high_patcher, high = _native(comfyui_importable, 31)
     low_patcher, low = _native(comfyui_importable, 32)

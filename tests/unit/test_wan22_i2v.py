@@ -15,7 +15,6 @@ than 1e-2 / 1e-3 (asserted, so the equalities cannot hold by accident).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from types import SimpleNamespace
 
 import pytest
@@ -35,6 +34,7 @@ from dax_core.runtime.expert_pair import ExpertPair
 from dax_core.runtime.model_info import recipe_spec
 from dax_core.runtime.schedules import expert_switch_step, ksampler_sigmas
 from tests.numerics import rel_error
+from tests.unit.comfy_native import comfyui_nodes, native_patcher
 from tests.unit.node_modules import node_module
 
 TOL, REL = 1e-5, 5e-5  # see the module docstring
@@ -144,21 +144,12 @@ class _StartFrameVAE:
 
 
 def _native(spec: WanSpec, seed: int):
-    import comfy.model_sampling
-    import comfy.sd
 
     state = random_state_dict(spec, seed=seed)
-    patcher = comfy.sd.load_diffusion_model_state_dict(dict(state), model_options={"dtype": torch.float32})
+    patcher = native_patcher(state, SHIFT)
     # ComfyUI's reading of such a file: the Wan2.1 model class, not image_to_video, no image embedding
     assert type(patcher.model).__name__ == "WAN21" and not patcher.model.image_to_video
     assert patcher.model.diffusion_model.img_emb is None
-
-    class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-        pass
-
-    sampling = FlowSampling(patcher.model.model_config)
-    sampling.set_parameters(shift=SHIFT, multiplier=1000)
-    patcher.add_object_patch("model_sampling", sampling)
     return patcher, _ours(spec, state)
 
 
@@ -172,9 +163,7 @@ def comfy(comfyui_importable):
     import comfy.samplers
     import comfy_extras.nodes_wan
 
-    spec = importlib.util.spec_from_file_location("comfyui_nodes", comfyui_importable / "nodes.py")
-    nodes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(nodes)
+    nodes = comfyui_nodes(comfyui_importable)
     nodes.comfy.utils.PROGRESS_BAR_ENABLED = False
     (high_patcher, high), (low_patcher, low) = _native(NOCLIP, 41), _native(NOCLIP, 42)
     engines = {"high": WanEngine(high, PAIR.expert("high"), "cpu"), "low": WanEngine(low, PAIR.expert("low"), "cpu")}

@@ -11,7 +11,6 @@ result by more than 1e-3 (the tests below that could not otherwise fail check so
 
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 
 import pytest
@@ -23,6 +22,7 @@ from dax_core.models.wan import WanModel
 from dax_core.recipe import Recipe
 from dax_core.runtime.engine import SampleRequest, WanEngine
 from tests.numerics import rel_error
+from tests.unit.comfy_native import comfyui_nodes, native_patcher
 
 # ComfyUI reads a Wan head count of dim // 128 and a text width of 4096; 48 output channels make it WAN22 (TI2V)
 TI2V = WanSpec(dim=256, num_layers=2, num_heads=2, ffn_dim=256, in_dim=48, out_dim=48, model_type="ti2v")
@@ -45,19 +45,9 @@ class _FirstFrameVAE:
 
 
 def _native(comfyui, spec: WanSpec, seed: int):
-    import comfy.model_sampling
-    import comfy.sd
 
     state = random_state_dict(spec, seed=seed)
-    patcher = comfy.sd.load_diffusion_model_state_dict(dict(state), model_options={"dtype": torch.float32})
-    assert patcher is not None
-
-    class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-        pass
-
-    sampling = FlowSampling(patcher.model.model_config)
-    sampling.set_parameters(shift=SHIFT, multiplier=1000)
-    patcher.add_object_patch("model_sampling", sampling)
+    patcher = native_patcher(state, SHIFT)
     ours = WanModel(spec, dtype=torch.float32)
     ours.load_state_dict(state)
     return patcher, WanEngine(ours.eval(), Recipe("unused.safetensors", compute_dtype="fp32"), "cpu")
@@ -68,9 +58,7 @@ def comfy(comfyui_importable):
     import comfy.latent_formats
     import comfy_extras.nodes_wan
 
-    spec = importlib.util.spec_from_file_location("comfyui_nodes", comfyui_importable / "nodes.py")
-    nodes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(nodes)
+    nodes = comfyui_nodes(comfyui_importable)
     nodes.comfy.utils.PROGRESS_BAR_ENABLED = False
     ti2v_patcher, ti2v = _native(comfyui_importable, TI2V, seed=11)
     t2v_patcher, t2v = _native(comfyui_importable, T2V, seed=12)
