@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .experts import AUTO, EXPERTS, MODEL_CHOICES
 from .models.dtypes import COMPUTE_DTYPES, TORCH_DTYPES, WEIGHT_DTYPES
 from .models.info import ModelInfo
 
@@ -116,7 +117,13 @@ class LoraRef:
 class Recipe:
     """Weights plus dtypes plus an ordered tuple of accelerations (at most one of each kind) plus the LoRAs merged
     into the weights when the model is built, in order, plus the model those weights hold (``model``: resolved once,
-    by Load Wan DAX, from the weights' headers; None for a recipe made without it, whose users read the headers)."""
+    by Load Wan DAX, from the weights' headers; None for a recipe made without it, whose users read the headers).
+
+    ``model_choice``: which model the weights are, where their shapes cannot say (``dax_core.experts``: a Wan2.2 A14B
+    expert, or both); "auto" reads it from the file. A two-expert model names the high-noise expert's file in
+    ``weights`` and the low-noise expert's in ``low_noise_weights``; each expert is built with every lever of the
+    recipe (``expert``).
+    """
 
     weights: str
     weight_dtype: str = "default"
@@ -124,6 +131,8 @@ class Recipe:
     accelerations: tuple[Acceleration, ...] = field(default=())
     loras: tuple[LoraRef, ...] = field(default=())
     model: ModelInfo | None = None
+    model_choice: str = AUTO
+    low_noise_weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.model is not None and not isinstance(self.model, ModelInfo):
@@ -140,6 +149,37 @@ class Recipe:
         kinds = [a.kind for a in self.accelerations]
         if len(kinds) != len(set(kinds)):
             raise RecipeError(f"each acceleration may appear once; got {kinds}")
+        if self.model_choice not in MODEL_CHOICES:
+            raise RecipeError(f"model {self.model_choice!r} is not one of {', '.join(MODEL_CHOICES)}")
+        pair = MODEL_CHOICES[self.model_choice].is_pair
+        if pair and (not isinstance(self.low_noise_weights, str) or not self.low_noise_weights):
+            raise RecipeError(
+                f"{MODEL_CHOICES[self.model_choice].description} needs the low-noise expert's weights too (Load Wan "
+                "DAX's low_noise_model_name), or choose one expert alone"
+            )
+        if not pair and self.low_noise_weights is not None:
+            raise RecipeError(
+                f"low-noise expert weights are given, but the model {self.model_choice!r} is not a two-expert model: "
+                "choose wan2.2-t2v-a14b or wan2.2-i2v-a14b, or leave the low-noise weights out"
+            )
+
+    @property
+    def is_expert_pair(self) -> bool:
+        """Whether the recipe describes two experts (one DAX_MODEL of a Wan2.2 A14B model)."""
+        return MODEL_CHOICES[self.model_choice].is_pair
+
+    def expert(self, which: str) -> Recipe:
+        """The recipe of one expert ("high" or "low") of a two-expert recipe: its file, every lever of this one."""
+        if not self.is_expert_pair:
+            raise RecipeError(f"the model {self.model_choice!r} is not a two-expert model")
+        if which not in EXPERTS:
+            raise RecipeError(f"expert {which!r} is not one of {', '.join(EXPERTS)}")
+        weights = self.weights if which == "high" else self.low_noise_weights
+        family = MODEL_CHOICES[self.model_choice].family
+        # the resolved model (if any) is the pair's first file's: an expert's own is read from its file
+        return dataclasses.replace(
+            self, weights=weights, model=None, model_choice=f"{family}-{which}", low_noise_weights=None
+        )
 
     @property
     def torch_compute_dtype(self) -> torch.dtype:
@@ -192,6 +232,10 @@ class Recipe:
             data["loras"] = [lora.to_dict() for lora in self.loras]
         if self.model is not None:
             data["model"] = self.model.to_dict()
+        if self.model_choice != AUTO:
+            data["model_choice"] = self.model_choice
+        if self.low_noise_weights is not None:
+            data["low_noise_weights"] = self.low_noise_weights
         return data
 
     @classmethod
@@ -200,7 +244,10 @@ class Recipe:
         loras = tuple(LoraRef(**lora) for lora in data.get("loras", ()))
         dtypes = (data.get("weight_dtype", "default"), data.get("compute_dtype", "bf16"))
         model = ModelInfo.from_dict(data["model"]) if data.get("model") is not None else None
-        return cls(data["weights"], *dtypes, accs, loras, model)
+        return cls(
+            data["weights"], *dtypes, accs, loras, model,
+            model_choice=data.get("model_choice", AUTO), low_noise_weights=data.get("low_noise_weights"),
+        )  # fmt: skip
 
     def fingerprint(self) -> str:
         """Stable identity of what this recipe builds: equal recipes build equal models."""

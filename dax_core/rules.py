@@ -14,6 +14,7 @@ import math
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+from .experts import MODEL_CHOICES
 from .recipe import Recipe, RecipeError
 
 if TYPE_CHECKING:
@@ -57,8 +58,8 @@ def check_sampling(req: Any, samplers: Collection[str], schedulers: Collection[s
     """
     if req.latent.ndim != 5:
         raise ValueError(
-            f"expected a video latent [B, 16, frames, height, width], got shape {tuple(req.latent.shape)}: "
-            "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
+            f"expected a video latent [B, channels, frames, height, width], got shape {tuple(req.latent.shape)}: "
+            "use EmptyHunyuanLatentVideo (or a Wan VAE encode; Wan22ImageToVideoLatent for Wan2.2 TI2V) for the latent"
         )
     for name in ("positive", "negative"):
         t = getattr(req, name)
@@ -137,37 +138,53 @@ def check_request(req: Any, spec: WanSpec, parallel: ParallelConfig | None = Non
 
 def check_image_conditioning(req: Any, spec: WanSpec) -> None:
     """Raise ValueError, saying what to change, unless the request's image conditioning is what a model of ``spec``
-    takes: an image model (I2V, FLF2V) needs every branch's image latent and CLIP-vision features, a text-to-video
-    model takes none."""
-    if not spec.takes_image:
+    takes: an image model (I2V, FLF2V) needs every branch's image latent, and its CLIP-vision features where it takes
+    them (Wan2.1 I2V, FLF2V); a text-to-video model takes none. CLIP-vision features given to an image model without
+    CLIP (Wan2.2 I2V A14B) pass: the model does not use them, as in ComfyUI, and the run's notes say so
+    (``clip_ignored_note``)."""
+    if not spec.takes_image_latent:
         if req.has_image:
             raise ValueError(
                 f"the conditioning carries an image (concat_latent_image / clip_vision_output, from WanImageToVideo or "
                 f"WanFirstLastFrameToVideo), but this is a {spec.model_type} model ({spec.name}), which takes none: "
-                "load a Wan2.1 image-to-video (I2V) or first-last-frame (FLF2V) model in Load Wan DAX, or give the "
-                "sampler the text conditioning alone"
+                "load a Wan2.1 image-to-video (I2V), first-last-frame (FLF2V) or Wan2.2 I2V A14B model in Load Wan "
+                "DAX, or give the sampler the text conditioning alone"
             )
         return
     node = "WanFirstLastFrameToVideo" if spec.model_type == "flf2v" else "WanImageToVideo"
+    vae = "the Wan2.1 VAE" + ("" if spec.takes_clip else ", no CLIP vision needed")
     batch = req.latent.shape[0]
     for branch in ("positive", "negative") if req.uses_cfg else ("positive",):
         image, clip = getattr(req, f"{branch}_image"), getattr(req, f"{branch}_clip")
         if image is None:
             raise ValueError(
                 f"this {spec.model_type} model ({spec.name}) needs the start image, but the {branch} conditioning "
-                f"carries none: pass the positive and negative conditioning through {node} (with its start image) "
-                "and sample its latent"
+                f"carries none: pass the positive and negative conditioning through {node} (with its start image "
+                f"and {vae}) and sample its latent"
             )
         extra = spec.in_dim - spec.latent_channels
         if image.shape[1] != extra:
             raise ValueError(
                 f"the {branch} image conditioning has {image.shape[1]} channels, this model takes {extra} "
-                f"(4 mask + {extra - 4} image-latent channels): make it with {node} and the Wan2.1 VAE"
+                f"(4 mask + {extra - 4} image-latent channels): make it with {node} and {vae}"
             )
+        if not spec.takes_clip:
+            continue
         try:
             spec.check_image_features(None if clip is None else clip.shape, batch)
         except ValueError as e:
             raise ValueError(f"the {branch} conditioning: {e}") from e
+
+
+def clip_ignored_note(req: Any, spec: WanSpec) -> str | None:
+    """What a run's summary says when CLIP-vision features reach a model that takes none (Wan2.2 I2V A14B): ComfyUI's
+    WanModel without an image embedding does not use them, and neither does DAX; None otherwise."""
+    if spec.takes_clip or (req.positive_clip is None and req.negative_clip is None):
+        return None
+    return (
+        f"clip_vision_output ignored: this model ({spec.name}) has no image cross-attention and takes the start image "
+        "through the latent alone, as in ComfyUI; the CLIPVisionEncode node can be removed"
+    )
 
 
 def _check_image_shapes(req: Any) -> None:
@@ -201,6 +218,7 @@ def check_recipe(recipe: Recipe, spec: WanSpec, parallel: ParallelConfig | None 
     if len(caches) > 1:
         first, second = (_STEP_CACHE_NAMES[a.kind] for a in caches[:2])
         raise RecipeError(second_step_cache_refused(first, second))
+    _check_wan22(recipe, spec, caches)
     teacache = recipe.acceleration("teacache")
     if teacache is not None:
         teacache.resolve_coefficients(spec.name)
@@ -223,6 +241,37 @@ def check_recipe(recipe: Recipe, spec: WanSpec, parallel: ParallelConfig | None 
     radial = recipe.acceleration("radial")
     if radial is not None:  # ring attention merges chunks by their log-sum-exp, which the kernel must return
         radial.check_layout(parallel.ring)
+
+
+def _wan22_by_shapes(spec: WanSpec) -> str | None:
+    """The Wan2.2 model a spec's shapes alone tell (no Wan2.1 model has them), or None."""
+    if spec.model_type == "ti2v":
+        return "Wan2.2 TI2V 5B"
+    if spec.takes_image_latent and not spec.takes_clip:
+        return "Wan2.2 I2V A14B"
+    return None
+
+
+def _check_wan22(recipe: Recipe, spec: WanSpec, caches: list[Any]) -> None:
+    """Wan2.2's own rules: no published step-cache calibration (refused, except TeaCache with the user's own
+    coefficients), and no LoRA on a two-expert model (each expert takes its own: chain two samplers)."""
+    choice = MODEL_CHOICES[recipe.model_choice]
+    model = choice.description if choice.is_wan22 else _wan22_by_shapes(spec)
+    if model is None:
+        return
+    for cache in caches:
+        if cache.kind == "teacache" and cache.coefficients:
+            continue  # the user's own calibration for this model
+        raise RecipeError(
+            f"{_STEP_CACHE_NAMES[cache.kind]} has no published calibration for {model} (its TeaCache and MagCache "
+            "numbers are measured on Wan2.1 and a Wan2.2 expert would get a Wan2.1 model's): remove the "
+            f"{_STEP_CACHE_NAMES[cache.kind]} node, or give TeaCache coefficients calibrated on this model"
+        )
+    if recipe.loras and choice.is_pair:
+        raise RecipeError(
+            f"LoRAs on a two-expert model ({model}): each expert takes its own LoRA files, so load each expert alone "
+            "(model choice ...-high / ...-low), apply its LoRA, and chain two Sampler Advanced (DAX) nodes"
+        )
 
 
 def check_run(recipe: Recipe, spec: WanSpec, req: Any, parallel: ParallelConfig | None = None) -> None:

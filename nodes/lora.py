@@ -12,6 +12,7 @@ import folder_paths
 
 from dax_core.lora import lora_fingerprint, lora_ref, plan_lora
 from dax_core.recipe import Recipe
+from dax_core.rules import check_recipe
 from dax_core.runtime.model_info import recipe_model
 
 from .model_socket import dax_model_input, patched_model_tooltip
@@ -77,10 +78,13 @@ class DaxLoadLora:
 
     def load(self, dax_model: Recipe, lora_name: str, strength: float) -> tuple[Recipe]:
         path = _lora_path(lora_name)
-        plan = plan_lora(path, recipe_model(dax_model).spec)  # a LoRA that does not fit fails here
+        spec = recipe_model(dax_model).spec
+        plan = plan_lora(path, spec)  # a LoRA that does not fit fails here
         if plan.unmatched:
             log.warning("Load LoRA (DAX): %s: %s", lora_name, plan.describe_unmatched())
         if strength == 0:
             return (dax_model,)  # as ComfyUI's LoraLoader: nothing to merge
         log.info("Load LoRA (DAX): %s at strength %g, %d parameters", lora_name, strength, len(plan.changes))
-        return (dax_model.with_loras((*dax_model.loras, lora_ref(path, strength))),)
+        merged = dax_model.with_loras((*dax_model.loras, lora_ref(path, strength)))
+        check_recipe(merged, spec)  # what the sampler would refuse (a LoRA on a two-expert model), said here
+        return (merged,)

@@ -18,13 +18,14 @@ import torch
 from dax_core.models.spec import WanSpec
 from dax_core.recipe import Recipe
 from dax_core.rules import STEP_CACHE_KINDS, check_run
-from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, parallel_layout
+from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, build_engine, parallel_layout
 from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
-from dax_core.runtime.engine_cache import EngineCache
+from dax_core.runtime.engine_cache import EngineCache, expert_family
+from dax_core.runtime.expert_pair import ExpertPair
 from dax_core.runtime.group import GroupConfig, SampleCancelled, StartCancelled, WorkerGroup
 from dax_core.runtime.image_conditioning import MASK_CHANNELS, concat_channels
 from dax_core.runtime.liveness import Liveness
-from dax_core.runtime.model_info import recipe_model
+from dax_core.runtime.model_info import recipe_model, recipe_spec
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
 
@@ -45,16 +46,18 @@ TOOLTIPS = {
     "output, which carries the start (and end) image and its CLIP-vision features.",
     "negative": "What the video avoids: one CLIPTextEncode output (not used when cfg is 1); image-to-video: the "
     "negative output of the same WanImageToVideo / WanFirstLastFrameToVideo.",
-    "latent_image": "The video's size: EmptyHunyuanLatentVideo (width, height, length in frames, batch), or a "
-    "latent to continue (a VAE encode, another sampler's output).",
+    "latent_image": "The video's size: EmptyHunyuanLatentVideo (width, height, length in frames, batch; "
+    "Wan22ImageToVideoLatent for Wan2.2 TI2V 5B, with an optional start image), or a latent to continue (a VAE "
+    "encode, another sampler's output). Its noise mask is applied as KSampler applies it.",
     "seed": "Seed of the starting noise: the same noise as the native KSampler's for the same seed.",
     "add_noise": "enable: start from noise drawn with noise_seed, as KSamplerAdvanced. disable: continue the input "
     "latent as it is (a first sampler's leftover noise).",
-    "steps": "Denoising steps of the whole schedule: Wan2.1 uses 50.",
-    "cfg": "Classifier-free guidance: Wan2.1 uses 6 at 1.3B and 5 at 14B. 1 runs the positive branch alone, "
-    "half the work per step.",
+    "steps": "Denoising steps of the whole schedule: Wan2.1 and Wan2.2 TI2V 5B use 50, Wan2.2 A14B 40.",
+    "cfg": "Classifier-free guidance: Wan2.1 uses 6 at 1.3B and 5 at 14B; Wan2.2 TI2V 5B 5, A14B 4 (high-noise "
+    "expert) and 3 (low-noise). 1 runs the positive branch alone, half the work per step.",
     "scheduler": "The sigma schedule, computed as ComfyUI's scheduler of that name with the flow shift.",
-    "shift": "Flow shift (> 0): Wan2.1 uses 8 for T2V at 480p (5 at 720p).",
+    "shift": "Flow shift (> 0): Wan2.1 uses 8 for T2V at 480p (5 at 720p); Wan2.2 T2V A14B 12, TI2V 5B 5. With a "
+    "two-expert model it also moves the step where the experts switch.",
     "sampler_name": "ComfyUI's samplers, step for step as ComfyUI runs them on Wan (uni_pc and uni_pc_bh2 are "
     "ComfyUI's UniPC); wan_unipc is Wan's own solver (flow UniPC, bh2), wan_unipc_bh1 its bh1 variant.",
     "denoise": "Below 1: video-to-video. The input latent is noised to the first sigma of the last steps of a "
@@ -108,7 +111,7 @@ def _conditioning(recipe: Recipe, positive: list, negative: list, latent: torch.
         fields[which] = emb
         image = extras.get("concat_latent_image")
         if image is not None:
-            extra = spec.in_dim - spec.latent_channels if spec.takes_image else MASK_CHANNELS + image.shape[1]
+            extra = spec.in_dim - spec.latent_channels if spec.takes_image_latent else MASK_CHANNELS + image.shape[1]
             fields[f"{which}_image"] = concat_channels(tuple(latent.shape), image, extras.get("concat_mask"), extra)
         clip = extras.get("clip_vision_output")
         if clip is not None:
@@ -131,7 +134,7 @@ def _text_embedding(conditioning: list, which: str) -> tuple[torch.Tensor, dict]
     other = [f"{key} ({what})" for key, what in _OTHER_WAN_EXTRAS.items() if key in extras]
     if other:
         raise ValueError(
-            f"{which} conditioning carries {', '.join(other)}, which the DAX sampler does not apply: DAX runs Wan2.1 "
+            f"{which} conditioning carries {', '.join(other)}, which the DAX sampler does not apply: DAX runs Wan "
             "text-to-video, image-to-video (WanImageToVideo) and first-last-frame (WanFirstLastFrameToVideo) "
             "conditioning - use the native KSampler for this one"
         )
@@ -139,18 +142,20 @@ def _text_embedding(conditioning: list, which: str) -> tuple[torch.Tensor, dict]
 
 
 def _latent_samples(latent: dict) -> torch.Tensor:
-    """The latent's samples, or a clear error for what the DAX sampler cannot honour."""
-    if "noise_mask" in latent:
-        raise ValueError(
-            "latent_image has a noise_mask (inpainting: SetLatentNoiseMask, VAEEncodeForInpaint), which the DAX "
-            "sampler does not support: sample the whole latent, or use the native KSampler for masked sampling"
-        )
+    """The latent's samples, or a clear error for what the DAX sampler cannot honour (its noise mask, e.g.
+    Wan22ImageToVideoLatent's, goes with the request: ``_noise_mask``)."""
     if "batch_index" in latent:
         raise ValueError(
             "latent_image carries a batch_index (from LatentFromBatch / RepeatLatentBatch), which picks per-item "
             "noise the DAX sampler does not reproduce: sample the whole batch, or use the native KSampler"
         )
     return latent["samples"]
+
+
+def _noise_mask(latent: dict) -> torch.Tensor | None:
+    """The latent's noise mask (Wan22ImageToVideoLatent's first frame, SetLatentNoiseMask), applied as KSampler does."""
+    mask = latent.get("noise_mask")
+    return None if mask is None else mask.detach().cpu().float()
 
 
 def _has_step_cache(recipe: Recipe) -> bool:
@@ -165,16 +170,17 @@ def _owner(recipe: Recipe, takes_in_place: Callable[[Recipe], bool]) -> Recipe:
 
 def _bytes_needed(recipe: Recipe, spec: WanSpec) -> int:
     per_param = {"fp8_e4m3fn": 1, "fp32": 4}.get(recipe.weight_dtype, 2)
-    return int(spec.parameter_count() * per_param * 1.2)
+    experts = 2 if recipe.is_expert_pair else 1
+    return int(spec.parameter_count() * per_param * 1.2 * experts)
 
 
 def _build_engine(recipe: Recipe) -> LoadedEngine:
-    device, size = mm.get_torch_device(), _bytes_needed(recipe, recipe_model(recipe).spec)
+    device, size = mm.get_torch_device(), _bytes_needed(recipe, recipe_spec(recipe))
     mm.free_memory(size, device)  # ComfyUI's own models make room for ours first
-    return _register(WanEngine.build(recipe, device), size)
+    return _register(build_engine(recipe, device, None), size)
 
 
-def _register(engine: WanEngine | WorkerGroup, size: int) -> LoadedEngine:
+def _register(engine: WanEngine | ExpertPair | WorkerGroup, size: int) -> LoadedEngine:
     """The engine, registered as loaded with ComfyUI's model management (which may then unload it)."""
     loaded = LoadedEngine(engine, mm.get_torch_device(), size)
     loaded.register()
@@ -217,17 +223,18 @@ def _prepare(
 ) -> tuple[WanSpec, GroupConfig | None]:
     """Every check of the run, before any engine is touched: a warm group stays as it is and no new one starts
     for a request or a recipe the ranks would refuse. The model's spec, and the group's config (None: one GPU)."""
-    spec = recipe_model(recipe).spec
+    spec = recipe_spec(recipe)
     config = None if gpus == 1 else _group_config(gpus, mode, ulysses_degree, cfg_parallel, overlap, liveness)
     check_run(recipe, spec, request, None if config is None else config.parallel)
     return spec, config
 
 
-def _free_devices(config: GroupConfig, keep: LoadedEngine | None = None) -> None:
-    """ComfyUI's own models (text encoder, VAE...) leave the GPUs the group uses (the group itself stays)."""
+def _free_devices(config: GroupConfig, keep: list[LoadedEngine] | None = None) -> None:
+    """ComfyUI's own models (text encoder, VAE...) leave the GPUs the group uses (the groups in ``keep`` stay: this
+    one, and the group of the other expert of a Wan2.2 model)."""
     if config.device != "cuda":
         return
-    keep_loaded = keep.keep_loaded() if keep is not None else []
+    keep_loaded = [entry for loaded in keep or [] for entry in loaded.keep_loaded()]
     for index in range(config.nproc_per_node):
         mm.free_memory(1e30, torch.device("cuda", index), keep_loaded=keep_loaded)
     mm.soft_empty_cache()
@@ -242,10 +249,11 @@ def _sample_in_group(
     variant = f"{same_group}|CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
 
     started: list[WorkerGroup] = []
+    family = expert_family(recipe, variant)
 
     def start(r: Recipe) -> LoadedEngine:
         status.show(f"starting a worker group of {config.world_size} processes: each loads the model")
-        _free_devices(config)
+        _free_devices(config, keep=ENGINES.family(family))  # the other expert's group stays
         group = WorkerGroup(r, config, should_cancel=mm.processing_interrupted)  # Cancel works while it starts
         started.append(group)
         return _register(group, _bytes_needed(r, spec))
@@ -260,13 +268,15 @@ def _sample_in_group(
             valid=lambda e: e.engine is not None and e.engine.alive,
             built_from=recipe.without_loras(),
             owner=_owner(recipe, lambda r: bool(r.loras)),
+            family=family,
         )
     except StartCancelled:
         mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
         raise
     group = loaded.engine
     assert isinstance(group, WorkerGroup)
-    _free_devices(config, keep=loaded)  # ComfyUI may have loaded its models again since the last prompt
+    # ComfyUI may have loaded its models again since the last prompt
+    _free_devices(config, keep=[loaded, *(e for e in ENGINES.family(family) if e is not loaded)])
     log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", steps, group.run_id, config.world_size)
     devices = gpu_names(torch.device(config.device), config.nproc_per_node)
     layout = config.parallel.describe() if config.parallel is not None else f"{config.world_size} processes"
@@ -354,7 +364,10 @@ def _model_and_text_inputs() -> dict:
 
 
 HIDDEN = {"unique_id": "UNIQUE_ID"}  # the node the status text goes to
-OUTPUT_TOOLTIP = "The denoised Wan latent: decode it with VAEDecode and the Wan2.1 VAE, or continue it in a sampler."
+OUTPUT_TOOLTIP = (
+    "The denoised Wan latent: decode it with VAEDecode and the model's VAE (Wan2.1 VAE; Wan2.2 VAE for TI2V 5B), or "
+    "continue it in a sampler."
+)
 
 
 def _gpus_input() -> tuple:
@@ -368,7 +381,7 @@ def _run(
     node's output with the run's summary."""
     spec, config = _prepare(recipe, request, gpus, **parallel)  # before any engine is touched
     steps = len(request.run_sigmas()) - 1  # the steps this run takes (a start/end cut or denoise changes them)
-    status = SamplerStatus(node_id, steps)
+    status = SamplerStatus(node_id, steps, spec.latent_channels)
     if config is None:
         result = _sample_here(recipe, request, status)
     else:
@@ -397,9 +410,10 @@ def _sample_here(recipe: Recipe, request: SampleRequest, status: SamplerStatus) 
         built_from=to_build.without_loras(),
         owner=_owner(recipe, lambda r: _has_step_cache(r) or bool(r.loras)),
         valid=lambda e: e.engine is not None and e.engine.can_use_loras_of(recipe),  # None: ComfyUI unloaded it
+        family=expert_family(recipe),
     )
     engine = loaded.engine
-    assert isinstance(engine, WanEngine)
+    assert isinstance(engine, (WanEngine, ExpertPair))
     engine.use_loras_of(recipe)
     engine.use_step_caches_of(recipe)
     device = engine.device
@@ -445,6 +459,7 @@ class DaxMultiGPUSampler:
         request = SampleRequest(
             **_conditioning(dax_model, positive, negative, latent),
             latent=latent,
+            noise_mask=_noise_mask(latent_image),
             seed=seed,
             steps=steps,
             cfg=cfg,
@@ -494,6 +509,7 @@ class DaxSamplerAdvanced:
         request = SampleRequest(
             **_conditioning(dax_model, positive, negative, latent),
             latent=latent,
+            noise_mask=_noise_mask(latent_image),
             seed=noise_seed,
             steps=steps,
             cfg=cfg,

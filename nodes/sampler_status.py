@@ -1,8 +1,9 @@
 """The sampler's live status in ComfyUI: its progress text, the progress bar and latent previews.
 
 The text goes out as ComfyUI's progress-text message to the node (``node_text``). Previews are made by ComfyUI's
-own previewer for the Wan latent format, so its preview method setting (``--preview-method``) decides whether there
-are any and how they are drawn; with previews off none is asked of the engine.
+own previewer for the model's Wan latent format (Wan21's 16 channels, Wan22's 48), so its preview method setting
+(``--preview-method``) decides whether there are any and how they are drawn; with previews off none is asked of the
+engine.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ class SamplerStatus:
     """What one Multi-GPU Sampler run shows: ``show`` a line before sampling, then ``setup``, ``on_progress``
     per step and ``finish`` with the result."""
 
-    def __init__(self, node_id: str | None, steps: int) -> None:
+    def __init__(self, node_id: str | None, steps: int, latent_channels: int = 16) -> None:
         self.node_id = node_id
         self.pbar = comfy.utils.ProgressBar(steps)
         self.device = mm.get_torch_device()
-        self.previewer = latent_preview.get_previewer(self.device, comfy.latent_formats.Wan21())
+        latent_format = comfy.latent_formats.Wan22() if latent_channels == 48 else comfy.latent_formats.Wan21()
+        self.previewer = latent_preview.get_previewer(self.device, latent_format)
         self.where = Setup(gpu_names(self.device))
 
     @property

@@ -24,6 +24,7 @@ QUALITY = 85
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 API_FOLDER = "api"
 SAMPLER = "DaxMultiGPUSampler"
+LATENT_NODES = ("EmptyHunyuanLatentVideo", "WanImageToVideo", "WanFirstLastFrameToVideo", "Wan22ImageToVideoLatent")
 log = logging.getLogger("workflow_thumbnails")
 
 BACKGROUND = (32, 33, 36)
@@ -86,7 +87,7 @@ def details(node: dict[str, Any]) -> str:
 
 def _video_size(prompt: dict[str, Any]) -> str | None:
     for node in prompt.values():
-        if node["class_type"] in ("EmptyHunyuanLatentVideo", "WanImageToVideo", "WanFirstLastFrameToVideo"):
+        if node["class_type"] in LATENT_NODES:  # each has the video's width, height and length
             i = node["inputs"]
             return f"{i['width']} x {i['height']}, {i['length']} frames"
     return None

@@ -1,9 +1,13 @@
-"""A random Wan2.1 VAE: a stand-in for ``wan_2.1_vae.safetensors`` in tests and the no-weights demo.
+"""Random Wan VAEs: stand-ins for ``wan_2.1_vae.safetensors`` and ``wan2.2_vae.safetensors`` in tests and the
+no-weights demo.
 
-The key/shape schema is written here from the architecture of Wan2.1's VAE (as ComfyUI builds it in
+The key/shape schemas are written here from the architectures: Wan2.1's VAE (as ComfyUI builds it in
 ``comfy/ldm/wan/vae.py``: dim 96, z_dim 16, dim_mult [1, 2, 4, 4], two residual blocks per level, temporal
-downsampling [False, True, True], no attention outside the middle blocks); a ComfyUI-tier test checks it against
-ComfyUI's module. Weights are random, scaled so that decoding stays finite and images are mid-grey noise.
+downsampling [False, True, True], no attention outside the middle blocks) and Wan2.2's (``vae2_2.py``: 2 x 2 pixel
+patches in and out, so 12 image channels; encoder dim 160, decoder dim 256, z_dim 48, the levels grouped as
+``downsamples.{level}.downsamples.{block}``, resampling that keeps its channels). ComfyUI-tier tests check both
+against ComfyUI's modules, whose fixed sizes are why the Wan2.2 one is full size (~705 M parameters, 1.4 GB in bf16).
+Weights are random, scaled so that decoding stays finite and images are mid-grey noise.
 """
 
 from __future__ import annotations
@@ -50,8 +54,8 @@ class _SchemaBuilder:
         self.attention(f"{name}.1", dim)
         self.residual(f"{name}.2", dim, dim)
 
-    def resample(self, name: str, dim: int, up: bool, temporal: bool) -> None:
-        self.conv(f"{name}.resample.1", dim, dim // 2 if up else dim, (3, 3))
+    def resample(self, name: str, dim: int, up: bool, temporal: bool, halve: bool = True) -> None:
+        self.conv(f"{name}.resample.1", dim, dim // 2 if up and halve else dim, (3, 3))
         if temporal:
             self.conv(f"{name}.time_conv", dim, dim * 2 if up else dim, (3, 1, 1))
 
@@ -103,6 +107,50 @@ def wan_vae_schema(
     return b.schema
 
 
+def wan22_vae_schema(
+    dim: int = 160,
+    decoder_dim: int = 256,
+    z_dim: int = 48,
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4),
+    num_res_blocks: int = 2,
+    temporal_downsample: tuple[bool, ...] = (False, True, True),
+    patch: int = 2,
+) -> Schema:
+    """Every parameter of a Wan2.2 VAE with its shape (defaults: Wan2.2's released VAE, as ComfyUI builds it)."""
+    b = _SchemaBuilder()
+    levels = len(dim_mult)
+    pixels = 3 * patch * patch
+
+    dims = [dim * m for m in (1, *dim_mult)]
+    b.conv("encoder.conv1", pixels, dims[0], (3, 3, 3))
+    for i, (c_in, c_out) in enumerate(itertools.pairwise(dims)):
+        level = f"encoder.downsamples.{i}.downsamples"
+        for j in range(num_res_blocks):
+            b.residual(f"{level}.{j}", c_in if j == 0 else c_out, c_out)
+        if i != levels - 1:
+            b.resample(f"{level}.{num_res_blocks}", c_out, up=False, temporal=temporal_downsample[i])
+    b.middle("encoder.middle", dims[-1])
+    b.rms_norm("encoder.head.0", dims[-1])
+    b.conv("encoder.head.2", dims[-1], z_dim * 2, (3, 3, 3))
+
+    b.conv("conv1", z_dim * 2, z_dim * 2, (1, 1, 1))
+    b.conv("conv2", z_dim, z_dim, (1, 1, 1))
+
+    dims = [decoder_dim * m for m in (dim_mult[-1], *dim_mult[::-1])]
+    temporal_upsample = temporal_downsample[::-1]
+    b.conv("decoder.conv1", z_dim, dims[0], (3, 3, 3))
+    b.middle("decoder.middle", dims[0])
+    for i, (c_in, c_out) in enumerate(itertools.pairwise(dims)):
+        level = f"decoder.upsamples.{i}.upsamples"
+        for j in range(num_res_blocks + 1):
+            b.residual(f"{level}.{j}", c_in if j == 0 else c_out, c_out)
+        if i != levels - 1:
+            b.resample(f"{level}.{num_res_blocks + 1}", c_out, up=True, temporal=temporal_upsample[i], halve=False)
+    b.rms_norm("decoder.head.0", dims[-1])
+    b.conv("decoder.head.2", dims[-1], pixels, (3, 3, 3))
+    return b.schema
+
+
 def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     if name.endswith(".gamma"):
         return torch.ones(shape)
@@ -114,12 +162,21 @@ def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> t
     return torch.randn(shape, generator=gen) * (gain / math.sqrt(fan_in))
 
 
-def write_random_wan_vae(path: str | Path, seed: int = 0) -> Path:
-    """Write a random bf16 Wan2.1 VAE (about 250 MB) to ``path``; returns the path."""
+def _write(path: str | Path, schema: Schema, what: str, seed: int) -> Path:
     path = Path(path)
     gen = torch.Generator().manual_seed(seed)
-    tensors = {name: _random_tensor(name, shape, gen).to(torch.bfloat16) for name, shape in wan_vae_schema().items()}
+    tensors = {name: _random_tensor(name, shape, gen).to(torch.bfloat16) for name, shape in schema.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"format": "pt", "dax_demo": f"random Wan2.1 VAE, seed {seed}"})
-    log.info("wrote a random Wan2.1 VAE to %s", path)
+    save_file(tensors, str(path), metadata={"format": "pt", "dax_demo": f"random {what}, seed {seed}"})
+    log.info("wrote a random %s to %s", what, path)
     return path
+
+
+def write_random_wan_vae(path: str | Path, seed: int = 0) -> Path:
+    """Write a random bf16 Wan2.1 VAE (about 250 MB) to ``path``; returns the path."""
+    return _write(path, wan_vae_schema(), "Wan2.1 VAE", seed)
+
+
+def write_random_wan22_vae(path: str | Path, seed: int = 0) -> Path:
+    """Write a random bf16 Wan2.2 VAE (48 latent channels, about 1.4 GB) to ``path``; returns the path."""
+    return _write(path, wan22_vae_schema(), "Wan2.2 VAE", seed)

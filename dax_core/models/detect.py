@@ -2,8 +2,8 @@
 
 ``describe_foreign`` recognises the files people pick by mistake (Wan variants DAX does not run - VACE, camera
 control, S2V, HuMo, Animate, Phantom - the Wan VAE, the umt5 text encoder, CLIP vision, LoRAs); ``infer_spec`` reads
-a Wan2.1 DiT's size and variant (T2V, I2V, FLF2V) from its shapes; ``expected_shapes`` is what that spec must hold,
-taken from the model itself.
+a Wan DiT's size and variant (T2V, I2V with or without CLIP features, FLF2V, TI2V) from its shapes;
+``expected_shapes`` is what that spec must hold, taken from the model itself.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import PurePath
 
 import torch
 
-from .spec import WanSpec
+from .spec import WAN22_LATENT_CHANNELS, WanSpec
 from .wan import WanModel
 from .weights_error import WeightsError
 
@@ -23,7 +23,7 @@ HEAD_DIM = 128  # every published Wan2.1 size: 1.3B is 1536 / 12 heads, 14B is 5
 NUM_HEADS_METADATA = "dax.num_heads"  # safetensors metadata key overriding dim // HEAD_DIM (tiny test models)
 SUPPORTED = (
     "DAX runs Wan2.1 text-to-video (1.3B, 14B), image-to-video (I2V 14B, 480p and 720p) and first-last-frame "
-    "(FLF2V 14B) models"
+    "(FLF2V 14B), Wan2.2 TI2V 5B and Wan2.2 T2V and I2V A14B models"
 )
 CLIP_EMBEDDING = "img_emb.proj.0.weight"  # the image embedding's first LayerNorm: [clip_dim]
 FLF_POSITIONS = "img_emb.emb_pos"  # FLF2V's positional embedding of its image tokens: [1, tokens, clip_dim]
@@ -77,7 +77,9 @@ def infer_spec(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None =
     """The WanSpec of Wan-named parameter ``shapes``; ``where`` (the file) starts every error message.
 
     The variant: an image embedding (``img_emb``) makes an I2V model, its positional embedding (``emb_pos``) an
-    FLF2V one; neither, a text-to-video model.
+    FLF2V one; a patch embedding of noise + 4 mask + image-latent channels without an image embedding, an I2V model
+    without CLIP features (``clip_dim`` 0: Wan2.2 I2V A14B; ComfyUI runs it as its WanModel with text-only
+    cross-attention); none of these, a text-to-video model (TI2V for 48 latent channels).
 
     Attention heads leave no trace in the shapes: ``num_heads`` overrides, else dim // 128 (Wan's head size).
     """
@@ -115,7 +117,7 @@ def infer_spec(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None =
             out_dim=shapes["head.head.weight"][0] // max(1, math.prod(patch_size)),
             patch_size=patch_size,
             cross_attn_norm="blocks.0.norm3.weight" in shapes,
-            **image,
+            **(image or {"model_type": _model_type(shapes["head.head.weight"][0] // max(1, math.prod(patch_size)))}),
         )
     except ValueError as e:
         raise WeightsError(f"{where}: the tensor shapes describe no valid Wan2.1 model ({e})") from e
@@ -125,11 +127,8 @@ def _image_fields(shapes: Mapping[str, tuple[int, ...]], in_dim: int, where: str
     """The WanSpec fields of the variant the image modules tell (none for text-to-video)."""
     if CLIP_EMBEDDING not in shapes:
         out_dim = shapes["head.head.weight"][0] // max(1, math.prod(shapes["patch_embedding.weight"][2:]))
-        if in_dim == 2 * out_dim + 4:  # noise, mask and an image latent, but no CLIP features
-            raise WeightsError(
-                f"{where}: its patch embedding takes {in_dim} channels but it has no image embedding ({CLIP_EMBEDDING})"
-                f": not a Wan2.1 model DAX runs (a Wan2.2 image-to-video expert or a Fun control model?); {SUPPORTED}"
-            )
+        if in_dim == 2 * out_dim + 4:  # noise, mask and an image latent, but no CLIP features: Wan2.2 I2V A14B
+            return {"model_type": "i2v", "clip_dim": 0}
         return {}
     fields: dict = {"model_type": "i2v", "clip_dim": shapes[CLIP_EMBEDDING][0]}
     if FLF_POSITIONS in shapes:
@@ -138,6 +137,13 @@ def _image_fields(shapes: Mapping[str, tuple[int, ...]], in_dim: int, where: str
             raise WeightsError(f"{where}: {FLF_POSITIONS} has shape {list(positions)}, expected [1, tokens, width]")
         fields |= {"model_type": "flf2v", "image_pos_tokens": positions[1]}
     return fields
+
+
+def _model_type(out_dim: int) -> str:
+    """A DiT that predicts the Wan2.2 VAE's 48 latent channels is Wan2.2 TI2V (ComfyUI's rule too: WAN22_T2V is the
+    Wan model with ``out_dim`` 48); a 16-channel text-to-video DiT is Wan2.1 T2V or a Wan2.2 A14B expert, which
+    shapes cannot tell apart (the user's model choice at Load does)."""
+    return "ti2v" if out_dim == WAN22_LATENT_CHANNELS else "t2v"
 
 
 def expected_shapes(spec: WanSpec) -> dict[str, tuple[int, ...]]:

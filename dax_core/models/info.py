@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..experts import EXPERTS
 from .spec import WanSpec
 
 FAMILIES = ("wan2.1", "wan2.2")
-EXPERTS = ("high_noise", "low_noise")
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,10 @@ class ModelInfo:
 
     @classmethod
     def of(cls, spec: WanSpec) -> ModelInfo:
-        """The Wan2.1 model of ``spec``, named by its preset when it is one."""
-        return cls(spec=spec, variant=spec.name)
+        """The model of ``spec`` (Wan2.2 for a TI2V spec or an image-to-video one without CLIP features, which only
+        Wan2.2 I2V A14B is; else Wan2.1), named by its preset when it is one."""
+        wan22 = spec.model_type == "ti2v" or (spec.takes_image_latent and not spec.takes_clip)
+        return cls(spec=spec, variant=spec.name, family="wan2.2" if wan22 else "wan2.1")
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"spec": self.spec.to_dict(), "variant": self.variant, "family": self.family}

@@ -29,6 +29,13 @@ def _fused(x: torch.Tensor) -> ModuleType | None:
     return _triton_ops()
 
 
+def _fused_modulation(x: torch.Tensor, modulation: torch.Tensor) -> ModuleType | None:
+    """``_fused`` for x [B, S, D] with a per-batch-row modulation [B, 1, D], what the kernels read; a modulation per
+    token [B, S, D] or per group of tokens (x [B, N, S / N, D], modulation [B, N, 1, D]: Wan2.2's timestep per latent
+    frame) takes the PyTorch path, which broadcasts any of them."""
+    return _fused(x) if x.ndim == 3 and modulation.ndim == 3 and modulation.shape[1] == 1 else None
+
+
 def row_quantizer(x: torch.Tensor) -> ModuleType | None:
     """The one-pass per-row quantization kernels (``fused_quant``) for eager CUDA tensors; None where
     ``dax_core.quant.numerics.quantize`` serves (the CPU, and torch.compile, which fuses that itself)."""
@@ -41,10 +48,11 @@ def modulated_layer_norm(
 ) -> torch.Tensor:
     """``LayerNorm(x) * (1 + scale) + shift`` in float32, returned in ``x.dtype``.
 
-    x: [B, S, D]; shift, scale: [B, 1, D] float32. ``quantize``: the dtype the 8-bit linear layers fed by the output
-    quantize it to, per row; the fused kernel then writes that quantization too (``prequantized``).
+    x: [B, S, D]; shift, scale: [B, 1, D] float32 (or any shapes that broadcast: ``_fused_modulation``).
+    ``quantize``: the dtype the 8-bit linear layers fed by the output quantize it to, per row; the fused kernel then
+    writes that quantization too (``prequantized``).
     """
-    if (fused := _fused(x)) is not None:
+    if (fused := _fused_modulation(x, shift)) is not None:
         return fused.modulated_layer_norm(x, shift, scale, eps, quantize)
     normed = F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
     return torch.addcmul(shift, normed, 1 + scale).to(x.dtype)
@@ -59,7 +67,7 @@ def add_modulated_layer_norm(
     quantize: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(``x + r`` in ``x.dtype``, its ``modulated_layer_norm``): one pass on CUDA."""
-    if (fused := _fused(x)) is not None:
+    if (fused := _fused_modulation(x, shift)) is not None:
         return fused.add_modulated_layer_norm(x, r, shift, scale, eps, quantize)
     x = x + r
     return x, modulated_layer_norm(x, shift, scale, eps)
@@ -75,15 +83,15 @@ def gated_residual_layer_norm(
     quantize: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(``gated_residual(x, y, gate)``, its ``affine_layer_norm``): one pass on CUDA."""
-    if (fused := _fused(x)) is not None:
+    if (fused := _fused_modulation(x, gate)) is not None:
         return fused.gated_residual_layer_norm(x, y, gate, weight, bias, eps, quantize)
     x = gated_residual(x, y, gate)
     return x, affine_layer_norm(x, weight, bias, eps)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``x + y * gate`` in float32, returned in ``x.dtype``. gate: [B, 1, D] float32."""
-    if (fused := _fused(x)) is not None:
+    """``x + y * gate`` in float32, returned in ``x.dtype``. gate: [B, 1, D] float32 (or any shape that broadcasts)."""
+    if (fused := _fused_modulation(x, gate)) is not None:
         return fused.gated_residual(x, y, gate)
     return torch.addcmul(x.float(), y.float(), gate).to(x.dtype)
 

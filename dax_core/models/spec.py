@@ -1,7 +1,8 @@
 """Wan DiT shapes and variants: the published configurations and any size read from weights.
 
 A variant is data: ``model_type`` and the fields beside it decide what ``WanModel`` builds (input channels, the image
-cross-attention and image embedding), what the loader expects and what the sampler must be given.
+cross-attention and image embedding, per-token timesteps), what the loader expects and what the sampler must be
+given.
 """
 
 from __future__ import annotations
@@ -9,16 +10,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
-"""text-to-video; image-to-video (Wan2.1 I2V); first-last-frame-to-video (Wan2.1 FLF2V); Wan2.2 TI2V."""
+MODEL_TYPES: tuple[str, ...] = ("t2v", "i2v", "flf2v", "ti2v")
+"""What a Wan DiT is conditioned on: text ("t2v"), text and a start image ("i2v"), a first and a last frame
+("flf2v"), or text and an optional first frame in the latent itself, with per-token timesteps (Wan2.2 "ti2v")."""
 IMAGE_MODEL_TYPES = ("i2v", "flf2v")
-"""Variants that take CLIP-vision image features (an image cross-attention beside the text one)."""
+"""Variants that take the image latent and a mask concatenated to the noise; whether they also take CLIP-vision
+features (an image cross-attention beside the text one) is ``WanSpec.clip_dim``'s (0: none, Wan2.2 I2V A14B)."""
 CLIP_IMAGE_TOKENS = 257
 """Tokens of one image in CLIP ViT-H/14's penultimate hidden states at 224 px (1 class + 16 x 16 patches)."""
 
 VAE_SPATIAL_STRIDE = 8
 """Pixels per latent cell along the height and the width (the Wan2.1 VAE's compression): sizes in messages are in
 pixels, the unit the user chose them in."""
+WAN22_VAE_SPATIAL_STRIDE = 16
+"""The same for the Wan2.2 VAE, whose 48-channel latent compresses 16x along the height and the width."""
+WAN22_LATENT_CHANNELS = 48
 
 
 @dataclass(frozen=True)
@@ -26,8 +32,11 @@ class WanSpec:
     """Shape and variant of a Wan DiT. Validated at construction.
 
     ``model_type``: one of ``MODEL_TYPES``. The image variants ("i2v", "flf2v") take ``in_dim`` = noise + 4 mask +
-    image-latent channels (36 for Wan2.1) and CLIP-vision features ``clip_dim`` wide; FLF2V adds a learned positional
-    embedding over ``image_pos_tokens`` image tokens (514 = 2 images x 257), which other variants leave at 0.
+    image-latent channels (36 for 16-channel latents) and, where ``clip_dim`` > 0, CLIP-vision features ``clip_dim``
+    wide through an image embedding and an image cross-attention (Wan2.1 I2V, FLF2V: 1280). ``clip_dim`` 0 is an
+    image-to-video model without CLIP (Wan2.2 I2V A14B: the image reaches it through the latent alone); FLF2V always
+    takes CLIP features. Text-only variants ignore ``clip_dim``. FLF2V adds a learned positional embedding over
+    ``image_pos_tokens`` image tokens (514 = 2 images x 257), which other variants leave at 0.
     """
 
     dim: int
@@ -64,8 +73,14 @@ class WanSpec:
         self._check_image_fields()
 
     def _check_image_fields(self) -> None:
-        if not isinstance(self.clip_dim, int) or self.clip_dim <= 0:
-            raise ValueError(f"WanSpec.clip_dim must be a positive integer, got {self.clip_dim!r}")
+        if not isinstance(self.clip_dim, int) or self.clip_dim < 0:
+            raise ValueError(
+                f"WanSpec.clip_dim must be an integer >= 0 (0: no CLIP-vision features), got {self.clip_dim!r}"
+            )
+        if self.model_type == "flf2v" and self.clip_dim == 0:
+            raise ValueError(
+                "WanSpec: an flf2v model takes both frames' CLIP-vision features: clip_dim must be positive (1280)"
+            )
         tokens = self.image_pos_tokens
         if not isinstance(tokens, int) or tokens < 0:
             raise ValueError(f"WanSpec.image_pos_tokens must be an integer >= 0, got {tokens!r}")
@@ -75,20 +90,27 @@ class WanSpec:
                 f"positional embedding over their image tokens (2 x {CLIP_IMAGE_TOKENS} = {2 * CLIP_IMAGE_TOKENS}), "
                 "other variants none (0)"
             )
-        if self.takes_image and self.in_dim != 2 * self.out_dim + 4:
+        if self.takes_image_latent and self.in_dim != 2 * self.out_dim + 4:
             raise ValueError(
                 f"WanSpec: a {self.model_type} model takes noise, a 4-channel mask and the image latent "
                 f"({2 * self.out_dim + 4} channels for {self.out_dim}-channel latents), got in_dim {self.in_dim}"
             )
 
     @property
-    def takes_image(self) -> bool:
-        """Whether the model takes CLIP-vision features and an image latent (I2V, FLF2V)."""
+    def takes_image_latent(self) -> bool:
+        """Whether the model takes the mask and the image latent concatenated to the noise (I2V, FLF2V)."""
         return self.model_type in IMAGE_MODEL_TYPES
 
     @property
+    def takes_clip(self) -> bool:
+        """Whether the model takes CLIP-vision features (an image embedding and an image cross-attention): Wan2.1
+        I2V and FLF2V; not Wan2.2 I2V A14B (``clip_dim`` 0) nor the text-only variants."""
+        return self.takes_image_latent and self.clip_dim > 0
+
+    @property
     def latent_channels(self) -> int:
-        """Channels of the video latent the sampler denoises (the model's output; its input adds the image's)."""
+        """Channels of the VAE latent the sampler denoises (16: the Wan2.1 VAE; 48: the Wan2.2 VAE): the model's
+        output; an image model's input adds the image's."""
         return self.out_dim
 
     @property
@@ -102,11 +124,24 @@ class WanSpec:
         return (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
 
     @property
+    def per_token_timesteps(self) -> bool:
+        """Whether the model takes a timestep per latent frame (Wan2.2 TI2V: a given first frame is at t = 0), as
+        ComfyUI's WAN22 model derives it from the latent's noise mask."""
+        return self.model_type == "ti2v"
+
+    @property
+    def vae_spatial_stride(self) -> int:
+        """Pixels per latent cell of the VAE whose latent this model denoises."""
+        return WAN22_VAE_SPATIAL_STRIDE if self.latent_channels == WAN22_LATENT_CHANNELS else VAE_SPATIAL_STRIDE
+
+    @property
     def name(self) -> str:
         for preset_name, preset in PRESETS.items():
             if preset == self:
                 return preset_name
         kind = "" if self.model_type == "t2v" else f"{self.model_type}-"
+        if self.takes_image_latent and not self.takes_clip:
+            kind += "noclip-"
         return f"custom-{kind}d{self.dim}-l{self.num_layers}-h{self.num_heads}"
 
     def check_latent(self, shape: Sequence[int], channels: int | None = None) -> None:
@@ -119,16 +154,20 @@ class WanSpec:
         shape = tuple(shape)
         channels = self.in_dim if channels is None else channels
         if len(shape) != 5 or shape[1] != channels:
+            source = (
+                "use Wan22ImageToVideoLatent (with the Wan2.2 VAE) for the latent"
+                if channels == WAN22_LATENT_CHANNELS
+                else "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
+            )
             raise ValueError(
-                f"expected a video latent [B, {channels}, frames, height, width], got shape {shape}: "
-                "use EmptyHunyuanLatentVideo (or a Wan VAE encode) for the latent"
+                f"expected a video latent [B, {channels}, frames, height, width], got shape {shape}: {source}"
             )
         pt, ph, pw = self.patch_size
         if shape[2] % pt:
             raise ValueError(f"the latent's {shape[2]} frames are not a multiple of the patch's {pt}")
         for axis, size, patch in (("height", shape[3], ph), ("width", shape[4], pw)):
             if size % patch:
-                step, pixels = patch * VAE_SPATIAL_STRIDE, size * VAE_SPATIAL_STRIDE
+                step, pixels = patch * self.vae_spatial_stride, size * self.vae_spatial_stride
                 lower = pixels // step * step
                 use = f"{lower} or {lower + step}" if lower else str(step)
                 raise ValueError(
@@ -148,9 +187,10 @@ class WanSpec:
 
     def check_image_features(self, shape: Sequence[int] | None, batch: int) -> None:
         """Raise ValueError, saying what to change, unless CLIP-vision features of ``shape`` (None: none given) fit
-        this model for a forward of ``batch`` rows: an image model needs them, [batch or 1, tokens, clip_dim], and a
-        model without image cross-attention takes none."""
-        if not self.takes_image:
+        this model's forward of ``batch`` rows: a model with CLIP features (``takes_clip``) needs them, [batch or 1,
+        tokens, clip_dim], and a model without image cross-attention takes none (a sampler drops the features a
+        Wan2.2 I2V A14B model cannot use before its forward, as ComfyUI does, and says so)."""
+        if not self.takes_clip:
             if shape is not None:
                 raise ValueError(
                     f"this {self.model_type} model has no image cross-attention, but CLIP-vision features were given: "
@@ -193,7 +233,7 @@ class WanSpec:
         block += 4 * (d * d + d) + 2 * d  # cross attention
         block += (2 * d if self.cross_attn_norm else 0) + d * f + f + f * d + d + 6 * d
         head = d * self.out_dim * p + self.out_dim * p + 2 * d
-        if self.takes_image:
+        if self.takes_clip:
             c = self.clip_dim
             block += 2 * (d * d + d) + d  # k_img, v_img, norm_k_img
             embed += 2 * c + c * c + c + c * d + d + 2 * d + self.image_pos_tokens * c  # img_emb
@@ -202,6 +242,16 @@ class WanSpec:
 
 WAN21_T2V_1_3B = WanSpec(dim=1536, num_layers=30, num_heads=12, ffn_dim=8960)
 WAN21_T2V_14B = WanSpec(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824)
+WAN22_TI2V_5B = WanSpec(dim=3072, num_layers=30, num_heads=24, ffn_dim=14336, in_dim=48, out_dim=48, model_type="ti2v")
+"""Wan2.2 TI2V 5B, from the official configuration (wan/configs/wan_ti2v_5B.py: dim 3072, ffn 14336, 30 layers,
+24 heads, in and out 48 channels, patch (1, 2, 2), freq 256, text 4096, eps 1e-6)."""
+WAN22_T2V_A14B = WAN21_T2V_14B
+"""Each expert of Wan2.2 T2V A14B has exactly Wan2.1 T2V 14B's shapes: which model an expert file is can only be said
+by the user (Load Wan DAX's model choice), never read from the file."""
+WAN22_I2V_A14B = WanSpec(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824, in_dim=36, model_type="i2v", clip_dim=0)
+"""Each expert of Wan2.2 I2V A14B (wan/configs/wan_i2v_A14B.py: Wan2.1 14B's shapes, 36 input channels, no CLIP
+image embedding nor image cross-attention): the start image reaches it through the concatenated image latent alone.
+No Wan2.1 model has these shapes, but which expert a file is (high- or low-noise) only the user can say."""
 
 WAN21_I2V_14B = WanSpec(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824, in_dim=36, model_type="i2v")
 """Wan2.1 I2V 14B: the 480p and the 720p files share these shapes."""
@@ -214,4 +264,7 @@ PRESETS: dict[str, WanSpec] = {
     "wan2.1-t2v-14b": WAN21_T2V_14B,
     "wan2.1-i2v-14b": WAN21_I2V_14B,
     "wan2.1-flf2v-14b": WAN21_FLF2V_14B,
+    "wan2.2-ti2v-5b": WAN22_TI2V_5B,
+    "wan2.2-t2v-a14b": WAN22_T2V_A14B,
+    "wan2.2-i2v-a14b": WAN22_I2V_A14B,
 }

@@ -1,12 +1,14 @@
-"""Small random Wan2.1 DiTs of every variant DAX runs, written in every on-disk format the loader reads (for tests
+"""Small random Wan DiTs of every variant DAX runs, written in every on-disk format the loader reads (for tests
 and demos).
 
-``python -m dax_core tiny-model --out FILE [--variant t2v|i2v|flf2v --dim 64 --layers 2 --heads 4 --ffn 128
+``python -m dax_core tiny-model --out FILE [--variant t2v|i2v|flf2v|ti2v --dim 64 --layers 2 --heads 4 --ffn 128
 --text-dim 768 --clip-dim 1280 --naming wan|comfy|diffusers --dtype bf16|fp16|fp32|fp8_e4m3fn|fp8_scaled --seed 0
 --sharded]``
 
 I2V and FLF2V models take 36 input channels and CLIP-vision features ``--clip-dim`` wide (1280: what ComfyUI's
-CLIP ViT-H gives); FLF2V's positional embedding covers two images of 257 tokens.
+CLIP ViT-H gives); FLF2V's positional embedding covers two images of 257 tokens. A TI2V model (Wan2.2 TI2V 5B's
+kind) takes and predicts the Wan2.2 VAE's 48 latent channels; a Wan2.2 T2V A14B expert has a t2v model's shapes, an
+I2V A14B one an i2v model's with ``--clip-dim 0`` (36 input channels, no image embedding nor image cross-attention).
 
 Weights are random with the scales of a trained model (linears std 1/sqrt(fan_in), modulation
 std 1/sqrt(dim), norm weights near 1) so a forward pass stays finite. Every file carries the
@@ -29,14 +31,14 @@ from torch import nn
 
 from .detect import NUM_HEADS_METADATA
 from .naming import COMFY_PREFIXES, wan_to_diffusers
-from .spec import CLIP_IMAGE_TOKENS, WanSpec
+from .spec import CLIP_IMAGE_TOKENS, WAN22_LATENT_CHANNELS, WanSpec
 from .wan import WanModel
 from .weight_conversion import is_block_linear_weight, quantize_fp8
 from .weight_files import DIFFUSERS_CONFIG, DIFFUSERS_INDEX
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("t2v", "i2v", "flf2v")
+VARIANTS = ("t2v", "i2v", "flf2v", "ti2v")
 NAMINGS = ("wan", "comfy", "diffusers")  # comfy: wan naming under the model.diffusion_model. prefix
 DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_scaled")
 _PLAIN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -146,8 +148,8 @@ def diffusers_config(spec: WanSpec) -> dict:
         "cross_attn_norm": spec.cross_attn_norm,
         "qk_norm": "rms_norm_across_heads",
         "eps": spec.eps,
-        "image_dim": spec.clip_dim if spec.takes_image else None,
-        "added_kv_proj_dim": spec.dim if spec.takes_image else None,
+        "image_dim": spec.clip_dim if spec.takes_clip else None,
+        "added_kv_proj_dim": spec.dim if spec.takes_clip else None,
         "pos_embed_seq_len": spec.image_pos_tokens or None,
         "rope_max_seq_len": 1024,
     }
@@ -168,6 +170,8 @@ def tiny_spec(
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
     image = {} if variant == "t2v" else {"model_type": variant, "in_dim": 36, "clip_dim": clip_dim}
+    if variant == "ti2v":
+        image = {"model_type": variant, "in_dim": WAN22_LATENT_CHANNELS, "out_dim": WAN22_LATENT_CHANNELS}
     if variant == "flf2v":
         image["image_pos_tokens"] = 2 * CLIP_IMAGE_TOKENS
     return WanSpec(
@@ -207,14 +211,24 @@ def write_tiny_model(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dax_core tiny-model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="file to write (a folder with --sharded)")
-    parser.add_argument("--variant", choices=VARIANTS, default="t2v", help="text-, image- or first-last-frame-to-video")
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="t2v",
+        help="text-, image-, first-last-frame-to-video, or Wan2.2 text-image-to-video (48 channels)",
+    )
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--ffn", type=int, default=128)
     parser.add_argument("--text-dim", type=int, default=768)
     parser.add_argument("--freq-dim", type=int, default=256)
-    parser.add_argument("--clip-dim", type=int, default=1280, help="CLIP-vision feature width (i2v, flf2v)")
+    parser.add_argument(
+        "--clip-dim",
+        type=int,
+        default=1280,
+        help="CLIP-vision feature width (i2v, flf2v); 0 with i2v: a Wan2.2 I2V A14B expert (no CLIP)",
+    )
     parser.add_argument("--naming", choices=NAMINGS, default="wan")
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--seed", type=int, default=0)
@@ -240,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     size = sum(p.stat().st_size for p in ([path] if path.is_file() else path.iterdir()))
     logger.info(
-        "wrote %s: Wan2.1 %s DiT dim %d, %d layers, %d heads, ffn %d, text %d (%s naming, %s, seed %d, %.1f MB)",
+        "wrote %s: Wan %s DiT dim %d, %d layers, %d heads, ffn %d, text %d (%s naming, %s, seed %d, %.1f MB)",
         path,
         args.variant,
         args.dim,

@@ -1,10 +1,12 @@
-"""The Wan2.1 DiT (text-to-video, image-to-video, first-last-frame): a compact implementation with the original
-(and ComfyUI) parameter names.
+"""The Wan DiT (Wan2.1 text-to-video, image-to-video, first-last-frame; Wan2.2 TI2V 5B and the A14B experts): a
+compact implementation with the original (and ComfyUI) parameter names.
 
-The variant is the spec's (``WanSpec.model_type``): I2V and FLF2V models take 36 input channels (noise, mask, image
-latent), embed CLIP-vision features (``img_emb``; FLF2V adds a positional embedding over its two images' tokens) and
-attend to them beside the text in every cross-attention (``k_img``, ``v_img``, ``norm_k_img``), the two attentions
-summed before the output projection.
+The variant is the spec's (``WanSpec.model_type``, ``clip_dim``): I2V and FLF2V models take 36 input channels (noise,
+mask, image latent); those with CLIP features (``WanSpec.takes_clip``: Wan2.1 I2V, FLF2V) embed them (``img_emb``;
+FLF2V adds a positional embedding over its two images' tokens) and attend to them beside the text in every
+cross-attention (``k_img``, ``v_img``, ``norm_k_img``), the two attentions summed before the output projection;
+Wan2.2 I2V A14B (``clip_dim`` 0) has neither, its cross-attention is the text's alone. TI2V models take a timestep
+per latent frame (or per token).
 
 Parameter names follow the original Wan2.1 checkpoints (``blocks.0.self_attn.q.weight`` ...), so
 original and ComfyUI files load as they are; diffusers files are renamed on load (``naming.py``).
@@ -175,7 +177,7 @@ class WanBlock(nn.Module):
         self.eps = spec.eps
         self.self_attn = WanAttention(d, spec.num_heads, spec.eps, device=device, dtype=dtype)
         self.norm3 = LayerNormAffine(d, device=device, dtype=dtype) if spec.cross_attn_norm else None
-        self.cross_attn = WanAttention(d, spec.num_heads, spec.eps, device=device, dtype=dtype, image=spec.takes_image)
+        self.cross_attn = WanAttention(d, spec.num_heads, spec.eps, device=device, dtype=dtype, image=spec.takes_clip)
         self.ffn = nn.Sequential(
             WanLinear(d, spec.ffn_dim, device=device, dtype=dtype),
             nn.GELU(approximate="tanh"),
@@ -199,27 +201,59 @@ class WanBlock(nn.Module):
         parallel: SequenceParallelHooks | None = None,
         image: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: [B, S, D]; e0: [B, 6, D] float32 time projection; context: [B, L, D] embedded text; image: [B, N, D]
-        embedded image tokens (I2V, FLF2V), else None.
+        """x: [B, S, D]; e0: [B, 6, D] float32 time projection, or [B, N, 6, D] for N equal groups of consecutive
+        tokens (per latent frame; N = S: per token) (``Prepared.e0``); context: [B, L, D] embedded text; image:
+        [B, N, D] embedded image tokens (I2V, FLF2V), else None.
 
         With ``parallel``, x holds this rank's slice of the tokens and self-attention runs across ranks.
         """
-        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e0).chunk(6, dim=1)
+        g = TokenGroups(e0.shape[1] if e0.ndim == 4 and e0.shape[1] != x.shape[1] else None)
+        shift, scale, gate, c_shift, c_scale, c_gate = _modulations(self.modulation, e0, g)
         iq = self.input_quant or NO_INPUT_QUANT
-        norms = ops if self.input_kernels is None or parallel is not None else self.input_kernels
-        xn = norms.modulated_layer_norm(x, shift, scale, self.eps, iq.self_attn)
+        own_kernels = self.input_kernels is not None and parallel is None and e0.ndim == 3
+        norms = self.input_kernels if own_kernels else ops
+        xn = g.flat(norms.modulated_layer_norm(g.split(x), shift, scale, self.eps, iq.self_attn))
         if parallel is None:
             y = self.self_attn.self_attention(xn, rope, self_attn)
         else:
             y = parallel.self_attention(self.self_attn, xn, rope, self_attn)
         if self.norm3 is not None:
             n3 = self.norm3
-            x, xn = norms.gated_residual_layer_norm(x, y, gate, n3.weight, n3.bias, self.eps, iq.cross_attn)
+            x, xn = norms.gated_residual_layer_norm(
+                g.split(x), g.split(y), gate, n3.weight, n3.bias, self.eps, iq.cross_attn
+            )
+            x, xn = g.flat(x), g.flat(xn)
         else:
-            x = xn = ops.gated_residual(x, y, gate)
+            x = xn = g.flat(ops.gated_residual(g.split(x), g.split(y), gate))
         y = self.cross_attn.cross_attention(xn, context, cross_attn, image)
-        x, xn = norms.add_modulated_layer_norm(x, y, c_shift, c_scale, self.eps, iq.ffn)
-        return ops.gated_residual(x, self.ffn(xn), c_gate)
+        x, xn = norms.add_modulated_layer_norm(g.split(x), g.split(y), c_shift, c_scale, self.eps, iq.ffn)
+        x, xn = g.flat(x), g.flat(xn)
+        return g.flat(ops.gated_residual(g.split(x), g.split(self.ffn(xn)), c_gate))
+
+
+@dataclass(frozen=True)
+class TokenGroups:
+    """A modulation per group of consecutive tokens (Wan2.2 TI2V's timestep per latent frame): the activations
+    [B, S, D] are viewed as [B, groups, S / groups, D] for the element-wise work, so that each group's [B, groups, 1,
+    D] modulation broadcasts over its tokens without being repeated per token. ``groups`` None: no grouping."""
+
+    groups: int | None
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.groups is None else x.unflatten(1, (self.groups, -1))
+
+    def flat(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.groups is None else x.flatten(1, 2)
+
+
+def _modulations(modulation: torch.Tensor, e: torch.Tensor, groups: TokenGroups) -> tuple[torch.Tensor, ...]:
+    """A block's six (the head's two) modulations from its [1, K, D] parameter and the time projection: [B, 1, D]
+    each for one per batch row ``e`` [B, K, D]; for ``e`` [B, N, K, D], [B, N, D] per token, or [B, N, 1, D] per
+    group of tokens (``groups``)."""
+    if e.ndim == 3:
+        return (modulation.float() + e).chunk(modulation.shape[1], dim=1)
+    mods = (modulation.float().unsqueeze(0) + e).unbind(2)
+    return mods if groups.groups is None else tuple(m.unsqueeze(2) for m in mods)
 
 
 class WanHead(nn.Module):
@@ -231,8 +265,11 @@ class WanHead(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 2, spec.dim, device=device, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
-        return self.head(ops.modulated_layer_norm(x, shift, scale, self.eps))
+        """x: [B, S, D]; e: [B, D] float32 time embedding, or [B, N, D] per group of consecutive tokens (N = S: per
+        token)."""
+        g = TokenGroups(e.shape[1] if e.ndim == 3 and e.shape[1] != x.shape[1] else None)
+        shift, scale = _modulations(self.modulation, e.unsqueeze(-2), g)
+        return self.head(g.flat(ops.modulated_layer_norm(g.split(x), shift, scale, self.eps)))
 
 
 class ImageEmbedding(nn.Module):
@@ -275,6 +312,34 @@ def sinusoidal_embedding(dim: int, timesteps: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=1).float()
 
 
+def timesteps_of(t: torch.Tensor, batch: int, patch: Sequence[int], latent_size: Sequence[int]) -> torch.Tensor:
+    """The model's timesteps for a latent of ``batch`` rows: [B] (one per row), or [B, N] for N equal groups of
+    consecutive tokens (N = the latent's frames: ComfyUI's WAN22 timestep per frame; or one per token).
+
+    Raises ValueError, saying what fits, for any other shape.
+    """
+    if t.numel() == 1:
+        return t.reshape(-1).expand(batch)
+    if t.ndim <= 1 or (t.ndim == 2 and t.shape[1] == 1):
+        if t.numel() != batch:
+            raise ValueError(f"{t.numel()} timesteps for a batch of {batch}: give one per batch row")
+        return t.reshape(-1)
+    frames = latent_size[0] // patch[0]
+    tokens = frames * (latent_size[1] // patch[1]) * (latent_size[2] // patch[2])
+    if t.ndim != 2 or t.shape[0] != batch or t.shape[1] not in (frames, tokens):
+        raise ValueError(
+            f"timesteps of shape {tuple(t.shape)} do not fit a batch of {batch} with {frames} frames and {tokens} "
+            f"tokens: give [{batch}], [{batch}, {frames}] (per frame) or [{batch}, {tokens}] (per token)"
+        )
+    return t
+
+
+def per_token(rows: torch.Tensor, tokens: int) -> torch.Tensor:
+    """[B, N, ...] values of N equal groups of consecutive tokens -> [B, tokens, ...], one row per token."""
+    groups = rows.shape[1]
+    return rows if groups == tokens else rows.repeat_interleave(tokens // groups, dim=1)
+
+
 def _linear_f32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     b = layer.bias.float() if layer.bias is not None else None
     w = layer.weight.float()
@@ -289,8 +354,9 @@ class Prepared:
     """Everything the block stack needs for one forward; produced by ``WanModel.prepare``."""
 
     tokens: torch.Tensor  # [B, S, D] in the compute dtype (this rank's batch and tokens when sequence-parallel)
-    e: torch.Tensor  # [B, D] float32 time embedding (for the head)
-    e0: torch.Tensor  # [B, 6, D] float32 time projection (for the blocks)
+    e: torch.Tensor  # [B, D] float32 time embedding (for the head); [B, N, D] with N timesteps per row (see e0)
+    e0: torch.Tensor  # [B, 6, D] float32 time projection (for the blocks); [B, N, 6, D] with a timestep per group
+    # of consecutive tokens (N latent frames; N = S: per token; sequence-parallel: per token, this rank's slice)
     context: torch.Tensor  # [B, L, D] embedded text
     image: torch.Tensor | None  # [B, N, D] embedded image tokens (I2V, FLF2V), else None
     rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [S, head_dim/2] for the tokens above
@@ -329,6 +395,8 @@ class SequenceParallelHooks(Protocol):
         self, attn: WanAttention, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kernel: AttentionFn
     ) -> torch.Tensor: ...
 
+    def shard_per_token(self, rows: torch.Tensor) -> torch.Tensor: ...
+
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -340,11 +408,12 @@ class BlockStackCache(Protocol):
 
 
 class WanModel(nn.Module):
-    """The Wan2.1 diffusion transformer of ``spec``'s variant (T2V, I2V, FLF2V).
+    """The Wan diffusion transformer of ``spec``'s variant (T2V, I2V, FLF2V, TI2V).
 
     ``forward(x, t, context)`` takes the latent [B, in_dim, F, H, W] (I2V / FLF2V: noise, mask and image latent
-    concatenated along the channels), the timestep [B] on Wan's 0..1000 scale and the text [B, L, text_dim], plus
-    ``clip_fea`` for image models; it returns the flow (velocity) prediction [B, out_dim, F, H, W].
+    concatenated along the channels), the timestep [B] on Wan's 0..1000 scale (or [B, F] per latent frame, or
+    [B, tokens] per token: Wan2.2 TI2V) and the text [B, L, text_dim], plus ``clip_fea`` for image models; it returns
+    the flow (velocity) prediction [B, out_dim, F, H, W].
     A ``step_cache`` (TeaCache...), when set, decides between ``prepare`` and ``run_blocks`` whether the block
     stack runs; ``branches`` then names the stream (e.g. CFG's "cond" / "uncond") of each batch row.
     """
@@ -369,7 +438,7 @@ class WanModel(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), WanLinear(d, 6 * d, device=device, dtype=dtype))
         self.img_emb = (
             ImageEmbedding(spec.clip_dim, d, spec.image_pos_tokens, device=device, dtype=dtype)
-            if spec.takes_image
+            if spec.takes_clip
             else None
         )
         self.blocks = nn.ModuleList(WanBlock(spec, device=device, dtype=dtype) for _ in range(spec.num_layers))
@@ -411,7 +480,7 @@ class WanModel(nn.Module):
         spec.check_text(context.shape)
         spec.check_image_features(None if clip_fea is None else clip_fea.shape, x.shape[0])
         out_shape = tuple(x.shape)
-        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
+        t = timesteps_of(t, x.shape[0], spec.patch_size, x.shape[2:])
         sp = self.sequence_parallel
         if sp is not None:
             batch = x.shape[0]
@@ -430,9 +499,14 @@ class WanModel(nn.Module):
             tokens, rope = sp.shard_tokens(tokens, rope, grid)
 
         e = _linear_f32(
-            self.time_embedding[2], F.silu(_linear_f32(self.time_embedding[0], sinusoidal_embedding(spec.freq_dim, t)))
+            self.time_embedding[2],
+            F.silu(_linear_f32(self.time_embedding[0], sinusoidal_embedding(spec.freq_dim, t.reshape(-1)))),
         )
-        e0 = _linear_f32(self.time_projection[1], F.silu(e)).unflatten(1, (6, spec.dim))
+        e0 = _linear_f32(self.time_projection[1], F.silu(e)).unflatten(-1, (6, spec.dim))
+        if t.ndim == 2:  # a timestep per group of consecutive tokens (per latent frame)
+            e, e0 = e.unflatten(0, t.shape), e0.unflatten(0, t.shape)
+            if sp is not None:  # a rank's slice of the tokens cuts groups: one row per token, sliced alike
+                e, e0 = (sp.shard_per_token(per_token(v, math.prod(grid))) for v in (e, e0))
         ctx = self.text_embedding(context.to(self.compute_dtype))
         image = None if self.img_emb is None else self.img_emb(clip_fea, self.compute_dtype)
         if image is not None and image.shape[0] != tokens.shape[0]:
@@ -477,7 +551,7 @@ class WanModel(nn.Module):
         clip_fea: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``clip_fea``: CLIP-vision features [B or 1, N, clip_dim] (penultimate hidden states; FLF2V: both images'
-        tokens), which an I2V / FLF2V model requires and a text-to-video model refuses."""
+        tokens), which a model with CLIP features (Wan2.1 I2V, FLF2V) requires and any other refuses."""
         p = self.prepare(x, t, context, clip_fea)
         if self.step_cache is None:
             return self.finish(self.run_blocks(p), p)

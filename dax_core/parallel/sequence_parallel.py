@@ -52,6 +52,7 @@ class SequenceParallel:
         self.token_alignment = token_alignment
         """Each slice holds a multiple of this many tokens (a block-sparse mask's block under ring attention)."""
         self._tokens: int | None = None  # real video tokens of the forward in progress (set by shard_tokens)
+        self._slice: tuple[int, int] = (0, 0)  # (start, length) of this rank's tokens in that forward
         self._rope_shards: dict[tuple, Rope] = {}
 
     @property
@@ -89,10 +90,18 @@ class SequenceParallel:
         total = tokens.shape[1]
         size = math.ceil(total / self.config.sequence_degree / self.token_alignment) * self.token_alignment
         start = self.groups.shard_index * size
-        self._tokens = total
-        local = tokens[:, start : start + size]
-        local = F.pad(local, (0, 0, 0, size - local.shape[1])).contiguous()
-        return local, self._rope_shard(rope, grid, start, size)
+        self._tokens, self._slice = total, (start, size)
+        return self.shard_per_token(tokens), self._rope_shard(rope, grid, start, size)
+
+    def shard_per_token(self, rows: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of per-token values [B, S, ...] (the tokens', or their per-token time embedding), padded
+        as ``shard_tokens`` pads the tokens (padding rows are zero: they are never attended to and are dropped)."""
+        if self._tokens is None:
+            raise RuntimeError("shard_per_token runs inside WanModel.prepare, after shard_tokens")
+        start, size = self._slice
+        local = rows[:, start : start + size]
+        pad = [0, 0] * (rows.ndim - 2) + [0, size - local.shape[1]]
+        return F.pad(local, pad).contiguous()
 
     def self_attention(self, attn: WanAttention, x: torch.Tensor, rope: Rope, kernel: AttentionFn) -> torch.Tensor:
         """Self-attention of this rank's tokens against the whole video; ``kernel`` is the model's own

@@ -22,7 +22,8 @@ from ..parallel import ParallelConfig, enable_sequence_parallel
 from ..recipe import Recipe
 from ..rules import check_recipe
 from .engine import WanEngine
-from .model_info import recipe_model
+from .expert_pair import ExpertPair
+from .model_info import recipe_spec
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +104,20 @@ def parallel_to_dict(cfg: ParallelConfig | None) -> dict[str, Any] | None:
     return None if cfg is None else cfg.to_dict()
 
 
-def build_engine(recipe: Recipe, device: torch.device, parallel: ParallelConfig | None) -> WanEngine:
+def build_engine(recipe: Recipe, device: torch.device, parallel: ParallelConfig | None) -> WanEngine | ExpertPair:
     """The recipe's engine on ``device``; with a parallel layout its forward is split over the process group
-    (the whole world), which the accelerations are given too (a step cache decides alike on every rank).
+    (the whole world), which the accelerations are given too (a step cache decides alike on every rank). A
+    two-expert recipe gives both experts, each built so (``ExpertPair``).
 
     The recipe and the layout are checked against the weights file's header first (``dax_core.rules``, what the
     owner of a worker group checked already), before any weight is loaded."""
-    check_recipe(recipe, recipe_model(recipe).spec, parallel)
+    check_recipe(recipe, recipe_spec(recipe), parallel)
+    if recipe.is_expert_pair:
+        return ExpertPair.build(recipe, device, build=lambda r, d: _build_one(r, d, parallel))
+    return _build_one(recipe, device, parallel)
+
+
+def _build_one(recipe: Recipe, device: torch.device, parallel: ParallelConfig | None) -> WanEngine:
     if parallel is None or parallel.world_size == 1:
         return WanEngine.build(recipe, device)
     engine = WanEngine.build(recipe, device, sequence_group=dist.group.WORLD)

@@ -19,8 +19,9 @@ from ..cache.base import StepCacheReport
 from ..models.wan import WanModel
 from ..parallel.config import ParallelConfig
 from ..recipe import Recipe
-from ..rules import STEP_CACHE_KINDS, check_request, check_sampling
+from ..rules import STEP_CACHE_KINDS, check_request, check_sampling, clip_ignored_note
 from . import latents
+from .noise_mask import check_noise_mask, frame_timesteps, masked, prepare_mask
 from .progress import ProgressCallback, StepProgress, describe_model, preview_latent
 from .samplers import DISCARDS_PENULTIMATE_SIGMA, SAMPLERS, final_sigma, inverse_noise_scaling, noise_scaling, sample
 from .schedules import SCHEDULERS, check_sigmas, ksampler_sigmas, sigma_to_timestep, step_range
@@ -47,9 +48,11 @@ class StepListener(Protocol):
 class SampleRequest:
     """One sampling job, with what ComfyUI's KSampler, KSamplerAdvanced and SamplerCustom offer.
 
-    Text embeddings are [B or 1, L, C]; the latent is ComfyUI's (un-normalised) [B, 16, T, H, W]: empty (all zeros)
-    for text-to-video, a VAE-encoded video with ``denoise`` < 1 for video-to-video, or a sampler's output with
-    leftover noise to continue from ``start_at_step``.
+    Text embeddings are [B or 1, L, C]; the latent is ComfyUI's (un-normalised) [B, C, T, H, W] (C: the model's
+    latent channels, 16 or Wan2.2 TI2V's 48): empty (all zeros) for text-to-video, a VAE-encoded video with
+    ``denoise`` < 1 for video-to-video, or a sampler's output with leftover noise to continue from ``start_at_step``.
+    ``noise_mask``: the latent's ComfyUI noise mask (1 denoise, 0 keep; Wan22ImageToVideoLatent's keeps the encoded
+    start image), applied as ComfyUI's samplers apply it (``noise_mask``).
 
     The sigmas run are ``sigmas`` when given (a SIGMAS input: ``steps``, ``shift``, ``scheduler`` and ``denoise`` do
     not apply), else KSampler's schedule for ``steps``, ``scheduler``, ``shift`` and ``denoise``; then
@@ -60,7 +63,9 @@ class SampleRequest:
     Image models (I2V, FLF2V) take each branch's image conditioning: ``positive_image`` / ``negative_image``, the
     channels concatenated to the noise (mask and image latent in model space, [B or 1, 20, T, H, W]:
     ``image_conditioning.concat_channels``), and ``positive_clip`` / ``negative_clip``, the CLIP-vision features
-    [B or 1, N, clip_dim]; a text-to-video model takes none (``dax_core.rules.check_request``).
+    [B or 1, N, clip_dim]; a text-to-video model takes none (``dax_core.rules.check_request``). An image model
+    without CLIP (Wan2.2 I2V A14B) takes the image channels alone: CLIP features given to it are not used, as in
+    ComfyUI, and the run's notes say so.
     """
 
     positive: torch.Tensor
@@ -82,23 +87,28 @@ class SampleRequest:
     negative_image: torch.Tensor | None = None
     positive_clip: torch.Tensor | None = None
     negative_clip: torch.Tensor | None = None
+    noise_mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_sampling(self, SAMPLERS, SCHEDULERS)
+        if self.noise_mask is not None:
+            check_noise_mask(self.noise_mask, self.latent.shape)
         if self.sigmas is not None:
             check_sigmas(self.sigmas, "the sigmas input")
         self.run_sigmas()  # a bad step range fails here, before any step
 
+    def schedule_sigmas(self) -> torch.Tensor:
+        """The float32 CPU sigmas of the whole schedule, before the start/end cut (see the class docstring)."""
+        if self.sigmas is not None:
+            return self.sigmas.detach().to("cpu", torch.float32)
+        discard = self.sampler in DISCARDS_PENULTIMATE_SIGMA
+        return ksampler_sigmas(
+            self.scheduler, self.steps, self.shift, denoise=self.denoise, discard_penultimate=discard
+        )
+
     def run_sigmas(self) -> torch.Tensor:
         """The float32 CPU sigmas this request runs, ``steps run + 1`` of them (see the class docstring)."""
-        if self.sigmas is not None:
-            sigmas = self.sigmas.detach().to("cpu", torch.float32)
-        else:
-            discard = self.sampler in DISCARDS_PENULTIMATE_SIGMA
-            sigmas = ksampler_sigmas(
-                self.scheduler, self.steps, self.shift, denoise=self.denoise, discard_penultimate=discard
-            )
-        return step_range(sigmas, self.start_at_step, self.end_at_step, self.return_with_leftover_noise)
+        return step_range(self.schedule_sigmas(), self.start_at_step, self.end_at_step, self.return_with_leftover_noise)
 
     @property
     def uses_cfg(self) -> bool:
@@ -160,7 +170,7 @@ class SampleResult:
 
 
 class WanEngine:
-    """A Wan2.1 model built from a recipe on one device, and the sampling loop."""
+    """A Wan model built from a recipe on one device, and the sampling loop."""
 
     def __init__(self, model: WanModel, recipe: Recipe, device: torch.device | str) -> None:
         """Wrap an already built (and accelerated) model; ``WanEngine.build`` makes one from a recipe."""
@@ -282,15 +292,19 @@ class WanEngine:
         return channels.expand(batch, -1, -1, -1, -1) if channels.shape[0] == 1 else channels
 
     def _clip(self, features: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        if features is None:
+        if features is None or not self.model.spec.takes_clip:  # a model without CLIP does not use them
             return None
         features = features.to(self.device, self.model.compute_dtype)
         return features.expand(batch, -1, -1) if features.shape[0] == 1 else features
 
-    def denoiser(self, req: SampleRequest) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    def denoiser(
+        self, req: SampleRequest, mask: torch.Tensor | None = None
+    ) -> Callable[[torch.Tensor, float], torch.Tensor]:
         """(x, sigma) -> denoised x0 with classifier-free guidance, the two branches batched when they fit.
 
         Every model call names the CFG branch of each batch row ("cond" / "uncond") for the model's step cache.
+        ``mask``: the latent's prepared noise mask; a model with per-token timesteps gets one per latent frame from
+        it (the mask's blending of input and output is ``noise_mask.masked``'s).
         """
         batch = req.latent.shape[0]
         use_cfg = req.uses_cfg
@@ -305,6 +319,7 @@ class WanEngine:
         clip = _rows(pos_clip, neg_clip) if batched else pos_clip
         model = self.model
         cond, uncond = ("cond",) * batch, ("uncond",) * batch
+        per_frame = mask is not None and model.spec.per_token_timesteps
 
         def velocity(
             x: torch.Tensor,
@@ -318,7 +333,10 @@ class WanEngine:
             x_in = x.repeat(n, 1, 1, 1, 1) if n > 1 else x
             if image is not None:  # the image channels after the noise, as ComfyUI's c_concat
                 x_in = torch.cat([x_in, image.to(x_in.dtype)], dim=1)
-            t = torch.full((x_in.shape[0],), sigma_to_timestep(sigma), device=self.device, dtype=torch.float32)
+            if per_frame:
+                t = frame_timesteps(mask, sigma_to_timestep(sigma)).repeat(n, 1)
+            else:
+                t = torch.full((x_in.shape[0],), sigma_to_timestep(sigma), device=self.device, dtype=torch.float32)
             return model(x_in, t, ctx, branches=branches, clip_fea=clip).float()
 
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -355,10 +373,12 @@ class WanEngine:
         if not self.usable:
             raise RuntimeError(f"this engine is unusable: {self._unusable}; build it again")
         check_request(req, self.model.spec, self.parallel)
+        clip_note = clip_ignored_note(req, self.model.spec)
+        notes = (*self.lora_lines, clip_note) if clip_note else self.lora_lines
         cache = self.model.step_cache
         steps = req.steps if req.sigmas is None else len(req.sigmas) - 1  # of the whole schedule, not of a cut
         if cache is None or steps > FEW_STEPS:
-            return self._sample(req, on_step, on_block, on_progress, preview, self.lora_lines)
+            return self._sample(req, on_step, on_block, on_progress, preview, notes)
         note = (
             f"{cache.name} is off for this {steps}-step schedule: at {FEW_STEPS} steps or fewer every step carries "
             f"too much of the denoising to be skipped (step caches are made for 20-50 steps), so every step ran; "
@@ -367,7 +387,7 @@ class WanEngine:
         log.warning(note)
         self.model.step_cache = None
         try:
-            return self._sample(req, on_step, on_block, on_progress, preview, (*self.lora_lines, note))
+            return self._sample(req, on_step, on_block, on_progress, preview, (*notes, note))
         finally:
             self.model.step_cache = cache
 
@@ -386,12 +406,16 @@ class WanEngine:
         else:
             noise = torch.zeros(req.latent.shape, dtype=torch.float32, device=self.device)
         image = req.latent.to(self.device, torch.float32)
+        channels = self.model.spec.latent_channels
         if torch.count_nonzero(image) > 0:  # ComfyUI leaves an empty latent un-normalised
-            image = latents.normalize(image)
+            image = latents.normalize(image, channels)
         x = noise_scaling(sigmas[0], noise, image)
         steps = len(sigmas) - 1
         cache = self.model.step_cache
-        denoise = self.denoiser(req)
+        mask = None if req.noise_mask is None else prepare_mask(req.noise_mask, image.shape, self.device)
+        denoise = self.denoiser(req, mask)
+        if mask is not None:
+            denoise = masked(denoise, mask, image, noise, keep_clean=self.model.spec.per_token_timesteps)
         compiled = self.model.compiled
         shapes_before = len(compiled.shapes) if compiled is not None else 0
         cuda = self.device.type == "cuda"
@@ -452,7 +476,7 @@ class WanEngine:
         end = time.perf_counter()
         x = inverse_noise_scaling(final_sigma(req.sampler, sigmas), x.float())
         result = SampleResult(
-            latents.denormalize(x).cpu(),
+            latents.denormalize(x, channels).cpu(),
             steps,
             end - start,
             first_step_end[0] - start,

@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from ..experts import EXPERTS, MODEL_CHOICES
 from ..recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class EngineCache(Generic[E]):
 
     def __init__(self, on_release: Callable[[], None] | None = None) -> None:
         self._engines: dict[str, E] = {}
+        self._families: dict[str, str] = {}
         self._owners: dict[str, list[weakref.ref]] = {}
         self._lock = threading.RLock()  # weakref callbacks may fire inside get()
         self._on_release = on_release
@@ -43,6 +45,7 @@ class EngineCache(Generic[E]):
         exclusive: bool = True,
         built_from: Recipe | None = None,
         owner: Recipe | None = None,
+        family: str = "",
     ) -> E:
         """The engine for ``recipe`` (and ``variant``: where and how it runs), built on first use.
 
@@ -52,6 +55,8 @@ class EngineCache(Generic[E]):
         recipe without what can change on a built engine).
         ``owner``: the object whose lifetime keeps the engine (default ``recipe``), e.g. an ancestor in
         ``recipe.lineage()`` that stays cached while only a later setting changes.
+        ``family``: engines of one non-empty family stay together, whatever ``exclusive`` says: the two experts of a
+        Wan2.2 A14B model, each behind its own sampler, run in turn in every prompt (``expert_family``).
         """
         owner = owner if owner is not None else recipe
         base = built_from if built_from is not None else recipe
@@ -67,12 +72,19 @@ class EngineCache(Generic[E]):
                 return self._engines[key]
             if exclusive:
                 for other in [k for k in self._engines if k != key]:
-                    self._drop(other)
+                    if not family or self._families.get(other) != family:
+                        self._drop(other)
         # the engine keeps an equal copy: holding this very object would keep it alive forever
         engine = build(dataclasses.replace(base))
         with self._lock:
             self._engines[key] = engine
+            self._families[key] = family
         return engine
+
+    def family(self, family: str) -> list[E]:
+        """The cached engines of ``family`` (none for "")."""
+        with self._lock:
+            return [e for k, e in self._engines.items() if family and self._families.get(k) == family]
 
     def release(self, engine: E) -> bool:
         """Drop ``engine`` now (someone else decided its memory is needed, e.g. ComfyUI's "Unload models"); whether it
@@ -100,6 +112,7 @@ class EngineCache(Generic[E]):
 
     def _drop(self, key: str) -> None:
         engine = self._engines.pop(key, None)
+        self._families.pop(key, None)
         if engine is None:
             return
         close = getattr(engine, "close", None)
@@ -110,3 +123,10 @@ class EngineCache(Generic[E]):
         log.info("released DAX engine %s", key)
         if self._on_release is not None:
             self._on_release()
+
+
+def expert_family(recipe: Recipe, variant: str = "") -> str:
+    """The family of a recipe of one Wan2.2 A14B expert (its model and where it runs: the two experts of one model
+    share it), "" for any other recipe."""
+    choice = MODEL_CHOICES[recipe.model_choice]
+    return f"{choice.family}|{variant}" if choice.expert in EXPERTS else ""

@@ -1,5 +1,8 @@
 """``python -m dax_core generate``: a text-to-video latent from text embeddings, in one process or under torchrun.
 
+Wan2.1 T2V, Wan2.2 TI2V 5B (text-to-video: a 48-channel latent) and Wan2.2 A14B (``--model wan2.2-t2v-a14b
+--weights HIGH_NOISE --low-noise-weights LOW_NOISE``, switched at the official boundary).
+
 One process::
 
     python -m dax_core generate --weights wan2.1_t2v_1.3B_bf16.safetensors \\
@@ -18,7 +21,8 @@ that the others can reach) and the weights and embeddings at the same path on ea
 
 The embeddings file holds ``positive`` (and ``negative``, unless ``--cfg 1``): [tokens, width] or
 [batch, tokens, width] tensors, e.g. umt5-xxl outputs. Rank 0 writes ``latent`` to ``--out``: ComfyUI's
-un-normalised [batch, 16, (frames - 1) // 4 + 1, height / 8, width / 8] video latent in float32.
+un-normalised [batch, channels, (frames - 1) // 4 + 1, height / s, width / s] video latent in float32 (16 channels and
+s = 8 for the Wan2.1 VAE; 48 and 16 for Wan2.2 TI2V's).
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..experts import AUTO, MODEL_CHOICES
 from ..lora import lora_ref
 from ..lora.merge import recipe_deltas
-from ..models.loading import inspect_weights
+from ..models.spec import WanSpec
 from ..recipe import COMPUTE_DTYPES, WEIGHT_DTYPES, LoraRef, Recipe
 from ..rules import check_run
 from .distributed import ParallelConfig, RankEnv, build_engine, init_process_group
 from .engine import SampleRequest
+from .model_info import recipe_spec
 from .samplers import SAMPLERS
 from .schedules import SCHEDULERS
 
@@ -49,9 +55,13 @@ log = logging.getLogger(__name__)
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dax_core generate",
-        description="Sample a Wan2.1 text-to-video latent; under torchrun the processes split the video tokens.",
+        description="Sample a Wan text-to-video latent; under torchrun the processes split the video tokens.",
     )
-    p.add_argument("--weights", required=True, help="Wan2.1 T2V DiT: a .safetensors file or a diffusers folder")
+    p.add_argument("--weights", required=True, help="Wan DiT: a .safetensors file or a diffusers folder (a Wan2.2 "
+                   "A14B model's high-noise expert)")  # fmt: skip
+    p.add_argument("--model", choices=list(MODEL_CHOICES), default=AUTO, help="which model the weights are, where "
+                   "their shapes cannot tell (auto: from the file)")  # fmt: skip
+    p.add_argument("--low-noise-weights", help="the low-noise expert of a two-expert model (--model wan2.2-*-a14b)")
     p.add_argument("--text-embeddings", required=True, type=Path, help="safetensors with positive (and negative)")
     p.add_argument("--out", required=True, type=Path, help="safetensors file to write the latent to")
     p.add_argument("--width", type=int, default=832)
@@ -126,12 +136,13 @@ def _embeddings(path: Path, need_negative: bool) -> tuple[torch.Tensor, torch.Te
     return batched(tensors["positive"]), None if negative is None else batched(negative)
 
 
-def _request(args: argparse.Namespace) -> SampleRequest:
+def _request(args: argparse.Namespace, spec: WanSpec) -> SampleRequest:
     for name in ("width", "height", "frames", "batch"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be positive")
     positive, negative = _embeddings(args.text_embeddings, args.cfg != 1.0)
-    shape = (args.batch, 16, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    stride = spec.vae_spatial_stride
+    shape = (args.batch, spec.latent_channels, (args.frames - 1) // 4 + 1, args.height // stride, args.width // stride)
     return SampleRequest(
         positive=positive,
         negative=negative,
@@ -151,10 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = RankEnv.from_environ()
     try:
         layout = layout_from_args(args, env.world_size) if env.world_size > 1 else None
-        request = _request(args)
         loras = tuple(lora_from_arg(arg) for arg in args.lora)
-        recipe = Recipe(args.weights, args.weight_dtype, args.compute_dtype, loras=loras)
-        spec = inspect_weights(args.weights).spec
+        recipe = Recipe(args.weights, args.weight_dtype, args.compute_dtype, loras=loras, model_choice=args.model,
+                        low_noise_weights=args.low_noise_weights)  # fmt: skip
+        spec = recipe_spec(recipe)
+        request = _request(args, spec)
         check_run(recipe, spec, request, layout)  # before joining or loading anything
         recipe_deltas(recipe, spec)  # and the LoRA files against the model, from their headers
     except ValueError as e:

@@ -46,7 +46,7 @@ from .engine import SampleRequest, SampleResult
 from .failures import RankEvent, explain, primary_event
 from .launch import agent_command, agent_environment
 from .liveness import HEARTBEAT_KIND, Liveness, Watchdog
-from .model_info import recipe_model
+from .model_info import recipe_spec
 from .progress import StepProgress
 from .sample_messages import progress_from_message, request_fields, result_from_message
 from .wire import Message, ProtocolError
@@ -211,7 +211,7 @@ class WorkerGroup:
         """``should_cancel`` is asked while the ranks connect and build the engine: once it answers True the start
         stops, everything started is taken down, and ``StartCancelled`` is raised."""
         # before any process starts and loads the weights: what the ranks would refuse, from the file's header
-        self.spec = recipe_model(recipe).spec
+        self.spec = recipe_spec(recipe)
         check_recipe(recipe, self.spec, config.parallel)
         recipe_deltas(recipe, self.spec)  # its LoRA files (headers, fingerprints), which every rank would refuse alike
         self.recipe = recipe
@@ -359,7 +359,7 @@ class WorkerGroup:
             raise WorkerGroupError(f"worker group {self.run_id} is {state}: start a new one")
         if recipe == self.recipe:
             return
-        spec = recipe_model(recipe).spec
+        spec = recipe_spec(recipe)
         check_recipe(recipe, spec, self.config.parallel)
         recipe_deltas(recipe, spec)
         for r in self._ranks.values():

@@ -35,8 +35,8 @@ def concat_channels(
             f"concat_latent_image has {image.shape[2]} latent frames, the latent {frames}: give WanImageToVideo the "
             "length of the latent it makes (connect its latent output to the sampler)"
         )
-    groups = [latents.normalize(image[:, i : i + latents.LATENT_CHANNELS])
-              for i in range(0, image.shape[1], latents.LATENT_CHANNELS)]  # fmt: skip
+    step = latents.LATENT_CHANNELS  # the Wan2.1 VAE's latent, as ComfyUI's WAN21 model's latent format
+    groups = [latents.normalize(image[:, i : i + step], step) for i in range(0, image.shape[1], step)]
     image = torch.cat(groups, dim=1)[:, : extra_channels - MASK_CHANNELS]
     image = _batch(image, batch, "concat_latent_image")
     if mask is None:

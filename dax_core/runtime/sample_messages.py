@@ -25,7 +25,9 @@ _SCALARS = (
     "add_noise",
     "return_with_leftover_noise",
 )
-_OPTIONAL_TENSORS = ("negative", "sigmas", "positive_image", "negative_image", "positive_clip", "negative_clip")
+_OPTIONAL_TENSORS = (
+    "negative", "sigmas", "positive_image", "negative_image", "positive_clip", "negative_clip", "noise_mask",
+)  # fmt: skip
 
 
 def request_fields(req: SampleRequest) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

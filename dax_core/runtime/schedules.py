@@ -256,3 +256,19 @@ def step_range(sigmas: torch.Tensor, start_at_step: int, end_at_step: int | None
             "KSamplerAdvanced would return the latent unchanged): lower start_at_step, or bypass the sampler"
         )
     return sigmas[start_at_step:]
+
+
+def expert_switch_step(sigmas: torch.Tensor, boundary: float) -> int:
+    """The first step of the schedule ``sigmas`` (steps + 1 values) that a Wan2.2 A14B model's low-noise expert runs.
+
+    The official rule (Wan2.2's generate code): a step whose timestep is at least ``boundary * 1000`` runs the
+    high-noise expert. The timestep of a step is its starting sigma on the model's scale, ``sigma * 1000`` in float32 as
+    the model is given it. Every step from the first one below the boundary runs the low-noise expert (a schedule's
+    sigmas decrease; one that rises again past the boundary stays with the low-noise expert).
+    Returns ``len(sigmas) - 1`` when every step is at or above the boundary.
+    """
+    if not 0.0 < boundary < 1.0:
+        raise ValueError(f"an expert boundary is a sigma between 0 and 1, got {boundary!r}")
+    timesteps = sigma_to_timestep(sigmas[:-1].to(torch.float32))
+    below = (timesteps < boundary * MULTIPLIER).nonzero()
+    return int(below[0, 0]) if len(below) else len(sigmas) - 1

@@ -20,14 +20,19 @@ from safetensors.torch import save_file
 
 from dax_core.demo.comfy_server import ComfyServer
 from dax_core.demo.run import (
+    INPUT_FOLDER,
     LOADERS,
+    NO_FILE,
     TINY_SETTINGS,
     WORKFLOW,
+    WORKFLOW_KINDS,
     ModelFiles,
     configure,
     load_workflow,
+    loader_class,
     shipped_workflows,
     tiny_models,
+    workflow_kind,
 )
 
 INDUCTOR_CACHE = os.environ.get(
@@ -41,13 +46,15 @@ WRONG_LORA_FILE = "flux_style_lora.safetensors"  # in models/loras: keys of a Fl
 
 
 def placeholders() -> set[tuple[str, str]]:
-    """(model folder, file name) of every loader's file in the shipped workflows."""
+    """(folder, file name) of every loader's file in the shipped workflows (folder: a model folder, or ComfyUI's
+    input folder)."""
     found = set()
     for path in shipped_workflows():
         for node in load_workflow(path).values():
-            if node["class_type"] in LOADERS:
-                widget, folder = LOADERS[node["class_type"]]
-                found.add((folder, node["inputs"][widget]))
+            for loader, (widget, folder) in LOADERS.items():
+                name = node["inputs"].get(widget, NO_FILE)
+                if node["class_type"] == loader_class(loader) and name != NO_FILE:
+                    found.add((folder, name))
     return found
 
 
@@ -58,16 +65,28 @@ def demo_models() -> ModelFiles:
 
 
 @pytest.fixture(scope="session")
+def demo_models_of_every_kind(demo_models: ModelFiles) -> dict[str, ModelFiles]:
+    """The tiny models of every workflow kind (Wan2.1, Wan2.2 A14B's two experts, Wan2.2 TI2V)."""
+    return {kind: tiny_models(kind=kind) for kind in WORKFLOW_KINDS}
+
+
+@pytest.fixture(scope="session")
 def comfy_server(
-    comfyui_dir: Path, demo_models: ModelFiles, tmp_path_factory: pytest.TempPathFactory
+    comfyui_dir: Path,
+    demo_models: ModelFiles,
+    demo_models_of_every_kind: dict[str, ModelFiles],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ComfyServer]:
     base = tmp_path_factory.mktemp("comfyui-base")
-    demo_models.link_into(base)
+    for files in demo_models_of_every_kind.values():
+        files.link_into(base)
     (base / "tmp").mkdir()
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / TEST_NODES.name).symlink_to(TEST_NODES, target_is_directory=True)
     for folder, name in placeholders():
-        (base / (folder if folder == "input" else f"models/{folder}") / name).write_bytes(b"")
+        place = base / INPUT_FOLDER if folder == INPUT_FOLDER else base / "models" / folder
+        place.mkdir(parents=True, exist_ok=True)
+        (place / name).write_bytes(b"")
     diffusion_models = base / "models" / "diffusion_models"
     (diffusion_models / WRONG_DIT_FILES["vae"]).symlink_to(demo_models.vae)
     (diffusion_models / WRONG_DIT_FILES["garbage"]).write_bytes(b"this is not a safetensors file\n" * 64)
@@ -101,13 +120,14 @@ def wrong_lora_file() -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_prompt(demo_models: ModelFiles) -> Callable[..., dict[str, Any]]:
+def tiny_prompt(demo_models_of_every_kind: dict[str, ModelFiles]) -> Callable[..., dict[str, Any]]:
     """``tiny_prompt(seed=1, DaxLoadWan="other.safetensors", workflow=path)``: a shipped API workflow (the 1.3B one
-    unless ``workflow`` names another) on the tiny models, with the tiny settings and any others given."""
+    unless ``workflow`` names another) on the tiny models of its kind, with the tiny settings and any others given."""
 
     def make(workflow: Path = WORKFLOW, **overrides: Any) -> dict[str, Any]:
         prompt = load_workflow(workflow)
-        names = {cls: path.name for cls, path in demo_models.for_workflow(prompt).by_loader().items()}
+        files = demo_models_of_every_kind[workflow_kind(prompt)].for_workflow(prompt)
+        names = {cls: path.name for cls, path in files.by_loader().items()}
         names.update({k: v for k, v in overrides.items() if k in names})
         settings = {**TINY_SETTINGS, **{k: v for k, v in overrides.items() if k not in names}}
         return configure(prompt, names, settings)

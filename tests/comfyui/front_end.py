@@ -88,8 +88,11 @@ def open_template_browser(page: Any) -> list[str]:
 
 
 def card_thumbnail(page: Any, template: str) -> dict[str, Any]:
-    """The card's picture as the page decoded it: its natural size (0 when it did not load)."""
-    image = page.locator(f"[data-testid='template-workflow-{template}'] img").first
+    """The card's picture as the page decoded it: its natural size (0 when it did not load). The card is scrolled
+    into view first, as a user would: the browser loads a card's picture once it is on screen."""
+    card = page.locator(f"[data-testid='template-workflow-{template}']")
+    card.scroll_into_view_if_needed(timeout=30_000)
+    image = card.locator("img").first
     image.wait_for(timeout=30_000)
     page.wait_for_function("i => i.complete", arg=image.element_handle(), timeout=30_000)
     return image.evaluate("i => ({width: i.naturalWidth, height: i.naturalHeight})")

@@ -78,7 +78,23 @@ def test_demo_needs_the_clip_vision_model_and_an_image_for_an_image_workflow(
     weights = [arg for flag in ("--model", "--text-encoder", "--vae") for arg in (flag, str(tmp_path / "x"))]
     workflow = API_WORKFLOWS / "Wan2.1 image-to-video 14B 480p (DAX).json"
     assert main(["--comfyui", str(comfyui_dir), "--workflow", str(workflow), *weights]) == 1
-    assert "starts from an image: pass --clip-vision FILE and --image FILE" in caplog.text
+    assert "encodes its image with CLIP vision: pass --clip-vision FILE" in caplog.text
+    clip = ["--clip-vision", str(tmp_path / "clip")]
+    assert main(["--comfyui", str(comfyui_dir), "--workflow", str(workflow), *weights, *clip]) == 1
+    assert "starts from an image: pass it with --image FILE" in caplog.text
+
+
+def test_demo_needs_both_experts_and_an_image_but_no_clip_vision_for_wan22_i2v(
+    comfyui_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    weights = [arg for flag in ("--model", "--text-encoder", "--vae") for arg in (flag, str(tmp_path / "x"))]
+    workflow = API_WORKFLOWS / "Wan2.2 image-to-video A14B, two experts (DAX).json"
+    assert main(["--comfyui", str(comfyui_dir), "--workflow", str(workflow), *weights]) == 1
+    assert "has two experts: pass the low-noise one with --low-noise-model" in caplog.text
+    low = ["--low-noise-model", str(tmp_path / "low")]
+    assert main(["--comfyui", str(comfyui_dir), "--workflow", str(workflow), *weights, *low]) == 1
+    assert "starts from an image: pass it with --image FILE" in caplog.text
+    assert "--clip-vision" not in caplog.text
 
 
 def test_configure_changes_only_what_it_is_given() -> None:

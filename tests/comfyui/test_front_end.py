@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from dax_core.demo.comfy_server import ComfyServer
-from dax_core.demo.run import LOADERS, TINY_SETTINGS, WORKFLOWS, ModelFiles
+from dax_core.demo.run import INPUT_FOLDER, LOADERS, TINY_SETTINGS, WORKFLOWS, ModelFiles
 from tests.comfyui import front_end
 from tests.comfyui.conftest import placeholders
 
@@ -44,12 +44,15 @@ def executable() -> str:
 
 @pytest.fixture(scope="module")
 def ui_server(
-    comfyui_dir: Path, demo_models: ModelFiles, tmp_path_factory: pytest.TempPathFactory
+    comfyui_dir: Path, demo_models_of_every_kind: dict[str, ModelFiles], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ComfyServer]:
     base = tmp_path_factory.mktemp("comfyui-front-end")
-    by_folder = {LOADERS[loader][1]: path for loader, path in demo_models.by_loader().items()}
+    by_folder: dict[str, Path] = {}  # the Wan2.1 files (the template run from the canvas), then what only others have
+    for files in demo_models_of_every_kind.values():
+        for loader, path in files.by_loader().items():
+            by_folder.setdefault(LOADERS[loader][1], path)
     for folder, name in placeholders():
-        target = base / (folder if folder == "input" else f"models/{folder}") / name
+        target = (base / INPUT_FOLDER if folder == INPUT_FOLDER else base / "models" / folder) / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(by_folder[folder])
     with ComfyServer(comfyui_dir, base, extra_args=["--preview-method", "auto"], start_timeout=120.0) as server:

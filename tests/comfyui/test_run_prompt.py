@@ -46,6 +46,10 @@ def _check_levers(prompt: dict[str, Any], outputs: dict[str, Any], log: str) -> 
     assert levers <= {"DaxLoadLora", "DaxQuantizeLinear", "DaxSetAttentionBackend", "DaxTeacache", "DaxCompile"}, (
         f"add a check for {levers} here"
     )
+    if prompt[by_type["DaxLoadWan"]]["inputs"].get("low_noise_model_name", "none") != "none":
+        summary = "\n".join(outputs[by_type["DaxMultiGPUSampler"]]["dax_summary"])
+        experts = re.search(r"high-noise expert (\d+), low-noise expert (\d+) steps", summary)
+        assert experts and int(experts[1]) > 0 and int(experts[2]) > 0, summary  # both experts ran
     if "DaxLoadLora" in by_type:
         inputs = prompt[by_type["DaxLoadLora"]]["inputs"]
         summary = "\n".join(outputs[by_type["DaxMultiGPUSampler"]]["dax_summary"])

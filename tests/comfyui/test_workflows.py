@@ -78,6 +78,9 @@ def test_every_ui_workflow_has_an_api_twin() -> None:
         "Wan2.1 text-to-video 14B, all accelerations (DAX)",
         "Wan2.1 image-to-video 14B 480p (DAX)",
         "Wan2.1 first-last-frame 14B (DAX)",
+        "Wan2.2 text-to-video A14B, two experts (DAX)",
+        "Wan2.2 image-to-video A14B, two experts (DAX)",
+        "Wan2.2 text-image-to-video 5B (DAX)",
     }
     assert {p.name for p in WORKFLOWS.iterdir()} <= {"api"} | {
         f"{p.stem}{ext}" for p in ui_files for ext in (".json", ".jpg")
@@ -135,9 +138,9 @@ def test_teacache_thresholds_are_published_settings_for_the_model() -> None:
     checked = 0
     for workflow in API_WORKFLOWS:
         prompt = load_workflow(workflow)
-        model = PUBLISHED_MODEL[node_of(prompt, "DaxLoadWan")["inputs"]["model_name"]]
         for node in prompt.values():
             if node["class_type"] == "DaxTeacache":
+                model = PUBLISHED_MODEL[node_of(prompt, "DaxLoadWan")["inputs"]["model_name"]]
                 inputs = node["inputs"]
                 assert inputs["coefficients"] == "auto", f"{workflow.name}: the loaded model's own polynomial"
                 low, high = RECOMMENDED_THRESHOLDS[inputs["mode"]][model]

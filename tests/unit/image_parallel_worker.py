@@ -1,7 +1,7 @@
 """One rank of the image-to-video sequence-parallel tests (CPU with gloo), started by ``parallel_worker.launch``
-with the same command line: for every case the I2V (or FLF2V) tiny model runs two forwards with CLIP features
-single-process, then split over the ranks (both schedules), and a short CFG sampling run with image conditioning;
-the differences go to DIR/rank<R>.json."""
+with the same command line: for every case the I2V (or FLF2V, or Wan2.2 I2V A14B without CLIP) tiny model runs two
+forwards with its CLIP features (none for the last) single-process, then split over the ranks (both schedules), and a
+short CFG sampling run with image conditioning; the differences go to DIR/rank<R>.json."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ SPECS = {
                    model_type="i2v", clip_dim=CLIP),
     "flf2v": WanSpec(dim=96, num_layers=2, num_heads=12, ffn_dim=128, text_dim=32, freq_dim=32, in_dim=36,
                      model_type="flf2v", clip_dim=CLIP, image_pos_tokens=14),
+    "i2v22": WanSpec(dim=96, num_layers=2, num_heads=12, ffn_dim=128, text_dim=32, freq_dim=32, in_dim=36,
+                     model_type="i2v", clip_dim=0),  # Wan2.2 I2V A14B: the image latent alone
 }  # fmt: skip
 LATENT = [1, 16, 3, 6, 10]  # 3 x 3 x 5 = 45 tokens: not a multiple of 2
 CASES = {
@@ -51,27 +53,28 @@ def _model(variant: str) -> WanModel:
     return model.eval()
 
 
-def _tensors(variant: str) -> dict[str, torch.Tensor]:
+def _tensors(variant: str) -> dict[str, torch.Tensor | None]:
     g = torch.Generator().manual_seed(5)
     tokens = 14 if variant == "flf2v" else 7  # FLF2V: two images' tokens
     return {
         "x": torch.randn(2, 36, *LATENT[2:], generator=g),  # the CFG batch: noise, mask and image latent
         "ctx": torch.randn(2, 7, 32, generator=g),
-        "clip": torch.randn(2, tokens, CLIP, generator=g),
+        "clip": torch.randn(2, tokens, CLIP, generator=g) if SPECS[variant].takes_clip else None,
         "image": torch.randn(1, 20, *LATENT[2:], generator=g),
     }
 
 
-def _forwards(model: WanModel, t: dict[str, torch.Tensor]) -> torch.Tensor:
+def _forwards(model: WanModel, t: dict[str, torch.Tensor | None]) -> torch.Tensor:
     outs = [model(t["x"], torch.full((2,), step), t["ctx"], clip_fea=t["clip"]) for step in (900.0, 400.0)]
     return torch.stack(outs)
 
 
-def _sampled(model: WanModel, t: dict[str, torch.Tensor]) -> torch.Tensor:
+def _sampled(model: WanModel, t: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    clip = t["clip"]
     request = SampleRequest(
         positive=t["ctx"][:1], negative=t["ctx"][1:], latent=torch.zeros(LATENT), seed=3, steps=3, cfg=5.0,
-        sampler="euler", positive_image=t["image"], negative_image=t["image"], positive_clip=t["clip"][:1],
-        negative_clip=t["clip"][1:],
+        sampler="euler", positive_image=t["image"], negative_image=t["image"],
+        positive_clip=None if clip is None else clip[:1], negative_clip=None if clip is None else clip[1:],
     )  # fmt: skip
     return WanEngine(model, Recipe("seeded-random-weights", compute_dtype="fp32"), "cpu").sample(request).latent
 

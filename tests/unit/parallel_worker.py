@@ -75,6 +75,7 @@ class Variant:
 
     accelerations: tuple[Acceleration, ...] = ()
     layouts: tuple[str, ...] | None = None  # the layouts it runs with; None: all of them
+    per_frame: bool = False  # forwards take a timestep per latent frame, the first frame's 0 (Wan2.2 TI2V's)
 
     @property
     def caches(self) -> bool:
@@ -99,6 +100,9 @@ QUANT_LAYOUTS = ("ulysses2", "ring2", "ulysses2-batch1", "ring2-5tokens", "ulyss
                  "ulysses2-ring2-5tokens", "ring4-5tokens")  # fmt: skip
 CACHE_LAYOUTS = ("ulysses2", "ring2", "ring2-5tokens", "ulysses2-ring2", "ulysses4", "ring4")
 BOTH_LAYOUTS = ("ulysses2", "ring2", "ulysses2-ring2")  # Ulysses, ring, hybrid
+# a timestep per frame cuts the per-token modulation at the slices: every kind of slice, padding and branch split
+PER_FRAME_LAYOUTS = ("ulysses2", "ring2", "cfg2", "ring2-5tokens", "ulysses2-ring2", "cfg-ring2", "ring4-5tokens",
+                     "ring4-8frames")  # fmt: skip
 RADIAL_LAYOUTS = ("ulysses2-8frames", "ring2-8frames", "ulysses2-ring2-8frames", "ulysses4-8frames", "ring4-8frames")
 
 VARIANTS: dict[str, Variant] = {
@@ -111,6 +115,7 @@ VARIANTS: dict[str, Variant] = {
     "teacache-int8": Variant((INT8, TEACACHE), layouts=BOTH_LAYOUTS),
     "radial": Variant((RADIAL,), layouts=RADIAL_LAYOUTS),
     "radial-compiled": Variant((RADIAL, COMPILE), layouts=("ring2-8frames",)),  # the ring windows traced
+    "per-frame": Variant(layouts=PER_FRAME_LAYOUTS, per_frame=True),
 }
 
 LATENT_45 = [2, 16, 3, 6, 10]  # batch 2 (CFG batched), 3×3×5 = 45 tokens: not a multiple of 2 or 4
@@ -185,10 +190,21 @@ def variant_model(case: dict, device: str, env: BuildEnv) -> tuple[WanModel, Rec
     return model, recipe
 
 
-def run(model: WanModel, recipe: Recipe, x: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, dict[str, str]]:
+def timesteps(x: torch.Tensor, t: float, per_frame: bool) -> torch.Tensor:
+    """``t`` for every batch row of ``x``; ``per_frame``: for every latent frame but the first, which gets 0."""
+    if not per_frame:
+        return torch.full((x.shape[0],), t, device=x.device)
+    frames = torch.full((x.shape[0], x.shape[2]), t, device=x.device)
+    frames[:, 0] = 0.0
+    return frames
+
+
+def run(
+    model: WanModel, recipe: Recipe, x: torch.Tensor, ctx: torch.Tensor, per_frame: bool = False
+) -> tuple[torch.Tensor, dict[str, str]]:
     """Two forwards; with a step cache, a short sampling run (the latent) and each branch's schedule."""
     if model.step_cache is None:
-        outs = [model(x, torch.full((x.shape[0],), t, device=x.device), ctx) for t in TIMESTEPS]
+        outs = [model(x, timesteps(x, t, per_frame), ctx) for t in TIMESTEPS]
         return torch.stack(outs).float(), {}
     result = WanEngine(model, recipe, x.device).sample(sample_request(x, ctx))
     assert result.step_cache is not None
@@ -201,14 +217,15 @@ def run_case(case: dict, world: int, device: str) -> dict:
         torch._dynamo.reset()
     model, recipe = variant_model(case, device, BuildEnv(torch.device(device), world, dist.group.WORLD))
     x, ctx = inputs(case, DTYPES[case["dtype"]], device)
-    ref, ref_schedule = run(model, recipe, x, ctx)
+    per_frame = VARIANTS[case["variant"]].per_frame
+    ref, ref_schedule = run(model, recipe, x, ctx, per_frame)
     outs, schedules = {}, {"ref": ref_schedule}
     for overlap in (True, False):
         config = ParallelConfig(world, case["ulysses"], case["ring"], case["cfg_parallel"], overlap)
         enable_sequence_parallel(model, config)
-        outs[overlap], schedules["overlap" if overlap else "plain"] = run(model, recipe, x, ctx)
+        outs[overlap], schedules["overlap" if overlap else "plain"] = run(model, recipe, x, ctx, per_frame)
         disable_sequence_parallel(model)
-    restored, schedules["restored"] = run(model, recipe, x, ctx)
+    restored, schedules["restored"] = run(model, recipe, x, ctx, per_frame)
     variant = VARIANTS[case["variant"]]
     quant_shift = sparse_shift = None
     if variant.quantizes and variant.caches:  # what 8-bit rounding itself does to this run's latent

@@ -118,3 +118,26 @@ def test_loras_reach_the_engine(inputs, single, tmp_path):
     got = load_file(str(out))["latent"]
     assert torch.equal(got, WanEngine.build(recipe, "cpu").sample(request).latent)
     assert not torch.equal(got, single)
+
+
+def test_wan22_models_generate_their_own_latents(inputs, tmp_path):
+    from dax_core.models.tiny import write_tiny_model
+    from dax_core.runtime.distributed import build_engine
+
+    embeddings = load_file(inputs[inputs.index("--text-embeddings") + 1])
+    base = [a for a in inputs if a not in ("--weights", inputs[inputs.index("--weights") + 1])]
+    ti2v = write_tiny_model(tmp_path / "ti2v.safetensors", seed=4, variant="ti2v", **TINY)
+    assert main(["--weights", str(ti2v), *base, "--out", str(tmp_path / "ti2v-latent.safetensors")]) == 0
+    # 64 x 32 pixels are 4 x 2 cells of the Wan2.2 VAE (16 pixels each), 48 channels
+    assert load_file(str(tmp_path / "ti2v-latent.safetensors"))["latent"].shape == (1, 48, 2, 2, 4)
+    high = write_tiny_model(tmp_path / "high.safetensors", seed=5, **TINY)
+    low = write_tiny_model(tmp_path / "low.safetensors", seed=6, **TINY)
+    pair = ["--weights", str(high), "--model", "wan2.2-t2v-a14b", "--low-noise-weights", str(low), "--shift", "12"]
+    assert main([*pair, *base, "--out", str(tmp_path / "pair-latent.safetensors")]) == 0
+    recipe = Recipe(str(high), compute_dtype="fp32", model_choice="wan2.2-t2v-a14b", low_noise_weights=str(low))
+    request = SampleRequest(
+        embeddings["positive"][None], embeddings["negative"][None], torch.zeros(1, 16, 2, 4, 8),
+        seed=7, steps=3, cfg=4.5, shift=12.0, sampler="euler", scheduler="simple",
+    )  # fmt: skip
+    expected = build_engine(recipe, torch.device("cpu"), None).sample(request).latent
+    assert torch.equal(load_file(str(tmp_path / "pair-latent.safetensors"))["latent"], expected)

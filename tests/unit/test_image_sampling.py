@@ -12,7 +12,6 @@ changes the result by > 1e-2 (the test asserts that the image matters by that mu
 
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 
 import pytest
@@ -26,6 +25,7 @@ from dax_core.recipe import Recipe
 from dax_core.rules import check_request
 from dax_core.runtime.engine import SampleRequest, WanEngine
 from tests.numerics import rel_error
+from tests.unit.comfy_native import comfyui_nodes, native_patcher
 from tests.unit.node_modules import node_module
 
 # ComfyUI reads the head count as dim // 128, the text width 4096 and the CLIP width 1280: the specs follow.
@@ -41,28 +41,17 @@ FRAMES, H, W = 3, 4, 6  # latent frames (9 video frames), height and width
 @pytest.fixture(scope="module")
 def comfy(comfyui_importable):
     import comfy.clip_vision
-    import comfy.model_sampling
-    import comfy.sd
     import node_helpers
 
-    spec = importlib.util.spec_from_file_location("comfyui_nodes", comfyui_importable / "nodes.py")
-    nodes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(nodes)
-    return SimpleNamespace(sd=comfy.sd, sampling=comfy.model_sampling, clip_vision=comfy.clip_vision, nodes=nodes,
+    nodes = comfyui_nodes(comfyui_importable)
+    return SimpleNamespace(clip_vision=comfy.clip_vision, nodes=nodes,
                            helpers=node_helpers, sampler=node_module("sampler"))  # fmt: skip
 
 
 def _native_model(comfy, spec: WanSpec, state: dict[str, torch.Tensor]):
-    patcher = comfy.sd.load_diffusion_model_state_dict(dict(state), model_options={"dtype": torch.float32})
+    patcher = native_patcher(state, SHIFT)
     assert type(patcher.model).__name__ == "WAN21" and patcher.model.image_to_video  # ComfyUI's I2V (FLF2V too)
     assert (patcher.model.diffusion_model.img_emb.emb_pos is not None) == (spec.model_type == "flf2v")
-
-    class FlowSampling(comfy.sampling.ModelSamplingDiscreteFlow, comfy.sampling.CONST):
-        pass
-
-    sampling = FlowSampling(patcher.model.model_config)
-    sampling.set_parameters(shift=SHIFT, multiplier=1000)
-    patcher.add_object_patch("model_sampling", sampling)
     return patcher
 
 

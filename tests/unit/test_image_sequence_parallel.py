@@ -1,5 +1,6 @@
 """Sequence parallelism with the image tokens: 2 gloo ranks (Ulysses, ring, CFG-parallel) equal one process on the
-I2V and FLF2V tiny models, forward by forward and through a short CFG sampling run with image conditioning.
+I2V and FLF2V tiny models (and a Wan2.2 I2V A14B one, image latent without CLIP), forward by forward and through a
+short CFG sampling run with image conditioning.
 
 Tolerance as in test_sequence_parallel (float32: the split only reorders float32 sums, 1e-5 of the output's scale
 leaves 10x room); the image cross-attention itself is computed whole on every rank (its keys are the image tokens,

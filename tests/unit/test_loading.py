@@ -357,10 +357,6 @@ BAD_INPUTS = {
         lambda tmp: _tiny_with(tmp, "i2v.safetensors", lambda sd: sd.update({"img_emb.proj.0.weight": torch.ones(4)})),
         ["no valid Wan2.1 model", "i2v model takes noise", "in_dim 16"],
     ),
-    "36 channels without an image embedding": (
-        lambda tmp: _tiny_with(tmp, "i2v36.safetensors", lambda sd: None, spec=WanSpec(64, 1, 4, 128, in_dim=36)),
-        ["36 channels", "no image embedding", "Wan2.2 image-to-video expert", "first-last-frame (FLF2V 14B)"],
-    ),
     **{
         f"{variant} by keys": (
             lambda tmp, key=key: _tiny_with(

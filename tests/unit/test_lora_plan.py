@@ -160,6 +160,19 @@ def test_load_lora_node_adds_the_lora_and_refuses_what_does_not_fit(lora_node, t
         node.load(model, "gone.safetensors", 1.0)
 
 
+def test_a_lora_on_a_two_expert_model_is_refused_at_the_node(lora_node, tmp_path):
+    # Wan2.2's LoRAs come per expert: the node says so, before any sampler runs (one expert alone takes it)
+    module, folder = lora_node
+    _, high = write_base(tmp_path, seed=1)
+    _, low = write_base(tmp_path, seed=2)
+    _lightx2v(folder)
+    pair = Recipe(str(high), compute_dtype="fp32", model_choice="wan2.2-t2v-a14b", low_noise_weights=str(low))
+    with pytest.raises(RecipeError, match="LoRAs on a two-expert model"):
+        module.DaxLoadLora().load(pair, "lora.safetensors", 1.0)
+    (expert,) = module.DaxLoadLora().load(pair.expert("high"), "lora.safetensors", 1.0)
+    assert len(expert.loras) == 1
+
+
 def test_tiny_lora_command_writes_a_lora_that_fits_its_model(tmp_path):
     from dax_core.__main__ import main
 

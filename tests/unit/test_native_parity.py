@@ -14,7 +14,6 @@ below ~3e-5 (observed <= 7e-6). A wrong schedule cut, noise seed, noise scaling 
 
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 
 import pytest
@@ -26,6 +25,7 @@ from dax_core.models.wan import WanModel
 from dax_core.recipe import Recipe
 from dax_core.runtime.engine import SampleRequest, WanEngine
 from tests.numerics import rel_error
+from tests.unit.comfy_native import comfyui_nodes, native_patcher
 
 # ComfyUI reads Wan's head count as dim // 128 and fixes the text width at 4096: the spec follows both.
 SPEC = WanSpec(dim=256, num_layers=2, num_heads=2, ffn_dim=256, text_dim=4096)
@@ -38,28 +38,14 @@ K_DIFFUSION = ("euler", "euler_ancestral", "dpmpp_2m", "lcm")
 
 @pytest.fixture(scope="module")
 def comfy(comfyui_importable):
-    import comfy.model_sampling
     import comfy.samplers
-    import comfy.sd
     import comfy_extras.nodes_custom_sampler
     import latent_preview
 
-    # ComfyUI's nodes.py, under another name: this repository's ``nodes`` package would shadow it
-    spec = importlib.util.spec_from_file_location("comfyui_nodes", comfyui_importable / "nodes.py")
-    nodes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(nodes)
+    nodes = comfyui_nodes(comfyui_importable)
 
     state = random_state_dict(SPEC, seed=3)
-    patcher = comfy.sd.load_diffusion_model_state_dict(dict(state), model_options={"dtype": torch.float32})
-    assert patcher is not None, "ComfyUI did not recognise the Wan state dict"
-
-    # ComfyUI's shift is a property of the model's sampling object (the ModelSamplingSD3 node's job)
-    class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-        pass
-
-    sampling = FlowSampling(patcher.model.model_config)
-    sampling.set_parameters(shift=SHIFT, multiplier=1000)
-    patcher.add_object_patch("model_sampling", sampling)
+    patcher = native_patcher(state, SHIFT)  # ComfyUI's shift lives in the model's sampling object
 
     ours = WanModel(SPEC, dtype=torch.float32)
     ours.load_state_dict(state)

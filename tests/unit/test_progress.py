@@ -64,7 +64,7 @@ def test_the_last_preview_is_the_middle_frame_of_the_result():
     # frame in model space, up to float32 rounding of the update and of normalising back (a few ulp of |x| ~ 1)
     result, seen = _sample(tiny_engine(), preview=True)
     assert all(p.preview is not None and p.preview.shape == (1, 16, 1, 8, 8) for p in seen)
-    expected = latents.normalize(result.latent)[:, :, 1:2]  # 3 latent frames: the middle one
+    expected = latents.normalize(result.latent, 16)[:, :, 1:2]  # 3 latent frames: the middle one
     torch.testing.assert_close(seen[-1].preview, expected, rtol=0, atol=1e-5)
     assert not torch.equal(seen[0].preview, seen[-1].preview)  # each step's own prediction
 

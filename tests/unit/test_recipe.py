@@ -64,7 +64,7 @@ def test_the_resolved_model_round_trips_with_the_recipe_and_is_part_of_its_value
     assert again == r and again.model == model and again.model.spec.model_type == "i2v"
     assert r.fingerprint() != Recipe("i2v.safetensors").fingerprint()
     assert "model" not in Recipe("t2v.safetensors").to_dict()  # recipes made without one keep their old dict
-    expert = ModelInfo(PRESETS["wan2.1-t2v-14b"], "wan2.2-t2v-a14b", family="wan2.2", expert="high_noise")
+    expert = ModelInfo(PRESETS["wan2.1-t2v-14b"], "wan2.2-t2v-a14b", family="wan2.2", expert="high")
     assert ModelInfo.from_dict(json.loads(json.dumps(expert.to_dict()))) == expert
 
 

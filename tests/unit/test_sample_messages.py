@@ -109,3 +109,19 @@ def test_progress_round_trip_with_a_preview_in_half_precision():
     assert torch.allclose(got.preview, preview, rtol=2**-11, atol=2**-25)
     plain = progress_from_message(_through_a_socket("progress", *progress_fields(StepProgress(1, 2, 1.0, 1.0))))
     assert plain.preview is None and plain.skipped == () and plain.cache is None
+
+
+def test_request_with_a_noise_mask_round_trip():
+    # Wan22ImageToVideoLatent's mask (0 on the first latent frame) reaches every rank
+    mask = torch.ones(1, 1, 3, 4, 4)
+    mask[:, :, 0] = 0.0
+    req = SampleRequest(torch.ones(1, 4, 8), None, torch.zeros(1, 48, 3, 4, 4), seed=0, steps=2, cfg=1.0,
+                        noise_mask=mask)  # fmt: skip
+    got = request_from_message(_through_a_socket("request", *request_fields(req)))
+    assert torch.equal(got.noise_mask, mask)
+    assert (
+        request_from_message(
+            _through_a_socket("request", *request_fields(dataclasses.replace(req, noise_mask=None)))
+        ).noise_mask
+        is None
+    )

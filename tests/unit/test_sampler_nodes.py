@@ -4,7 +4,6 @@ chained Sampler Advanced nodes equal to one Multi-GPU Sampler."""
 
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 
 import pytest
@@ -13,25 +12,18 @@ import torch
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
 from tests.numerics import rel_error
+from tests.unit.comfy_native import comfyui_nodes, flow_sampling
 from tests.unit.group_helpers import TINY, tiny_recipe
 from tests.unit.node_modules import node_module
 
 
 @pytest.fixture(scope="module")
 def comfy(comfyui_importable):
-    import comfy.model_sampling
     import comfy.samplers
     import comfy_extras.nodes_custom_sampler
 
-    spec = importlib.util.spec_from_file_location("comfyui_nodes", comfyui_importable / "nodes.py")
-    nodes = importlib.util.module_from_spec(spec)  # under another name: this repository's ``nodes`` shadows it
-    spec.loader.exec_module(nodes)
-
-    class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-        pass
-
-    return SimpleNamespace(nodes=nodes, custom=comfy_extras.nodes_custom_sampler, samplers=comfy.samplers,
-                           FlowSampling=FlowSampling)  # fmt: skip
+    nodes = comfyui_nodes(comfyui_importable)
+    return SimpleNamespace(nodes=nodes, custom=comfy_extras.nodes_custom_sampler, samplers=comfy.samplers)
 
 
 @pytest.fixture
@@ -70,8 +62,7 @@ def test_the_new_widgets_have_the_native_names_options_and_defaults(comfy, sampl
     ("scheduler", "steps", "denoise"), [("simple", 20, 1.0), ("beta", 7, 0.45), ("normal", 30, 0.8)]
 )
 def test_the_scheduler_node_gives_basic_schedulers_sigmas(comfy, comfyui_importable, scheduler, steps, denoise):
-    sampling = comfy.FlowSampling()
-    sampling.set_parameters(shift=5.0, multiplier=1000)
+    sampling = flow_sampling(5.0)
     model = SimpleNamespace(get_model_object=lambda name: {"model_sampling": sampling}[name])
     (expected,) = comfy.custom.BasicScheduler().get_sigmas(model, scheduler, steps, denoise)
     (got,) = node_module("scheduler").DaxScheduler().get_sigmas(5.0, scheduler, steps, denoise)
@@ -93,7 +84,7 @@ def _sample(node, recipe, latent: dict, **widgets) -> dict:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"noise_mask": torch.ones(1, 1, 16, 16)}, "latent_image has a noise_mask .* does not support"),
+        ({"noise_mask": torch.ones(1, 3, 2, 8, 8)}, r"noise_mask has shape \(1, 3, 2, 8, 8\)"),
         ({"batch_index": [3]}, "latent_image carries a batch_index"),
     ],
 )

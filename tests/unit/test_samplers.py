@@ -18,6 +18,7 @@ from dax_core.runtime.samplers import (
     sample,
 )
 from dax_core.runtime.schedules import flow_sigmas
+from tests.unit.comfy_native import flow_sampling
 
 _CHANNELS = 4
 COMFY_SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m", "lcm", "uni_pc", "uni_pc_bh2")
@@ -56,13 +57,9 @@ def _trajectory(name: str, model: ToyFlow, x: torch.Tensor, sigmas: torch.Tensor
 
 @pytest.fixture(scope="module")
 def comfy(comfyui_importable: Path) -> SimpleNamespace:
-    import comfy.model_sampling
     import comfy.samplers
 
-    class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-        """What ComfyUI gives a Wan model (ModelSamplingSD3 with the shift): discrete flow, CONST."""
-
-    return SimpleNamespace(samplers=comfy.samplers, sampling=FlowSampling())
+    return SimpleNamespace(samplers=comfy.samplers, sampling=flow_sampling(1.0))  # shift 1, as constructed
 
 
 class _RecordingDenoiser:

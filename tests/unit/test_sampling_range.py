@@ -13,6 +13,7 @@ import torch
 from dax_core.cache.teacache import TeaCache
 from dax_core.runtime.engine import SampleRequest
 from dax_core.runtime.schedules import flow_sigmas
+from tests.unit.comfy_native import flow_sampling
 from tests.unit.tiny_wan import tiny_engine, tiny_request
 
 
@@ -23,15 +24,10 @@ def _with(req: SampleRequest, **changes) -> SampleRequest:
 @pytest.fixture(scope="module")
 def comfy_ksampler(comfyui_importable):
     """The sigmas ComfyUI's KSampler (comfy.samplers.KSampler: set_steps, then sample's cut) hands its sampler."""
-    import comfy.model_sampling
     import comfy.samplers
 
-    class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-        pass
-
     def run(req: SampleRequest, monkeypatch) -> torch.Tensor | None:
-        sampling = FlowSampling()
-        sampling.set_parameters(shift=req.shift, multiplier=1000)
+        sampling = flow_sampling(req.shift)
         model = SimpleNamespace(get_model_object=lambda name: {"model_sampling": sampling}[name])
         seen: list[torch.Tensor] = []
         monkeypatch.setattr(comfy.samplers, "sample", lambda *args, **kwargs: seen.append(args[7].clone()))

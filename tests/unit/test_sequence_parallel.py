@@ -6,7 +6,8 @@ number of slices (45 tokens; 5 tokens, where with 4 slices the last rank holds o
 
 Every layout runs plain, and others also with accelerations (``VARIANTS`` in parallel_worker.py): blocks
 compiled (regional torch.compile, fullgraph), FP8 and INT8 linears (per token, per channel), TeaCache,
-TeaCache with 8-bit linears, and radial attention (eager and compiled) on a video of 8 frames. A model with
+TeaCache with 8-bit linears, radial attention (eager and compiled) on a video of 8 frames, and a timestep per latent
+frame with the first frame's 0 (Wan2.2 TI2V's, whose per-token modulation is cut at the slices). A model with
 TeaCache runs a short ``WanEngine.sample`` on every rank, and every rank must take the schedule of one lone
 process. Besides, each rank builds an engine from a weights file with
 ``build_engine``, as a worker group's rank does.

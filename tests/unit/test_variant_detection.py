@@ -14,30 +14,32 @@ from dax_core.models.wan import WanModel
 from tests.numerics import rel_error
 
 CLIP = 32  # short CLIP features keep the files small
+KINDS = [(variant, CLIP) for variant in VARIANTS] + [("i2v", 0)]  # clip 0: image-to-video without CLIP (Wan2.2 A14B)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(("variant", "clip_dim"), KINDS)
 @pytest.mark.parametrize(
     ("naming", "prefix", "sharded"),
     [("wan", "", False), ("comfy", "model.diffusion_model.", False), ("comfy", "diffusion_model.", False),
      ("diffusers", "", False), ("diffusers", "", True)],
 )  # fmt: skip
-def test_each_variant_is_told_in_each_naming_and_loads(tmp_path, variant, naming, prefix, sharded):
-    path = write_tiny_model(tmp_path / "m", variant=variant, clip_dim=CLIP, naming=naming, sharded=sharded)
+def test_each_variant_is_told_in_each_naming_and_loads(tmp_path, variant, clip_dim, naming, prefix, sharded):
+    path = write_tiny_model(tmp_path / "m", variant=variant, clip_dim=clip_dim, naming=naming, sharded=sharded)
     if prefix == "diffusion_model.":  # ComfyUI also saves under the shorter prefix
         tensors = load_file(path)
         save_file({k.replace("model.diffusion_model.", prefix): v for k, v in tensors.items()}, path,
                   metadata={"dax.num_heads": "4"})  # fmt: skip
-    spec = tiny_spec(variant, clip_dim=CLIP)
+    spec = tiny_spec(variant, clip_dim=clip_dim)
     info = inspect_weights(path)
-    assert info.model == ModelInfo(spec, spec.name, "wan2.1")
-    assert info.spec.model_type == variant and info.spec.takes_image == (variant != "t2v")
+    assert info.model == ModelInfo(spec, spec.name, "wan2.2" if variant == "ti2v" or clip_dim == 0 else "wan2.1")
+    assert info.spec.model_type == variant and info.spec.takes_image_latent == (variant in ("i2v", "flf2v"))
+    assert info.spec.takes_clip == (variant in ("i2v", "flf2v") and clip_dim > 0)
     loaded = load_wan_model(path, device="cpu", compute_dtype=torch.float32)
     reference = WanModel(spec, dtype=torch.float32)
     reference.load_state_dict({k: v.bfloat16().float() for k, v in random_state_dict(spec).items()})
     g = torch.Generator().manual_seed(1)
     x, ctx = torch.randn(1, spec.in_dim, 2, 4, 6, generator=g), torch.randn(1, 5, spec.text_dim, generator=g)
-    clip = torch.randn(1, 7, CLIP, generator=g) if spec.takes_image else None
+    clip = torch.randn(1, 7, CLIP, generator=g) if spec.takes_clip else None
     with torch.no_grad():
         got = loaded(x, torch.tensor([500.0]), ctx, clip_fea=clip)
         want = reference.eval()(x, torch.tensor([500.0]), ctx, clip_fea=clip)
@@ -58,7 +60,7 @@ def test_the_published_image_presets_are_named_by_their_variant():
     from dax_core.models.detect import infer_spec
     from dax_core.models.spec import PRESETS
 
-    for name in ("wan2.1-i2v-14b", "wan2.1-flf2v-14b"):
+    for name in ("wan2.1-i2v-14b", "wan2.1-flf2v-14b", "wan2.2-i2v-a14b"):
         shapes = {k: tuple(v.shape) for k, v in WanModel(PRESETS[name], device="meta").state_dict().items()}
         spec = infer_spec(shapes, where=name)
         assert spec == PRESETS[name] and spec.name == name and ModelInfo.of(spec).variant == name
@@ -97,7 +99,32 @@ def test_phantom_is_refused_by_its_file_name(tmp_path):
 def test_the_tiny_model_command_writes_each_variant(tmp_path):
     from dax_core.models.tiny import main
 
-    for variant in VARIANTS:
-        path = tmp_path / f"{variant}.safetensors"
-        assert main(["--out", str(path), "--variant", variant, "--clip-dim", str(CLIP), "--naming", "comfy"]) == 0
-        assert inspect_weights(path).spec == tiny_spec(variant, clip_dim=CLIP)
+    for variant, clip in KINDS:
+        path = tmp_path / f"{variant}-{clip}.safetensors"
+        assert main(["--out", str(path), "--variant", variant, "--clip-dim", str(clip), "--naming", "comfy"]) == 0
+        assert inspect_weights(path).spec == tiny_spec(variant, clip_dim=clip)
+
+
+def test_an_image_to_video_file_without_clip_has_no_image_modules_and_is_wan22(tmp_path):
+    """Wan2.2 I2V A14B's files: 36 input channels, no img_emb, no k_img / v_img (ComfyUI's WanModel with in_dim 36 and
+    text-only cross-attention); diffusers' config has no image_dim (no image_embedder)."""
+    import json
+
+    spec = tiny_spec("i2v", clip_dim=0)
+    names = set(WanModel(spec, device="meta").state_dict())
+    assert not any("img" in n for n in names) and spec.in_dim == 36
+    folder = write_tiny_model(tmp_path / "d", variant="i2v", clip_dim=0, naming="diffusers", sharded=True)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["in_channels"] == 36 and config["image_dim"] is None and config["added_kv_proj_dim"] is None
+    info = inspect_weights(folder)
+    assert info.spec == spec and info.model.family == "wan2.2" and spec.name == "custom-i2v-noclip-d64-l2-h4"
+
+
+def test_an_flf2v_spec_without_clip_is_refused():
+    from dax_core.models.spec import WanSpec
+
+    with pytest.raises(ValueError, match="flf2v model takes both frames' CLIP-vision features"):
+        WanSpec(dim=64, num_layers=1, num_heads=4, ffn_dim=128, in_dim=36, model_type="flf2v", clip_dim=0,
+                image_pos_tokens=514)  # fmt: skip
+    with pytest.raises(ValueError, match="clip_dim must be an integer >= 0"):
+        WanSpec(dim=64, num_layers=1, num_heads=4, ffn_dim=128, in_dim=36, model_type="i2v", clip_dim=-1)
