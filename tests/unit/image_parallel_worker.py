@@ -44,6 +44,12 @@ CASES = {
     for variant in SPECS
 }
 """case name -> the variant and the 2-rank layout it runs."""
+CASES4 = {
+    f"{layout}-{variant}": {"variant": variant, "ulysses": u, "ring": r, "cfg_parallel": cfg}
+    for layout, (u, r, cfg) in {"ulysses2-ring2": (2, 2, False), "cfg2-ulysses2": (2, 1, True)}.items()
+    for variant in SPECS
+}
+"""The same on 4 ranks: Ulysses pairs in a ring of 2, and CFG-parallel halves each split by Ulysses."""
 
 
 def _model(variant: str) -> WanModel:

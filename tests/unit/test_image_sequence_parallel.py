@@ -1,4 +1,5 @@
-"""Sequence parallelism with the image tokens: 2 gloo ranks (Ulysses, ring, CFG-parallel) equal one process on the
+"""Sequence parallelism with the image tokens: 2 gloo ranks (Ulysses, ring, CFG-parallel) and 4 (Ulysses x ring,
+CFG-parallel x Ulysses) equal one process on the
 I2V and FLF2V tiny models (and a Wan2.2 I2V A14B one, image latent without CLIP), forward by forward and through a
 short CFG sampling run with image conditioning.
 
@@ -24,10 +25,27 @@ def ranks(tmp_path_factory):
         pytest.fail(str(e))
 
 
-@pytest.mark.parametrize("case", sorted(worker.CASES))
-def test_two_ranks_equal_one_process_with_image_tokens(ranks, case):
+@pytest.fixture(scope="module")
+def ranks4(tmp_path_factory):
+    try:
+        return launch(4, worker.CASES4, tmp_path_factory.mktemp("image-world4"), script=worker.__file__)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+
+
+def _check(ranks: list[dict], case: str) -> None:
     for rank, results in enumerate(ranks):
         got = results[case]
         assert got["ref_forward_max"] > 0.1, "a degenerate reference"
         for key in ("forward_overlap", "forward_plain", "sampled_overlap", "sampled_plain"):
             assert got[key] < TOLERANCE, (rank, case, key, got[key])
+
+
+@pytest.mark.parametrize("case", sorted(worker.CASES))
+def test_two_ranks_equal_one_process_with_image_tokens(ranks, case):
+    _check(ranks, case)
+
+
+@pytest.mark.parametrize("case", sorted(worker.CASES4))
+def test_four_ranks_equal_one_process_with_image_tokens(ranks4, case):
+    _check(ranks4, case)
