@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU, one call (about 20 minutes on an H200, every stage): the Wan family's GPU tests (the I2V / FLF2V model in
+# One GPU (about 20 minutes on an H200, every stage): the Wan family's GPU tests (the I2V / FLF2V model in
 # bf16 and with its levers; an A14B expert offloaded and swapped back, a pair taking turns, TI2V's per-token timesteps
 # on CUDA), one forward of Wan2.1 I2V 14B at 1280x720x81 and of Wan2.2 TI2V 5B at 1280x704x121 lever by lever (the
 # speed ladder: stock bf16, + SageAttention2, + FP8 linears, + compile) against diffusers on the same weights, then
@@ -11,8 +11,12 @@
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl
 # (diffusers, torchao for the peer line); without them the rungs that need them are reported as skipped, with why.
 # Writes gpu.txt, run.log, forward_i2v_14b.{json,md}, forward_ti2v_5b.{json,md}, swap.json.
-# Time limits (H200): the 14B ladder builds 16 B parameters once (~20 s), then per rung a first call and the timed
-# forwards (~8-11 s each in bf16, the compile rung's first call ~20 s more), then diffusers' three rungs.
+# Time limits (H200), the most a stage may take: tests 240 s, i2v 560 s, ti2v 270 s, swap 300 s (about 23 minutes in
+# all; a stage that runs over is stopped and the next one starts, the ladder having written every rung it finished).
+# The 14B ladder builds 16 B parameters once (~20 s), then per rung a first call and the timed forwards (~8-11 s each
+# in bf16; the compile rung's first call ~20 s more), then diffusers' three rungs, whose torchao + regional-compile
+# first call took 195 s at T2V 14B 720p: about 8 minutes in all. Where one call may last at most 10 minutes, run
+# three: `tests ti2v`, `i2v`, `swap`.
 set -uo pipefail
 OUT=${OUT:-/tmp/dax-out}
 mkdir -p "$OUT"
@@ -43,7 +47,7 @@ for s in ${@:-tests i2v ti2v swap}; do
   case $s in
     tests) stage tests 240 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_image_model_cuda.py \
       tests/gpu/test_experts_cuda.py ;;
-    i2v) stage i2v 480 python3 -m dax_core bench --model i2v-14b --rungs "$RUNGS" --peer $QUICK_FLAG \
+    i2v) stage i2v 560 python3 -m dax_core bench --model i2v-14b --rungs "$RUNGS" --peer $QUICK_FLAG \
       --out "$OUT/forward_i2v_14b" ;;
     ti2v) stage ti2v 270 python3 -m dax_core bench --model ti2v-5b --rungs "$RUNGS" --peer $QUICK_FLAG \
       --out "$OUT/forward_ti2v_5b" ;;
