@@ -3,7 +3,8 @@
 # bf16 and with its levers; an A14B expert offloaded and swapped back, a pair taking turns, TI2V's per-token timesteps
 # on CUDA), one forward of Wan2.1 I2V 14B at 1280x720x81 and of Wan2.2 TI2V 5B at 1280x704x121 lever by lever (the
 # speed ladder: stock bf16, + SageAttention2, + FP8 linears, + compile) against diffusers on the same weights, then
-# both A14B experts resident in bf16 and FP8 and the swap cost at real shapes. Results under $OUT as stages end.
+# both A14B experts resident in bf16 and FP8, the swap cost and a 40-step run projected from an expert's timed 720p
+# forward, at real shapes. Results under $OUT as stages end.
 #   bash tests/gpu/run_wan22_on_device.sh                    # tests i2v ti2v swap
 #   bash tests/gpu/run_wan22_on_device.sh i2v swap           # some stages, in this order
 #   QUICK=1 bash tests/gpu/run_wan22_on_device.sh i2v ti2v   # one timed forward per rung (after the first call)
@@ -11,7 +12,7 @@
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl
 # (diffusers, torchao for the peer line); without them the rungs that need them are reported as skipped, with why.
 # Writes gpu.txt, run.log, forward_i2v_14b.{json,md}, forward_ti2v_5b.{json,md}, swap.json.
-# Time limits (H200), the most a stage may take: tests 240 s, i2v 560 s, ti2v 270 s, swap 300 s (about 23 minutes in
+# Time limits (H200), the most a stage may take: tests 240 s, i2v 560 s, ti2v 270 s, swap 360 s (about 24 minutes in
 # all; a stage that runs over is stopped and the next one starts, the ladder having written every rung it finished).
 # The 14B ladder builds 16 B parameters once (~20 s), then per rung a first call and the timed forwards (~8-11 s each
 # in bf16; the compile rung's first call ~20 s more), then diffusers' three rungs, whose torchao + regional-compile
@@ -51,7 +52,8 @@ for s in ${@:-tests i2v ti2v swap}; do
       --out "$OUT/forward_i2v_14b" ;;
     ti2v) stage ti2v 270 python3 -m dax_core bench --model ti2v-5b --rungs "$RUNGS" --peer $QUICK_FLAG \
       --out "$OUT/forward_ti2v_5b" ;;
-    swap) stage swap 300 python3 -m tests.benchmarks.bench_expert_swap --reps 3 --out "$OUT/swap.json" ;;
+    swap) stage swap 360 python3 -m tests.benchmarks.bench_expert_swap --reps 3 --video 1280x720x81 \
+      --out "$OUT/swap.json" ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done

@@ -143,6 +143,18 @@ def test_the_peer_is_handed_the_image_features_and_a_timestep_per_token():
     assert seen["t"].shape[1] == case.tokens
 
 
+def test_the_a14b_projection_is_forty_cfg_steps_of_the_timed_forward_plus_one_swap():
+    from tests.benchmarks.bench_expert_swap import STEPS, forward_seconds, projected_run
+
+    case = case_for("tiny")
+    timed = forward_seconds(build_model(case.spec, "cpu", torch.float32, 0), case, torch.device("cpu"))
+    assert timed["case"] == case.name and timed["forward_s"] > 0 and timed["first_s"] > 0
+    projected = projected_run(timed["forward_s"], 1.5)
+    assert STEPS == 40 and projected["steps"] == 40
+    assert math.isclose(projected["resident_s"], 80 * timed["forward_s"])
+    assert math.isclose(projected["taking_turns_s"], projected["resident_s"] + 1.5)
+
+
 def test_the_device_script_calls_what_exists():
     text = SCRIPT.read_text()
     modules = set(re.findall(r"python3 -m ([\w.]+)", text)) - {"pip"}
