@@ -11,7 +11,7 @@
 # Stages: tests (tests/gpu/test_image_model_cuda.py, tests/gpu/test_experts_cuda.py), i2v, ti2v, swap.
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl
 # (diffusers, torchao for the peer line); without them the rungs that need them are reported as skipped, with why.
-# Writes gpu.txt, run.log, forward_i2v_14b.{json,md}, forward_ti2v_5b.{json,md}, swap.json.
+# Writes gpu.txt, run.log, forward_i2v_14b.{json,md}, forward_ti2v_5b.{json,md}, swap.{json,md}.
 # Time limits (H200), the most a stage may take: tests 240 s, i2v 560 s, ti2v 270 s, swap 360 s (about 24 minutes in
 # all; a stage that runs over is stopped and the next one starts, the ladder having written every rung it finished).
 # The 14B ladder builds 16 B parameters once (~20 s), then per rung a first call and the timed forwards (~8-11 s each
@@ -57,5 +57,5 @@ for s in ${@:-tests i2v ti2v swap}; do
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done
-for f in "$OUT"/forward_*.md; do [ -f "$f" ] && sed -n '/^| rung/,/^$/p;/^## DAX against/,/^## Assumptions/p' "$f"; done
+for f in "$OUT"/forward_*.md "$OUT"/swap.md; do [ -f "$f" ] && sed -n '/^| rung/,/^$/p;/^| weights/,/^$/p;/^## DAX against/,/^## Assumptions/p' "$f"; done
 echo "== done $(date +%T)" | tee -a "$LOG"

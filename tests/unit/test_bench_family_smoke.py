@@ -144,7 +144,7 @@ def test_the_peer_is_handed_the_image_features_and_a_timestep_per_token():
 
 
 def test_the_a14b_projection_is_forty_cfg_steps_of_the_timed_forward_plus_one_swap():
-    from tests.benchmarks.bench_expert_swap import STEPS, forward_seconds, projected_run
+    from tests.benchmarks.bench_expert_swap import STEPS, forward_seconds, markdown, projected_run
 
     case = case_for("tiny")
     timed = forward_seconds(build_model(case.spec, "cpu", torch.float32, 0), case, torch.device("cpu"))
@@ -153,6 +153,17 @@ def test_the_a14b_projection_is_forty_cfg_steps_of_the_timed_forward_plus_one_sw
     assert STEPS == 40 and projected["steps"] == 40
     assert math.isclose(projected["resident_s"], 80 * timed["forward_s"])
     assert math.isclose(projected["taking_turns_s"], projected["resident_s"] + 1.5)
+    # the table shows each format's figures; one without a forward (--video none) shows dashes, not zeros
+    case_row = {"dtype": "fp8", "expert_gib": 13.6, "both_resident_gib": 27.2, "free_gib_both_resident": 112.0,
+                "first_offload_s": 4.0, "swap_median_s": 1.5, "host_to_device_gb_s": 9.7}  # fmt: skip
+    cases = [{**case_row, "forward": timed, "projected": projected}, {**case_row, "dtype": "bf16"}]
+    command = "python -m tests.benchmarks.bench_expert_swap"
+    results = {"device": "cpu", "torch": torch.__version__, "command": command, "cases": cases}
+    md = markdown(results)
+    assert "Command: `python -m tests.benchmarks.bench_expert_swap`" in md
+    fp8_row, bf16_row = (line for line in md.splitlines() if line.startswith(("| fp8", "| bf16")))
+    assert f"| {projected['resident_s']:.1f} | {projected['taking_turns_s']:.1f} |" in fp8_row
+    assert bf16_row.endswith("| 1.50 | 9.7 | — | — | — |")
 
 
 def test_the_device_script_calls_what_exists():
