@@ -20,6 +20,7 @@ from dax_core.bench.cases import MODELS, TINY_TI2V, case_for
 from dax_core.bench.cli import RUNG_KEYS
 from dax_core.bench.inputs import make_inputs
 from dax_core.bench.weights import build_model
+from dax_core.models.wan import timesteps_of
 from tests.numerics import rel_error
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
@@ -61,6 +62,14 @@ def test_the_real_cases_have_the_published_shapes():
     # the image tokens' keys, values and attention count: 257 more context tokens than text-to-video
     t2v = case_for("14b")
     assert i2v.flops()["cross_attention"] / t2v.flops()["cross_attention"] == pytest.approx((512 + 257) / 512)
+    # the real inputs are what the models' own checks accept (the forward itself is the GPU's to run)
+    for case in (i2v, ti2v):
+        inputs = make_inputs(case, "cpu", torch.bfloat16, 0)
+        case.spec.check_latent(inputs.x.shape)
+        case.spec.check_text(inputs.context.shape)
+        case.spec.check_image_features(None if inputs.clip_fea is None else inputs.clip_fea.shape, 1)
+        grid = timesteps_of(inputs.t, 1, case.spec.patch_size, inputs.x.shape[2:])
+        assert grid.shape == ((1, 31) if case is ti2v else (1,))
 
 
 def test_a_video_size_the_wan22_vae_cannot_take_is_refused_with_the_step():
