@@ -93,15 +93,21 @@ def run_peer(ladder: Any, inputs: ForwardInputs) -> None:
         except Exception as err:  # reported; nothing to build on
             ladder.skip_peer("peer_stock", titles["peer_stock"], err)
             return
+        backend = None
         try:
             backend = _fastest_attention(model, s.device)
             ladder.record_peer("peer_attention", titles["peer_attention"], forward, model, f"backend {backend}")
-        except Exception as err:  # reported, and the line goes on
+        except Exception as err:  # reported, and the line goes on on diffusers' default attention
             ladder.skip_peer("peer_attention", titles["peer_attention"], err)
+            if backend is not None:  # set, but its forward failed (a variant's attention it does not take)
+                model.reset_attention_backend()
+                backend = None
         try:
             _torchao_fp8(model, s.device)
             model.compile_repeated_blocks(fullgraph=True, backend=s.compile_backend)
-            note = "torchao Float8DynamicActivationFloat8WeightConfig(PerRow) on the blocks' linears"
+            note = "torchao Float8DynamicActivationFloat8WeightConfig(PerRow) on the blocks' linears, attention " + (
+                f"backend {backend}" if backend else "diffusers' default"
+            )
             ladder.record_peer("peer_full", titles["peer_full"], forward, model, note)
         except Exception as err:  # reported
             ladder.skip_peer("peer_full", titles["peer_full"], err)
