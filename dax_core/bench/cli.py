@@ -3,6 +3,12 @@
     python -m dax_core bench --model 14b --video 1280x720x81 --out docs/benchmarks/ladder_h200_14b
     python -m dax_core bench --model 1.3b --peer                     # with diffusers' line on the same weights
     python -m dax_core bench --model tiny --device cpu --compile-backend aot_eager   # a smoke test
+    python -m dax_core bench --model i2v-14b --rungs stock,sage,fp8,compile --peer  # Wan2.1 I2V 14B 720p
+    python -m dax_core bench --model ti2v-5b --rungs stock,sage,fp8,compile --peer  # Wan2.2 TI2V 5B 1280x704x121
+
+Models: 14b, 1.3b (Wan2.1 T2V), i2v-14b (Wan2.1 I2V, with one image's CLIP features), ti2v-5b (Wan2.2 TI2V, a
+timestep per latent frame), and tiny, tiny-i2v, tiny-ti2v for smoke tests. The i2v-14b and ti2v-5b cases have not
+run on a GPU yet: no figure of them exists.
 
 Rungs (``--rungs``, comma-separated; stock always runs): stock, sage, fp8, int8, compile, graphs, teacache, magcache,
 distill, and with ``--peer`` the diffusers line. ``--quick``: one timed forward per rung, no INT8 rung. On request

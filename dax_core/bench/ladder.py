@@ -27,8 +27,9 @@ from ..compile.regional import uncompile_blocks
 from ..quant.qconfig import QuantizationError
 from ..recipe import Recipe, RecipeError, acceleration_from_dict
 from . import rungs as R
-from .cases import TEXT_TOKENS, Case
+from .cases import Case
 from .ceilings import attention_kernel, linear_scheme, measure_floor
+from .inputs import ForwardInputs, make_inputs
 from .step_costs import magcache_pattern, ratios_for, step_costs
 from .timing import device_name, median, peak_since, reset_peak, timed
 from .weights import build_model, share_weights
@@ -79,14 +80,6 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def make_inputs(case: Case, device: torch.device, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
-    """The latent, the timestep and a text embedding of one CFG branch, seeded."""
-    g = torch.Generator(device=device).manual_seed(seed + 1)
-    x = torch.randn(case.latent_shape, generator=g, device=device)
-    ctx = torch.randn(1, TEXT_TOKENS, case.spec.text_dim, generator=g, device=device).to(dtype)
-    return x, torch.tensor([700.0], device=device), ctx
-
-
 @dataclass
 class _Built:
     model: Any
@@ -108,6 +101,8 @@ class Ladder:
             "device": device_name(s.device),
             "torch": torch.__version__,
             "case": s.case.name,
+            "model_type": s.case.spec.model_type,
+            "latent_shape": list(s.case.latent_shape),
             "tokens": s.case.tokens,
             "flops": s.case.flops(),
             "reps": s.reps,
@@ -120,6 +115,7 @@ class Ladder:
                 "seeded random weights at the real shapes: times do not depend on weight values",
                 *(r.assumption for r in R.SCHEDULE_RUNGS if s.wants(r.key)),
                 "projected times count the transformer only (no text encoder, no VAE)",
+                *variant_assumptions(s.case),
             ],
         }
         self._built: dict[str, _Built] = {}
@@ -204,7 +200,7 @@ class Ladder:
         if not was_compiled and model.compiled is not None:
             uncompile_blocks(model)
 
-    def run_dense(self, weights: Any, inputs: tuple) -> None:
+    def run_dense(self, weights: Any, inputs: ForwardInputs) -> None:
         dense = {r.key: r for r in R.dense_rungs(self.settings.compile_backend)}
         for rung in dense.values():
             if not self.settings.wants(rung.key, rung.on_request):
@@ -219,7 +215,7 @@ class Ladder:
                 built = self._build(rung, base_key, weights)
                 accelerations = built.accelerations
                 log.info("rung %s: %s", rung.key, accelerations)
-                forward = (lambda m: lambda: m(*inputs))(built.model)
+                forward = (lambda m: lambda: inputs(m))(built.model)
                 entry = self._measure(forward, built.model, stock=rung.key == "stock")
                 entry["floor"] = self._floor(built.model)
             except Exception as err:  # every failure is reported, and the ladder goes on
@@ -245,7 +241,7 @@ class Ladder:
 
     # -- the schedule rungs -----------------------------------------------------------------------------------
 
-    def run_schedules(self, inputs: tuple) -> None:
+    def run_schedules(self, inputs: ForwardInputs) -> None:
         best = self.best_dense()
         for rung in R.SCHEDULE_RUNGS:
             if not self.settings.wants(rung.key):
@@ -307,6 +303,44 @@ class Ladder:
         self.results["rungs"][key]["peer"] = True
 
 
+def variant_assumptions(case: Case) -> list[str]:
+    """What an image model's forward is given (stated in the results)."""
+    spec, notes = case.spec, []
+    if spec.takes_clip:
+        notes.append(
+            f"the forward takes one image's {case.image_tokens} CLIP-vision tokens ({spec.clip_dim} wide) beside the "
+            f"text; the input latent is {spec.in_dim} channels (noise, mask, image latent). The dense floor leaves "
+            "out the image cross-attention's kernels (its keys, values and attention over the image tokens)"
+        )
+    if spec.per_token_timesteps:
+        notes.append(
+            "a timestep per latent frame, the first frame at 0 (an image-conditioned first frame, as "
+            "Wan22ImageToVideoLatent's noise mask gives); the peer gets it repeated per token"
+        )
+    return notes
+
+
+def compare_with_peer(rungs: dict) -> dict | None:
+    """DAX's full stack (the ``compile`` rung: FP8 linears, the best attention that ran below it, compile) or, where
+    it did not run, DAX's fastest dense rung, against each peer rung that ran: the peer's seconds per forward over
+    DAX's (above 1: DAX is faster)."""
+    dense = [(r["forward_s"], k) for k, r in rungs.items()
+             if r.get("status") == "ran" and not r.get("peer") and "pattern" not in r]  # fmt: skip
+    peers = {k: r for k, r in rungs.items() if r.get("peer") and r.get("status") == "ran"}
+    if not dense or not peers:
+        return None
+    seconds, key = min(dense)
+    if rungs.get("compile", {}).get("status") == "ran":
+        seconds, key = rungs["compile"]["forward_s"], "compile"
+    rows = [
+        {"peer": k, "title": r["title"], "forward_s": r["forward_s"], "first_s": r["first_s"],
+         "peak_gib": r["peak_gib"], "peer_over_dax": r["forward_s"] / seconds}
+        for k, r in peers.items()
+    ]  # fmt: skip
+    return {"dax_rung": key, "dax_title": rungs[key]["title"], "dax_forward_s": seconds,
+            "dax_first_s": rungs[key]["first_s"], "dax_peak_gib": rungs[key]["peak_gib"], "rows": rows}  # fmt: skip
+
+
 def finish(results: dict) -> None:
     """Ratios, floors and 50-step projections of every rung that ran, from its own timings; the upstream table."""
     rungs = results["rungs"]
@@ -339,6 +373,9 @@ def finish(results: dict) -> None:
                 entry["speedup"] = stock["projected_s"] / entry["projected_s"]
                 if "forward_s" in entry and "pattern" not in entry:
                     entry["forward_speedup"] = stock["forward_s"] / entry["forward_s"]
+    results["versus_peer"] = compare_with_peer(rungs)
+    if results.get("model_type", "t2v") != "t2v":
+        return  # upstream DAX's ladder is of Wan2.1 T2V 14B: no rung of another variant compares with it
     first = R.UPSTREAM_RUNGS[0].seconds
     results["upstream"] = {
         "source": R.UPSTREAM_SOURCE,

@@ -1,7 +1,11 @@
 """The peer line of the ladder: diffusers' ``WanTransformer3DModel`` on the same seeded weights and inputs, stock,
 then with its attention dispatcher's fastest backend here, then with torchao FP8 rowwise linears and diffusers'
 regional compile (``compile_repeated_blocks``), as diffusers documents them. diffusers and torchao are optional:
-without them the rungs are reported as skipped, with the reason."""
+without them the rungs are reported as skipped, with the reason; so are they where the installed diffusers cannot
+build the variant (an image model's ``image_dim``, Wan2.2 TI2V's 48 channels), and a forward it cannot run (TI2V's
+per-token timesteps in an older diffusers) is reported as failed, with its error: never replaced by something else.
+An image model's peer gets the same CLIP features (``encoder_hidden_states_image``); TI2V's gets the per-frame
+timestep repeated per token, as diffusers takes it."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .inputs import ForwardInputs
 from .weights import build_diffusers
 
 ATTENTION_PREFERENCE = ("_flash_3", "sage", "_native_cudnn")
@@ -48,7 +53,19 @@ def _torchao_fp8(model: Any, device: torch.device) -> None:
     quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=in_blocks)
 
 
-def run_peer(ladder: Any, inputs: tuple) -> None:
+def _build(settings: Any) -> Any:
+    try:
+        return build_diffusers(settings.case.spec, settings.device, settings.dtype, settings.seed)
+    except (TypeError, KeyError) as err:  # a config argument or a parameter this diffusers does not have
+        import diffusers
+
+        raise PeerUnavailable(
+            f"diffusers {diffusers.__version__} cannot build WanTransformer3DModel for a {settings.case.spec.name} "
+            f"model ({type(err).__name__}: {err}); upgrade diffusers"
+        ) from err
+
+
+def run_peer(ladder: Any, inputs: ForwardInputs) -> None:
     """Add the peer rungs to ``ladder`` (a ``Ladder`` whose stock rung ran), freeing the model at the end."""
     s = ladder.settings
     titles = {
@@ -60,11 +77,15 @@ def run_peer(ladder: Any, inputs: tuple) -> None:
         for key, title in titles.items():
             ladder.skip_peer(key, title, PeerUnavailable("diffusers is not installed (pip install diffusers)"))
         return
-    x, t, ctx = inputs
-    model = build_diffusers(s.case.spec, s.device, s.dtype, s.seed)
+    try:
+        model = _build(s)
+    except PeerUnavailable as err:
+        for key, title in titles.items():
+            ladder.skip_peer(key, title, err)
+        return
 
     def forward(model: Any = model) -> torch.Tensor:
-        return model(x.to(s.dtype), t, ctx, return_dict=False)[0]
+        return inputs.diffusers(model, s.dtype)
 
     try:
         try:
@@ -72,15 +93,21 @@ def run_peer(ladder: Any, inputs: tuple) -> None:
         except Exception as err:  # reported; nothing to build on
             ladder.skip_peer("peer_stock", titles["peer_stock"], err)
             return
+        backend = None
         try:
             backend = _fastest_attention(model, s.device)
             ladder.record_peer("peer_attention", titles["peer_attention"], forward, model, f"backend {backend}")
-        except Exception as err:  # reported, and the line goes on
+        except Exception as err:  # reported, and the line goes on on diffusers' default attention
             ladder.skip_peer("peer_attention", titles["peer_attention"], err)
+            if backend is not None:  # set, but its forward failed (a variant's attention it does not take)
+                model.reset_attention_backend()
+                backend = None
         try:
             _torchao_fp8(model, s.device)
             model.compile_repeated_blocks(fullgraph=True, backend=s.compile_backend)
-            note = "torchao Float8DynamicActivationFloat8WeightConfig(PerRow) on the blocks' linears"
+            note = "torchao Float8DynamicActivationFloat8WeightConfig(PerRow) on the blocks' linears, attention " + (
+                f"backend {backend}" if backend else "diffusers' default"
+            )
             ladder.record_peer("peer_full", titles["peer_full"], forward, model, note)
         except Exception as err:  # reported
             ladder.skip_peer("peer_full", titles["peer_full"], err)

@@ -71,6 +71,21 @@ def _upstream_rows(results: dict) -> list[str]:
     return rows
 
 
+def _peer_rows(versus: dict) -> list[str]:
+    which = "full stack" if versus["dax_rung"] == "compile" else "fastest rung"
+    rows = [
+        f"DAX's {which}, {versus['dax_title']}: {versus['dax_forward_s']:.3f} s per forward (first call "
+        f"{versus['dax_first_s']:.1f} s, peak {_num(versus['dax_peak_gib'], '.1f')} GiB).",
+        "",
+        "| peer rung | s / forward | first call s | peak GiB | peer s / DAX s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in versus["rows"]:
+        rows.append(f"| {r['title']} | {r['forward_s']:.3f} | {r['first_s']:.1f} | {_num(r['peak_gib'], '.1f')} | "
+                    f"{r['peer_over_dax']:.2f}x |")  # fmt: skip
+    return rows
+
+
 def markdown(results: dict) -> str:
     lines = [
         f"# Speed ladder: {results['case']} on {results['device']}",
@@ -99,6 +114,13 @@ def markdown(results: dict) -> str:
             "## Kernel ceilings (block 0, one forward's shapes; ms per call, TFLOP/s in brackets)",
             "",
             *_floor_rows(results),
+        ]
+    if results.get("versus_peer"):
+        lines += [
+            "",
+            "## DAX against diffusers on the same weights and inputs",
+            "",
+            *_peer_rows(results["versus_peer"]),
         ]
     if "upstream" in results:
         lines += ["", f"## Against {results['upstream']['source']}", "", *_upstream_rows(results), "",

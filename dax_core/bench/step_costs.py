@@ -17,6 +17,7 @@ from ..cache.teacache import TeaCache
 from ..models.wan import WanModel
 from ..recipe import Recipe
 from .cases import TINY
+from .inputs import ForwardInputs
 from .rungs import STEPS
 from .timing import median, timed
 from .weights import build_model
@@ -40,7 +41,7 @@ def _always_skipping(kind: str, spec_name: str) -> ResidualStepCache:
 
 
 @torch.inference_mode()
-def step_costs(model: WanModel, inputs: tuple, device: torch.device, kind: str, reps: int) -> dict:
+def step_costs(model: WanModel, inputs: ForwardInputs, device: torch.device, kind: str, reps: int) -> dict:
     """Seconds of one computed step (step 0: the block stack runs and its residual is stored) and the median of
     ``reps`` skipped steps (prepare, the cache's decision, the residual reused, the head), each a whole forward of
     one branch, with the ``kind`` cache on ``model``."""
@@ -54,7 +55,7 @@ def step_costs(model: WanModel, inputs: tuple, device: torch.device, kind: str, 
         nonlocal step
         cache.start_step(step)
         step += 1
-        model(*inputs, branches=("cond",))
+        inputs(model, branches=("cond",))
 
     try:
         (computed,) = timed(forward, 1, device)

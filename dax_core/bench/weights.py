@@ -66,9 +66,23 @@ def share_weights(model: WanModel) -> WanModel:
     return twin.eval()
 
 
+def _variant_config(spec: WanSpec) -> dict:
+    """The ``WanTransformer3DModel`` arguments that differ from its text-to-video defaults for ``spec``."""
+    config: dict[str, Any] = {}
+    if (spec.in_dim, spec.out_dim) != (16, 16):
+        config |= {"in_channels": spec.in_dim, "out_channels": spec.out_dim}
+    if spec.takes_clip:
+        config |= {"image_dim": spec.clip_dim, "added_kv_proj_dim": spec.dim}
+    if spec.image_pos_tokens:
+        config["pos_embed_seq_len"] = spec.image_pos_tokens
+    return config
+
+
 def build_diffusers(spec: WanSpec, device: torch.device | str, dtype: torch.dtype, seed: int) -> Any:
     """diffusers' ``WanTransformer3DModel`` built on ``device`` with the same seeded weights as ``build_model``
-    (float32 where ``from_pretrained`` keeps it). diffusers must be installed."""
+    (float32 where ``from_pretrained`` keeps it), in the configuration of ``spec``'s variant: input and output
+    channels, and for a model with CLIP features the image embedder and the image cross-attention's added key and
+    value projections (FLF2V: the image tokens' positions). diffusers must be installed."""
     from diffusers import WanTransformer3DModel
 
     from ..models.naming import diffusers_to_wan
@@ -79,7 +93,7 @@ def build_diffusers(spec: WanSpec, device: torch.device | str, dtype: torch.dtyp
         with torch.device(device):
             model = WanTransformer3DModel(
                 num_attention_heads=spec.num_heads, attention_head_dim=spec.head_dim, text_dim=spec.text_dim,
-                freq_dim=spec.freq_dim, ffn_dim=spec.ffn_dim, num_layers=spec.num_layers,
+                freq_dim=spec.freq_dim, ffn_dim=spec.ffn_dim, num_layers=spec.num_layers, **_variant_config(spec),
             )  # fmt: skip
     finally:
         torch.set_default_dtype(previous)

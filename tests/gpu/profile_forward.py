@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from dax_core.accelerations import BuildEnv, apply_accelerations
 from dax_core.bench.cases import case_for
-from dax_core.bench.ladder import make_inputs
+from dax_core.bench.inputs import make_inputs
 from dax_core.bench.timing import sync
 from dax_core.bench.weights import build_model
 from dax_core.recipe import Recipe
@@ -62,11 +62,11 @@ def main() -> None:
     inputs = make_inputs(case, device, torch.bfloat16, 0)
     with torch.inference_mode():
         for _ in range(2):
-            model(*inputs)
+            inputs(model)
         sync(device)
         with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
             begin = time.perf_counter()
-            model(*inputs)
+            inputs(model)
             sync(device)
             wall_ms = 1000 * (time.perf_counter() - begin)
     rows = []
