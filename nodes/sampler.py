@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 import comfy.model_management as mm
 import torch
@@ -449,17 +450,17 @@ class DaxMultiGPUSampler:
     FUNCTION = "sample"
     CATEGORY = "DAX"
     DESCRIPTION = (
-        "Text-to-video (and, with denoise below 1, video-to-video) sampling with the DAX engine, as the native "
-        "KSampler samples: one GPU in ComfyUI's process, or a worker group."
+        "Wan sampling with the DAX engine (text- or image-to-video; with denoise below 1, video-to-video), as the "
+        "native KSampler samples: one GPU in ComfyUI's process, or a worker group."
     )
 
     def sample(self, dax_model: Recipe, positive, negative, latent_image, seed, steps, cfg, shift, sampler_name,
                scheduler, denoise, gpus, unique_id=None, **parallel):  # fmt: skip
-        latent = _latent_samples(latent_image)
-        request = SampleRequest(
-            **_conditioning(dax_model, positive, negative, latent),
-            latent=latent,
-            noise_mask=_noise_mask(latent_image),
+        request = _request(
+            dax_model,
+            positive,
+            negative,
+            latent_image,
             seed=seed,
             steps=steps,
             cfg=cfg,
@@ -505,11 +506,11 @@ class DaxSamplerAdvanced:
     def sample(self, dax_model: Recipe, positive, negative, latent_image, add_noise, noise_seed, steps, cfg, shift,
                sampler_name, scheduler, start_at_step, end_at_step, return_with_leftover_noise, gpus, sigmas=None,
                unique_id=None, **parallel):  # fmt: skip
-        latent = _latent_samples(latent_image)
-        request = SampleRequest(
-            **_conditioning(dax_model, positive, negative, latent),
-            latent=latent,
-            noise_mask=_noise_mask(latent_image),
+        request = _request(
+            dax_model,
+            positive,
+            negative,
+            latent_image,
             seed=noise_seed,
             steps=steps,
             cfg=cfg,
@@ -523,6 +524,15 @@ class DaxSamplerAdvanced:
             sigmas=None if sigmas is None else sigmas.detach().cpu(),
         )
         return _run(dax_model, request, latent_image, gpus, _parallel_options(parallel), unique_id)
+
+
+def _request(recipe: Recipe, positive: list, negative: list, latent_image: dict, **settings: Any) -> SampleRequest:
+    """The request of a sampler node: the native conditioning and latent (with its noise mask) and ``settings``."""
+    latent = _latent_samples(latent_image)
+    return SampleRequest(
+        **_conditioning(recipe, positive, negative, latent), latent=latent, noise_mask=_noise_mask(latent_image),
+        **settings,
+    )  # fmt: skip
 
 
 def _parallel_options(given: dict) -> dict:
