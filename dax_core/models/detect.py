@@ -95,7 +95,8 @@ def infer_spec(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None =
     if len(patch_weight) != 5:
         raise WeightsError(f"{where}: patch_embedding.weight has shape {list(patch_weight)}, expected 5 dimensions")
     dim, in_dim, patch_size = patch_weight[0], patch_weight[1], tuple(patch_weight[2:])
-    image = _image_fields(shapes, in_dim, where)
+    out_dim = shapes["head.head.weight"][0] // max(1, math.prod(patch_size))
+    variant = _variant_fields(shapes, in_dim, out_dim, where)
     blocks = {int(m.group(1)) for name in shapes if (m := re.match(r"blocks\.(\d+)\.", name))}
     if num_heads is None:
         if dim % HEAD_DIM:
@@ -114,22 +115,25 @@ def infer_spec(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None =
             text_dim=shapes["text_embedding.0.weight"][-1],
             freq_dim=shapes["time_embedding.0.weight"][-1],
             in_dim=in_dim,
-            out_dim=shapes["head.head.weight"][0] // max(1, math.prod(patch_size)),
+            out_dim=out_dim,
             patch_size=patch_size,
             cross_attn_norm="blocks.0.norm3.weight" in shapes,
-            **(image or {"model_type": _model_type(shapes["head.head.weight"][0] // max(1, math.prod(patch_size)))}),
+            **variant,
         )
     except ValueError as e:
         raise WeightsError(f"{where}: the tensor shapes describe no valid Wan2.1 model ({e})") from e
 
 
-def _image_fields(shapes: Mapping[str, tuple[int, ...]], in_dim: int, where: str) -> dict:
-    """The WanSpec fields of the variant the image modules tell (none for text-to-video)."""
+def _variant_fields(shapes: Mapping[str, tuple[int, ...]], in_dim: int, out_dim: int, where: str) -> dict:
+    """The WanSpec fields of the variant the tensors tell. With a CLIP image embedding: Wan2.1 I2V, or FLF2V with
+    its image positions. Without one: an image latent concatenated to the noise (noise, 4 mask channels, image
+    latent) is Wan2.2 I2V A14B; a DiT that predicts the Wan2.2 VAE's 48 latent channels is Wan2.2 TI2V (ComfyUI's
+    rule too: WAN22_T2V is the Wan model with ``out_dim`` 48); else text-to-video, Wan2.1 T2V or a Wan2.2 A14B
+    expert, which shapes cannot tell apart (the user's model choice at Load does)."""
     if CLIP_EMBEDDING not in shapes:
-        out_dim = shapes["head.head.weight"][0] // max(1, math.prod(shapes["patch_embedding.weight"][2:]))
-        if in_dim == 2 * out_dim + 4:  # noise, mask and an image latent, but no CLIP features: Wan2.2 I2V A14B
+        if in_dim == 2 * out_dim + 4:
             return {"model_type": "i2v", "clip_dim": 0}
-        return {}
+        return {"model_type": "ti2v" if out_dim == WAN22_LATENT_CHANNELS else "t2v"}
     fields: dict = {"model_type": "i2v", "clip_dim": shapes[CLIP_EMBEDDING][0]}
     if FLF_POSITIONS in shapes:
         positions = shapes[FLF_POSITIONS]
@@ -137,13 +141,6 @@ def _image_fields(shapes: Mapping[str, tuple[int, ...]], in_dim: int, where: str
             raise WeightsError(f"{where}: {FLF_POSITIONS} has shape {list(positions)}, expected [1, tokens, width]")
         fields |= {"model_type": "flf2v", "image_pos_tokens": positions[1]}
     return fields
-
-
-def _model_type(out_dim: int) -> str:
-    """A DiT that predicts the Wan2.2 VAE's 48 latent channels is Wan2.2 TI2V (ComfyUI's rule too: WAN22_T2V is the
-    Wan model with ``out_dim`` 48); a 16-channel text-to-video DiT is Wan2.1 T2V or a Wan2.2 A14B expert, which
-    shapes cannot tell apart (the user's model choice at Load does)."""
-    return "ti2v" if out_dim == WAN22_LATENT_CHANNELS else "t2v"
 
 
 def expected_shapes(spec: WanSpec) -> dict[str, tuple[int, ...]]:
