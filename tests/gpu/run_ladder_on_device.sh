@@ -14,31 +14,12 @@
 # Writes gpu.txt, run.log and each stage's results: ladder_*.{json,md}, peer_1.3b.{json,md}, profile_*.txt,
 # dax_kernels_14b.{json,md}, ab_14b.{json,md}.
 set -uo pipefail
-OUT=${OUT:-/tmp/dax-out}
-mkdir -p "$OUT"
-LOG="$OUT/run.log"
-if ls .kern/*.tar.gz >/dev/null 2>&1; then
-  mkdir -p /tmp/kern && for a in .kern/*.tar.gz; do tar xzf "$a" -C /tmp/kern; done
-fi
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-fi
-export PYTHONPATH=/tmp/kern:/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -c "import sageattention.core as c; print('sageattention sm90', c.SM90_ENABLED)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
-QUICK_FLAG=${QUICK:+--quick}
+STAGE_SHOW="rung|passed|skipped|failed|error|Error"
+. tests/gpu/device_setup.sh
 LADDER_14B="stock,sage,fp8,compile,teacache,magcache,distill"  # INT8 and the CUDA-graph pair: 1.3B only (time)
 AB_14B=${AB_RUNGS:-full,full_sage_inputs,full_input_kernels,full_dax}  # the full stack without, with either, both
 DAX_ACCELERATIONS='[{"kind": "quantize", "dtype": "fp8", "input_kernels": "dax"},
   {"kind": "attention", "backend": "sage", "sage_inputs": "fused"}, {"kind": "compile"}]'
-
-stage() {  # name, time limit in seconds, command...
-  local name=$1 limit=$2; shift 2
-  echo "== $name $(date +%T)" | tee -a "$LOG"
-  timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$LOG" | grep -E "rung|passed|skipped|failed|error|Error" | tail -40
-  echo "== $name ended: ${PIPESTATUS[0]} $(date +%T)" | tee -a "$LOG"
-}
 
 for s in ${@:-kernels ladder-14b ladder-1.3b}; do
   case $s in

@@ -6,22 +6,7 @@
 #   bash tests/gpu/run_status_lora_on_device.sh preview         # some stages, in this order
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 / SpargeAttn for sm90, unpacked to /tmp/kern).
 set -uo pipefail
-OUT=${OUT:-/tmp/dax-out}
-mkdir -p "$OUT"
-LOG="$OUT/run.log"
-if ls .kern/*.tar.gz >/dev/null 2>&1; then
-  mkdir -p /tmp/kern && for a in .kern/*.tar.gz; do tar xzf "$a" -C /tmp/kern; done
-fi
-export PYTHONPATH=/tmp/kern:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-
-stage() {  # name, time limit in seconds, command...
-  local name=$1 limit=$2; shift 2
-  echo "== $name $(date +%T)" | tee -a "$LOG"
-  timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG" | grep -vE "^DEBUG" | tail -25
-  echo "== $name ended: ${PIPESTATUS[0]} $(date +%T)" | tee -a "$LOG"
-}
+. tests/gpu/device_setup.sh
 
 for s in ${@:-tests preview lora}; do
   case $s in

@@ -19,30 +19,8 @@
 # first call took 195 s at T2V 14B 720p: about 8 minutes in all. Where one call may last at most 10 minutes, run
 # three: `tests ti2v`, `i2v`, `swap`.
 set -uo pipefail
-OUT=${OUT:-/tmp/dax-out}
-mkdir -p "$OUT"
-LOG="$OUT/run.log"
-if ls .kern/*.tar.gz >/dev/null 2>&1; then
-  mkdir -p /tmp/kern && for a in .kern/*.tar.gz; do tar xzf "$a" -C /tmp/kern; done
-fi
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-fi
-export PYTHONPATH=/tmp/kern:/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -c "import sageattention.core as c; print('sageattention sm90', c.SM90_ENABLED)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
-python3 -c "import diffusers; print('diffusers', diffusers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
-python3 -c "import torchao; print('torchao', torchao.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
-QUICK_FLAG=${QUICK:+--quick}
+. tests/gpu/device_setup.sh
 RUNGS="stock,sage,fp8,compile"  # the full stack lever by lever; a rung that cannot run here is skipped, with why
-
-stage() {  # name, time limit in seconds, command...
-  local name=$1 limit=$2; shift 2
-  echo "== $name $(date +%T)" | tee -a "$LOG"
-  timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG" | grep -vE "^DEBUG" | tail -25
-  echo "== $name ended: ${PIPESTATUS[0]} $(date +%T)" | tee -a "$LOG"
-}
 
 for s in ${@:-tests i2v ti2v swap}; do
   case $s in
