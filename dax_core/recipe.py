@@ -176,9 +176,10 @@ class Recipe:
             raise RecipeError(f"expert {which!r} is not one of {', '.join(EXPERTS)}")
         weights = self.weights if which == "high" else self.low_noise_weights
         family = MODEL_CHOICES[self.model_choice].family
-        # the resolved model (if any) is the pair's first file's: an expert's own is read from its file
+        # both experts have the resolved model's spec (Load checked the low-noise file against it): only which differs
+        model = None if self.model is None else dataclasses.replace(self.model, expert=which)
         return dataclasses.replace(
-            self, weights=weights, model=None, model_choice=f"{family}-{which}", low_noise_weights=None
+            self, weights=weights, model=model, model_choice=f"{family}-{which}", low_noise_weights=None
         )
 
     @property
