@@ -1,14 +1,16 @@
 """Wan2.2 A14B on one GPU: both experts resident (bf16, and FP8 linears), and what swapping an expert in from
 pinned host memory costs, at real shapes with seeded random weights (step time does not depend on weight values).
 
-``python -m tests.benchmarks.bench_expert_swap [--dtypes bf16 fp8] [--reps 3] [--video 1280x720x81] [--out swap.json]``
+``python -m tests.benchmarks.bench_expert_swap [--dtypes bf16 fp8] [--reps 3] [--video 1280x720x81]
+[--forward-stack eager|full] [--out swap.json]``
 
 Per weight format: the GPU memory both experts hold, the first offload of one (its pinned host copy is made then),
 then ``reps`` swaps (offload the other, load this one: what ``ExpertPair`` does at the boundary), median seconds
 and the host-to-device rate; then one forward of an expert at ``--video`` (eager, PyTorch SDPA, after one untimed
-call; ``--video none`` skips it) and the projected transformer time of a 40-step run with CFG (the official A14B
+call; ``--video none`` skips it; ``--forward-stack full``: SageAttention2 and compiled blocks, with FP8 linears the
+full stack) and the projected transformer time of a 40-step run with CFG (the official A14B
 step count): both experts resident, and taking turns (one swap at the boundary). A benchmark, never a timed test;
-not yet run on a GPU: no figure of it exists.
+results: docs/benchmarks/wan22_a14b_h200.md.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from pathlib import Path
 import torch
 
 from dax_core.accelerations import BuildEnv
+from dax_core.attention.config import AttentionConfig
 from dax_core.bench.cases import Case, case_for
 from dax_core.bench.inputs import make_inputs
 from dax_core.bench.timing import device_name, median, timed
 from dax_core.bench.weights import build_model
+from dax_core.compile import CompileConfig
 from dax_core.models.spec import WAN22_T2V_A14B
 from dax_core.models.wan import WanModel
 from dax_core.quant.config import QuantizeConfig
@@ -46,15 +50,23 @@ def projected_run(forward_s: float, swap_s: float, steps: int = STEPS) -> dict:
     return {"steps": steps, "resident_s": resident, "taking_turns_s": resident + swap_s}
 
 
+FORWARD_STACKS = ("eager", "full")
+"""The timed forward's levers besides the weight format: none (PyTorch SDPA, eager), or SageAttention2 and regional
+compile (with FP8 linears, the full stack)."""
+
+
 @torch.inference_mode()
-def forward_seconds(model: WanModel, case: Case, device: torch.device) -> dict:
+def forward_seconds(model: WanModel, case: Case, device: torch.device, stack: str) -> dict:
     """One forward (one CFG branch) of ``model`` at ``case``'s shapes after one untimed call."""
+    if stack == "full":
+        for lever in (AttentionConfig(backend="sage"), CompileConfig(backend="inductor")):
+            lever.apply(model, BuildEnv(device))
     inputs = make_inputs(case, device, model.compute_dtype, 0)
     first, second = timed(lambda: inputs(model), 2, device)
-    return {"case": case.name, "first_s": first, "forward_s": second}
+    return {"case": case.name, "stack": stack, "first_s": first, "forward_s": second}
 
 
-def measure(dtype: str, reps: int, device: torch.device, case: Case | None) -> dict:
+def measure(dtype: str, reps: int, device: torch.device, case: Case | None, stack: str = "eager") -> dict:
     experts = []
     for seed in (1, 2):
         model = build_model(WAN22_T2V_A14B, device, torch.bfloat16, seed)
@@ -84,7 +96,7 @@ def measure(dtype: str, reps: int, device: torch.device, case: Case | None) -> d
     if case is not None:
         for offload in offloads:  # both resident again (a resident one's load does nothing)
             offload.load()
-        result["forward"] = forward_seconds(experts[0], case, device)
+        result["forward"] = forward_seconds(experts[0], case, device, stack)
         result["projected"] = projected_run(result["forward"]["forward_s"], seconds)
     del experts, offloads
     gc.collect()
@@ -103,17 +115,17 @@ def markdown(results: dict) -> str:
         "",
         f"Command: `{results['command']}` (torch {results['torch']}). Seeded random weights at the experts' real "
         f"shapes; a swap = one expert offloaded to pinned host memory and the other loaded (median of the timed "
-        f"swaps after the first); the forward: one CFG branch, eager, PyTorch SDPA; projected: {STEPS} steps x 2 "
-        "forwards, the transformer only.",
+        f"swaps after the first); the forward: one CFG branch (stack eager: PyTorch SDPA; full: + SageAttention2 "
+        f"and compiled blocks); projected: {STEPS} steps x 2 forwards, the transformer only.",
         "",
-        "| weights | one expert GiB | both resident GiB | free GiB, both resident | first offload s | swap s "
-        "| host to device GB/s | forward s | 40 steps resident s | 40 steps taking turns s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| weights | forward stack | one expert GiB | both resident GiB | free GiB, both resident | first offload s "
+        "| swap s | host to device GB/s | forward s | 40 steps resident s | 40 steps taking turns s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in results["cases"]:
         forward, projected = c.get("forward", {}), c.get("projected", {})
         lines.append(
-            f"| {c['dtype']} | {c['expert_gib']:.1f} | {c['both_resident_gib']:.1f} | "
+            f"| {c['dtype']} | {forward.get('stack', '—')} | {c['expert_gib']:.1f} | {c['both_resident_gib']:.1f} | "
             f"{c['free_gib_both_resident']:.1f} | {c['first_offload_s']:.2f} | {c['swap_median_s']:.2f} | "
             f"{c['host_to_device_gb_s']:.1f} | {_num(forward.get('forward_s'), '.3f')} | "
             f"{_num(projected.get('resident_s'), '.1f')} | {_num(projected.get('taking_turns_s'), '.1f')} |"
@@ -126,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp8"], choices=["bf16", "fp8"])
     parser.add_argument("--reps", type=int, default=3, help="swaps timed after the first")
     parser.add_argument("--video", default="1280x720x81", help="WIDTHxHEIGHTxFRAMES of the timed forward, or none")
+    parser.add_argument("--forward-stack", default="eager", choices=FORWARD_STACKS)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     try:
@@ -137,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m tests.benchmarks.bench_expert_swap " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {"device": device_name(device), "torch": torch.__version__, "command": command.strip(), "cases": []}
     for dtype in args.dtypes:
-        entry = measure(dtype, args.reps, device, case)
+        entry = measure(dtype, args.reps, device, case, args.forward_stack)
         log.info("%s", json.dumps(entry))
         results["cases"].append(entry)
         if args.out:  # after every weight format, so a run cut short keeps what it measured

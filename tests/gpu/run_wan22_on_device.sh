@@ -8,7 +8,8 @@
 #   bash tests/gpu/run_wan22_on_device.sh                    # tests i2v ti2v swap
 #   bash tests/gpu/run_wan22_on_device.sh i2v swap           # some stages, in this order
 #   QUICK=1 bash tests/gpu/run_wan22_on_device.sh i2v ti2v   # one timed forward per rung (after the first call)
-# Stages: tests (tests/gpu/test_image_model_cuda.py, tests/gpu/test_experts_cuda.py), i2v, ti2v, swap.
+# Stages: tests (tests/gpu/test_image_model_cuda.py, tests/gpu/test_experts_cuda.py), tests-ti2v (its TI2V test
+# alone), i2v, ti2v, swap, swap-full (FP8 experts, the timed forward with the full stack: Sage + compile).
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl
 # (diffusers, torchao for the peer line); without them the rungs that need them are reported as skipped, with why.
 # Writes gpu.txt, run.log, forward_i2v_14b.{json,md}, forward_ti2v_5b.{json,md}, swap.{json,md}.
@@ -32,8 +33,12 @@ for s in ${@:-tests i2v ti2v swap}; do
       --out "$OUT/forward_ti2v_5b" ;;
     swap) stage swap 360 python3 -m tests.benchmarks.bench_expert_swap --reps 3 --video 1280x720x81 \
       --out "$OUT/swap.json" ;;
+    swap-full) stage swap-full 200 python3 -m tests.benchmarks.bench_expert_swap --dtypes fp8 --reps 2 \
+      --forward-stack full --video 1280x720x81 --out "$OUT/swap_full.json" ;;
+    tests-ti2v) stage tests-ti2v 60 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_experts_cuda.py \
+      -k ti2v ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done
-for f in "$OUT"/forward_*.md "$OUT"/swap.md; do [ -f "$f" ] && sed -n '/^| rung/,/^$/p;/^| weights/,/^$/p;/^## DAX against/,/^## Assumptions/p' "$f"; done
+for f in "$OUT"/forward_*.md "$OUT"/swap*.md; do [ -f "$f" ] && sed -n '/^| rung/,/^$/p;/^| weights/,/^$/p;/^## DAX against/,/^## Assumptions/p' "$f"; done
 echo "== done $(date +%T)" | tee -a "$LOG"

@@ -79,8 +79,11 @@ def test_ti2v_per_token_timesteps_on_cuda_follow_the_cpu_model(tmp_path):
     mask[:, :, 0] = 0.0
     req = dataclasses.replace(req, latent=latent, noise_mask=mask)
     recipe = Recipe(str(path), compute_dtype="fp32")
-    cpu = build_engine(recipe, torch.device("cpu"), None).sample(req).latent
+    cpu_engine = build_engine(recipe, torch.device("cpu"), None)
+    cpu = cpu_engine.sample(req).latent
     cuda = build_engine(recipe, torch.device("cuda"), None).sample(req).latent
-    # float32 on both devices (TF32 off for matmuls by default): rounding of other kernels, ~1e-6 over 3 steps; a
-    # fused kernel reading a per-token modulation as per-row would be off by O(0.1)
-    assert rel_error(cuda, cpu) < 1e-4
+    # float32 on both devices (TF32 off for matmuls by default), other kernels and reduction orders: ~1e-6 a
+    # forward, amplified by CFG 4 (2 x 4 - 1 = 7 times a branch's difference) over 3 steps; 1.8e-4 measured on an
+    # H200. Sampled without the noise mask (every token noised, one timestep), it moves by far more than the bound:
+    assert rel_error(cuda, cpu) < 1e-3
+    assert rel_error(cpu_engine.sample(dataclasses.replace(req, noise_mask=None)).latent, cpu) > 1e-1
