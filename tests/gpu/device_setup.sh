@@ -6,6 +6,11 @@ mkdir -p "$OUT"
 LOG="$OUT/run.log"
 if ls .kern/*.tar.gz >/dev/null 2>&1; then
   mkdir -p /tmp/kern && for a in .kern/*.tar.gz; do tar xzf "$a" -C /tmp/kern; done
+  # the archive holds the package alone; diffusers' attention dispatcher looks its version up in the metadata
+  if [ -d /tmp/kern/sageattention ] && ! ls -d /tmp/kern/sageattention-*.dist-info >/dev/null 2>&1; then
+    mkdir -p /tmp/kern/sageattention-2.2.0.dist-info
+    printf 'Metadata-Version: 2.1\nName: sageattention\nVersion: 2.2.0\n' >/tmp/kern/sageattention-2.2.0.dist-info/METADATA
+  fi
 fi
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

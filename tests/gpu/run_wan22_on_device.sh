@@ -9,7 +9,7 @@
 #   bash tests/gpu/run_wan22_on_device.sh i2v swap           # some stages, in this order
 #   QUICK=1 bash tests/gpu/run_wan22_on_device.sh i2v ti2v   # one timed forward per rung (after the first call)
 # Stages: tests (tests/gpu/test_image_model_cuda.py, tests/gpu/test_experts_cuda.py), tests-ti2v (its TI2V test
-# alone), i2v, ti2v, swap, swap-full (FP8 experts, the timed forward with the full stack: Sage + compile).
+# alone), i2v, i2v-peer (stock and diffusers' line only, one timed forward each), ti2v, swap, swap-full (FP8 experts, the timed forward with the full stack: Sage + compile).
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl
 # (diffusers, torchao for the peer line); without them the rungs that need them are reported as skipped, with why.
 # Writes gpu.txt, run.log, forward_i2v_14b.{json,md}, forward_ti2v_5b.{json,md}, swap.{json,md}.
@@ -29,6 +29,8 @@ for s in ${@:-tests i2v ti2v swap}; do
       tests/gpu/test_experts_cuda.py ;;
     i2v) stage i2v 560 python3 -m dax_core bench --model i2v-14b --rungs "$RUNGS" --peer $QUICK_FLAG \
       --out "$OUT/forward_i2v_14b" ;;
+    i2v-peer) stage i2v-peer 330 python3 -m dax_core bench --model i2v-14b --rungs stock --peer --quick \
+      --out "$OUT/forward_i2v_14b_peer" ;;
     ti2v) stage ti2v 270 python3 -m dax_core bench --model ti2v-5b --rungs "$RUNGS" --peer $QUICK_FLAG \
       --out "$OUT/forward_ti2v_5b" ;;
     swap) stage swap 360 python3 -m tests.benchmarks.bench_expert_swap --reps 3 --video 1280x720x81 \
