@@ -1,5 +1,5 @@
 """What a benchmark runs: a Wan model (Wan2.1 T2V and I2V, Wan2.2 TI2V) and a video size, with the FLOPs of one
-forward at that size. The image variants' cases (i2v-14b, ti2v-5b) have not run on a GPU yet."""
+forward at that size."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@
     python -m dax_core bench --model ti2v-5b --rungs stock,sage,fp8,compile --peer  # Wan2.2 TI2V 5B 1280x704x121
 
 Models: 14b, 1.3b (Wan2.1 T2V), i2v-14b (Wan2.1 I2V, with one image's CLIP features), ti2v-5b (Wan2.2 TI2V, a
-timestep per latent frame), and tiny, tiny-i2v, tiny-ti2v for smoke tests. The i2v-14b and ti2v-5b cases have not
-run on a GPU yet: no figure of them exists.
+timestep per latent frame), and tiny, tiny-i2v, tiny-ti2v for smoke tests (docs/benchmarks/wan_family_h200.md has the
+image variants on one H200).
 
 Rungs (``--rungs``, comma-separated; stock always runs): stock, sage, fp8, int8, compile, graphs, teacache, magcache,
 distill, and with ``--peer`` the diffusers line. ``--quick``: one timed forward per rung, no INT8 rung. On request

@@ -1,7 +1,6 @@
 """The inputs of one benchmark forward, seeded: the latent, the timestep, the text embedding of one CFG branch and,
 for an image model, its CLIP-vision features; called the way dax_core's ``WanModel`` and diffusers'
-``WanTransformer3DModel`` each take them. The image variants' inputs (CLIP features, per-frame timesteps) have run
-on the CPU only (tests/unit/test_bench_family_smoke.py), not yet on a GPU."""
+``WanTransformer3DModel`` each take them."""
 
 from __future__ import annotations
 
