@@ -56,7 +56,7 @@ compile (with FP8 linears, the full stack)."""
 
 
 @torch.inference_mode()
-def forward_seconds(model: WanModel, case: Case, device: torch.device, stack: str) -> dict:
+def forward_seconds(model: WanModel, case: Case, device: torch.device, stack: str = "eager") -> dict:
     """One forward (one CFG branch) of ``model`` at ``case``'s shapes after one untimed call."""
     if stack == "full":
         for lever in (AttentionConfig(backend="sage"), CompileConfig(backend="inductor")):

@@ -158,6 +158,7 @@ def test_the_a14b_projection_is_forty_cfg_steps_of_the_timed_forward_plus_one_sw
     case = case_for("tiny")
     timed = forward_seconds(build_model(case.spec, "cpu", torch.float32, 0), case, torch.device("cpu"))
     assert timed["case"] == case.name and timed["forward_s"] > 0 and timed["first_s"] > 0
+    assert timed["stack"] == "eager"
     projected = projected_run(timed["forward_s"], 1.5)
     assert STEPS == 40 and projected["steps"] == 40
     assert math.isclose(projected["resident_s"], 80 * timed["forward_s"])
@@ -171,6 +172,7 @@ def test_the_a14b_projection_is_forty_cfg_steps_of_the_timed_forward_plus_one_sw
     md = markdown(results)
     assert "Command: `python -m tests.benchmarks.bench_expert_swap`" in md
     fp8_row, bf16_row = (line for line in md.splitlines() if line.startswith(("| fp8", "| bf16")))
+    assert fp8_row.startswith("| fp8 | eager | 13.6 |") and bf16_row.startswith("| bf16 | — | 13.6 |")
     assert f"| {projected['resident_s']:.1f} | {projected['taking_turns_s']:.1f} |" in fp8_row
     assert bf16_row.endswith("| 1.50 | 9.7 | — | — | — |")
 
