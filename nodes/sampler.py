@@ -9,31 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-from collections.abc import Callable
 from typing import Any
 
-import comfy.model_management as mm
 import torch
 
-from dax_core.models.spec import WanSpec
 from dax_core.recipe import Recipe
-from dax_core.rules import STEP_CACHE_KINDS, check_run
-from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES, build_engine, parallel_layout
-from dax_core.runtime.engine import SampleRequest, SampleResult, WanEngine
-from dax_core.runtime.engine_cache import EngineCache, expert_family
-from dax_core.runtime.expert_pair import ExpertPair
-from dax_core.runtime.group import GroupConfig, SampleCancelled, StartCancelled, WorkerGroup
+from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES
+from dax_core.runtime.engine import SampleRequest
 from dax_core.runtime.image_conditioning import MASK_CHANNELS, concat_channels
 from dax_core.runtime.liveness import Liveness
-from dax_core.runtime.model_info import recipe_model, recipe_spec
+from dax_core.runtime.model_info import recipe_model
 from dax_core.runtime.samplers import SAMPLERS
+from dax_core.runtime.sampling import GroupOptions, Sampling
 from dax_core.runtime.schedules import SCHEDULERS
 
-from .loaded_engines import LoadedEngine
+from .comfy_host import ComfyHost
 from .model_socket import dax_model_input
-from .sampler_status import SamplerStatus, gpu_names
-from .status_text import Setup
+from .sampler_status import SamplerStatus
 
 DEFAULT_SAMPLER = "wan_unipc"
 
@@ -83,10 +75,10 @@ TOOLTIPS = {
     "first_step_timeout": "gpus > 1: seconds the first step of a run may take (it includes torch.compile's "
     "warm-up, minutes at 14B) before the run fails as hung. Changing it keeps the running workers.",
 }
-CPU_WORKERS_MAX = 8
 DEFAULT_LIVENESS = Liveness()
 
-ENGINES: EngineCache[LoadedEngine] = EngineCache(on_release=mm.soft_empty_cache)
+SAMPLING = Sampling(ComfyHost())
+"""The engines the sampler nodes built (one GPU, or worker groups) and the runs on them."""
 
 
 # Conditioning extras that other Wan nodes set, which the DAX sampler does not apply: refused by name.
@@ -157,146 +149,6 @@ def _noise_mask(latent: dict) -> torch.Tensor | None:
     """The latent's noise mask (Wan22ImageToVideoLatent's first frame, SetLatentNoiseMask), applied as KSampler does."""
     mask = latent.get("noise_mask")
     return None if mask is None else mask.detach().cpu().float()
-
-
-def _has_step_cache(recipe: Recipe) -> bool:
-    return any(a.kind in STEP_CACHE_KINDS for a in recipe.accelerations)
-
-
-def _owner(recipe: Recipe, takes_in_place: Callable[[Recipe], bool]) -> Recipe:
-    """The recipe whose lifetime keeps the engine: the last one upstream of every node whose change a built engine
-    takes in place, which ComfyUI keeps cached while only those nodes' widgets change."""
-    return next((r for r in recipe.lineage() if not takes_in_place(r)), recipe)
-
-
-def _bytes_needed(recipe: Recipe, spec: WanSpec) -> int:
-    per_param = {"fp8_e4m3fn": 1, "fp32": 4}.get(recipe.weight_dtype, 2)
-    experts = 2 if recipe.is_expert_pair else 1
-    return int(spec.parameter_count() * per_param * 1.2 * experts)
-
-
-def _build_engine(recipe: Recipe) -> LoadedEngine:
-    device, size = mm.get_torch_device(), _bytes_needed(recipe, recipe_spec(recipe))
-    mm.free_memory(size, device)  # ComfyUI's own models make room for ours first
-    return _register(build_engine(recipe, device, None), size)
-
-
-def _register(engine: WanEngine | ExpertPair | WorkerGroup, size: int) -> LoadedEngine:
-    """The engine, registered as loaded with ComfyUI's model management (which may then unload it)."""
-    loaded = LoadedEngine(engine, mm.get_torch_device(), size)
-    loaded.register()
-    return loaded
-
-
-def _max_processes() -> int:
-    device = mm.get_torch_device()
-    if device.type == "cuda":
-        return max(1, torch.cuda.device_count())
-    return CPU_WORKERS_MAX if device.type == "cpu" else 1
-
-
-def _group_config(
-    gpus: int, mode: str, ulysses_degree: int, cfg_parallel: bool, overlap: bool, liveness: Liveness
-) -> GroupConfig:
-    device = mm.get_torch_device()
-    if device.type == "cuda":
-        visible = torch.cuda.device_count()
-        if gpus > visible:
-            raise ValueError(
-                f"gpus = {gpus} but ComfyUI sees {visible} GPU(s) (CUDA_VISIBLE_DEVICES="
-                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): lower gpus or make more GPUs visible"
-            )
-    elif device.type != "cpu":
-        raise ValueError(f"the worker group runs on CUDA GPUs (or CPUs, for testing), not {device.type}: use gpus = 1")
-    layout = parallel_layout(gpus, mode, ulysses_degree, cfg_parallel, overlap)
-    return GroupConfig(nproc_per_node=gpus, device=device.type, parallel=layout, liveness=liveness)
-
-
-def _prepare(
-    recipe: Recipe,
-    request: SampleRequest,
-    gpus: int,
-    mode: str = "ulysses",
-    ulysses_degree: int = 2,
-    cfg_parallel: bool = False,
-    overlap: bool = True,
-    liveness: Liveness = DEFAULT_LIVENESS,
-) -> tuple[WanSpec, GroupConfig | None]:
-    """Every check of the run, before any engine is touched: a warm group stays as it is and no new one starts
-    for a request or a recipe the ranks would refuse. The model's spec, and the group's config (None: one GPU)."""
-    spec = recipe_spec(recipe)
-    config = None if gpus == 1 else _group_config(gpus, mode, ulysses_degree, cfg_parallel, overlap, liveness)
-    check_run(recipe, spec, request, None if config is None else config.parallel)
-    return spec, config
-
-
-def _free_devices(config: GroupConfig, keep: list[LoadedEngine] | None = None) -> None:
-    """ComfyUI's own models (text encoder, VAE...) leave the GPUs the group uses (the groups in ``keep`` stay: this
-    one, and the group of the other expert of a Wan2.2 model)."""
-    if config.device != "cuda":
-        return
-    keep_loaded = [entry for loaded in keep or [] for entry in loaded.keep_loaded()]
-    for index in range(config.nproc_per_node):
-        mm.free_memory(1e30, torch.device("cuda", index), keep_loaded=keep_loaded)
-    mm.soft_empty_cache()
-
-
-def _sample_in_group(
-    recipe: Recipe, spec: WanSpec, request: SampleRequest, steps: int, config: GroupConfig, status: SamplerStatus
-) -> SampleResult:
-    # a change of recipe, layout or GPU set (the first gpus of CUDA_VISIBLE_DEVICES) starts a new group; the
-    # liveness limits only change how the owner watches it
-    same_group = dataclasses.replace(config, liveness=DEFAULT_LIVENESS)
-    variant = f"{same_group}|CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
-
-    started: list[WorkerGroup] = []
-    family = expert_family(recipe, variant)
-
-    def start(r: Recipe) -> LoadedEngine:
-        status.show(f"starting a worker group of {config.world_size} processes: each loads the model")
-        _free_devices(config, keep=ENGINES.family(family))  # the other expert's group stays
-        group = WorkerGroup(r, config, should_cancel=mm.processing_interrupted)  # Cancel works while it starts
-        started.append(group)
-        return _register(group, _bytes_needed(r, spec))
-
-    # New LoRAs (files, strengths) are taken by the running group (WorkerGroup.use_recipe): it is keyed without them
-    whole = dataclasses.replace(recipe)  # started with its LoRAs; a copy, so the group does not keep the caller's
-    try:
-        loaded = ENGINES.get(
-            recipe,
-            lambda _key: start(whole),
-            variant=variant,
-            valid=lambda e: e.engine is not None and e.engine.alive,
-            built_from=recipe.without_loras(),
-            owner=_owner(recipe, lambda r: bool(r.loras)),
-            family=family,
-        )
-    except StartCancelled:
-        mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
-        raise
-    group = loaded.engine
-    assert isinstance(group, WorkerGroup)
-    # ComfyUI may have loaded its models again since the last prompt
-    _free_devices(config, keep=[loaded, *(e for e in ENGINES.family(family) if e is not loaded)])
-    log.info("Multi-GPU Sampler: %d steps on worker group %s (%d ranks)", steps, group.run_id, config.world_size)
-    devices = gpu_names(torch.device(config.device), config.nproc_per_node)
-    layout = config.parallel.describe() if config.parallel is not None else f"{config.world_size} processes"
-    status.setup(Setup(devices, layout, group=True, reused=not started))
-    try:
-        group.use_recipe(whole)
-        return group.sample(
-            request,
-            should_cancel=mm.processing_interrupted,
-            liveness=config.liveness,
-            on_progress=status.on_progress,
-            previews=status.previews,
-        )
-    except SampleCancelled:
-        mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted" outcome
-        raise
-    finally:
-        if not group.alive:  # failed, or taken down after a cancel: the cache drops it at the next prompt (a full
-            loaded.close()  # garbage collection then, not now: a Cancel must end the prompt within 2 s)
 
 
 PARALLEL_INPUTS = {
@@ -372,58 +224,20 @@ OUTPUT_TOOLTIP = (
 
 
 def _gpus_input() -> tuple:
-    return ("INT", {"default": 1, "min": 1, "max": _max_processes(), "tooltip": TOOLTIPS["gpus"]})
+    return ("INT", {"default": 1, "min": 1, "max": SAMPLING.max_processes(), "tooltip": TOOLTIPS["gpus"]})
 
 
 def _run(
-    recipe: Recipe, request: SampleRequest, latent_image: dict, gpus: int, parallel: dict, node_id: str | None
+    recipe: Recipe, request: SampleRequest, latent_image: dict, gpus: int, options: GroupOptions, node_id: str | None
 ) -> dict:
     """Sample ``request`` here (gpus = 1) or in a worker group, showing its status under the node ``node_id``; the
     node's output with the run's summary."""
-    spec, config = _prepare(recipe, request, gpus, **parallel)  # before any engine is touched
-    steps = len(request.run_sigmas()) - 1  # the steps this run takes (a start/end cut or denoise changes them)
-    status = SamplerStatus(node_id, steps, spec.latent_channels)
-    if config is None:
-        result = _sample_here(recipe, request, status)
-    else:
-        result = _sample_in_group(recipe, spec, request, steps, config, status)
+    status = SamplerStatus(node_id)
+    result = SAMPLING.run(recipe, request, gpus, options, status)
     status.finish(result)
     out = dict(latent_image)
     out["samples"] = result.latent
     return {"ui": {"dax_summary": [*result.summary_lines(), status.where.describe()]}, "result": (out,)}
-
-
-def _sample_here(recipe: Recipe, request: SampleRequest, status: SamplerStatus) -> SampleResult:
-    # A changed TeaCache/MagCache setting or LoRA (file, strength) is taken by the built model, with no build from
-    # scratch: the engine is keyed without step caches and LoRAs and kept alive by the last recipe upstream of those
-    # nodes, which ComfyUI keeps cached while only their widgets change.
-    to_build = recipe.without(STEP_CACHE_KINDS)
-    built: list[LoadedEngine] = []
-
-    def build(_key: Recipe) -> LoadedEngine:
-        status.show("loading the model")
-        built.append(_build_engine(to_build))  # built with its LoRAs
-        return built[-1]
-
-    loaded = ENGINES.get(
-        recipe,
-        build,
-        built_from=to_build.without_loras(),
-        owner=_owner(recipe, lambda r: _has_step_cache(r) or bool(r.loras)),
-        valid=lambda e: e.engine is not None and e.engine.can_use_loras_of(recipe),  # None: ComfyUI unloaded it
-        family=expert_family(recipe),
-    )
-    engine = loaded.engine
-    assert isinstance(engine, (WanEngine, ExpertPair))
-    engine.use_loras_of(recipe)
-    engine.use_step_caches_of(recipe)
-    device = engine.device
-    status.setup(Setup(gpu_names(device), "1 GPU" if device.type == "cuda" else "", reused=not built))
-
-    def on_step(i: int, total: int, _x: torch.Tensor) -> None:
-        mm.throw_exception_if_processing_interrupted()  # ComfyUI's Cancel stops between steps
-
-    return engine.sample(request, on_step=on_step, on_progress=status.on_progress, preview=status.previews)
 
 
 class DaxMultiGPUSampler:
@@ -535,16 +349,16 @@ def _request(recipe: Recipe, positive: list, negative: list, latent_image: dict,
     )  # fmt: skip
 
 
-def _parallel_options(given: dict) -> dict:
-    """The optional multi-GPU widgets as _prepare takes them, defaults filled in."""
+def _parallel_options(given: dict) -> GroupOptions:
+    """The optional multi-GPU widgets as a run takes them, defaults filled in."""
     options = {name: spec[1]["default"] for name, spec in PARALLEL_INPUTS.items()} | given
     hang = options["hang_timeout"]
-    return {
-        "mode": options["sequence_parallel"],
-        "ulysses_degree": options["ulysses_degree"],
-        "cfg_parallel": options["cfg_parallel"],
-        "overlap": options["overlap"],
-        "liveness": dataclasses.replace(
+    return GroupOptions(
+        mode=options["sequence_parallel"],
+        ulysses_degree=options["ulysses_degree"],
+        cfg_parallel=options["cfg_parallel"],
+        overlap=options["overlap"],
+        liveness=dataclasses.replace(
             DEFAULT_LIVENESS, silence_s=hang, step_floor_s=hang, first_step_s=options["first_step_timeout"]
         ),
-    }
+    )

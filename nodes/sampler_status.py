@@ -16,6 +16,7 @@ import torch
 
 from dax_core.runtime.engine import SampleResult
 from dax_core.runtime.progress import StepProgress
+from dax_core.runtime.sampling import Placement
 
 from .node_text import show_under_node
 from .status_text import Setup, device_names, progress_text, summary_text
@@ -32,31 +33,36 @@ def gpu_names(device: torch.device, count: int = 1) -> str:
 
 
 class SamplerStatus:
-    """What one Multi-GPU Sampler run shows: ``show`` a line before sampling, then ``setup``, ``on_progress``
-    per step and ``finish`` with the result."""
+    """What one sampler node's run shows (``dax_core.runtime.sampling.RunStatus``): ``show`` a line, ``start`` once
+    the run is checked, then ``placed``, ``on_progress`` per step and ``finish`` with the result."""
 
-    def __init__(self, node_id: str | None, steps: int, latent_channels: int = 16) -> None:
+    def __init__(self, node_id: str | None) -> None:
         self.node_id = node_id
-        self.pbar = comfy.utils.ProgressBar(steps)
         self.device = mm.get_torch_device()
+        self.pbar: comfy.utils.ProgressBar | None = None
+        self.previewer = None
+        self.where = Setup(gpu_names(self.device))
+
+    def start(self, steps: int, latent_channels: int) -> None:
+        self.pbar = comfy.utils.ProgressBar(steps)
         latent_format = comfy.latent_formats.Wan22() if latent_channels == 48 else comfy.latent_formats.Wan21()
         self.previewer = latent_preview.get_previewer(self.device, latent_format)
-        self.where = Setup(gpu_names(self.device))
 
     @property
     def previews(self) -> bool:
         """Whether ComfyUI's preview method asks for previews (then the engine sends a small latent each step)."""
         return self.previewer is not None
 
-    def setup(self, where: Setup) -> None:
-        self.where = where
-        self.show(where.describe())
+    def placed(self, where: Placement) -> None:
+        self.where = Setup(gpu_names(where.device, where.count), where.layout, where.group, where.reused)
+        self.show(self.where.describe())
 
     def on_progress(self, p: StepProgress) -> None:
         image = None
         if self.previewer is not None and p.preview is not None:
             image = self.previewer.decode_latent_to_preview_image(PREVIEW_FORMAT, p.preview.to(self.device))
-        self.pbar.update_absolute(p.step, p.total, image)
+        if self.pbar is not None:
+            self.pbar.update_absolute(p.step, p.total, image)
         self.show(progress_text(p, self.where))
 
     def finish(self, result: SampleResult) -> None:

@@ -156,10 +156,10 @@ def test_an_image_latent_of_another_size_says_what_to_connect(comfy):
 
 
 def test_the_owner_refuses_image_conditioning_before_any_engine_or_group(comfy):
-    """The node's first check (``_prepare``: ``dax_core.rules.check_run``) is made before any weight loads; the
+    """The node's first check (``Sampling.prepare``: ``dax_core.rules.check_run``) is made before any weight loads; the
     recipe's file does not exist, so reading it (or starting ranks that would) fails differently."""
     request = _request(comfy, T2V, _image_conditioning(comfy, I2V, 0))
     recipe = Recipe("/nowhere/t2v.safetensors", model=ModelInfo.of(T2V))
     for gpus in (1, 2):
         with pytest.raises(ValueError, match="takes none"):
-            comfy.sampler._prepare(recipe, request, gpus)
+            comfy.sampler.SAMPLING.prepare(recipe, request, gpus)

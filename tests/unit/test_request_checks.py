@@ -20,6 +20,7 @@ from dax_core.recipe import Recipe, RecipeError
 from dax_core.rules import check_recipe, check_request, step_cache_refused
 from dax_core.runtime.distributed import parallel_layout
 from dax_core.runtime.group import GroupConfig, WorkerGroup
+from dax_core.runtime.sampling import GroupOptions
 from tests.unit.node_modules import node_module
 from tests.unit.tiny_wan import TINY, tiny_engine, tiny_model, tiny_request
 
@@ -190,9 +191,9 @@ def test_the_sampler_node_checks_the_whole_run_before_touching_any_engine(comfyu
     sampler = node_module("sampler")
     weights = str(write_tiny_model(tmp_path / "tiny.safetensors", text_dim=32))
     good = tiny_request()
-    spec, config = sampler._prepare(Recipe(weights), good, 2, cfg_parallel=True)
+    spec, config = sampler.SAMPLING.prepare(Recipe(weights), good, 2, GroupOptions(cfg_parallel=True))
     assert spec.text_dim == 32 and config.parallel.cfg_parallel and config.world_size == 2
-    assert sampler._prepare(Recipe(weights), good, 1)[1] is None  # one GPU: no group
+    assert sampler.SAMPLING.prepare(Recipe(weights), good, 1)[1] is None  # one GPU: no group
     refusals = [
         (Recipe(weights).with_acceleration(TEACACHE), good, {"cfg_parallel": True}, "cannot run with CFG-parallel"),
         (Recipe(weights).with_acceleration(PER_TENSOR), good, {}, "on 2 GPUs"),
@@ -202,5 +203,5 @@ def test_the_sampler_node_checks_the_whole_run_before_touching_any_engine(comfyu
     ]
     for recipe, request, layout, message in refusals:
         with pytest.raises(ValueError, match=message):
-            sampler._prepare(recipe, request, 2, **layout)
-    assert len(sampler.ENGINES) == 0  # nothing was built, started or dropped for any of them
+            sampler.SAMPLING.prepare(recipe, request, 2, GroupOptions(**layout))
+    assert len(sampler.SAMPLING.engines) == 0  # nothing was built, started or dropped for any of them

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from dax_core.runtime import sampling
 from dax_core.runtime.samplers import SAMPLERS
 from dax_core.runtime.schedules import SCHEDULERS
 from tests.numerics import rel_error
@@ -91,7 +92,7 @@ def _sample(node, recipe, latent: dict, **widgets) -> dict:
 def test_a_latent_the_sampler_cannot_honour_is_refused_before_any_model_is_built(sampler, tmp_path, monkeypatch,
                                                                                 extra, message):  # fmt: skip
     built: list = []
-    monkeypatch.setattr(sampler, "_build_engine", lambda recipe: built.append(recipe))
+    monkeypatch.setattr(sampling, "build_engine", lambda recipe, *_: built.append(recipe))
     latent = {"samples": torch.zeros(1, 16, 2, 8, 8), **extra}
     with pytest.raises(ValueError, match=message):
         _sample(sampler.DaxMultiGPUSampler, tiny_recipe(tmp_path), latent, denoise=1.0)

@@ -283,7 +283,7 @@ def test_no_start_image_is_refused_saying_no_clip_vision_is_needed(comfy):
         check_request(request, NOCLIP)
     for gpus in (1, 2):  # the node's first check, before any weight loads (the file does not exist)
         with pytest.raises(ValueError, match="needs the start image"):
-            comfy.sampler._prepare(dataclasses.replace(ONE, weights="/nowhere/high.safetensors"), request, gpus)
+            comfy.sampler.SAMPLING.prepare(dataclasses.replace(ONE, weights="/nowhere/high.safetensors"), request, gpus)
 
 
 def test_image_conditioning_of_other_channels_is_refused(comfy):
