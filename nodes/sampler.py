@@ -16,7 +16,7 @@ import torch
 from dax_core.recipe import Recipe
 from dax_core.runtime.distributed import SEQUENCE_PARALLEL_MODES
 from dax_core.runtime.engine import SampleRequest
-from dax_core.runtime.image_conditioning import MASK_CHANNELS, concat_channels
+from dax_core.runtime.image_conditioning import model_image_input
 from dax_core.runtime.liveness import Liveness
 from dax_core.runtime.model_info import recipe_model
 from dax_core.runtime.samplers import SAMPLERS
@@ -104,8 +104,7 @@ def _conditioning(recipe: Recipe, positive: list, negative: list, latent: torch.
         fields[which] = emb
         image = extras.get("concat_latent_image")
         if image is not None:
-            extra = spec.in_dim - spec.latent_channels if spec.takes_image_latent else MASK_CHANNELS + image.shape[1]
-            fields[f"{which}_image"] = concat_channels(tuple(latent.shape), image, extras.get("concat_mask"), extra)
+            fields[f"{which}_image"] = model_image_input(spec, tuple(latent.shape), image, extras.get("concat_mask"))
         clip = extras.get("clip_vision_output")
         if clip is not None:
             fields[f"{which}_clip"] = clip.penultimate_hidden_states.detach().cpu()

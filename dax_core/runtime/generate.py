@@ -1,7 +1,8 @@
-"""``python -m dax_core generate``: a text-to-video latent from text embeddings, in one process or under torchrun.
+"""``python -m dax_core generate``: a video latent from text embeddings (and, for an image model, the start image's
+tensors), in one process or under torchrun.
 
-Wan2.1 T2V, Wan2.2 TI2V 5B (text-to-video: a 48-channel latent) and Wan2.2 A14B (``--model wan2.2-t2v-a14b
---weights HIGH_NOISE --low-noise-weights LOW_NOISE``, switched at the official boundary).
+Wan2.1 T2V, I2V and FLF2V, Wan2.2 TI2V 5B (a 48-channel latent) and Wan2.2 A14B, T2V and I2V (``--model
+wan2.2-t2v-a14b --weights HIGH_NOISE --low-noise-weights LOW_NOISE``, switched at the official boundary).
 
 One process::
 
@@ -20,9 +21,13 @@ that the others can reach) and the weights and embeddings at the same path on ea
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m dax_core generate ...
 
 The embeddings file holds ``positive`` (and ``negative``, unless ``--cfg 1``): [tokens, width] or
-[batch, tokens, width] tensors, e.g. umt5-xxl outputs. Rank 0 writes ``latent`` to ``--out``: ComfyUI's
-un-normalised [batch, channels, (frames - 1) // 4 + 1, height / s, width / s] video latent in float32 (16 channels and
-s = 8 for the Wan2.1 VAE; 48 and 16 for Wan2.2 TI2V's).
+[batch, tokens, width] tensors, e.g. umt5-xxl outputs. An image model's start (and end) image comes as tensors too
+(``--image FILE``, safetensors), named as ComfyUI's nodes name them (``IMAGE_TENSORS``): ``concat_latent_image`` and
+``concat_mask`` as WanImageToVideo / WanFirstLastFrameToVideo make them, with ``clip_vision`` (CLIPVisionEncode's
+penultimate hidden states) for the models that take CLIP (Wan2.1 I2V, FLF2V); for Wan2.2 TI2V 5B, ``start_latent``,
+kept as the first latent frames as Wan22ImageToVideoLatent keeps it. Both guidance branches take the same image.
+Rank 0 writes ``latent`` to ``--out``: ComfyUI's un-normalised [batch, channels, (frames - 1) // 4 + 1, height / s,
+width / s] video latent in float32 (16 channels and s = 8 for the Wan2.1 VAE; 48 and 16 for Wan2.2 TI2V's).
 """
 
 from __future__ import annotations
@@ -45,17 +50,29 @@ from ..recipe import COMPUTE_DTYPES, WEIGHT_DTYPES, LoraRef, Recipe
 from ..rules import check_run
 from .distributed import ParallelConfig, RankEnv, build_engine, init_process_group
 from .engine import SampleRequest
+from .image_conditioning import model_image_input
 from .model_info import recipe_spec
+from .noise_mask import start_frames_kept
 from .samplers import SAMPLERS
 from .schedules import SCHEDULERS
 
 log = logging.getLogger(__name__)
 
+IMAGE_TENSORS = {
+    "concat_latent_image": "the Wan2.1 VAE latent of the start (and end) frames, grey elsewhere, as WanImageToVideo "
+    "and WanFirstLastFrameToVideo make it: [1, 16, latent frames, height / 8, width / 8]",
+    "concat_mask": "their concat_mask: [1, 1 or 4, latent frames, height / 8, width / 8], 0 on the given frames",
+    "clip_vision": "CLIPVisionEncode's penultimate hidden states: [1, 257, 1280], FLF2V [1, 514, 1280]",
+    "start_latent": "Wan2.2 TI2V 5B: the Wan2.2 VAE latent of the start image, [1, 48, frames, height / 16, "
+    "width / 16]",
+}
+"""The tensors an ``--image`` file may hold."""
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dax_core generate",
-        description="Sample a Wan text-to-video latent; under torchrun the processes split the video tokens.",
+        description="Sample a Wan video latent; under torchrun the processes split the video tokens.",
     )
     p.add_argument("--weights", required=True, help="Wan DiT: a .safetensors file or a diffusers folder (a Wan2.2 "
                    "A14B model's high-noise expert)")  # fmt: skip
@@ -63,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                    "their shapes cannot tell (auto: from the file)")  # fmt: skip
     p.add_argument("--low-noise-weights", help="the low-noise expert of a two-expert model (--model wan2.2-*-a14b)")
     p.add_argument("--text-embeddings", required=True, type=Path, help="safetensors with positive (and negative)")
+    p.add_argument("--image", type=Path, help="an image model's start image as safetensors: " + "; ".join(
+        f"{name}: {what}" for name, what in IMAGE_TENSORS.items()))  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="safetensors file to write the latent to")
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--height", type=int, default=480)
@@ -136,6 +155,40 @@ def _embeddings(path: Path, need_negative: bool) -> tuple[torch.Tensor, torch.Te
     return batched(tensors["positive"]), None if negative is None else batched(negative)
 
 
+def _image_fields(path: Path | None, spec: WanSpec, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """SampleRequest's image fields (and TI2V's latent and noise mask) from an ``--image`` file."""
+    if path is None:
+        if spec.takes_image_latent:
+            raise ValueError(
+                f"this {spec.model_type} model ({spec.name}) needs the start image: pass --image FILE, a safetensors "
+                "file with concat_latent_image and concat_mask" + (" and clip_vision" if spec.takes_clip else "")
+            )
+        return {}
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise ValueError(f"cannot read the image tensors {path}: {e}") from None
+    unknown = sorted(set(tensors) - set(IMAGE_TENSORS))
+    if unknown or not tensors:
+        raise ValueError(f"{path} holds {unknown or 'nothing'}; an --image file holds " + "; ".join(
+            f"{name}: {what}" for name, what in IMAGE_TENSORS.items()))  # fmt: skip
+    fields: dict[str, torch.Tensor] = {}
+    if "start_latent" in tensors:
+        if spec.model_type != "ti2v":
+            raise ValueError(
+                f"start_latent is Wan2.2 TI2V 5B's start image; this {spec.model_type} model takes "
+                + ("concat_latent_image and concat_mask" if spec.takes_image_latent else "no image")
+            )
+        fields["latent"], fields["noise_mask"] = start_frames_kept(tensors["start_latent"], shape)
+    image, clip = tensors.get("concat_latent_image"), tensors.get("clip_vision")
+    for branch in ("positive", "negative"):  # as WanImageToVideo sets them on both
+        if image is not None:
+            fields[f"{branch}_image"] = model_image_input(spec, shape, image, tensors.get("concat_mask"))
+        if clip is not None:
+            fields[f"{branch}_clip"] = clip.unsqueeze(0) if clip.ndim == 2 else clip
+    return fields
+
+
 def _request(args: argparse.Namespace, spec: WanSpec) -> SampleRequest:
     for name in ("width", "height", "frames", "batch"):
         if getattr(args, name) < 1:
@@ -143,16 +196,17 @@ def _request(args: argparse.Namespace, spec: WanSpec) -> SampleRequest:
     positive, negative = _embeddings(args.text_embeddings, args.cfg != 1.0)
     stride = spec.vae_spatial_stride
     shape = (args.batch, spec.latent_channels, (args.frames - 1) // 4 + 1, args.height // stride, args.width // stride)
+    fields = {"latent": torch.zeros(shape), **_image_fields(args.image, spec, shape)}
     return SampleRequest(
         positive=positive,
         negative=negative,
-        latent=torch.zeros(shape),
         seed=args.seed,
         steps=args.steps,
         cfg=args.cfg,
         shift=args.shift,
         sampler=args.sampler,
         scheduler=args.scheduler,
+        **fields,
     )
 
 

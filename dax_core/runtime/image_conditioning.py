@@ -12,9 +12,20 @@ from __future__ import annotations
 
 import torch
 
+from ..models.spec import WanSpec
 from . import latents
 
 MASK_CHANNELS = 4
+
+
+def model_image_input(
+    spec: WanSpec, latent_shape: tuple[int, ...], image: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """The channels an image model of ``spec`` takes beside the noise (``concat_channels``) from ComfyUI's
+    ``concat_latent_image`` and ``concat_mask``. For a model that takes no image latent they are made all the same
+    (mask and image channels), for the rules to refuse by what they carry (``dax_core.rules.check_request``)."""
+    extra = spec.in_dim - spec.latent_channels if spec.takes_image_latent else MASK_CHANNELS + image.shape[1]
+    return concat_channels(latent_shape, image, mask, extra)
 
 
 def concat_channels(

@@ -20,6 +20,27 @@ Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 """(x, sigma) -> the denoised prediction x0, in model space."""
 
 
+def start_frames_kept(start: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A latent of ``shape`` [B, C, T, H, W] whose first frames are ``start`` (the VAE latent of a start image) and
+    its noise mask keeping them, as ComfyUI's Wan22ImageToVideoLatent makes them (Wan2.2 TI2V 5B)."""
+    start = start.detach().to("cpu", torch.float32)
+    batch, channels, frames, height, width = shape
+    if start.ndim == 4:
+        start = start.unsqueeze(0)
+    fits = start.ndim == 5 and start.shape[0] in (1, batch) and start.shape[1] == channels
+    if not fits or tuple(start.shape[3:]) != (height, width) or not 1 <= start.shape[2] <= frames:
+        raise ValueError(
+            f"the start latent is {tuple(start.shape)}; for a latent {tuple(shape)} it must be [1 or {batch}, "
+            f"{channels}, 1 to {frames} frames, {height}, {width}]: encode the start image with the model's VAE at "
+            "the video's width and height"
+        )
+    latent = torch.zeros(tuple(shape))
+    latent[:, :, : start.shape[2]] = start
+    mask = torch.ones(batch, 1, frames, height, width)
+    mask[:, :, : start.shape[2]] = 0.0
+    return latent, mask
+
+
 def check_noise_mask(mask: torch.Tensor, latent_shape: Sequence[int]) -> None:
     """Raise ValueError, saying what fits, unless ``mask`` can be a noise mask of a latent of ``latent_shape``."""
     if not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
