@@ -1,11 +1,13 @@
 """Image conditioning of I2V / FLF2V models from what ComfyUI's WanImageToVideo and WanFirstLastFrameToVideo set
 in the CONDITIONING extras, made as ComfyUI's Wan2.1 model (``model_base.WAN21``) makes it.
 
-``concat_latent_image`` (the VAE latent of the start / end frames, grey elsewhere) goes through the Wan21 latent
-format; ``concat_mask`` (1 where the frames are to be generated) is averaged to one channel unless it has 4 (FLF2V
-groups 4 video frames per latent frame itself), inverted, padded with zeros to the latent's frames and repeated to 4
-channels; the model's input is the noise, then the 4 mask channels, then the image latent. ``clip_vision_output``'s
-penultimate hidden states are the model's ``clip_fea``.
+``concat_latent_image`` (the VAE latent of the start / end frames, grey elsewhere) is brought to the latent's height
+and width where they differ (``fit_spatial``: centre crop to its aspect, then bilinear, as ComfyUI's
+``common_upscale(..., "bilinear", "center")``) and goes through the Wan21 latent format; ``concat_mask`` (1 where the
+frames are to be generated) is averaged to one channel unless it has 4 (FLF2V groups 4 video frames per latent frame
+itself), inverted, resized likewise, padded with zeros to the latent's frames and repeated to 4 channels; the model's
+input is the noise, then the 4 mask channels, then the image latent. ``clip_vision_output``'s penultimate hidden
+states are the model's ``clip_fea``.
 """
 
 from __future__ import annotations
@@ -39,8 +41,7 @@ def concat_channels(
     size = (frames, height, width)
     if image is None:
         return torch.zeros(1, extra_channels, *size)
-    image = image.detach().to("cpu", torch.float32)
-    _check_spatial("concat_latent_image", image, latent_shape)
+    image = fit_spatial("concat_latent_image", image.detach().to("cpu", torch.float32), latent_shape)
     if image.shape[2] != frames:
         raise ValueError(
             f"concat_latent_image has {image.shape[2]} latent frames, the latent {frames}: give WanImageToVideo the "
@@ -58,8 +59,7 @@ def concat_channels(
             raise ValueError(f"concat_mask must be [B, 1 or 4, frames, height, width], got {tuple(mask.shape)}")
         if mask.shape[1] != MASK_CHANNELS:
             mask = mask.mean(dim=1, keepdim=True)
-        mask = 1.0 - mask
-        _check_spatial("concat_mask", mask, latent_shape)
+        mask = fit_spatial("concat_mask", 1.0 - mask, latent_shape)
         if mask.shape[2] < frames:
             mask = torch.nn.functional.pad(mask, (0, 0, 0, 0, 0, frames - mask.shape[2]))
         if mask.shape[1] == 1:
@@ -70,12 +70,24 @@ def concat_channels(
     return torch.cat((mask, image), dim=1)
 
 
-def _check_spatial(name: str, t: torch.Tensor, latent_shape: tuple[int, ...]) -> None:
-    if t.ndim != 5 or tuple(t.shape[-2:]) != tuple(latent_shape[-2:]):
-        raise ValueError(
-            f"{name} is {tuple(t.shape)} but the latent is {tuple(latent_shape)}: their height and width must match - "
-            "connect the latent that WanImageToVideo / WanFirstLastFrameToVideo made with this conditioning"
-        )
+def fit_spatial(name: str, t: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
+    """``t`` [B, C, T, h, w] at the latent's height and width: unchanged where they match, else cropped about its
+    centre to the latent's aspect ratio and resized bilinearly, frame by frame (ComfyUI's ``common_upscale`` with
+    "bilinear" and "center", which its WAN21 model applies to the image conditioning)."""
+    if t.ndim != 5:
+        raise ValueError(f"{name} must be [B, channels, frames, height, width], got {tuple(t.shape)}")
+    height, width = latent_shape[-2:]
+    old_h, old_w = t.shape[-2:]
+    if (old_h, old_w) == (height, width):
+        return t
+    old_aspect, new_aspect = old_w / old_h, width / height
+    x = round((old_w - old_w * (new_aspect / old_aspect)) / 2) if old_aspect > new_aspect else 0
+    y = round((old_h - old_h * (old_aspect / new_aspect)) / 2) if old_aspect < new_aspect else 0
+    cropped = t[..., y : old_h - y, x : old_w - x]
+    b, c, f = cropped.shape[:3]
+    frames = cropped.transpose(1, 2).reshape(b * f, c, *cropped.shape[-2:])
+    resized = torch.nn.functional.interpolate(frames, size=(height, width), mode="bilinear")
+    return resized.reshape(b, f, c, height, width).transpose(1, 2)
 
 
 def _batch(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:

@@ -147,12 +147,32 @@ def test_conditioning_of_variants_dax_does_not_run_is_refused_by_name(comfy):
                                     torch.zeros(1, 16, FRAMES, H, W))  # fmt: skip
 
 
-def test_an_image_latent_of_another_size_says_what_to_connect(comfy):
-    extras = _image_conditioning(comfy, I2V, 0)
-    positive, negative = _conds(comfy, 1, extras)
-    with pytest.raises(ValueError, match="height and width must match"):
-        comfy.sampler._conditioning(Recipe("x.safetensors", model=ModelInfo.of(I2V)), positive, negative,
-                                    torch.zeros(1, 16, FRAMES, H + 2, W))  # fmt: skip
+@pytest.mark.parametrize("size", [(H + 2, W), (H * 2, W * 2 + 3), (H - 1, W - 2)])
+def test_an_image_latent_of_another_size_is_resized_as_comfyui_resizes_it(comfy, size):
+    """ComfyUI's WAN21 model brings concat_latent_image and concat_mask to the noise's height and width (centre crop,
+    bilinear): so does DAX, and sampling from them equals the native KSampler's (bound as above); the same latent
+    resized by hand to the right size first gives the same input channels."""
+    from comfy.utils import common_upscale
+
+    spec = I2V
+    state = random_state_dict(spec, seed=5)
+    extras = _image_conditioning(comfy, spec, 6)
+    g = torch.Generator().manual_seed(12)
+    extras["concat_latent_image"] = torch.randn(1, 16, FRAMES, *size, generator=g)
+    extras["concat_mask"] = torch.rand(1, 1, FRAMES, *size, generator=g)
+    positive, negative = _conds(comfy, 7, extras)
+    latent = torch.zeros(1, 16, FRAMES, H, W)
+    (native,) = comfy.nodes.KSampler().sample(_native_model(comfy, spec, state), SEED, STEPS, CFG, "euler", "simple",
+                                              positive, negative, {"samples": latent})  # fmt: skip
+    ours = _dax(comfy, spec, state, positive, negative, latent, "euler")
+    assert rel_error(ours, native["samples"]) < REL
+    recipe = Recipe("x.safetensors", model=ModelInfo.of(spec))
+    by_hand = {k: common_upscale(extras[k], W, H, "bilinear", "center") for k in ("concat_latent_image",
+                                                                                           "concat_mask")}  # fmt: skip
+    fields = comfy.sampler._conditioning(recipe, positive, negative, latent)
+    expected = comfy.sampler._conditioning(recipe, *_conds(comfy, 7, {**extras, **by_hand}), latent)
+    # the same channels, but for float32 rounding: the mask is inverted before it is resized here, after it there
+    torch.testing.assert_close(fields["positive_image"], expected["positive_image"], rtol=1e-6, atol=1e-6)
 
 
 def test_the_owner_refuses_image_conditioning_before_any_engine_or_group(comfy):
