@@ -120,13 +120,20 @@ def check_request(req: Any, spec: WanSpec, parallel: ParallelConfig | None = Non
     # CFG-parallel gives each half of the GPUs half of every forward's batch rows: the conditional or the
     # unconditional ones when both branches are batched, else half of the latent's own rows
     batch = req.latent.shape[0]
-    rows = 2 * batch if req.batches_branches else batch
+    rows = 2 * batch if req.batches_branches(spec.takes_clip) else batch
     if rows % 2 == 0:
         return
     if not req.uses_cfg:
         raise ValueError(
             "cfg_parallel runs the positive and the negative branch on two halves of the GPUs, but cfg is 1, which "
             "runs the positive branch alone: set cfg above 1 or turn cfg_parallel off"
+        )
+    if req.negative is not None and req.negative.shape[1] == req.positive.shape[1]:  # the image features differ
+        raise ValueError(
+            f"cfg_parallel runs both guidance branches in one forward, which needs CLIP-vision features of the same "
+            f"length, but the positive branch has {req.positive_clip.shape[1]} and the negative one "
+            f"{req.negative_clip.shape[1]}: give both branches the same CLIPVisionEncode output (as WanImageToVideo "
+            "does), or turn cfg_parallel off"
         )
     raise ValueError(
         f"cfg_parallel runs both guidance branches in one forward, which needs text embeddings of the same length, "

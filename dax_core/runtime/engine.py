@@ -115,14 +115,14 @@ class SampleRequest:
         """Whether the unconditional branch runs (cfg 1 is the conditional prediction alone)."""
         return self.cfg != 1.0
 
-    @property
-    def batches_branches(self) -> bool:
-        """Whether both guidance branches run in one forward: their text embeddings (and image features) batch when
-        of equal length."""
+    def batches_branches(self, takes_clip: bool = True) -> bool:
+        """Whether both guidance branches run in one forward: their text embeddings batch when of equal length, and
+        so must the CLIP-vision features of a model that takes them (``takes_clip``; a model without CLIP ignores
+        them)."""
         if not self.uses_cfg or self.negative is None or self.negative.shape[1] != self.positive.shape[1]:
             return False
         clips = (self.positive_clip, self.negative_clip)
-        return None in clips or clips[0].shape[1] == clips[1].shape[1]
+        return not takes_clip or None in clips or clips[0].shape[1] == clips[1].shape[1]
 
     @property
     def has_image(self) -> bool:
@@ -310,7 +310,7 @@ class WanEngine:
         use_cfg = req.uses_cfg
         pos = self._text(req.positive, batch)
         neg = self._text(req.negative, batch) if use_cfg else None
-        batched = req.batches_branches
+        batched = req.batches_branches(self.model.spec.takes_clip)
         context = torch.cat([pos, neg]) if batched else pos
         pos_image, pos_clip = self._image(req.positive_image, batch), self._clip(req.positive_clip, batch)
         neg_image = self._image(req.negative_image, batch) if use_cfg else None

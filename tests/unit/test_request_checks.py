@@ -12,6 +12,7 @@ import torch
 
 from dax_core.accelerations import BuildEnv
 from dax_core.cache.config import MagcacheConfig, TeacacheConfig
+from dax_core.models.spec import WanSpec
 from dax_core.models.tiny import write_tiny_model
 from dax_core.parallel.config import ParallelConfig
 from dax_core.quant import QuantizationError
@@ -19,6 +20,7 @@ from dax_core.quant.config import QuantizeConfig
 from dax_core.recipe import Recipe, RecipeError
 from dax_core.rules import check_recipe, check_request, step_cache_refused
 from dax_core.runtime.distributed import parallel_layout
+from dax_core.runtime.engine import SampleRequest, WanEngine
 from dax_core.runtime.group import GroupConfig, WorkerGroup
 from dax_core.runtime.sampling import GroupOptions
 from tests.unit.node_modules import node_module
@@ -205,3 +207,37 @@ def test_the_sampler_node_checks_the_whole_run_before_touching_any_engine(comfyu
         with pytest.raises(ValueError, match=message):
             sampler.SAMPLING.prepare(recipe, request, 2, GroupOptions(**layout))
     assert len(sampler.SAMPLING.engines) == 0  # nothing was built, started or dropped for any of them
+
+
+def _image_request(spec: WanSpec, clip_tokens: tuple[int, int]) -> SampleRequest:
+    g = torch.Generator().manual_seed(4)
+    text = torch.randn(1, 6, spec.text_dim, generator=g)
+    image = torch.randn(1, spec.in_dim - spec.latent_channels, 2, 8, 8, generator=g)
+    clips = [torch.randn(1, n, 1280, generator=g) for n in clip_tokens]
+    return SampleRequest(text, text.clone(), torch.zeros(1, 16, 2, 8, 8), seed=0, steps=4, cfg=4.0,
+                         positive_image=image, negative_image=image, positive_clip=clips[0],
+                         negative_clip=clips[1])  # fmt: skip
+
+
+def test_clip_features_of_other_lengths_stop_branch_batching_only_where_the_model_takes_them():
+    with_clip = WanSpec(dim=256, num_layers=2, num_heads=2, ffn_dim=256, text_dim=32, in_dim=36, model_type="i2v")
+    no_clip = dataclasses.replace(with_clip, clip_dim=0)  # Wan2.2 I2V A14B: the image latent alone
+    request = _image_request(with_clip, (257, 514))
+    layout = parallel_layout(2, cfg_parallel=True)
+    assert not request.batches_branches(with_clip.takes_clip) and request.batches_branches(no_clip.takes_clip)
+    with pytest.raises(
+        ValueError, match="needs CLIP-vision features of the same length, but the positive branch has 257"
+    ):
+        check_request(request, with_clip, layout)
+    check_request(request, no_clip, layout)  # the features are not used: both branches batch, CFG-parallel runs
+    check_request(_image_request(with_clip, (257, 257)), with_clip, layout)
+
+
+def test_a_model_without_clip_batches_its_branches_whatever_clip_features_come(tmp_path):
+    path = write_tiny_model(tmp_path / "noclip.safetensors", variant="i2v", clip_dim=0, text_dim=32)
+    engine = WanEngine.build(Recipe(str(path), compute_dtype="fp32"), "cpu")
+    spec = engine.model.spec
+    request = dataclasses.replace(_image_request(spec, (257, 514)), steps=2)
+    without = dataclasses.replace(request, positive_clip=None, negative_clip=None)
+    # the same forwards as without the features, batched alike: bit for bit (one branch at a time would round apart)
+    assert torch.equal(engine.sample(request).latent, engine.sample(without).latent)
