@@ -71,7 +71,10 @@ def check_sampling(req: Any, samplers: Collection[str], schedulers: Collection[s
         raise ValueError(f"steps must be an integer >= 1, got {req.steps!r}")
     if not _finite(req.cfg) or req.cfg < 0:
         raise ValueError(f"cfg must be a finite number >= 0, got {req.cfg!r}")
-    if req.cfg != 1.0 and req.negative is None:
+    low = getattr(req, "low_noise_cfg", None)
+    if low is not None and (not _finite(low) or low < 0):
+        raise ValueError(f"low_noise_cfg must be a finite number >= 0, got {low!r}")
+    if req.uses_cfg and req.negative is None:
         raise ValueError("cfg != 1 needs a negative prompt embedding")
     if not _finite(req.shift) or req.shift <= 0:
         raise ValueError(
@@ -286,6 +289,16 @@ def check_run(recipe: Recipe, spec: WanSpec, req: Any, parallel: ParallelConfig 
     before it touches a warm group or starts a new one."""
     check_recipe(recipe, spec, parallel)
     check_request(req, spec, parallel)
+    check_low_noise_cfg(recipe, req)
+
+
+def check_low_noise_cfg(recipe: Recipe, req: Any) -> None:
+    """A guidance of its own for the low-noise expert needs a model of two experts."""
+    if getattr(req, "low_noise_cfg", None) is not None and not recipe.is_expert_pair:
+        raise ValueError(
+            "low_noise_cfg guides the low-noise expert of a two-expert Wan2.2 model, but this DAX_MODEL is one model: "
+            "set low_noise_cfg to 0 (the same as cfg), or load both experts in Load Wan DAX"
+        )
 
 
 def _finite(value: Any) -> bool:

@@ -48,6 +48,8 @@ TOOLTIPS = {
     "steps": "Denoising steps of the whole schedule: Wan2.1 and Wan2.2 TI2V 5B use 50, Wan2.2 A14B 40.",
     "cfg": "Classifier-free guidance: Wan2.1 uses 6 at 1.3B and 5 at 14B; Wan2.2 TI2V 5B 5, A14B 4 (high-noise "
     "expert) and 3 (low-noise). 1 runs the positive branch alone, half the work per step.",
+    "low_noise_cfg": "A two-expert Wan2.2 model only: the guidance of the low-noise expert's steps (the official "
+    "A14B settings: 3 for T2V, 3.5 for I2V, with cfg 4 and 3.5 for the high-noise expert). 0: the same as cfg.",
     "scheduler": "The sigma schedule, computed as ComfyUI's scheduler of that name with the flow shift.",
     "shift": "Flow shift (> 0): Wan2.1 uses 8 for T2V at 480p (5 at 720p); Wan2.2 T2V A14B 12, TI2V 5B 5. With a "
     "two-expert model it also moves the step where the experts switch.",
@@ -148,6 +150,19 @@ def _noise_mask(latent: dict) -> torch.Tensor | None:
     """The latent's noise mask (Wan22ImageToVideoLatent's first frame, SetLatentNoiseMask), applied as KSampler does."""
     mask = latent.get("noise_mask")
     return None if mask is None else mask.detach().cpu().float()
+
+
+EXPERT_INPUTS = {
+    "low_noise_cfg": (
+        "FLOAT",
+        {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": TOOLTIPS["low_noise_cfg"]},
+    ),
+}
+
+
+def _low_noise_cfg(widget: float) -> float | None:
+    """The request's low_noise_cfg from the widget (0: the same as cfg)."""
+    return None if widget == 0.0 else widget
 
 
 PARALLEL_INPUTS = {
@@ -254,7 +269,7 @@ class DaxMultiGPUSampler:
                 ),
                 "gpus": _gpus_input(),
             },
-            "optional": dict(PARALLEL_INPUTS),
+            "optional": {**PARALLEL_INPUTS, **EXPERT_INPUTS},  # new widgets last: saved workflows keep their values
             "hidden": dict(HIDDEN),
         }
 
@@ -268,7 +283,7 @@ class DaxMultiGPUSampler:
     )
 
     def sample(self, dax_model: Recipe, positive, negative, latent_image, seed, steps, cfg, shift, sampler_name,
-               scheduler, denoise, gpus, unique_id=None, **parallel):  # fmt: skip
+               scheduler, denoise, gpus, unique_id=None, low_noise_cfg=0.0, **parallel):  # fmt: skip
         request = _request(
             dax_model,
             positive,
@@ -281,6 +296,7 @@ class DaxMultiGPUSampler:
             sampler=sampler_name,
             scheduler=scheduler,
             denoise=denoise,
+            low_noise_cfg=_low_noise_cfg(low_noise_cfg),
         )
         return _run(dax_model, request, latent_image, gpus, _parallel_options(parallel), unique_id)
 
@@ -303,7 +319,7 @@ class DaxSamplerAdvanced:
                 ),
                 "gpus": _gpus_input(),
             },
-            "optional": {"sigmas": ("SIGMAS", {"tooltip": TOOLTIPS["sigmas"]}), **PARALLEL_INPUTS},
+            "optional": {"sigmas": ("SIGMAS", {"tooltip": TOOLTIPS["sigmas"]}), **PARALLEL_INPUTS, **EXPERT_INPUTS},
             "hidden": dict(HIDDEN),
         }
 
@@ -318,7 +334,7 @@ class DaxSamplerAdvanced:
 
     def sample(self, dax_model: Recipe, positive, negative, latent_image, add_noise, noise_seed, steps, cfg, shift,
                sampler_name, scheduler, start_at_step, end_at_step, return_with_leftover_noise, gpus, sigmas=None,
-               unique_id=None, **parallel):  # fmt: skip
+               unique_id=None, low_noise_cfg=0.0, **parallel):  # fmt: skip
         request = _request(
             dax_model,
             positive,
@@ -335,6 +351,7 @@ class DaxSamplerAdvanced:
             add_noise=add_noise == "enable",
             return_with_leftover_noise=return_with_leftover_noise == "enable",
             sigmas=None if sigmas is None else sigmas.detach().cpu(),
+            low_noise_cfg=_low_noise_cfg(low_noise_cfg),
         )
         return _run(dax_model, request, latent_image, gpus, _parallel_options(parallel), unique_id)
 

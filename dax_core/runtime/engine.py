@@ -19,7 +19,7 @@ from ..cache.base import StepCacheReport
 from ..models.wan import WanModel
 from ..parallel.config import ParallelConfig
 from ..recipe import Recipe
-from ..rules import STEP_CACHE_KINDS, check_request, check_sampling, clip_ignored_note
+from ..rules import STEP_CACHE_KINDS, check_low_noise_cfg, check_request, check_sampling, clip_ignored_note
 from . import latents
 from .noise_mask import check_noise_mask, frame_timesteps, masked, prepare_mask
 from .progress import ProgressCallback, StepProgress, describe_model, preview_latent
@@ -66,6 +66,9 @@ class SampleRequest:
     [B or 1, N, clip_dim]; a text-to-video model takes none (``dax_core.rules.check_request``). An image model
     without CLIP (Wan2.2 I2V A14B) takes the image channels alone: CLIP features given to it are not used, as in
     ComfyUI, and the run's notes say so.
+
+    ``low_noise_cfg``: a two-expert model's guidance for its low-noise expert's steps (the official Wan2.2 A14B
+    configurations guide the two experts differently); None: ``cfg`` for both. A single model refuses it.
     """
 
     positive: torch.Tensor
@@ -88,6 +91,7 @@ class SampleRequest:
     positive_clip: torch.Tensor | None = None
     negative_clip: torch.Tensor | None = None
     noise_mask: torch.Tensor | None = None
+    low_noise_cfg: float | None = None
 
     def __post_init__(self) -> None:
         check_sampling(self, SAMPLERS, SCHEDULERS)
@@ -112,8 +116,8 @@ class SampleRequest:
 
     @property
     def uses_cfg(self) -> bool:
-        """Whether the unconditional branch runs (cfg 1 is the conditional prediction alone)."""
-        return self.cfg != 1.0
+        """Whether the unconditional branch runs (cfg 1 is the conditional prediction alone), in any step."""
+        return self.cfg != 1.0 or self.low_noise_cfg not in (None, 1.0)
 
     def batches_branches(self, takes_clip: bool = True) -> bool:
         """Whether both guidance branches run in one forward: their text embeddings batch when of equal length, and
@@ -373,6 +377,7 @@ class WanEngine:
         if not self.usable:
             raise RuntimeError(f"this engine is unusable: {self._unusable}; build it again")
         check_request(req, self.model.spec, self.parallel)
+        check_low_noise_cfg(self.recipe, req)
         clip_note = clip_ignored_note(req, self.model.spec)
         notes = (*self.lora_lines, clip_note) if clip_note else self.lora_lines
         cache = self.model.step_cache

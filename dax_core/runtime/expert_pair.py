@@ -43,17 +43,21 @@ class ExpertRun:
 
 
 def expert_runs(req: SampleRequest, boundary: float) -> list[ExpertRun]:
-    """The request cut at the expert boundary: the high-noise expert's steps (leftover noise returned), then the
-    low-noise expert's (continued without new noise), either left out where the request runs none of its steps."""
+    """The request cut at the expert boundary: the high-noise expert's steps (leftover noise returned) at ``cfg``,
+    then the low-noise expert's (continued without new noise) at ``low_noise_cfg`` (``cfg`` where None), either left
+    out where the request runs none of its steps."""
     switch = expert_switch_step(req.schedule_sigmas(), boundary)
     total = len(req.schedule_sigmas()) - 1
     end = total if req.end_at_step is None else min(req.end_at_step, total)
+    # each expert's run has one guidance: cfg for the high-noise expert, low_noise_cfg (or cfg) for the low-noise one
+    own = {"cfg": req.cfg, "low_noise_cfg": None}
+    low_cfg = {"cfg": req.cfg if req.low_noise_cfg is None else req.low_noise_cfg, "low_noise_cfg": None}
     if end <= switch:
-        return [ExpertRun("high", req)]
+        return [ExpertRun("high", dataclasses.replace(req, **own))]
     if req.start_at_step >= switch:
-        return [ExpertRun("low", req)]
-    high = dataclasses.replace(req, end_at_step=switch, return_with_leftover_noise=True)
-    low = dataclasses.replace(req, start_at_step=switch, add_noise=False)  # its latent: the high expert's output
+        return [ExpertRun("low", dataclasses.replace(req, **low_cfg))]
+    high = dataclasses.replace(req, end_at_step=switch, return_with_leftover_noise=True, **own)
+    low = dataclasses.replace(req, start_at_step=switch, add_noise=False, **low_cfg)  # from the high expert's output
     return [ExpertRun("high", high), ExpertRun("low", low)]
 
 

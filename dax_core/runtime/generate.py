@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--cfg", type=float, default=6.0)
+    p.add_argument("--low-noise-cfg", type=float, help="a two-expert model's guidance for its low-noise expert "
+                   "(default: --cfg)")  # fmt: skip
     p.add_argument("--shift", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=SAMPLERS, default="wan_unipc")
@@ -206,6 +208,7 @@ def _request(args: argparse.Namespace, spec: WanSpec) -> SampleRequest:
         shift=args.shift,
         sampler=args.sampler,
         scheduler=args.scheduler,
+        low_noise_cfg=args.low_noise_cfg,
         **fields,
     )
 

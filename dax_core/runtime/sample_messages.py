@@ -24,6 +24,7 @@ _SCALARS = (
     "end_at_step",
     "add_noise",
     "return_with_leftover_noise",
+    "low_noise_cfg",
 )
 _OPTIONAL_TENSORS = (
     "negative", "sigmas", "positive_image", "negative_image", "positive_clip", "negative_clip", "noise_mask",

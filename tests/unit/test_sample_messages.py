@@ -49,6 +49,7 @@ def test_request_round_trip():
         negative_image=torch.randn(1, 20, 3, 8, 8, generator=g),
         positive_clip=torch.randn(1, 257, 32, generator=g),
         negative_clip=torch.randn(1, 257, 32, generator=g).to(torch.bfloat16),
+        low_noise_cfg=3.5,
     )
     got = request_from_message(_through_a_socket("request", *request_fields(req)))
     for field in dataclasses.fields(SampleRequest):

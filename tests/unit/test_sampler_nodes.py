@@ -122,3 +122,17 @@ def test_two_chained_advanced_nodes_equal_one_sampler_node(sampler, tmp_path):
     again = _sample(sampler.DaxSamplerAdvanced, recipe, first_latent, add_noise="disable", start_at_step=0,
                     end_at_step=10000, return_with_leftover_noise="disable", sigmas=sigmas[2:])  # fmt: skip
     assert torch.equal(again["result"][0]["samples"], out["samples"])
+
+
+def test_low_noise_cfg_on_one_model_is_refused_and_zero_means_the_same_cfg(sampler, tmp_path):
+    recipe, latent = tiny_recipe(tmp_path), {"samples": torch.zeros(1, 16, 2, 8, 8)}
+    with pytest.raises(ValueError, match=r"low_noise_cfg guides the low-noise expert of a two-expert Wan2\.2 model"):
+        _sample(sampler.DaxMultiGPUSampler, recipe, latent, denoise=1.0, low_noise_cfg=3.0)
+    same = _sample(sampler.DaxMultiGPUSampler, recipe, latent, denoise=1.0, low_noise_cfg=0.0)
+    plain = _sample(sampler.DaxMultiGPUSampler, recipe, latent, denoise=1.0)
+    assert torch.equal(same["result"][0]["samples"], plain["result"][0]["samples"])
+    inputs = sampler.DaxSamplerAdvanced.INPUT_TYPES()["optional"]
+    assert (
+        inputs["low_noise_cfg"][1]["default"] == 0.0
+        and "low_noise_cfg" in sampler.DaxMultiGPUSampler.INPUT_TYPES()["optional"]
+    )

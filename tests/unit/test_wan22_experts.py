@@ -109,14 +109,14 @@ def comfy(comfyui_importable):
     )
 
 
-def _native_chain(comfy, sampler: str, switch: int) -> torch.Tensor:
+def _native_chain(comfy, sampler: str, switch: int, low_cfg: float = CFG) -> torch.Tensor:
     """The native Wan2.2 workflow: KSamplerAdvanced on the high-noise expert for steps 0..switch, leftover noise
-    returned, then on the low-noise expert from switch on, adding no noise."""
+    returned, then on the low-noise expert from switch on (at ``low_cfg``), adding no noise."""
     pos, neg = [[comfy.pos, {}]], [[comfy.neg, {}]]
     advanced = comfy.nodes.KSamplerAdvanced()
     (first,) = advanced.sample(comfy.high, "enable", SEED, STEPS, CFG, sampler, "simple", pos, neg,
                                {"samples": comfy.empty}, 0, switch, "enable")  # fmt: skip
-    (second,) = advanced.sample(comfy.low, "disable", SEED, STEPS, CFG, sampler, "simple", pos, neg, first,
+    (second,) = advanced.sample(comfy.low, "disable", SEED, STEPS, low_cfg, sampler, "simple", pos, neg, first,
                                 switch, 10000, "disable")  # fmt: skip
     return second["samples"]
 
@@ -143,6 +143,16 @@ def test_one_dax_model_of_both_experts_equals_two_chained_native_samplers(comfy,
     if sampler == "euler":  # a switch one step off is a different run
         for other in (switch - 1, switch + 1):
             assert rel_error(result.latent, _native_chain(comfy, sampler, other)) > 1e-3
+
+
+def test_the_low_noise_expert_takes_its_own_guidance_as_a_second_native_sampler_does(comfy):
+    # the official A14B T2V settings guide the high-noise expert at 4 and the low-noise one at 3
+    switch = expert_switch_step(ksampler_sigmas("simple", STEPS, SHIFT), T2V_BOUNDARY)
+    result = comfy.pair.sample(_request(comfy, sampler="euler", low_noise_cfg=3.0))
+    assert rel_error(result.latent, _native_chain(comfy, "euler", switch, low_cfg=3.0)) < REL
+    assert rel_error(result.latent, _native_chain(comfy, "euler", switch)) > 1e-3  # not the run at one cfg
+    with pytest.raises(ValueError, match="low_noise_cfg guides the low-noise expert of a two-expert"):
+        comfy.engines["low"].sample(_request(comfy, sampler="euler", low_noise_cfg=3.0))
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
