@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 TOOLTIPS = {
     "dtype": "fp8 (e4m3): fastest on Ada/Hopper/Blackwell (compute capability 8.9+). int8: any CUDA GPU, but on "
-    "Hopper its GEMM plus rescaling is no faster than bf16. Without Compile, FP8 pays on 14B-sized layers (their "
+    "Hopper slower than bf16 (1.3B 480p, eager: 0.71 s a forward against 0.44 s in bf16). Without Compile, FP8 "
+    "pays on 14B-sized layers (their "
     "inputs are quantized inside the norm kernels); a 1.3B model's 1536-wide GEMMs are too short to gain much: add "
     "Compile there.",
     "granularity": "per-token-per-channel: one scale per token and per output channel (accurate, the default). "
