@@ -46,8 +46,10 @@ def in_process(recipe: Recipe, req: SampleRequest) -> SampleResult:
 
 def assert_same_latent(got: SampleResult, expected: SampleResult) -> None:
     """The group's latent against the in-process one. With the tokens split over ranks, matmuls run on token slices
-    and attention partials may be merged: float32 rounding of ~1e-6 per step; a wrong split or a lost step is O(1)."""
-    torch.testing.assert_close(got.latent, expected.latent, rtol=1e-5, atol=1e-5)
+    and attention partials may be merged: float32 rounding of ~1e-6 a forward, which the tiny request's CFG 5
+    amplifies 9 times (2 x 5 - 1) per step, at latent values up to ~10: 1.4e-5 seen on one element of a 4-rank hybrid
+    run on an AVX2 CPU. A wrong split or a lost step is O(1)."""
+    torch.testing.assert_close(got.latent, expected.latent, rtol=1e-5, atol=1e-4)
 
 
 class Groups:
