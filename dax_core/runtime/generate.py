@@ -67,6 +67,8 @@ IMAGE_TENSORS = {
     "width / 16]",
 }
 """The tensors an ``--image`` file may hold."""
+IMAGE_FILE = "; ".join(f"{name}: {what}" for name, what in IMAGE_TENSORS.items())
+"""What an ``--image`` file holds, in words (the option's help and its errors)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,8 +82,7 @@ def _parser() -> argparse.ArgumentParser:
                    "their shapes cannot tell (auto: from the file)")  # fmt: skip
     p.add_argument("--low-noise-weights", help="the low-noise expert of a two-expert model (--model wan2.2-*-a14b)")
     p.add_argument("--text-embeddings", required=True, type=Path, help="safetensors with positive (and negative)")
-    p.add_argument("--image", type=Path, help="an image model's start image as safetensors: " + "; ".join(
-        f"{name}: {what}" for name, what in IMAGE_TENSORS.items()))  # fmt: skip
+    p.add_argument("--image", type=Path, help=f"an image model's start image as safetensors: {IMAGE_FILE}")
     p.add_argument("--out", required=True, type=Path, help="safetensors file to write the latent to")
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--height", type=int, default=480)
@@ -172,8 +173,7 @@ def _image_fields(path: Path | None, spec: WanSpec, shape: tuple[int, ...]) -> d
         raise ValueError(f"cannot read the image tensors {path}: {e}") from None
     unknown = sorted(set(tensors) - set(IMAGE_TENSORS))
     if unknown or not tensors:
-        raise ValueError(f"{path} holds {unknown or 'nothing'}; an --image file holds " + "; ".join(
-            f"{name}: {what}" for name, what in IMAGE_TENSORS.items()))  # fmt: skip
+        raise ValueError(f"{path} holds {unknown or 'nothing'}; an --image file holds {IMAGE_FILE}")
     fields: dict[str, torch.Tensor] = {}
     if "start_latent" in tensors:
         if spec.model_type != "ti2v":

@@ -179,10 +179,10 @@ class Sampling:
         steps = len(request.run_sigmas()) - 1  # the steps this run takes (a start/end cut or denoise changes them)
         status.start(steps, spec.latent_channels)
         if config is None:
-            return self._sample_here(recipe, request, status)
+            return self._sample_here(recipe, spec, request, status)
         return self._sample_in_group(recipe, spec, request, steps, config, status)
 
-    def _sample_here(self, recipe: Recipe, request: SampleRequest, status: RunStatus) -> SampleResult:
+    def _sample_here(self, recipe: Recipe, spec: WanSpec, request: SampleRequest, status: RunStatus) -> SampleResult:
         # A changed TeaCache/MagCache setting or LoRA (file, strength) is taken by the built model, with no build
         # from scratch: the engine is keyed without step caches and LoRAs and kept alive by the last recipe upstream
         # of those nodes.
@@ -191,7 +191,7 @@ class Sampling:
 
         def build(_key: Recipe) -> Loaded:
             status.show("loading the model")
-            device, size = self.host.device(), engine_bytes(to_build, recipe_spec(to_build))
+            device, size = self.host.device(), engine_bytes(to_build, spec)  # step caches do not change the spec
             self.host.make_room(size, device)  # the application's own models make room for ours first
             built.append(self.host.register(build_engine(to_build, device, None), size))  # built with its LoRAs
             return built[-1]
