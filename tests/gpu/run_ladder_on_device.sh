@@ -11,7 +11,7 @@
 # against what they replace: dax-kernels (their GPU tests), bench-dax-14b (site by site), ab-14b (whole 14B forwards
 # of the full stack without and with them, same run), profile-14b-dax (the kernel table with them), and at 1.3B:
 # profile-1.3b-dax, bench-dax-1.3b, ab-1.3b; dax-kernels-open (the fused Sage inputs' GPU tests, expected failures
-# run as tests); sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity).
+# run as tests); row-kernels (variants of the per-row quantization kernels); sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity).
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl.
 # Each stage has a time limit, so one that hangs cannot take the others' time; the ladder writes after every rung.
 # Writes gpu.txt, run.log and each stage's results: ladder_*.{json,md}, peer_1.3b.{json,md}, profile_*.txt,
@@ -43,6 +43,7 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
     bench-dax-1.3b) stage bench-dax-1.3b 120 python3 -m tests.benchmarks.bench_dax_kernels --case 1.3b-480p \
       --out "$OUT/dax_kernels_1.3b" ;;
     ab-1.3b) stage ab-1.3b 150 python3 -m dax_core bench --model 1.3b --rungs "$AB_14B" $QUICK_FLAG --out "$OUT/ab_1.3b" ;;
+    row-kernels) stage row-kernels 150 python3 -m tests.benchmarks.bench_row_kernels --out "$OUT/row_kernels" ;;
     sage-variants) stage sage-variants 120 python3 -m tests.benchmarks.bench_sage_variants --out "$OUT/sage_variants" ;;
     profile-14b-dax) stage profile-14b-dax 110 python3 -m tests.gpu.profile_forward --model 14b \
       --accelerations "$DAX_ACCELERATIONS" --out "$OUT/profile_14b_dax.txt" ;;
@@ -58,6 +59,6 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
 done
 for f in "$OUT"/ladder_*.md "$OUT"/peer_*.md "$OUT"/ab_*.md; do [ -f "$f" ] && sed -n '/^| rung/,/^$/p' "$f"; done
 for f in "$OUT"/dax_kernels_*.md; do [ -f "$f" ] && sed -n '/^| site/,/^Sum/p' "$f"; done
-[ -f "$OUT/sage_variants.md" ] && cat "$OUT/sage_variants.md"
+for f in "$OUT"/sage_variants.md "$OUT"/row_kernels.md; do [ -f "$f" ] && cat "$f"; done
 for f in "$OUT"/profile_*.txt; do [ -f "$f" ] && head -30 "$f"; done
 echo "== done $(date +%T)" | tee -a "$LOG"
