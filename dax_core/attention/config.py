@@ -43,10 +43,10 @@ class AttentionConfig(Acceleration):
     """SageAttention's Q/K int8 granularity: auto, per_thread or per_warp (SageAttention2 CUDA kernels only)."""
     sage_pv_accum: str = "auto"
     """SageAttention's P·V accumulation: auto (its own choice for the GPU) or one the GPU's kernel offers."""
-    sage_inputs: str = "sage"
-    """Who prepares SageAttention2's int8 / fp8 inputs: "sage" (its own kernels, after the model's norms), "fused"
-    (the model's q/k norm kernels and a value kernel write them; the sm90 kernel with per-thread Q/K and fp32+fp32
-    P·V only, else an error) or "auto" (fused where it can be, else SageAttention's own)."""
+    sage_inputs: str = "auto"
+    """Who prepares SageAttention2's int8 / fp8 inputs: "auto" (fused where it can be, else SageAttention's own),
+    "sage" (its own kernels, after the model's norms) or "fused" (the model's q/k norm kernels and a value kernel
+    write them; the sm90 kernel with per-thread Q/K and fp32+fp32 P·V only, else an error)."""
 
     def __post_init__(self) -> None:
         names = backend_names()

@@ -49,9 +49,10 @@ def ab_rungs(compile_config: dict) -> tuple[DenseRung, ...]:
     full stack as the ``compile`` rung has it; with SageAttention2's inputs written by DAX's norm kernels; with the
     8-bit linears' inputs quantized by DAX's kernels as custom ops; with both; and the eager stack without and with
     both."""
-    fp8, fp8_dax = {"kind": "quantize", "dtype": "fp8"}, {"kind": "quantize", "dtype": "fp8", "input_kernels": "dax"}
-    sage, sage_fused = {"kind": "attention", "backend": "sage"}, {"kind": "attention", "backend": "sage",
-                                                                  "sage_inputs": "fused"}  # fmt: skip
+    fp8 = {"kind": "quantize", "dtype": "fp8", "input_kernels": "default"}
+    fp8_dax = {"kind": "quantize", "dtype": "fp8", "input_kernels": "dax"}
+    sage = {"kind": "attention", "backend": "sage", "sage_inputs": "sage"}
+    sage_fused = {"kind": "attention", "backend": "sage", "sage_inputs": "fused"}
     variants = (
         ("full", "full stack: FP8 + SageAttention2 + compile", (fp8, sage, compile_config)),
         ("full_sage_inputs", "full stack, Sage inputs from DAX's norm kernels", (fp8, sage_fused, compile_config)),

@@ -12,6 +12,10 @@ of the site's least traffic):
 - ``reciprocal``: the same, multiplying by the row's reciprocal scale instead of dividing;
 - ``chunked``: the row in chunks of CHUNK values (no lanes wasted to the power of two), one pass for the row's
   statistics and one that recomputes and writes (the second read hits L2), reciprocal scale;
+- for SageAttention2's Q (Wan's RMSNorm across heads, the rotary embedding, per-thread int8): ``product``
+  (``sage_inputs.query``: two rows and every head a program, ``HEADS = next_power_of_2(heads)``) against
+  ``chunked``: the same rows, heads in chunks of a power of two that divides them, a pass for the norm's sum and one
+  that writes;
 - ``cast``: a load and an fp8 cast of the same bytes, no reduction: the bandwidth this GPU gives such a kernel.
 
 Each variant's codes are compared with the product's (the fraction equal; a reciprocal differs from a division in the
@@ -30,6 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
+from dax_core.attention import sage_inputs
+from dax_core.attention.sage_inputs import INT8_EPS, _int8_codes, _rounded
+from dax_core.attention.sage_layout import query_scale_count
 from dax_core.bench.timing import device_name, median, timed, write_json
 from dax_core.models import fused_ops
 from dax_core.models.fused_quant import SCALE_FLOOR, gelu_tanh, quantize_rows
@@ -37,7 +44,7 @@ from dax_core.models.fused_quant import SCALE_FLOOR, gelu_tanh, quantize_rows
 log = logging.getLogger("bench_row_kernels")
 E4M3 = torch.float8_e4m3fn
 QMAX = 448.0
-SHAPES = {"1.3b": (32760, 1536, 8960), "14b": (75600, 5120, 13824)}
+SHAPES = {"1.3b": (32760, 1536, 8960, 12), "14b": (75600, 5120, 13824, 40)}
 
 
 @triton.jit
@@ -115,6 +122,54 @@ def _norm_quant_chunked(x_ptr, shift_ptr, scale_ptr, q_ptr, s_ptr, dim, eps, CHU
 
 
 @triton.jit
+def _query_chunked(x_ptr, w_ptr, cos_ptr, sin_ptr, q_ptr, scale_ptr, tokens, heads, n_scales, eps,
+                   CHUNK: tl.constexpr, HALF: tl.constexpr):  # fmt: skip
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    token = (pid // 8) * 16 + pid % 8 + 8 * tl.arange(0, 2)
+    valid = (token < tokens)[:, None, None]
+    dim = heads * 2 * HALF
+    hh = tl.arange(0, CHUNK)[None, :, None]
+    d = tl.arange(0, 2 * HALF)[None, None, :]
+    rows = (b * tokens + token)[:, None, None] * dim
+    acc = tl.zeros((2, CHUNK, 2 * HALF), dtype=tl.float32)
+    for h0 in range(0, heads, CHUNK):
+        x = tl.load(x_ptr + rows + (h0 + hh) * (2 * HALF) + d, mask=valid, other=0.0).to(tl.float32)
+        acc += x * x
+    rstd = tl.rsqrt(tl.sum(tl.sum(acc, axis=2), axis=1) / dim + eps)[:, None, None]
+    angle = (token % tokens)[:, None, None] * HALF + tl.arange(0, HALF)[None, None, :]
+    c = tl.load(cos_ptr + angle, mask=valid, other=0.0)
+    s = tl.load(sin_ptr + angle, mask=valid, other=0.0)
+    dt = x_ptr.dtype.element_ty
+    for h0 in range(0, heads, CHUNK):
+        offsets = rows + (h0 + hh) * (2 * HALF) + d
+        x = tl.load(x_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + (h0 + hh) * (2 * HALF) + d).to(tl.float32)
+        y = _rounded(_rounded(x * rstd, dt) * w, dt)
+        y0, y1 = tl.split(tl.reshape(y, (2, CHUNK, HALF, 2)))
+        y = tl.interleave(_rounded(y0 * c - y1 * s, dt), _rounded(y0 * s + y1 * c, dt))
+        scale = tl.max(tl.max(tl.abs(y), axis=2), axis=0) / 127.0 + INT8_EPS
+        tl.store(q_ptr + offsets, _int8_codes(y, scale[None, :, None]), mask=valid)
+        h = h0 + tl.arange(0, CHUNK)
+        tl.store(scale_ptr + (b * heads + h) * n_scales + pid, scale)
+
+
+def query_variants(x: torch.Tensor, w: torch.Tensor, rope, heads: int, warps: int) -> dict:
+    b, s, dim = x.shape
+    chunk = min(8, heads & -heads)
+
+    def chunked():
+        n = query_scale_count(s)
+        codes = torch.empty(b, s, heads, dim // heads, device=x.device, dtype=torch.int8)
+        scale = torch.empty(b, heads, n, device=x.device)
+        _query_chunked[(n, b)](x, w, rope[0], rope[1], codes, scale, s, heads, n, 1e-6, CHUNK=chunk,
+                               HALF=dim // heads // 2, num_warps=warps)  # fmt: skip
+        return codes, scale
+
+    return {"product": lambda: sage_inputs.query(x, w, rope, heads, 1e-6), f"chunked_{chunk}_w{warps}": chunked}
+
+
+@triton.jit
 def _cast(x_ptr, q_ptr, n, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + i, mask=i < n, other=0.0).to(tl.float32)
@@ -183,7 +238,7 @@ def measure(reps: int) -> list[dict]:
             log.info("%s %s %s: %.3f ms, %.2f TB/s %s", shape, site, name, ms, row["tb_s"],
                      row.get("codes_equal_to_product", ""))  # fmt: skip
 
-    for shape, (tokens, dim, ffn) in SHAPES.items():
+    for shape, (tokens, dim, ffn, heads) in SHAPES.items():
         h = (torch.randn(tokens, ffn, generator=g, device=device) * 2).bfloat16()
         traffic = h.numel() * 3 + tokens * 4
         for chunk in (1024, 2048):
@@ -197,6 +252,12 @@ def measure(reps: int) -> list[dict]:
         for chunk in (512, 1024):
             record(shape, "modulated LayerNorm + quantization", norm_variants(x, shift, scale, chunk), traffic)
         record(shape, "modulated LayerNorm + quantization", {"cast (no reduction)": cast_variant(x)}, traffic)
+        w = (1 + 0.1 * torch.randn(dim, generator=g, device=device)).bfloat16()
+        angles = torch.rand(tokens, dim // heads // 2, generator=g, device=device) * 6.3
+        rope = (angles.cos(), angles.sin())
+        traffic = x.numel() * 3
+        for warps in (4, 8):
+            record(shape, "Q: RMSNorm + rotary + int8", query_variants(x, w, rope, heads, warps), traffic)
     return rows_out
 
 

@@ -91,7 +91,9 @@ def test_the_attention_config_passes_the_choice_to_the_binding(gpu, sage2_sm90, 
     assert AttentionConfig("sage", sage_inputs="fused").bind(CUDA, torch.float16)[0].prepared == FusedSageInputs(
         torch.float16
     )
-    assert AttentionConfig("sage").bind(CUDA, torch.bfloat16)[0].prepared is None
+    # the default ("auto") fuses on the sm90 kernel; "sage" lets SageAttention prepare its own inputs
+    assert AttentionConfig("sage").bind(CUDA, torch.bfloat16)[0].prepared == FusedSageInputs(torch.bfloat16)
+    assert AttentionConfig("sage", sage_inputs="sage").bind(CUDA, torch.bfloat16)[0].prepared is None
 
 
 def _samples(b=1, s=150, h=2, d=64, seed=0):
