@@ -5,7 +5,9 @@ quantization, K's mean, ``k - mean``, K's int8 quantization, V's zero padding (a
 copy and its fp8 quantization. Here:
 
 - ``query``: Wan's RMSNorm across heads (and the rotary embedding in self-attention), rounded to the activation
-  dtype as ``models.ops`` rounds it, and Q's per-thread int8 quantization: one read of the projection, one int8 write.
+  dtype as ``models.ops`` rounds it, and Q's per-thread int8 quantization: one read of the projection from memory
+  (a second from L2, a few heads at a time: a whole row of heads padded to a power of two idled lanes and held too
+  many registers for the GPU to keep enough rows in flight), one int8 write.
 - ``key``: the same norm, writing k; its mean (PyTorch's ``k.mean(1)``, as SageAttention takes it); then ``k - mean``
   and K's per-thread int8 quantization in one pass (no bf16 ``k - mean`` tensor).
 - ``value``: the per-channel amax (atomic max: exact in any order), then the transposed, padded, permuted fp8 write.
@@ -41,30 +43,49 @@ def _rounded(x, dt: tl.constexpr):
 
 
 @triton.jit
-def _wan_norm(x_ptr, w_ptr, cos_ptr, sin_ptr, rows, valid, tokens, heads, eps,
-              HEADS: tl.constexpr, HALF: tl.constexpr, ROPE: tl.constexpr):  # fmt: skip
-    """Rows ``rows`` [R] of x [B * S, heads * 2 * HALF] as [R, HEADS, 2 * HALF]: RMSNorm across all heads in float32,
-    rounded to x's dtype, times the weight rounded again (Wan's RMSNorm), then each row's token's rotary embedding of
-    the interleaved (even, odd) pairs, rounded once more (``ROPE``). Returns the values (float32 holding values of
-    x's dtype), the mask and the offsets."""
-    dt = x_ptr.dtype.element_ty
-    h = tl.arange(0, HEADS)[None, :, None]
+def _row_rstd(x_ptr, rows, valid, heads, eps, CHUNK: tl.constexpr, HALF: tl.constexpr):
+    """1 / RMS over all heads of rows ``rows`` [R] of x [B * S, heads * 2 * HALF], in float32: [R, 1, 1]. The
+    heads are read CHUNK at a time (a power of two dividing them: no lane idles on padding)."""
     dim = heads * 2 * HALF
-    head_ok = h < heads
-    mask = valid[:, None, None] & head_ok
-    cols = h * (2 * HALF) + tl.arange(0, 2 * HALF)[None, None, :]
-    offsets = rows[:, None, None] * dim + cols
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(tl.sum(x * x, axis=2), axis=1) / dim + eps)[:, None, None]
-    w = tl.load(w_ptr + cols, mask=head_ok, other=0.0).to(tl.float32)
+    cols = tl.arange(0, CHUNK)[None, :, None] * (2 * HALF) + tl.arange(0, 2 * HALF)[None, None, :]
+    base = x_ptr + rows[:, None, None] * dim + cols
+    acc = tl.zeros((rows.shape[0], CHUNK, 2 * HALF), dtype=tl.float32)
+    for h0 in range(0, heads, CHUNK):
+        x = tl.load(base + h0 * (2 * HALF), mask=valid[:, None, None], other=0.0).to(tl.float32)
+        acc += x * x
+    return tl.rsqrt(tl.sum(tl.sum(acc, axis=2), axis=1) / dim + eps)[:, None, None]
+
+
+@triton.jit
+def _wan_norm(x_ptr, w_ptr, c, s, rows, valid, rstd, h0, heads,
+              CHUNK: tl.constexpr, HALF: tl.constexpr, ROPE: tl.constexpr):  # fmt: skip
+    """Heads h0 ... h0 + CHUNK of rows ``rows`` [R] as [R, CHUNK, 2 * HALF]: x times ``rstd`` rounded to x's dtype,
+    times the weight rounded again (Wan's RMSNorm), then (``ROPE``) each row's rotary embedding ``c``, ``s``
+    [R, 1, HALF] of the interleaved (even, odd) pairs, rounded once more. Returns the values (float32 holding values
+    of x's dtype) and their offsets."""
+    dt = x_ptr.dtype.element_ty
+    cols = (h0 + tl.arange(0, CHUNK)[None, :, None]) * (2 * HALF) + tl.arange(0, 2 * HALF)[None, None, :]
+    offsets = rows[:, None, None] * (heads * 2 * HALF) + cols
+    x = tl.load(x_ptr + offsets, mask=valid[:, None, None], other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols).to(tl.float32)
     y = _rounded(_rounded(x * rstd, dt) * w, dt)
     if ROPE:
-        y0, y1 = tl.split(tl.reshape(y, (y.shape[0], HEADS, HALF, 2)))
-        angle = (rows % tokens)[:, None, None] * HALF + tl.arange(0, HALF)[None, None, :]
+        y0, y1 = tl.split(tl.reshape(y, (y.shape[0], CHUNK, HALF, 2)))
+        y = tl.interleave(_rounded(y0 * c - y1 * s, dt), _rounded(y0 * s + y1 * c, dt))
+    return y, offsets
+
+
+@triton.jit
+def _rope_rows(cos_ptr, sin_ptr, token, valid, tokens, HALF: tl.constexpr, ROPE: tl.constexpr):
+    """The rotary tables' rows of ``token`` [R] as [R, 1, HALF] (zeros when ``ROPE`` is off: not read)."""
+    angle = (token % tokens)[:, None, None] * HALF + tl.arange(0, HALF)[None, None, :]
+    if ROPE:
         c = tl.load(cos_ptr + angle, mask=valid[:, None, None], other=0.0)
         s = tl.load(sin_ptr + angle, mask=valid[:, None, None], other=0.0)
-        y = tl.interleave(_rounded(y0 * c - y1 * s, dt), _rounded(y0 * s + y1 * c, dt))
-    return y, mask, offsets
+    else:
+        c = tl.zeros(angle.shape, dtype=tl.float32)
+        s = c
+    return c, s
 
 
 @triton.jit
@@ -76,33 +97,37 @@ def _int8_codes(x, scale):
 
 @triton.jit
 def _query_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, q_ptr, scale_ptr, tokens, heads, n_scales, eps,
-                  HEADS: tl.constexpr, HALF: tl.constexpr, ROPE: tl.constexpr):  # fmt: skip
-    # One program: rows t and t + 8 of warp block w (of 16 query rows), all heads; one scale per head.
+                  CHUNK: tl.constexpr, HALF: tl.constexpr, ROPE: tl.constexpr):  # fmt: skip
+    # One program: rows t and t + 8 of warp block w (of 16 query rows), all heads, CHUNK at a time; one scale per
+    # head. The rows are read twice: for their norm, then (from L2) to write them.
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    warp, t = pid // 8, pid % 8
-    token = warp * 16 + t + 8 * tl.arange(0, 2)
+    token = (pid // 8) * 16 + pid % 8 + 8 * tl.arange(0, 2)
     valid = token < tokens
-    y, mask, offsets = _wan_norm(
-        x_ptr, w_ptr, cos_ptr, sin_ptr, b * tokens + token, valid, tokens, heads, eps, HEADS, HALF, ROPE
-    )
-    scale = tl.max(tl.max(tl.abs(y), axis=2), axis=0) / 127.0 + INT8_EPS  # [HEADS]
-    tl.store(q_ptr + offsets, _int8_codes(y, scale[None, :, None]), mask=mask)
-    h = tl.arange(0, HEADS)
-    tl.store(scale_ptr + (b * heads + h) * n_scales + pid, scale, mask=h < heads)
+    rows = b * tokens + token
+    rstd = _row_rstd(x_ptr, rows, valid, heads, eps, CHUNK, HALF)
+    c, s = _rope_rows(cos_ptr, sin_ptr, token, valid, tokens, HALF, ROPE)
+    for h0 in range(0, heads, CHUNK):
+        y, offsets = _wan_norm(x_ptr, w_ptr, c, s, rows, valid, rstd, h0, heads, CHUNK, HALF, ROPE)
+        scale = tl.max(tl.max(tl.abs(y), axis=2), axis=0) / 127.0 + INT8_EPS  # [CHUNK]
+        tl.store(q_ptr + offsets, _int8_codes(y, scale[None, :, None]), mask=valid[:, None, None])
+        tl.store(scale_ptr + (b * heads + h0 + tl.arange(0, CHUNK)) * n_scales + pid, scale)
 
 
 @triton.jit
 def _key_norm_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, k_ptr, tokens, heads, eps,
-                     HEADS: tl.constexpr, HALF: tl.constexpr, ROPE: tl.constexpr):  # fmt: skip
-    # One program: two consecutive tokens, all heads, written normalised in x's dtype (the mean reads them next).
+                     CHUNK: tl.constexpr, HALF: tl.constexpr, ROPE: tl.constexpr):  # fmt: skip
+    # One program: two consecutive tokens, all heads CHUNK at a time, written normalised in x's dtype (the mean
+    # reads them next).
     b = tl.program_id(1).to(tl.int64)
     token = tl.program_id(0) * 2 + tl.arange(0, 2)
     valid = token < tokens
-    y, mask, offsets = _wan_norm(
-        x_ptr, w_ptr, cos_ptr, sin_ptr, b * tokens + token, valid, tokens, heads, eps, HEADS, HALF, ROPE
-    )
-    tl.store(k_ptr + offsets, y.to(k_ptr.dtype.element_ty), mask=mask)
+    rows = b * tokens + token
+    rstd = _row_rstd(x_ptr, rows, valid, heads, eps, CHUNK, HALF)
+    c, s = _rope_rows(cos_ptr, sin_ptr, token, valid, tokens, HALF, ROPE)
+    for h0 in range(0, heads, CHUNK):
+        y, offsets = _wan_norm(x_ptr, w_ptr, c, s, rows, valid, rstd, h0, heads, CHUNK, HALF, ROPE)
+        tl.store(k_ptr + offsets, y.to(k_ptr.dtype.element_ty), mask=valid[:, None, None])
 
 
 @triton.jit
@@ -181,8 +206,8 @@ def _tuned(kernel, key: list[str]):
 
 
 _TUNED = {
-    _query_kernel: _tuned(_query_kernel, ["heads", "HEADS", "HALF", "ROPE"]),
-    _key_norm_kernel: _tuned(_key_norm_kernel, ["heads", "HEADS", "HALF", "ROPE"]),
+    _query_kernel: _tuned(_query_kernel, ["heads", "CHUNK", "HALF", "ROPE"]),
+    _key_norm_kernel: _tuned(_key_norm_kernel, ["heads", "CHUNK", "HALF", "ROPE"]),
     _key_quant_kernel: _tuned(_key_quant_kernel, ["heads", "D"]),
     _value_amax_kernel: _tuned(_value_amax_kernel, ["width"]),
     _value_fp8_kernel: _tuned(_value_fp8_kernel, ["heads", "D"]),
@@ -197,6 +222,12 @@ def _launch(kernel, grid: tuple[int, ...], on: torch.Tensor, *args, **constants)
         _TUNED[kernel][grid](*args, **constants)
     else:
         kernel[grid](*args, **constants, num_warps=4)
+
+
+def head_chunk(num_heads: int) -> int:
+    """Heads the norm kernels hold at a time: the largest power of two dividing ``num_heads``, at most 8 (14B's 40:
+    8; 1.3B's 12: 4)."""
+    return min(8, num_heads & -num_heads)
 
 
 def _rope_args(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,10 +251,9 @@ def query(
     codes = torch.empty(b, s, num_heads, head_dim, device=x.device, dtype=torch.int8)
     scale = torch.empty(b, num_heads, n_scales, device=x.device, dtype=torch.float32)
     cos, sin = _rope_args(x, rope)
-    heads_block = triton.next_power_of_2(num_heads)
     _launch(
         _query_kernel, (n_scales, b), x, x, weight.to(x.dtype).contiguous(), cos, sin, codes, scale, s, num_heads,
-        n_scales, eps, HEADS=heads_block, HALF=head_dim // 2, ROPE=rope is not None,
+        n_scales, eps, CHUNK=head_chunk(num_heads), HALF=head_dim // 2, ROPE=rope is not None,
     )  # fmt: skip
     return codes, scale
 
@@ -241,10 +271,9 @@ def key_normed(
     x = x.contiguous()
     k = torch.empty(b, s, num_heads, head_dim, device=x.device, dtype=x.dtype)
     cos, sin = _rope_args(x, rope)
-    heads_block = triton.next_power_of_2(num_heads)
     _launch(
         _key_norm_kernel, (L.cdiv(s, 2), b), x, x, weight.to(x.dtype).contiguous(), cos, sin, k, s, num_heads, eps,
-        HEADS=heads_block, HALF=head_dim // 2, ROPE=rope is not None,
+        CHUNK=head_chunk(num_heads), HALF=head_dim // 2, ROPE=rope is not None,
     )  # fmt: skip
     return k, k.mean(dim=1, keepdim=True)
 

@@ -48,10 +48,10 @@ def test_kernels_compile_for_hopper_with_vector_accesses_and_sages_divisions():
 
     norm = {"x_ptr": "*bf16", "w_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32"}
     sizes = {"tokens": "i32", "heads": "i32"}
-    wan14b = {"HEADS": 64, "HALF": 64, "ROPE": True}
+    wan14b = {"CHUNK": 8, "HALF": 64, "ROPE": True}
     ptx = {
         "query": _ptx(K._query_kernel, {**norm, "q_ptr": "*i8", "scale_ptr": "*fp32", **sizes, "n_scales": "i32",
-                                        "eps": "fp32"}, wan14b, 8),
+                                        "eps": "fp32"}, wan14b, 4),  # 16 int8 codes a thread: 16-byte stores
         "key_norm": _ptx(K._key_norm_kernel, {**norm, "k_ptr": "*bf16", **sizes, "eps": "fp32"}, wan14b, 8),
         "key_quant": _ptx(K._key_quant_kernel, {"k_ptr": "*bf16", "mean_ptr": "*bf16", "q_ptr": "*i8",
                                                 "scale_ptr": "*fp32", **sizes, "n_scales": "i32"}, {"D": 128}, 4),
