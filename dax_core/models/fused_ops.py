@@ -1,4 +1,4 @@
-"""Triton kernels for the element-wise work of a Wan block: one read and one write per tensor.
+"""Triton kernels for the element-wise work of a Wan block: one read from memory and one write per tensor.
 
 Each kernel computes exactly what its PyTorch twin in ``ops`` computes (float32 arithmetic, one
 rounding to the activation dtype, the same intermediate roundings where Wan has them). They run on
@@ -13,49 +13,92 @@ import triton
 import triton.language as tl
 
 from . import fused_quant, prequantized
-from .fused_quant import quantize_row
+from .fused_quant import ROW_CHUNK, quantized_values, row_scale
 
 # what _norm_kernel adds to x before normalising it (constexpr: read inside the kernel)
 NO_RESIDUAL, ADD, GATED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
 
 @triton.jit
-def _norm_kernel(
-    x_ptr, r_ptr, gate_ptr, sum_ptr, a_ptr, b_ptr, out_ptr, q_ptr, q_scale_ptr, tokens, dim, eps,
-    RESIDUAL: tl.constexpr, AFFINE: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr, ROUND: tl.constexpr,
-    BLOCK: tl.constexpr, STORE: tl.constexpr = True,
-):  # fmt: skip
-    # One row: optionally x + r or x + r * gate (stored: the residual stream), then LayerNorm with a per-batch
-    # modulation (a = shift, b = scale) or a per-channel affine (a = weight, b = bias), then optionally the
-    # output's per-row quantization, all from the one read of the row. STORE off: the output is only quantized.
-    row = tl.program_id(0).to(tl.int64)
-    batch = row // tokens
-    cols = tl.arange(0, BLOCK)
-    mask = cols < dim
-    x = tl.load(x_ptr + row * dim + cols, mask=mask, other=0.0).to(tl.float32)
+def _stream(x_ptr, r_ptr, gate_ptr, sum_ptr, offsets, gate_offsets, mask, RESIDUAL: tl.constexpr):
+    """x, or x + r, or x + r * gate rounded to the residual stream's dtype as stored, in float32."""
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if RESIDUAL != NO_RESIDUAL:
-        r = tl.load(r_ptr + row * dim + cols, mask=mask, other=0.0).to(tl.float32)
+        r = tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         if RESIDUAL == GATED:
-            r = r * tl.load(gate_ptr + batch * dim + cols, mask=mask, other=0.0)
-        stream = (x + r).to(sum_ptr.dtype.element_ty)
-        tl.store(sum_ptr + row * dim + cols, stream, mask=mask)
-        x = stream.to(tl.float32)  # normalise the residual stream as stored, as the unfused ops do
-    mean = tl.sum(x, axis=0) / dim
+            r = r * tl.load(gate_ptr + gate_offsets, mask=mask, other=0.0)
+        x = (x + r).to(sum_ptr.dtype.element_ty).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _normed(x, mean, rstd, a_ptr, b_ptr, cols, batch_cols, mask, out_dtype: tl.constexpr, AFFINE: tl.constexpr):
+    """LayerNorm of stream values x with a per-channel affine (a = weight, b = bias) or a per-batch modulation
+    (a = shift, b = scale), rounded to the output dtype, in float32."""
     diff = tl.where(mask, x - mean, 0.0)
-    rstd = tl.rsqrt(tl.sum(diff * diff, axis=0) / dim + eps)
     if AFFINE:
         w = tl.load(a_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         y = diff * rstd * w + b
     else:
-        shift = tl.load(a_ptr + batch * dim + cols, mask=mask, other=0.0)
-        scale = tl.load(b_ptr + batch * dim + cols, mask=mask, other=0.0)
+        shift = tl.load(a_ptr + batch_cols, mask=mask, other=0.0)
+        scale = tl.load(b_ptr + batch_cols, mask=mask, other=0.0)
         y = diff * rstd * (1.0 + scale) + shift
-    y = y.to(out_ptr.dtype.element_ty)
-    if STORE:
-        tl.store(out_ptr + row * dim + cols, y, mask=mask)
+    return y.to(out_dtype).to(tl.float32)
+
+
+@triton.jit
+def _norm_kernel(
+    x_ptr, r_ptr, gate_ptr, sum_ptr, a_ptr, b_ptr, out_ptr, q_ptr, q_scale_ptr, tokens, dim, eps,
+    RESIDUAL: tl.constexpr, AFFINE: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr, ROUND: tl.constexpr,
+    CHUNK: tl.constexpr, STORE: tl.constexpr = True,
+):  # fmt: skip
+    # One row: optionally x + r or x + r * gate (stored: the residual stream), then LayerNorm with a per-batch
+    # modulation (a = shift, b = scale) or a per-channel affine (a = weight, b = bias), then optionally the
+    # output's per-row quantization. CHUNK values at a time, in passes over the row: the stream and its sum, the
+    # sum of squared deviations, (QUANT) the output's amax, then the output and its codes; the row is read from
+    # memory once, the later passes find it in L2. STORE off: the output is only quantized.
+    row = tl.program_id(0).to(tl.int64)
+    batch = row // tokens
+    dt = out_ptr.dtype.element_ty
+    acc = tl.zeros((CHUNK,), dtype=tl.float32)
+    for c in range(0, dim, CHUNK):
+        cols = c + tl.arange(0, CHUNK)
+        mask = cols < dim
+        x = _stream(x_ptr, r_ptr, gate_ptr, sum_ptr, row * dim + cols, batch * dim + cols, mask, RESIDUAL)
+        if RESIDUAL != NO_RESIDUAL:
+            tl.store(sum_ptr + row * dim + cols, x.to(sum_ptr.dtype.element_ty), mask=mask)
+        acc += x
+    mean = tl.sum(acc, axis=0) / dim
+    acc = tl.zeros((CHUNK,), dtype=tl.float32)
+    for c in range(0, dim, CHUNK):
+        cols = c + tl.arange(0, CHUNK)
+        mask = cols < dim
+        x = _stream(x_ptr, r_ptr, gate_ptr, sum_ptr, row * dim + cols, batch * dim + cols, mask, RESIDUAL)
+        diff = tl.where(mask, x - mean, 0.0)
+        acc += diff * diff
+    rstd = tl.rsqrt(tl.sum(acc, axis=0) / dim + eps)
+    s = 1.0
     if QUANT:  # the linear quantizes the output as stored
-        quantize_row(y.to(tl.float32), mask, q_ptr + row * dim + cols, q_scale_ptr + row, QMAX, ROUND)
+        acc = tl.zeros((CHUNK,), dtype=tl.float32)
+        for c in range(0, dim, CHUNK):
+            cols = c + tl.arange(0, CHUNK)
+            mask = cols < dim
+            x = _stream(x_ptr, r_ptr, gate_ptr, sum_ptr, row * dim + cols, batch * dim + cols, mask, RESIDUAL)
+            y = _normed(x, mean, rstd, a_ptr, b_ptr, cols, batch * dim + cols, mask, dt, AFFINE)
+            acc = tl.maximum(acc, tl.where(mask, tl.abs(y), 0.0))
+        s = row_scale(tl.max(acc, axis=0), QMAX)
+        tl.store(q_scale_ptr + row, s)
+    for c in range(0, dim, CHUNK):
+        cols = c + tl.arange(0, CHUNK)
+        mask = cols < dim
+        x = _stream(x_ptr, r_ptr, gate_ptr, sum_ptr, row * dim + cols, batch * dim + cols, mask, RESIDUAL)
+        y = _normed(x, mean, rstd, a_ptr, b_ptr, cols, batch * dim + cols, mask, dt, AFFINE)
+        if STORE:
+            tl.store(out_ptr + row * dim + cols, y.to(dt), mask=mask)
+        if QUANT:
+            v = quantized_values(y, s, QMAX, ROUND)
+            tl.store(q_ptr + row * dim + cols, v.to(q_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -102,7 +145,7 @@ def _warps(block: int) -> int:
 
 
 _norm_kernel_tuned = triton.autotune(
-    configs=[triton.Config({}, num_warps=w) for w in (4, 8, 16)], key=["dim", "RESIDUAL", "AFFINE", "QUANT"]
+    configs=[triton.Config({}, num_warps=w) for w in (1, 2, 4, 8)], key=["dim", "RESIDUAL", "AFFINE", "QUANT"]
 )(_norm_kernel)
 """The norm kernel with its warps chosen on the GPU at first use per width and mode (``norm_quantized``)."""
 
@@ -131,18 +174,17 @@ def _norm(
         q, q_scale = fused_quant.empty_quantized(rows, dim, quantize, x.device, storage)
     else:
         qmax, rounding, q, q_scale = 1.0, False, None, None
-    block = triton.next_power_of_2(dim)
     args = (
         x, x if r is None else r.contiguous(), x if gate is None else gate.float().contiguous(),
         x if stream is None else stream, a.contiguous(), b.contiguous(), x if out is None else out,
         x if q is None else q, x if q_scale is None else q_scale, tokens, dim, eps,
     )  # fmt: skip
     flags = {"RESIDUAL": mode, "AFFINE": affine, "QUANT": quantize is not None, "QMAX": qmax, "ROUND": rounding,
-             "BLOCK": block, "STORE": store}  # fmt: skip
+             "CHUNK": ROW_CHUNK, "STORE": store}  # fmt: skip
     if not store and x.is_cuda:  # Triton's autotuner times configs on a GPU only (not in its interpreter)
         _norm_kernel_tuned[(rows,)](*args, **flags)
     else:
-        _norm_kernel[(rows,)](*args, **flags, num_warps=_warps(block))
+        _norm_kernel[(rows,)](*args, **flags, num_warps=4)
     return stream, out, q, q_scale
 
 

@@ -4,8 +4,11 @@ The arithmetic is ``dax_core.quant.numerics.quantize``'s, operation for operatio
 ``max(amax, 1e-12) / qmax`` and ``x / scale`` with IEEE division (``div_rn``: Triton's ``/`` is an approximate
 division), clamp to ``[-qmax, qmax]``, round half to even for int8, then one cast (float8: round to nearest even,
 saturating). So the values and scales equal PyTorch's multi-pass ``quantize`` bit for bit, from one read of the
-input and one write of the 8-bit values. ``quantize_row`` is also called by the norm kernels of ``fused_ops``,
-which quantize the row they have just normalised.
+input from memory (and one from L2) and one write of the 8-bit values. ``row_scale`` and ``quantized_values`` are
+also called by the norm kernels of ``fused_ops``, which quantize the row they have just normalised.
+
+A row is held ``ROW_CHUNK`` values at a time, in two passes (its amax, then its codes): a whole row in registers,
+padded to a power of two, idled up to 45 % of the lanes at Wan's widths and kept too few rows in flight.
 """
 
 from __future__ import annotations
@@ -23,15 +26,19 @@ QUANT_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2, torch.int8)
 
 
 @triton.jit
-def quantize_row(y, mask, q_ptrs, scale_ptr, QMAX: tl.constexpr, ROUND: tl.constexpr):
-    """Quantize one row ``y`` (float32, masked lanes ignored) into ``q_ptrs`` and its scale into ``scale_ptr``."""
-    amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
-    s = tl.math.div_rn(tl.maximum(amax, SCALE_FLOOR), QMAX)
+def row_scale(amax, QMAX: tl.constexpr):
+    """A row's scale from its amax (float32): ``max(amax, 1e-12) / qmax``, an IEEE division."""
+    return tl.math.div_rn(tl.maximum(amax, SCALE_FLOOR), QMAX)
+
+
+@triton.jit
+def quantized_values(y, s, QMAX: tl.constexpr, ROUND: tl.constexpr):
+    """``y / s`` (IEEE division) clamped to [-qmax, qmax], rounded half to even when ``ROUND`` (int8): the float32
+    values whose cast are the codes."""
     v = tl.minimum(tl.maximum(tl.math.div_rn(y, s), -QMAX), QMAX)
     if ROUND:
         v = (v + ROUNDING_MAGIC) - ROUNDING_MAGIC
-    tl.store(q_ptrs, v.to(q_ptrs.dtype.element_ty), mask=mask)
-    tl.store(scale_ptr, s)
+    return v
 
 
 @triton.jit
@@ -43,21 +50,41 @@ def gelu_tanh(x):
 
 
 @triton.jit
-def _quantize_rows_kernel(
-    x_ptr, q_ptr, scale_ptr, width, QMAX: tl.constexpr, ROUND: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr
-):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < width
-    x = tl.load(x_ptr + row * width + cols, mask=mask, other=0.0)
+def _activation(x, GELU: tl.constexpr):
+    """x (a loaded tile) in float32; with ``GELU``, as nn.GELU on the activation dtype: float32 arithmetic, one
+    rounding to that dtype."""
     y = x.to(tl.float32)
-    if GELU:  # as nn.GELU on the activation dtype: float32 arithmetic, one rounding to that dtype
+    if GELU:
         y = gelu_tanh(y).to(x.dtype).to(tl.float32)
-    quantize_row(y, mask, q_ptr + row * width + cols, scale_ptr + row, QMAX, ROUND)
+    return y
 
 
+@triton.jit
+def _quantize_rows_kernel(
+    x_ptr, q_ptr, scale_ptr, width, QMAX: tl.constexpr, ROUND: tl.constexpr, GELU: tl.constexpr, CHUNK: tl.constexpr
+):  # fmt: skip
+    # One row, CHUNK values at a time: a pass for its amax, then one (reading the row again, from L2) that writes
+    # the codes.
+    row = tl.program_id(0).to(tl.int64)
+    base = row * width
+    acc = tl.zeros((CHUNK,), dtype=tl.float32)
+    for c in range(0, width, CHUNK):
+        cols = c + tl.arange(0, CHUNK)
+        x = tl.load(x_ptr + base + cols, mask=cols < width, other=0.0)
+        acc = tl.maximum(acc, tl.abs(_activation(x, GELU)))
+    s = row_scale(tl.max(acc, axis=0), QMAX)
+    for c in range(0, width, CHUNK):
+        cols = c + tl.arange(0, CHUNK)
+        x = tl.load(x_ptr + base + cols, mask=cols < width, other=0.0)
+        v = quantized_values(_activation(x, GELU), s, QMAX, ROUND)
+        tl.store(q_ptr + base + cols, v.to(q_ptr.dtype.element_ty), mask=cols < width)
+    tl.store(scale_ptr + row, s)
+
+
+ROW_CHUNK = 512
+"""Values of a row the row quantizer holds at a time (Wan's widths are multiples of it, or nearly: 8960)."""
 _quantize_rows_kernel_tuned = triton.autotune(
-    configs=[triton.Config({}, num_warps=w) for w in (4, 8, 16, 32)], key=["width", "GELU"]
+    configs=[triton.Config({}, num_warps=w) for w in (1, 2, 4, 8)], key=["width", "GELU"]
 )(_quantize_rows_kernel)
 """The row quantizer with its warps chosen on the GPU at first use per width (``quantize_rows(tuned=True)``)."""
 
@@ -69,10 +96,6 @@ def quant_constants(dtype: torch.dtype) -> tuple[float, bool]:
     if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
         return float(torch.finfo(dtype).max), False
     raise ValueError(f"no per-row quantization kernel for {dtype}; these quantize to {QUANT_DTYPES}")
-
-
-def warps(block: int) -> int:
-    return max(4, min(16, block // 512))
 
 
 def fits(width: int) -> bool:
@@ -112,10 +135,9 @@ def quantize_rows(
     x = x.contiguous()
     q, scale = empty_quantized(rows, width, dtype, x.device, storage)
     if rows:
-        block = triton.next_power_of_2(width)
-        flags = {"QMAX": qmax, "ROUND": rounding, "GELU": gelu, "BLOCK": block}
+        flags = {"QMAX": qmax, "ROUND": rounding, "GELU": gelu, "CHUNK": ROW_CHUNK}
         if tuned and x.is_cuda:
             _quantize_rows_kernel_tuned[(rows,)](x, q, scale, width, **flags)
         else:
-            _quantize_rows_kernel[(rows,)](x, q, scale, width, **flags, num_warps=warps(block))
+            _quantize_rows_kernel[(rows,)](x, q, scale, width, **flags, num_warps=4)
     return q, scale

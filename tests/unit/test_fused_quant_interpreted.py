@@ -49,7 +49,7 @@ def test_kernels_compile_for_hopper_with_exact_division_and_rounding():
     from dax_core.models import fused_ops, fused_quant
 
     rows = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "width": "i32"}
-    const = {"QMAX": 448.0, "ROUND": False, "BLOCK": 16384}
+    const = {"QMAX": 448.0, "ROUND": False, "CHUNK": 512}
     ptx = {
         "quantize_rows/fp8": _ptx(fused_quant._quantize_rows_kernel, rows, {**const, "GELU": False}),
         "quantize_rows/fp8+gelu": _ptx(fused_quant._quantize_rows_kernel, rows, {**const, "GELU": True}),
@@ -63,7 +63,7 @@ def test_kernels_compile_for_hopper_with_exact_division_and_rounding():
     norm["eps"] = "fp32"
     for mode, affine in ((0, False), (1, False), (2, True)):
         for store in (True, False):  # False: the quantized rows alone (kernel_ops)
-            flags = {"RESIDUAL": mode, "AFFINE": affine, "QUANT": True, "QMAX": 448.0, "ROUND": False, "BLOCK": 8192,
+            flags = {"RESIDUAL": mode, "AFFINE": affine, "QUANT": True, "QMAX": 448.0, "ROUND": False, "CHUNK": 512,
                      "STORE": store}  # fmt: skip
             ptx[f"norm/{mode}/{store}"] = _ptx(fused_ops._norm_kernel, norm, flags)
     # without the output, the only 2-byte stores left are the residual stream's (mode 0 has none)
