@@ -20,8 +20,6 @@ import triton.language as tl
 # constexpr: read inside the kernels
 SCALE_FLOOR = tl.constexpr(1e-12)  # numerics.SCALE_FLOOR: an all-zero row quantizes to zeros
 ROUNDING_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: (v + M) - M rounds |v| < 2**22 half to even (float32)
-MAX_ROW = 16384
-"""Widest row one program holds in registers (Wan's widest linear input is 14B's FFN: 13824)."""
 QUANT_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2, torch.int8)
 
 
@@ -98,11 +96,6 @@ def quant_constants(dtype: torch.dtype) -> tuple[float, bool]:
     raise ValueError(f"no per-row quantization kernel for {dtype}; these quantize to {QUANT_DTYPES}")
 
 
-def fits(width: int) -> bool:
-    """Whether a row of ``width`` values fits one program (else use ``numerics.quantize``)."""
-    return width <= MAX_ROW
-
-
 def empty_quantized(
     rows: int, width: int, dtype: torch.dtype, device: torch.device, storage: torch.dtype | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,8 +122,6 @@ def quantize_rows(
     if x.ndim != 2:
         raise ValueError(f"quantize_rows takes [rows, width], got {tuple(x.shape)}")
     rows, width = x.shape
-    if not fits(width):
-        raise ValueError(f"rows of {width} values exceed the kernel's {MAX_ROW}; use numerics.quantize")
     qmax, rounding = quant_constants(dtype)
     x = x.contiguous()
     q, scale = empty_quantized(rows, width, dtype, x.device, storage)

@@ -48,7 +48,7 @@ class GeluQuantFfn(nn.Sequential):
             q, scale = kernel_ops.quantize_rows(h.reshape(-1, down.in_features), down.activation_dtype, True)
             return down.forward_quantized(q, scale, h.dtype).reshape(*h.shape[:-1], down.out_features)
         kernels = ops.row_quantizer(h)
-        if kernels is None or not kernels.fits(down.in_features):
+        if kernels is None:
             return down(act(h))
         q, scale = kernels.quantize_rows(h.reshape(-1, down.in_features), down.activation_dtype, gelu=True)
         return down.forward_quantized(q, scale, h.dtype).reshape(*h.shape[:-1], down.out_features)

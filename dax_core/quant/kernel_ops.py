@@ -28,8 +28,6 @@ import torch.nn.functional as F
 from ..models import ops
 from .numerics import quantize
 
-MAX_ROW = 16384  # ``fused_quant.MAX_ROW``: wider rows are quantized by ``numerics.quantize`` (no Triton import here)
-
 
 class QuantizedRows(NamedTuple):
     """An activation [..., K] given only as its per-row quantization: q [rows, K] and float32 scale [rows, 1];
@@ -87,7 +85,7 @@ def norm_quantize(
     """(x + r or x + r * gate, empty without ``r``; q; scale) of the LayerNorm of that stream (``affine``: weight
     ``a``, bias ``b``; else modulation shift ``a``, scale ``b``) quantized per row to ``dtype``."""
     kernels = _triton_kernels()
-    if x.shape[-1] > MAX_ROW or kernels is None:
+    if kernels is None:
         return _reference_norm(x, r, gate, a, b, eps, affine, dtype)
     fused_ops, _ = kernels
     if affine:
@@ -110,9 +108,9 @@ def _(x, r, gate, a, b, eps, affine, dtype):
 
 @torch.library.custom_op("dax::quantize_rows", mutates_args=(), device_types="cuda")
 def quantize_rows(x: torch.Tensor, dtype: torch.dtype, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row quantization of x [rows, K] (``gelu``: of ``GELU_tanh(x)`` rounded to x's dtype) in one pass."""
+    """Per-row quantization of x [rows, K] (``gelu``: of ``GELU_tanh(x)`` rounded to x's dtype) in one kernel."""
     kernels = _triton_kernels()
-    if x.shape[-1] > MAX_ROW or kernels is None:
+    if kernels is None:
         return _reference_rows(x, dtype, gelu)
     return kernels[1].quantize_rows(x, dtype, gelu=gelu, tuned=True)
 

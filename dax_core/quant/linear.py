@@ -149,7 +149,7 @@ class QuantLinear(nn.Module):
                 return attached
         if self.input_ops and self.per_token:
             return kernel_ops.quantize_rows(x2, self.activation_dtype, False)
-        if kernels is not None and kernels.fits(self.in_features):
+        if kernels is not None:
             return kernels.quantize_rows(x2, self.activation_dtype)
         return quantize(x2, self.activation_dtype, self.per_token)
 
