@@ -40,7 +40,7 @@ from dax_core.models.fused_quant import ROW_CHUNK, SCALE_FLOOR, gelu_tanh, quant
 
 log = logging.getLogger("bench_row_kernels")
 E4M3 = torch.float8_e4m3fn
-QMAX = 448.0
+QMAX = tl.constexpr(448.0)  # a global a Triton kernel reads must be a constexpr
 SHAPES = {"1.3b": (32760, 1536, 8960, 12), "14b": (75600, 5120, 13824, 40)}
 
 

@@ -6,6 +6,7 @@ default one, both against the float32 block."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -68,12 +69,27 @@ def test_query_codes_and_scales_are_sages_own_of_the_same_values(sage2, case, wi
     rope = rope_cos_sin(spec, grid, "cuda") if with_rope else None
     codes, scale = K.query(x, w, rope, spec.num_heads, EPS)
     h = spec.num_heads
-    reference = ops.rms_norm_rope(x, w, *rope, h, EPS) if rope else ops.rms_norm(x, w, EPS).unflatten(-1, (h, -1))
-    # independent of Sage: each code times its scale is Wan's normed value to half a step, give or take one bf16
-    # rounding of the normed value (the kernels' float32 sums may round it to the other neighbour)
+    normed = ops.rms_norm(x, w, EPS).unflatten(-1, (h, -1))
+    reference = ops.rms_norm_rope(x, w, *rope, h, EPS) if rope else normed
+    # independent of Sage: each code times its scale is Wan's normed value to half a step where the kernel's float32
+    # sums and PyTorch's round every value alike (all but a few in 10^4); where they do not, x * rstd and then the
+    # weighted value round to the other bf16 neighbour (one ulp each, at most 2^-7 of the value: two, 2^-6), and the
+    # rotary embedding adds both of its pair's differences and one rounding of its own (2^-7 of the result)
     per_element = sage_layout.dequantize_query(torch.ones_like(codes), scale)
     error = (sage_layout.dequantize_query(codes, scale) - reference.float()).abs()
-    assert (error <= 0.5 * per_element * (1 + 2**-8) + reference.float().abs() * 2**-8).all()
+    half_step = 0.5 * per_element * (1 + 2**-8)
+    if rope:
+        pairs = normed.float().abs().unflatten(-1, (-1, 2)).sum(-1, keepdim=True).expand(*normed.shape[:-1], -1, 2)
+        rounding = 2**-6 * pairs.flatten(-2) + 2**-7 * reference.float().abs()
+    else:
+        rounding = 2**-6 * reference.float().abs()
+    within_half = (error <= half_step).float().mean().item()
+    excess = ((error - half_step) / per_element).max().item()
+    logging.getLogger(__name__).info("codes within half a step: %.6f; worst %.3f steps beyond", within_half, excess)
+    assert within_half > 0.999 and (error <= half_step + rounding).all(), (
+        f"{within_half:.6f} of the codes within half a step of Wan's norm; the largest error is {excess:.3f} steps "
+        f"beyond half a step"
+    )
     q_ref, s_ref, _, _ = per_thread_int8(reference, reference, None, tensor_layout="NHD", BLKQ=64, WARPQ=16,
                                          BLKK=128, WARPK=128)  # fmt: skip
     step = (codes.int() - q_ref.int()).abs()
