@@ -90,8 +90,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"# Speed ladder: {results['case']} on {results['device']}",
         "",
-        f"Command: `{results['command']}` (torch {results['torch']}, {results['reps']} timed forwards per rung after "
-        f"the first; {results['tokens']:,} video tokens).",
+        f"Command: `{results['command']}` (torch {results['torch']}, {results['reps']} timed "
+        f"forward{'s' if results['reps'] != 1 else ''} per rung after the first; {results['tokens']:,} video tokens).",
         "",
         "One forward = the transformer on one CFG branch; a step with CFG = two. *x own floor*: the forward over the "
         "time its own GEMMs and attention kernels take alone, timed in this run (table below). *First call*: "
