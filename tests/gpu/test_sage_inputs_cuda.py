@@ -95,10 +95,14 @@ def test_query_codes_and_scales_are_sages_own_of_the_same_values(sage2, case, wi
     step = (codes.int() - q_ref.int()).abs()
     equal = _codes_equal_fraction(codes, q_ref)
     # Sage's int8 arithmetic, the same Triton operations, on values equal but where the two norms' float32 sums
-    # round a value to the other bf16 neighbour: a code moves one step there, a scale one bf16 step (2^-8)
-    assert step.max().item() <= 1 and equal > 0.999, (
+    # round a value to the other bf16 neighbour (``rounding`` above: near the top of the range one bf16 ulp is about
+    # one int8 step) and, through the group's amax, its scale (a scale's relative change moves a code by as much of
+    # its value): codes one step apart where the divisions round apart, further where those differences reach
+    ref_step = sage_layout.dequantize_query(torch.ones_like(codes), s_ref)
+    apart = 1 + (rounding + reference.float().abs() * (per_element - ref_step).abs() / ref_step) / per_element
+    assert (step <= apart).all() and equal > 0.999, (
         f"codes: {equal:.6f} equal to Sage's quantization of Wan's norm, largest difference {step.max().item()}, "
-        f"{(step > 1).sum().item()} codes further than one step"
+        f"{(step > apart).sum().item()} codes further apart than the roundings allow"
     )
     assert ((scale - s_ref).abs() <= s_ref * 2**-7).all() and _codes_equal_fraction(scale, s_ref) > 0.99
 
