@@ -10,8 +10,7 @@
 # (both in one run); DAX's fused kernels
 # against what they replace: dax-kernels (their GPU tests), bench-dax-14b (site by site), ab-14b (whole 14B forwards
 # of the full stack without and with them, same run), profile-14b-dax (the kernel table with them), and at 1.3B:
-# profile-1.3b-dax, bench-dax-1.3b, ab-1.3b; dax-kernels-open (the fused Sage inputs' GPU tests, expected failures
-# run as tests); row-kernels (variants of the per-row quantization kernels); sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity).
+# profile-1.3b-dax, bench-dax-1.3b, ab-1.3b; row-kernels (variants of the per-row quantization kernels); sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity).
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl.
 # Each stage has a time limit, so one that hangs cannot take the others' time; the ladder writes after every rung.
 # Writes gpu.txt, run.log and each stage's results: ladder_*.{json,md}, peer_1.3b.{json,md}, profile_*.txt,
@@ -39,8 +38,6 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
     ab-14b) stage ab-14b 330 python3 -m dax_core bench --model 14b --rungs "$AB_14B" $QUICK_FLAG --out "$OUT/ab_14b" ;;
     profile-1.3b-dax) stage profile-1.3b-dax 60 python3 -m tests.gpu.profile_forward --model 1.3b \
       --accelerations "$DAX_ACCELERATIONS" --out "$OUT/profile_1.3b_dax.txt" ;;
-    dax-kernels-open) stage dax-kernels-open 200 python3 -m pytest -q -p no:cacheprovider -rA --runxfail --tb=short \
-      tests/gpu/test_sage_inputs_cuda.py ;;
     bench-dax-1.3b) stage bench-dax-1.3b 120 python3 -m tests.benchmarks.bench_dax_kernels --case 1.3b-480p \
       --out "$OUT/dax_kernels_1.3b" ;;
     ab-1.3b) stage ab-1.3b 150 python3 -m dax_core bench --model 1.3b --rungs "$AB_14B" $QUICK_FLAG --out "$OUT/ab_1.3b" ;;
