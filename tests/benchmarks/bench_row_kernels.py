@@ -20,12 +20,8 @@ Each variant's codes are compared with ``before``'s (the fraction equal).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import shlex
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import triton
@@ -34,9 +30,10 @@ import triton.language as tl
 from dax_core.attention import sage_inputs
 from dax_core.attention.sage_inputs import INT8_EPS, _int8_codes, _rounded
 from dax_core.attention.sage_layout import query_scale_count
-from dax_core.bench.timing import device_name, median, timed, write_json
+from dax_core.bench.timing import median, timed
 from dax_core.models import fused_ops
 from dax_core.models.fused_quant import ROW_CHUNK, SCALE_FLOOR, gelu_tanh, quantize_rows
+from tests.benchmarks.common import run_kernel_bench
 
 log = logging.getLogger("bench_row_kernels")
 E4M3 = torch.float8_e4m3fn
@@ -49,17 +46,23 @@ def _tuned(kernel, warps: tuple[int, ...], key: list[str]):
 
 
 @triton.jit
+def _quantize_whole_row(y, mask, q_ptrs, s_ptr):
+    """The one-pass kernels' end: the row's scale and codes from all of its values at once, in registers."""
+    amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
+    s = tl.math.div_rn(tl.maximum(amax, SCALE_FLOOR), QMAX)
+    v = tl.minimum(tl.maximum(tl.math.div_rn(y, s), -QMAX), QMAX)
+    tl.store(q_ptrs, v.to(q_ptrs.dtype.element_ty), mask=mask)
+    tl.store(s_ptr, s)
+
+
+@triton.jit
 def _gelu_quant_before(x_ptr, q_ptr, s_ptr, width, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < width
     x = tl.load(x_ptr + row * width + cols, mask=mask, other=0.0)
     y = gelu_tanh(x.to(tl.float32)).to(x.dtype).to(tl.float32)
-    amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
-    s = tl.math.div_rn(tl.maximum(amax, SCALE_FLOOR), QMAX)
-    v = tl.minimum(tl.maximum(tl.math.div_rn(y, s), -QMAX), QMAX)
-    tl.store(q_ptr + row * width + cols, v.to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(s_ptr + row, s)
+    _quantize_whole_row(y, mask, q_ptr + row * width + cols, s_ptr + row)
 
 
 @triton.jit
@@ -94,11 +97,7 @@ def _norm_quant_before(x_ptr, shift_ptr, scale_ptr, q_ptr, s_ptr, dim, eps, BLOC
     shift = tl.load(shift_ptr + cols, mask=mask, other=0.0)
     scale = tl.load(scale_ptr + cols, mask=mask, other=0.0)
     y = (diff * rstd * (1.0 + scale) + shift).to(x_ptr.dtype.element_ty).to(tl.float32)
-    amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
-    s = tl.math.div_rn(tl.maximum(amax, SCALE_FLOOR), QMAX)
-    v = tl.minimum(tl.maximum(tl.math.div_rn(y, s), -QMAX), QMAX)
-    tl.store(q_ptr + row * dim + cols, v.to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(s_ptr + row, s)
+    _quantize_whole_row(y, mask, q_ptr + row * dim + cols, s_ptr + row)
 
 
 @triton.jit
@@ -244,20 +243,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--out", type=Path)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with torch.inference_mode():
-        rows = measure(args.reps)
-    result = {"device": device_name(torch.device("cuda")), "torch": torch.__version__, "reps": args.reps,
-              "command": "python -m tests.benchmarks.bench_row_kernels " + shlex.join(argv or sys.argv[1:]),
-              "rows": rows}  # fmt: skip
-    if args.out:
-        write_json(args.out.with_suffix(".json"), result)
-        args.out.with_suffix(".md").write_text(markdown(result))
-    return result
+    return run_kernel_bench("tests.benchmarks.bench_row_kernels", __doc__.splitlines()[0], measure, markdown, argv)
 
 
 if __name__ == "__main__":

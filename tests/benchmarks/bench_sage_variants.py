@@ -11,16 +11,13 @@ faster variant is not a less accurate one unseen. Needs SageAttention2 with its 
 
 from __future__ import annotations
 
-import argparse
 import logging
-import shlex
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from dax_core.bench.timing import device_name, median, timed, write_json
+from dax_core.bench.timing import median, timed
+from tests.benchmarks.common import run_kernel_bench
 
 log = logging.getLogger("bench_sage_variants")
 SHAPES = {  # name: (query tokens, key tokens, heads)
@@ -115,20 +112,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--out", type=Path)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with torch.inference_mode():
-        rows = measure(args.reps)
-    result = {"device": device_name(torch.device("cuda")), "torch": torch.__version__, "reps": args.reps,
-              "command": "python -m tests.benchmarks.bench_sage_variants " + shlex.join(argv or sys.argv[1:]),
-              "rows": rows}  # fmt: skip
-    if args.out:
-        write_json(args.out.with_suffix(".json"), result)
-        args.out.with_suffix(".md").write_text(markdown(result))
-    return result
+    return run_kernel_bench("tests.benchmarks.bench_sage_variants", __doc__.splitlines()[0], measure, markdown, argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@ named cases these scripts take, and the H100 kernel ceilings of the older FLOP f
 
 from __future__ import annotations
 
+import argparse
+import logging
+import shlex
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -44,3 +49,27 @@ def build_ours(spec: WanSpec, device: str, dtype: torch.dtype, seed: int) -> Wan
 
 def cuda_time(fn: Callable[[], object], warmup: int, reps: int) -> list[float]:
     return timed(fn, reps, torch.device("cuda", torch.cuda.current_device()), warmup)
+
+
+def run_kernel_bench(
+    module: str,
+    description: str,
+    measure: Callable[[int], list[dict]],
+    markdown: Callable[[dict], str],
+    argv: list[str] | None,
+) -> dict:
+    """The command line of a one-GPU kernel benchmark: ``--reps`` (median of), ``--out PREFIX`` (JSON and Markdown);
+    ``measure(reps)`` gives the rows, ``markdown(result)`` the table."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with torch.inference_mode():
+        rows = measure(args.reps)
+    result = {"device": device_name(torch.device("cuda")), "torch": torch.__version__, "reps": args.reps,
+              "command": f"python -m {module} " + shlex.join(argv or sys.argv[1:]), "rows": rows}  # fmt: skip
+    if args.out:
+        write_json(args.out.with_suffix(".json"), result)
+        args.out.with_suffix(".md").write_text(markdown(result))
+    return result
