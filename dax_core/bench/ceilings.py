@@ -3,7 +3,10 @@
 Each of block 0's ten linear layers is timed on an input of its real shape through the very kernel the model calls
 (``F.linear`` for bf16; ``QuantLinear.forward_quantized`` on a ready-quantized input for FP8 / INT8, so the floor
 excludes the activation quantization but keeps INT8's rescaling epilogue), and the model's own self- and
-cross-attention functions on q, k, v of the real shapes. The floor is the number of blocks times their sum: what a
+cross-attention functions on q, k, v of the real shapes; where the model hands an attention kernel its projections
+for a preparation fused into the norms (``BoundAttention.prepared``), that kernel alone on ready-prepared inputs, as
+the GEMMs are timed on ready-quantized ones (an attention function that prepares its own inputs is timed with that
+preparation: it is what the model calls). The floor is the number of blocks times their sum: what a
 forward would take if nothing but these kernels ran, back to back. Norms, modulation, rotary embedding, the
 quantization of activations, the embeddings and the head are the distance to it.
 """
@@ -23,6 +26,7 @@ from .timing import median, timed
 LAYERS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
           "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")  # fmt: skip
 TEXT_INPUT = ("cross_attn.k", "cross_attn.v")  # applied to the text tokens, not the video's
+NORM_EPS = 1e-6  # Wan's q / k RMSNorm epsilon (the prepared inputs' values do not change the kernel's time)
 
 
 def linear_scheme(model: WanModel) -> str:
@@ -46,6 +50,19 @@ def _gemm(layer: Any, rows: int, device: torch.device, dtype: torch.dtype, g: to
     return lambda: layer(x)  # another layer type (torchao): its own call, quantization included
 
 
+def _attention(fn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """What one attention call of the model costs at the floor: the kernel alone on prepared inputs where the model
+    prepares them in its norm kernels, else the model's attention function on q, k, v [B, S, H, D]."""
+    prepared = getattr(fn, "prepared", None)
+    if prepared is None:
+        return lambda: fn(q, k, v)
+    h = q.shape[2]
+    unit = torch.ones(h * q.shape[3], device=q.device, dtype=q.dtype)  # the norm's weight: q, k as they come
+    inputs = (prepared.query(q.flatten(2), unit, None, h, NORM_EPS),
+              prepared.key(k.flatten(2), unit, None, h, NORM_EPS), prepared.value(v.flatten(2), h))  # fmt: skip
+    return lambda: prepared.attend(*inputs)
+
+
 @torch.inference_mode()
 def measure_floor(model: WanModel, case: Case, device: torch.device, reps: int = 5, seed: int = 0) -> dict:
     """Per-kernel seconds of one block and TFLOP/s, and the floor of one forward (``floor_s``)."""
@@ -65,9 +82,9 @@ def measure_floor(model: WanModel, case: Case, device: torch.device, reps: int =
         rows = TEXT_TOKENS if name in TEXT_INPUT else s
         record(name, _gemm(layer, rows, device, dtype, g), 2 * rows * layer.in_features * layer.out_features)
     q, k, v = (torch.randn(1, s, h, hd, device=device, generator=g).to(dtype) for _ in range(3))
-    record("self_attention", lambda: model.self_attn_fn(q, k, v), 4 * s * s * spec.dim)
+    record("self_attention", _attention(model.self_attn_fn, q, k, v), 4 * s * s * spec.dim)
     kt, vt = (torch.randn(1, TEXT_TOKENS, h, hd, device=device, generator=g).to(dtype) for _ in range(2))
-    record("cross_attention", lambda: model.cross_attn_fn(q, kt, vt), 4 * s * TEXT_TOKENS * spec.dim)
+    record("cross_attention", _attention(model.cross_attn_fn, q, kt, vt), 4 * s * TEXT_TOKENS * spec.dim)
     block_s = sum(k["s"] for k in kernels.values())
     gemm_s = sum(kernels[n]["s"] for n in LAYERS)
     return {
