@@ -13,6 +13,8 @@ one write):
 - ``product``: DAX's kernels now (``fused_quant``, ``fused_ops``, ``sage_inputs``): the row CHUNK values (Q: a few
   heads) at a time, a pass for its statistics and one that writes (the later reads hit L2);
 - ``product, reciprocal`` (GELU only): multiplying by the row's reciprocal scale instead of an IEEE division;
+  ``+ one correction``: then one Markstein step (two FMAs), which gives the correctly rounded quotient, so its codes
+  should equal ``before``'s bit for bit at less than a division's cost;
 - ``cast``: a load and an fp8 cast of the same bytes, no reduction: the bandwidth this GPU gives such a kernel.
 
 Each variant's codes are compared with ``before``'s (the fraction equal).
@@ -66,7 +68,7 @@ def _gelu_quant_before(x_ptr, q_ptr, s_ptr, width, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _gelu_quant_reciprocal(x_ptr, q_ptr, s_ptr, width, CHUNK: tl.constexpr):
+def _gelu_quant_reciprocal(x_ptr, q_ptr, s_ptr, width, CHUNK: tl.constexpr, CORRECT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = x_ptr + row * width
     acc = tl.zeros((CHUNK,), dtype=tl.float32)
@@ -80,7 +82,10 @@ def _gelu_quant_reciprocal(x_ptr, q_ptr, s_ptr, width, CHUNK: tl.constexpr):
         cols = c + tl.arange(0, CHUNK)
         x = tl.load(base + cols, mask=cols < width, other=0.0)
         y = gelu_tanh(x.to(tl.float32)).to(x.dtype).to(tl.float32)
-        v = tl.minimum(tl.maximum(y * r, -QMAX), QMAX)
+        v = y * r
+        if CORRECT:  # Markstein: with r = RN(1/s) and v within an ulp of y / s, RN(v + r (y - v s)) is RN(y / s)
+            v = tl.fma(tl.fma(-v, s, y), r, v)
+        v = tl.minimum(tl.maximum(v, -QMAX), QMAX)
         tl.store(q_ptr + row * width + cols, v.to(q_ptr.dtype.element_ty), mask=cols < width)
     tl.store(s_ptr + row, s)
 
@@ -153,13 +158,17 @@ def gelu_variants(x: torch.Tensor) -> dict[str, Callable]:
         _GELU_BEFORE[(rows,)](x, q, s, width, BLOCK=triton.next_power_of_2(width))
         return q, s
 
-    def reciprocal():
-        q, s = _out(rows, width, x.device)
-        _GELU_RECIPROCAL[(rows,)](x, q, s, width, CHUNK=ROW_CHUNK)
-        return q, s
+    def reciprocal(correct: bool) -> Callable:
+        def run():
+            q, s = _out(rows, width, x.device)
+            _GELU_RECIPROCAL[(rows,)](x, q, s, width, CHUNK=ROW_CHUNK, CORRECT=correct)
+            return q, s
+
+        return run
 
     return {"before": before, "product": lambda: quantize_rows(x, E4M3, gelu=True, tuned=True),
-            "product, reciprocal": reciprocal, "cast (no reduction)": cast_variant(x)}  # fmt: skip
+            "product, reciprocal": reciprocal(False), "product, reciprocal + one correction": reciprocal(True),
+            "cast (no reduction)": cast_variant(x)}  # fmt: skip
 
 
 def norm_variants(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> dict[str, Callable]:

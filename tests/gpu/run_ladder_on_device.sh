@@ -7,7 +7,7 @@
 #   AB_RUNGS=full,full_dax bash tests/gpu/run_ladder_on_device.sh ab-14b   # some of the A/B rungs
 # Stages: kernels, gpu-tier (all of tests/gpu), ladder-14b, ladder-1.3b, profile-14b, profile-1.3b (kernel tables of
 # the full stack's forward), peer-1.3b (diffusers' line: needs .whl with diffusers, torchao, ...), ladder-peer-1.3b
-# (both in one run); DAX's fused kernels
+# (both in one run), ladder-peer-14b (the same at 14B: diffusers' compile alone takes minutes); DAX's fused kernels
 # against what they replace: dax-kernels (their GPU tests), bench-dax-14b (site by site), ab-14b (whole 14B forwards
 # of the full stack without and with them, same run), profile-14b-dax (the kernel table with them), and at 1.3B:
 # profile-1.3b-dax, bench-dax-1.3b, ab-1.3b; row-kernels (variants of the per-row quantization kernels); sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity).
@@ -48,6 +48,8 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
     ladder-14b) stage ladder-14b 320 python3 -m dax_core bench --model 14b --rungs "$LADDER_14B" $QUICK_FLAG \
       --out "$OUT/ladder_14b" ;;
     ladder-1.3b) stage ladder-1.3b 150 python3 -m dax_core bench --model 1.3b $QUICK_FLAG --out "$OUT/ladder_1.3b" ;;
+    ladder-peer-14b) stage ladder-peer-14b 590 python3 -m dax_core bench --model 14b --rungs "$LADDER_14B" --peer \
+      $QUICK_FLAG --out "$OUT/ladder_peer_14b" ;;
     ladder-peer-1.3b) stage ladder-peer-1.3b 300 python3 -m dax_core bench --model 1.3b --peer $QUICK_FLAG \
       --out "$OUT/ladder_peer_1.3b" ;;
     peer-1.3b) stage peer-1.3b 330 python3 -m dax_core bench --model 1.3b --rungs stock --peer $QUICK_FLAG \
