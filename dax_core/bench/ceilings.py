@@ -26,7 +26,7 @@ from .timing import median, timed
 LAYERS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
           "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")  # fmt: skip
 TEXT_INPUT = ("cross_attn.k", "cross_attn.v")  # applied to the text tokens, not the video's
-NORM_EPS = 1e-6  # Wan's q / k RMSNorm epsilon (the prepared inputs' values do not change the kernel's time)
+WARMUP = 2  # untimed calls of each kernel before the timed ones
 
 
 def linear_scheme(model: WanModel) -> str:
@@ -50,7 +50,7 @@ def _gemm(layer: Any, rows: int, device: torch.device, dtype: torch.dtype, g: to
     return lambda: layer(x)  # another layer type (torchao): its own call, quantization included
 
 
-def _attention(fn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+def _attention(fn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float):
     """What one attention call of the model costs at the floor: the kernel alone on prepared inputs where the model
     prepares them in its norm kernels, else the model's attention function on q, k, v [B, S, H, D]."""
     prepared = getattr(fn, "prepared", None)
@@ -58,8 +58,8 @@ def _attention(fn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         return lambda: fn(q, k, v)
     h = q.shape[2]
     unit = torch.ones(h * q.shape[3], device=q.device, dtype=q.dtype)  # the norm's weight: q, k as they come
-    inputs = (prepared.query(q.flatten(2), unit, None, h, NORM_EPS),
-              prepared.key(k.flatten(2), unit, None, h, NORM_EPS), prepared.value(v.flatten(2), h))  # fmt: skip
+    inputs = (prepared.query(q.flatten(2), unit, None, h, eps), prepared.key(k.flatten(2), unit, None, h, eps),
+              prepared.value(v.flatten(2), h))  # fmt: skip
     return lambda: prepared.attend(*inputs)
 
 
@@ -74,7 +74,7 @@ def measure_floor(model: WanModel, case: Case, device: torch.device, reps: int =
     kernels: dict[str, dict] = {}
 
     def record(name: str, fn, flops: float) -> None:
-        seconds = median(timed(fn, reps, device, warmup=2))
+        seconds = median(timed(fn, reps, device, warmup=WARMUP))
         kernels[name] = {"s": seconds, "tflops": flops / seconds / 1e12}
 
     for name in LAYERS:
@@ -82,9 +82,9 @@ def measure_floor(model: WanModel, case: Case, device: torch.device, reps: int =
         rows = TEXT_TOKENS if name in TEXT_INPUT else s
         record(name, _gemm(layer, rows, device, dtype, g), 2 * rows * layer.in_features * layer.out_features)
     q, k, v = (torch.randn(1, s, h, hd, device=device, generator=g).to(dtype) for _ in range(3))
-    record("self_attention", _attention(model.self_attn_fn, q, k, v), 4 * s * s * spec.dim)
+    record("self_attention", _attention(model.self_attn_fn, q, k, v, spec.eps), 4 * s * s * spec.dim)
     kt, vt = (torch.randn(1, TEXT_TOKENS, h, hd, device=device, generator=g).to(dtype) for _ in range(2))
-    record("cross_attention", _attention(model.cross_attn_fn, q, kt, vt), 4 * s * TEXT_TOKENS * spec.dim)
+    record("cross_attention", _attention(model.cross_attn_fn, q, kt, vt, spec.eps), 4 * s * TEXT_TOKENS * spec.dim)
     block_s = sum(k["s"] for k in kernels.values())
     gemm_s = sum(kernels[n]["s"] for n in LAYERS)
     return {
