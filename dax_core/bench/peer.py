@@ -10,6 +10,7 @@ timestep repeated per token, as diffusers takes it."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 from typing import Any
 
 import torch
@@ -17,6 +18,8 @@ from torch import nn
 
 from .inputs import ForwardInputs
 from .weights import build_diffusers
+
+log = logging.getLogger(__name__)
 
 ATTENTION_PREFERENCE = ("_flash_3", "sage", "_native_cudnn")
 """diffusers attention backends, fastest first on Hopper (FlashAttention 3, SageAttention2, cuDNN SDPA)."""
@@ -51,6 +54,25 @@ def _torchao_fp8(model: Any, device: torch.device) -> None:
         return isinstance(module, nn.Linear) and name.startswith("blocks.")
 
     quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=in_blocks)
+
+
+def _record_compiled(ladder: Any, title: str, forward: Any, model: Any, note: str) -> None:
+    """diffusers' regional compile as its docs give it (``fullgraph=True``); where dynamo cannot trace a block whole
+    (SageAttention's ``sageattn`` looks the GPU's architecture up on every call, which fails at the first trace,
+    seconds in), compiled again with graph breaks (``fullgraph=False``), as a diffusers user would, and said so."""
+    from torch._dynamo.exc import Unsupported
+
+    backend = ladder.settings.compile_backend
+    model.compile_repeated_blocks(fullgraph=True, backend=backend)
+    try:
+        ladder.record_peer("peer_full", title, forward, model, f"{note}; compile_repeated_blocks(fullgraph=True)")
+    except Unsupported as err:
+        reason = str(err).splitlines()[0]
+        log.warning("diffusers' blocks do not compile whole (%s): compiling them with graph breaks", reason)
+        torch._dynamo.reset()
+        model.compile_repeated_blocks(fullgraph=False, backend=backend)
+        note = f"{note}; compile_repeated_blocks(fullgraph=False): with fullgraph=True dynamo stopped at {reason!r}"
+        ladder.record_peer("peer_full", title, forward, model, note)
 
 
 def _build(settings: Any) -> Any:
@@ -104,11 +126,10 @@ def run_peer(ladder: Any, inputs: ForwardInputs) -> None:
                 backend = None
         try:
             _torchao_fp8(model, s.device)
-            model.compile_repeated_blocks(fullgraph=True, backend=s.compile_backend)
             note = "torchao Float8DynamicActivationFloat8WeightConfig(PerRow) on the blocks' linears, attention " + (
                 f"backend {backend}" if backend else "diffusers' default"
             )
-            ladder.record_peer("peer_full", titles["peer_full"], forward, model, note)
+            _record_compiled(ladder, titles["peer_full"], forward, model, note)
         except Exception as err:  # reported
             ladder.skip_peer("peer_full", titles["peer_full"], err)
     finally:

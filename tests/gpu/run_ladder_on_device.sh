@@ -5,6 +5,7 @@
 #   bash tests/gpu/run_ladder_on_device.sh ladder-1.3b peer-1.3b  # some stages, in this order
 #   QUICK=1 bash tests/gpu/run_ladder_on_device.sh                # one timed forward per rung
 #   AB_RUNGS=full,full_dax bash tests/gpu/run_ladder_on_device.sh ab-14b   # some of the A/B rungs
+#   RUNGS=stock,compile bash tests/gpu/run_ladder_on_device.sh ladder-peer-14b  # some of the 14B ladder's rungs
 # Stages: kernels, gpu-tier (all of tests/gpu), ladder-14b, ladder-1.3b, profile-14b, profile-1.3b (kernel tables of
 # the full stack's forward), peer-1.3b (diffusers' line: needs .whl with diffusers, torchao, ...), ladder-peer-1.3b
 # (both in one run), ladder-peer-14b (the same at 14B: diffusers' compile alone takes minutes); DAX's fused kernels
@@ -18,7 +19,7 @@
 set -uo pipefail
 STAGE_SHOW="rung|passed|skipped|failed|error|Error"
 . tests/gpu/device_setup.sh
-LADDER_14B="stock,sage,fp8,compile,teacache,magcache,distill"  # INT8 and the CUDA-graph pair: 1.3B only (time)
+LADDER_14B=${RUNGS:-stock,sage,fp8,compile,teacache,magcache,distill}  # INT8, the CUDA-graph pair: 1.3B only (time)
 AB_14B=${AB_RUNGS:-full,full_sage_inputs,full_input_kernels,full_dax}  # the full stack without, with either, both
 DAX_ACCELERATIONS='[{"kind": "quantize", "dtype": "fp8", "input_kernels": "dax"},
   {"kind": "attention", "backend": "sage", "sage_inputs": "fused"}, {"kind": "compile"}]'
