@@ -31,6 +31,8 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
     gpu-tier) stage gpu-tier 150 python3 -m pytest -q -p no:cacheprovider -rs -x tests/gpu ;;
     profile-14b) stage profile-14b 110 python3 -m tests.gpu.profile_forward --model 14b --out "$OUT/profile_14b.txt" ;;
     profile-1.3b) stage profile-1.3b 60 python3 -m tests.gpu.profile_forward --model 1.3b --out "$OUT/profile_1.3b.txt" ;;
+    query-codes) stage query-codes 60 python3 -m pytest -q -p no:cacheprovider -rs -o log_cli=true --log-cli-level=INFO \
+      tests/gpu/test_sage_inputs_cuda.py -k query_codes ;;
     dax-kernels) stage dax-kernels 200 python3 -m pytest -q -p no:cacheprovider -rs -o log_cli=true --log-cli-level=INFO \
       tests/gpu/test_sage_inputs_cuda.py \
       tests/gpu/test_input_kernels_cuda.py tests/gpu/test_fused_quant.py tests/gpu/test_fused_ops.py ;;

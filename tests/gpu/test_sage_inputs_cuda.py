@@ -86,6 +86,19 @@ def test_query_codes_and_scales_are_sages_own_of_the_same_values(sage2, case, wi
     within_half = (error <= half_step).float().mean().item()
     excess = ((error - half_step) / per_element).max().item()
     logging.getLogger(__name__).info("codes within half a step: %.6f; worst %.3f steps beyond", within_half, excess)
+    beyond = error - half_step - rounding
+    if (beyond > 0).any():  # where the bound fails: the element, its reference, the code's value, step and bound
+        worst = beyond.flatten().argmax()
+        at = [int(i) for i in torch.unravel_index(worst, error.shape)]
+        deq = sage_layout.dequantize_query(codes, scale).flatten()[worst].item()
+        row = x.flatten()[at[1] * x.shape[-1]:(at[1] + 1) * x.shape[-1]].float()
+        logging.getLogger(__name__).info(
+            "beyond the bound at %s: reference %.6g, code's value %.6g, code %d, step %.6g, rounding bound %.6g, "
+            "%d elements beyond; its row's rms %.6g, x %.6g, w %.6g", at, reference.float().flatten()[worst].item(),
+            deq, codes.flatten()[worst].item(), per_element.flatten()[worst].item(), rounding.flatten()[worst].item(),
+            (beyond > 0).sum().item(), row.square().mean().sqrt().item(), x.unflatten(-1, (h, -1))[tuple(at)].item(),
+            w.unflatten(-1, (h, -1))[tuple(at[2:])].item() if w.ndim == 1 else float("nan"),
+        )  # fmt: skip
     assert within_half > 0.999 and (error <= half_step + rounding).all(), (
         f"{within_half:.6f} of the codes within half a step of Wan's norm; the largest error is {excess:.3f} steps "
         f"beyond half a step"
