@@ -92,7 +92,7 @@ def test_query_codes_and_scales_are_sages_own_of_the_same_values(sage2, case, wi
         worst = torch.where(failing, error - half_step - rounding, -torch.inf).flatten().argmax()
         at = [int(i) for i in torch.unravel_index(worst, error.shape)]
         deq = sage_layout.dequantize_query(codes, scale).flatten()[worst].item()
-        row = x.flatten()[at[1] * x.shape[-1]:(at[1] + 1) * x.shape[-1]].float()
+        row = x[0, at[1]].float()
         logging.getLogger(__name__).info(
             "beyond the bound at %s: reference %.6g, code's value %.6g, code %d, step %.6g, rounding bound %.6g, "
             "%d elements beyond; its row's rms %.6g, x %.6g, w %.6g", at, reference.float().flatten()[worst].item(),
