@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ..accelerations import BuildEnv, apply_accelerations
 from ..attention.registry import BackendUnavailable
@@ -67,10 +68,21 @@ def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got.double() - ref).norm() / ref.norm()).item()
 
 
+def _storages(t: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors holding ``t``'s memory: itself, or a wrapper subclass's inner tensors (torchao's FP8 weights: the
+    wrapper has no storage of its own, its data pointer is 0)."""
+    if is_traceable_wrapper_subclass(t):
+        names, _ = t.__tensor_flatten__()
+        return [inner for name in names for inner in _storages(getattr(t, name))]
+    return [t]
+
+
 def _unique_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's parameters and buffers, each storage once (tied or shared tensors count once)."""
     seen: dict[int, int] = {}
     for t in (*model.parameters(), *model.buffers()):
-        seen.setdefault(t.data_ptr(), t.numel() * t.element_size())
+        for inner in _storages(t):
+            seen.setdefault(inner.data_ptr(), inner.numel() * inner.element_size())
     return sum(seen.values())
 
 
