@@ -137,6 +137,7 @@ class Ladder:
 
     def _record(self, key: str, entry: dict) -> None:
         self.results["rungs"][key] = entry
+        finish(self.results)  # so that a run cut short reports its ratios too
         self.report(self.results)
 
     def _skip(self, key: str, title: str, err: BaseException, accelerations: list[dict] | None = None) -> None:
@@ -373,7 +374,7 @@ def finish(results: dict) -> None:
             continue
         entry["step_s"] = 2 * entry["forward_s"]
         entry["projected_s"] = R.STEPS * entry["step_s"]
-        if "floor" in entry:
+        if entry.get("floor") in floors:
             entry["floor_s"] = floors[entry["floor"]]["floor_s"]
             entry["x_floor"] = entry["forward_s"] / entry["floor_s"]
         if best_floor:

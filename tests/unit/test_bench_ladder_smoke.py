@@ -111,3 +111,21 @@ def test_the_ab_rungs_run_only_when_named_and_build_from_the_weights(tmp_path):
         {"kind": "attention", "backend": "sage", "sage_inputs": "fused"},
         {"kind": "compile", "backend": "aot_eager"},
     )
+
+
+def test_a_run_cut_short_reports_the_ratios_of_what_it_measured(tmp_path, monkeypatch):
+    from dax_core.bench.ladder import Ladder
+
+    def cut_short(self, inputs):
+        raise RuntimeError("the device's time ran out")
+
+    monkeypatch.setattr(Ladder, "run_schedules", cut_short)
+    out = tmp_path / "cut"
+    argv = ["bench", "--model", "tiny", "--device", "cpu", "--quick", "--rungs", "fp8", "--out", str(out)]
+    with pytest.raises(RuntimeError, match="time ran out"):
+        dax_main(argv)
+    rungs = json.loads(out.with_name("cut.json").read_text())["rungs"]
+    fp8, stock = rungs["fp8"], rungs["stock"]
+    assert math.isclose(fp8["forward_speedup"], stock["forward_s"] / fp8["forward_s"])
+    assert math.isclose(fp8["x_floor"], fp8["forward_s"] / fp8["floor_s"])
+    assert f"{fp8['forward_speedup']:.2f}x" in out.with_name("cut.md").read_text()
