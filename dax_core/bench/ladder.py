@@ -142,7 +142,7 @@ class Ladder:
 
     def _skip(self, key: str, title: str, err: BaseException, accelerations: list[dict] | None = None) -> None:
         expected = isinstance(err, CANNOT_RUN)
-        reason = f"{type(err).__name__}: {err}"
+        reason = f"{type(err).__name__}: {err}".strip().splitlines()[0]  # one line in the table; the log has the rest
         if not expected:
             log.error("rung %s failed:\n%s", key, "".join(traceback.format_exception(err))[-3000:])
         log.warning("rung %s %s: %s", key, "skipped" if expected else "FAILED", reason)

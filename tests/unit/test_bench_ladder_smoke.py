@@ -9,6 +9,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from dax_core.__main__ import main as dax_main
 from dax_core.bench import rungs as R
@@ -129,3 +130,18 @@ def test_a_run_cut_short_reports_the_ratios_of_what_it_measured(tmp_path, monkey
     assert math.isclose(fp8["forward_speedup"], stock["forward_s"] / fp8["forward_s"])
     assert math.isclose(fp8["x_floor"], fp8["forward_s"] / fp8["floor_s"])
     assert f"{fp8['forward_speedup']:.2f}x" in out.with_name("cut.md").read_text()
+
+
+def test_a_failed_rung_reads_as_one_line_of_its_table():
+    from dax_core.bench.cases import case_for
+    from dax_core.bench.ladder import Ladder, LadderSettings
+    from dax_core.bench.report import markdown
+
+    reports: list[str] = []
+    ladder = Ladder(LadderSettings(case=case_for("tiny", None), device=torch.device("cpu")),
+                    lambda results: reports.append(markdown(results)))  # fmt: skip
+    ladder.record_peer("peer_stock", "peer: stock", lambda: torch.ones(2), torch.nn.Linear(2, 2), "defaults")
+    ladder.skip_peer("peer_full", "peer: compiled", RuntimeError("dynamo stopped\n  Explanation: a long story"))
+    row = next(line for line in reports[-1].splitlines() if line.startswith("| peer: compiled"))
+    assert row == "| peer: compiled | failed: RuntimeError: dynamo stopped |  |  |  |  |  |  |  |  |  |"
+    assert "long story" not in reports[-1]
