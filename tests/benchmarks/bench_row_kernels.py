@@ -13,8 +13,9 @@ one write):
 - ``product``: DAX's kernels now (``fused_quant``, ``fused_ops``, ``sage_inputs``): the row CHUNK values (Q: a few
   heads) at a time, a pass for its statistics and one that writes (the later reads hit L2);
 - ``product, reciprocal`` (GELU only): multiplying by the row's reciprocal scale instead of an IEEE division;
-  ``+ one correction``: then one Markstein step (two FMAs), which gives the correctly rounded quotient, so its codes
-  should equal ``before``'s bit for bit at less than a division's cost;
+  ``+ one correction``: then one Markstein step (two FMAs), which in exact arithmetic gives the correctly rounded
+  quotient (so did Triton's interpreter, on 240,000 sampled pairs); compiled on an H200 it did not (0.9934 of the codes
+  equal, and slower than the plain product), so the product keeps its IEEE division;
 - ``cast``: a load and an fp8 cast of the same bytes, no reduction: the bandwidth this GPU gives such a kernel.
 
 Each variant's codes are compared with ``before``'s (the fraction equal).
