@@ -16,6 +16,9 @@ one write):
   ``+ one correction``: then one Markstein step (two FMAs), which in exact arithmetic gives the correctly rounded
   quotient (so did Triton's interpreter, on 240,000 sampled pairs); compiled on an H200 it did not (0.9934 of the codes
   equal, and slower than the plain product), so the product keeps its IEEE division;
+- ``product, N values at a time`` (GELU and the norm): the product's kernel holding N values of the row at a time
+  instead of ``ROW_CHUNK`` (512), its warps tuned from 1 to 16: whether more bytes in flight per program (16-byte
+  loads for every thread at 4 warps or more) close the distance to the cast's bandwidth;
 - ``cast``: a load and an fp8 cast of the same bytes, no reduction: the bandwidth this GPU gives such a kernel.
 
 Each variant's codes are compared with ``before``'s (the fraction equal).
@@ -34,7 +37,7 @@ from dax_core.attention import sage_inputs
 from dax_core.attention.sage_inputs import INT8_EPS, _int8_codes, _rounded
 from dax_core.attention.sage_layout import query_scale_count
 from dax_core.bench.timing import median, timed
-from dax_core.models import fused_ops
+from dax_core.models import fused_ops, fused_quant
 from dax_core.models.fused_quant import ROW_CHUNK, SCALE_FLOOR, gelu_tanh, quantize_rows
 from tests.benchmarks.common import run_kernel_bench
 
@@ -142,6 +145,9 @@ def _cast(x_ptr, q_ptr, n, BLOCK: tl.constexpr):
 
 
 _GELU_BEFORE = _tuned(_gelu_quant_before, (4, 8, 16, 32), ["width"])
+CHUNKS = (1024, 2048)
+_ROWS_CHUNKED = _tuned(fused_quant._quantize_rows_kernel, (1, 2, 4, 8, 16), ["width", "GELU", "CHUNK"])
+_NORM_CHUNKED = _tuned(fused_ops._norm_kernel, (1, 2, 4, 8, 16), ["dim", "RESIDUAL", "AFFINE", "QUANT", "CHUNK"])
 _GELU_RECIPROCAL = _tuned(_gelu_quant_reciprocal, (1, 2, 4, 8), ["width"])
 _NORM_BEFORE = _tuned(_norm_quant_before, (4, 8, 16), ["dim"])
 _QUERY_BEFORE = _tuned(_query_before, (4, 8, 16), ["heads"])
@@ -167,7 +173,16 @@ def gelu_variants(x: torch.Tensor) -> dict[str, Callable]:
 
         return run
 
+    def chunked(chunk: int) -> Callable:
+        def run():
+            q, s = _out(rows, width, x.device)
+            _ROWS_CHUNKED[(rows,)](x, q, s, width, QMAX=448.0, ROUND=False, GELU=True, CHUNK=chunk)
+            return q, s
+
+        return run
+
     return {"before": before, "product": lambda: quantize_rows(x, E4M3, gelu=True, tuned=True),
+            **{f"product, {c} values at a time": chunked(c) for c in CHUNKS},
             "product, reciprocal": reciprocal(False), "product, reciprocal + one correction": reciprocal(True),
             "cast (no reduction)": cast_variant(x)}  # fmt: skip
 
@@ -184,7 +199,18 @@ def norm_variants(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> 
         _, q, s = fused_ops.norm_quantized(x, None, None, shift, scale, 1e-6, False, E4M3)
         return q, s
 
-    return {"before": before, "product": product, "cast (no reduction)": cast_variant(x)}
+    def chunked(chunk: int) -> Callable:  # norm_quantized's launch (no residual, modulation, codes only)
+        def run():
+            q, s = _out(rows, dim, x.device)
+            flags = {"RESIDUAL": fused_ops.NO_RESIDUAL, "AFFINE": False, "QUANT": True, "QMAX": 448.0, "ROUND": False,
+                     "CHUNK": chunk, "STORE": False}  # fmt: skip
+            _NORM_CHUNKED[(rows,)](x, x, x, x, shift, scale, x, q, s, rows, dim, 1e-6, **flags)
+            return q, s
+
+        return run
+
+    return {"before": before, "product": product, **{f"product, {c} values at a time": chunked(c) for c in CHUNKS},
+            "cast (no reduction)": cast_variant(x)}  # fmt: skip
 
 
 def query_variants(x: torch.Tensor, w: torch.Tensor, rope, heads: int) -> dict[str, Callable]:
