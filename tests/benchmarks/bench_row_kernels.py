@@ -13,9 +13,10 @@ one write):
 - ``product``: DAX's kernels now (``fused_quant``, ``fused_ops``, ``sage_inputs``): the row CHUNK values (Q: a few
   heads) at a time, a pass for its statistics and one that writes (the later reads hit L2);
 - ``product, reciprocal`` (GELU only): multiplying by the row's reciprocal scale instead of an IEEE division;
-  ``+ one correction``: then one Markstein step (two FMAs), which in exact arithmetic gives the correctly rounded
-  quotient (so did Triton's interpreter, on 240,000 sampled pairs); compiled on an H200 it did not (0.9934 of the codes
-  equal, and slower than the plain product), so the product keeps its IEEE division;
+  ``+ one correction``: then one Markstein step (two FMAs), which gives the correctly rounded quotient up to the
+  sign of a zero (measured on an H200 before the zero took ``y``'s sign: 0.9934 of the codes equal, the others -0
+  written as +0 where GELU underflows to -0, as emulated arithmetic with exact FMAs reproduces). Triton's interpreter
+  cannot check it: its ``fma`` rounds the product and the sum apart;
 - ``product, N values at a time`` (GELU and the norm): the product's kernel holding N values of the row at a time
   instead of ``ROW_CHUNK`` (512), its warps tuned from 1 to 16: whether more bytes in flight per program (16-byte
   loads for every thread at 4 warps or more) close the distance to the cast's bandwidth;
@@ -89,6 +90,9 @@ def _gelu_quant_reciprocal(x_ptr, q_ptr, s_ptr, width, CHUNK: tl.constexpr, CORR
         v = y * r
         if CORRECT:  # Markstein: with r = RN(1/s) and v within an ulp of y / s, RN(v + r (y - v s)) is RN(y / s)
             v = tl.fma(tl.fma(-v, s, y), r, v)
+            # up to the sign of a zero: y = -0 (GELU below about -5) gives -0 + r (+0) = +0; the quotient is -0
+            sign = (y.to(tl.uint32, bitcast=True) & 0x80000000).to(tl.float32, bitcast=True)
+            v = tl.where(v == 0.0, sign, v)
         v = tl.minimum(tl.maximum(v, -QMAX), QMAX)
         tl.store(q_ptr + row * width + cols, v.to(q_ptr.dtype.element_ty), mask=cols < width)
     tl.store(s_ptr + row, s)
