@@ -27,7 +27,20 @@ from dax_core.bench.weights import build_model
 from dax_core.recipe import Recipe
 
 FULL_STACK = [{"kind": "quantize", "dtype": "fp8"}, {"kind": "attention", "backend": "sage"}, {"kind": "compile"}]
+DAX_KERNELS = (
+    "_norm_kernel",
+    "_quantize_rows_kernel",
+    "_query_kernel",
+    "_key_norm_kernel",
+    "_key_quant_kernel",
+    "_value_amax_kernel",
+    "_value_fp8_kernel",
+    "_gated_residual_kernel",
+    "_rms_norm_rope_kernel",
+)
+"""DAX's own Triton kernels (models.fused_ops, models.fused_quant, attention.sage_inputs), a kind of their own."""
 KINDS = (
+    ("DAX row kernels", DAX_KERNELS),
     ("gemm", ("gemm", "cutlass", "sm90_xmma", "nvjet", "scaled_mm", "cublas", "matmul")),
     ("attention", ("attn", "sage", "flash", "fmha", "cudnn")),
     ("quant (sage prep)", ("quant", "per_block", "per_thread", "per_warp", "mean", "transpose_pad")),
@@ -83,8 +96,8 @@ def main() -> None:
     lines.append(f"forward (wall, profiled) {wall_ms:.1f} ms; kernels {total:.1f} ms")
     for kind, ms in sorted(by_kind.items(), key=lambda x: -x[1]):
         lines.append(f"  {kind:22s} {ms:9.1f} ms {100 * ms / total:5.1f} %")
-    lines += ["", f"{'ms':>9} {'calls':>6}  kernel"]
-    lines += [f"{ms:9.2f} {n:6d}  {name[:150]}" for ms, n, name in rows[:45]]
+    lines += ["", f"{'ms':>9} {'calls':>6} {'ms/call':>8}  kernel"]
+    lines += [f"{ms:9.2f} {n:6d} {ms / n:8.3f}  {name[:150]}" for ms, n, name in rows[:45]]
     args.out.write_text("\n".join(lines) + "\n")
     logging.info("\n%s", "\n".join(lines[:12]))
 
