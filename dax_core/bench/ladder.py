@@ -302,9 +302,7 @@ class Ladder:
             from .peer import run_peer
 
             run_peer(self, inputs)
-        finish(self.results)
-        self.report(self.results)
-        return self.results
+        return self.results  # finished and reported with its last rung
 
     # used by the peer line
     def record_peer(self, key: str, title: str, forward: Callable[[], torch.Tensor], model: Any, note: str) -> None:

@@ -157,34 +157,31 @@ _NORM_BEFORE = _tuned(_norm_quant_before, (4, 8, 16), ["dim"])
 _QUERY_BEFORE = _tuned(_query_before, (4, 8, 16), ["heads"])
 
 
-def _out(rows: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.empty(rows, width, device=device, dtype=E4M3), torch.empty(rows, 1, device=device)
+def _writing(rows: int, width: int, device, launch: Callable) -> Callable:
+    """A variant: ``launch(q, s)`` writing a fresh [rows, width] of e4m3 codes and [rows, 1] scales, returned."""
+
+    def run():
+        q, s = torch.empty(rows, width, device=device, dtype=E4M3), torch.empty(rows, 1, device=device)
+        launch(q, s)
+        return q, s
+
+    return run
 
 
 def gelu_variants(x: torch.Tensor) -> dict[str, Callable]:
     rows, width = x.shape
 
-    def before():
-        q, s = _out(rows, width, x.device)
-        _GELU_BEFORE[(rows,)](x, q, s, width, BLOCK=triton.next_power_of_2(width))
-        return q, s
+    def variant(launch: Callable) -> Callable:
+        return _writing(rows, width, x.device, launch)
 
     def reciprocal(correct: bool) -> Callable:
-        def run():
-            q, s = _out(rows, width, x.device)
-            _GELU_RECIPROCAL[(rows,)](x, q, s, width, CHUNK=ROW_CHUNK, CORRECT=correct)
-            return q, s
-
-        return run
+        return variant(lambda q, s: _GELU_RECIPROCAL[(rows,)](x, q, s, width, CHUNK=ROW_CHUNK, CORRECT=correct))
 
     def chunked(chunk: int) -> Callable:
-        def run():
-            q, s = _out(rows, width, x.device)
-            _ROWS_CHUNKED[(rows,)](x, q, s, width, QMAX=448.0, ROUND=False, GELU=True, CHUNK=chunk)
-            return q, s
+        flags = {"QMAX": 448.0, "ROUND": False, "GELU": True, "CHUNK": chunk}
+        return variant(lambda q, s: _ROWS_CHUNKED[(rows,)](x, q, s, width, **flags))
 
-        return run
-
+    before = variant(lambda q, s: _GELU_BEFORE[(rows,)](x, q, s, width, BLOCK=triton.next_power_of_2(width)))
     return {"before": before, "product": lambda: quantize_rows(x, E4M3, gelu=True, tuned=True),
             **{f"product, {c} values at a time": chunked(c) for c in CHUNKS},
             "product, reciprocal": reciprocal(False), "product, reciprocal + one correction": reciprocal(True),
@@ -194,25 +191,18 @@ def gelu_variants(x: torch.Tensor) -> dict[str, Callable]:
 def norm_variants(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> dict[str, Callable]:
     rows, dim = x.shape[1], x.shape[2]
 
-    def before():
-        q, s = _out(rows, dim, x.device)
-        _NORM_BEFORE[(rows,)](x, shift, scale, q, s, dim, 1e-6, BLOCK=triton.next_power_of_2(dim))
-        return q, s
-
     def product():
         _, q, s = fused_ops.norm_quantized(x, None, None, shift, scale, 1e-6, False, E4M3)
         return q, s
 
     def chunked(chunk: int) -> Callable:  # norm_quantized's launch (no residual, modulation, codes only)
-        def run():
-            q, s = _out(rows, dim, x.device)
-            flags = {"RESIDUAL": fused_ops.NO_RESIDUAL, "AFFINE": False, "QUANT": True, "QMAX": 448.0, "ROUND": False,
-                     "CHUNK": chunk, "STORE": False}  # fmt: skip
-            _NORM_CHUNKED[(rows,)](x, x, x, x, shift, scale, x, q, s, rows, dim, 1e-6, **flags)
-            return q, s
+        flags = {"RESIDUAL": fused_ops.NO_RESIDUAL, "AFFINE": False, "QUANT": True, "QMAX": 448.0, "ROUND": False,
+                 "CHUNK": chunk, "STORE": False}  # fmt: skip
+        args = (x, x, x, x, shift, scale, x)  # x, r, gate, stream, shift, scale, out: only x and the modulation read
+        return _writing(rows, dim, x.device, lambda q, s: _NORM_CHUNKED[(rows,)](*args, q, s, rows, dim, 1e-6, **flags))
 
-        return run
-
+    before = _writing(rows, dim, x.device, lambda q, s: _NORM_BEFORE[(rows,)](
+        x, shift, scale, q, s, dim, 1e-6, BLOCK=triton.next_power_of_2(dim)))  # fmt: skip
     return {"before": before, "product": product, **{f"product, {c} values at a time": chunked(c) for c in CHUNKS},
             "cast (no reduction)": cast_variant(x)}  # fmt: skip
 

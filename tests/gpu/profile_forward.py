@@ -18,25 +18,23 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from triton.runtime.jit import JITFunction
 
 from dax_core.accelerations import BuildEnv, apply_accelerations
+from dax_core.attention import sage_inputs
 from dax_core.bench.cases import case_for
 from dax_core.bench.inputs import make_inputs
 from dax_core.bench.timing import sync
 from dax_core.bench.weights import build_model
+from dax_core.models import fused_ops, fused_quant
 from dax_core.recipe import Recipe
 
 FULL_STACK = [{"kind": "quantize", "dtype": "fp8"}, {"kind": "attention", "backend": "sage"}, {"kind": "compile"}]
-DAX_KERNELS = (
-    "_norm_kernel",
-    "_quantize_rows_kernel",
-    "_query_kernel",
-    "_key_norm_kernel",
-    "_key_quant_kernel",
-    "_value_amax_kernel",
-    "_value_fp8_kernel",
-    "_gated_residual_kernel",
-    "_rms_norm_rope_kernel",
+DAX_KERNELS = tuple(
+    name
+    for module in (fused_ops, fused_quant, sage_inputs)
+    for name, obj in vars(module).items()
+    if isinstance(obj, JITFunction) and name.endswith("_kernel")
 )
 """DAX's own Triton kernels (models.fused_ops, models.fused_quant, attention.sage_inputs), a kind of their own."""
 KINDS = (
