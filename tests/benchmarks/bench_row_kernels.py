@@ -20,6 +20,10 @@ one write):
 - ``product, N values at a time`` (GELU and the norm): the product's kernel holding N values of the row at a time
   instead of ``ROW_CHUNK`` (512), its warps tuned from 1 to 16: whether more bytes in flight per program (16-byte
   loads for every thread at 4 warps or more) close the distance to the cast's bandwidth;
+- ``amax from the row's max`` (GELU): GELU is increasing on x >= 0 and above -0.17 below it, so where GELU of the
+  row's max reaches 0.171875 it is the row's amax of |GELU|: the first pass reads the row's max alone and GELU is
+  computed once per value instead of twice (a row of small values takes the product's two passes); with or without
+  the reciprocal;
 - ``cast``: a load and an fp8 cast of the same bytes, no reduction: the bandwidth this GPU gives such a kernel.
 
 Each variant's codes are compared with ``before``'s (the fraction equal).
@@ -98,6 +102,40 @@ def _gelu_quant_reciprocal(x_ptr, q_ptr, s_ptr, width, CHUNK: tl.constexpr, CORR
     tl.store(s_ptr + row, s)
 
 
+GELU_NEGATIVE_BOUND = tl.constexpr(0.171875)  # above |GELU(x)| for every x < 0 (at most 0.16997), bf16-rounded
+
+
+@triton.jit
+def _gelu_quant_from_max(x_ptr, q_ptr, s_ptr, width, CHUNK: tl.constexpr, RECIPROCAL: tl.constexpr):
+    # GELU is increasing on x >= 0 and |GELU| < 0.171875 below 0: when GELU(max x) reaches that bound, it is the row's
+    # amax of |GELU|, so the first pass reads the row's max alone and GELU is computed once per value, not twice.
+    row = tl.program_id(0).to(tl.int64)
+    base = x_ptr + row * width
+    top = tl.zeros((CHUNK,), dtype=tl.float32)
+    for c in range(0, width, CHUNK):
+        cols = c + tl.arange(0, CHUNK)
+        top = tl.maximum(top, tl.load(base + cols, mask=cols < width, other=0.0).to(tl.float32))
+    x_top = tl.max(top, axis=0)
+    amax = gelu_tanh(x_top).to(x_ptr.dtype.element_ty).to(tl.float32)
+    if amax < GELU_NEGATIVE_BOUND:  # a row of small values: the amax of every value's GELU, as the product takes it
+        acc = tl.zeros((CHUNK,), dtype=tl.float32)
+        for c in range(0, width, CHUNK):
+            cols = c + tl.arange(0, CHUNK)
+            x = tl.load(base + cols, mask=cols < width, other=0.0)
+            acc = tl.maximum(acc, tl.abs(gelu_tanh(x.to(tl.float32)).to(x.dtype).to(tl.float32)))
+        amax = tl.max(acc, axis=0)
+    s = tl.math.div_rn(tl.maximum(amax, SCALE_FLOOR), QMAX)
+    r = tl.math.div_rn(1.0, s)
+    for c in range(0, width, CHUNK):
+        cols = c + tl.arange(0, CHUNK)
+        x = tl.load(base + cols, mask=cols < width, other=0.0)
+        y = gelu_tanh(x.to(tl.float32)).to(x.dtype).to(tl.float32)
+        v = y * r if RECIPROCAL else tl.math.div_rn(y, s)
+        v = tl.minimum(tl.maximum(v, -QMAX), QMAX)
+        tl.store(q_ptr + row * width + cols, v.to(q_ptr.dtype.element_ty), mask=cols < width)
+    tl.store(s_ptr + row, s)
+
+
 @triton.jit
 def _norm_quant_before(x_ptr, shift_ptr, scale_ptr, q_ptr, s_ptr, dim, eps, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -153,6 +191,7 @@ CHUNKS = (1024, 2048)
 _ROWS_CHUNKED = _tuned(fused_quant._quantize_rows_kernel, (1, 2, 4, 8, 16), ["width", "GELU", "CHUNK"])
 _NORM_CHUNKED = _tuned(fused_ops._norm_kernel, (1, 2, 4, 8, 16), ["dim", "RESIDUAL", "AFFINE", "QUANT", "CHUNK"])
 _GELU_RECIPROCAL = _tuned(_gelu_quant_reciprocal, (1, 2, 4, 8), ["width"])
+_GELU_FROM_MAX = _tuned(_gelu_quant_from_max, (1, 2, 4, 8, 16), ["width", "CHUNK", "RECIPROCAL"])
 _NORM_BEFORE = _tuned(_norm_quant_before, (4, 8, 16), ["dim"])
 _QUERY_BEFORE = _tuned(_query_before, (4, 8, 16), ["heads"])
 
@@ -181,10 +220,15 @@ def gelu_variants(x: torch.Tensor) -> dict[str, Callable]:
         flags = {"QMAX": 448.0, "ROUND": False, "GELU": True, "CHUNK": chunk}
         return variant(lambda q, s: _ROWS_CHUNKED[(rows,)](x, q, s, width, **flags))
 
+    def from_max(chunk: int, reciprocal: bool) -> Callable:
+        return variant(lambda q, s: _GELU_FROM_MAX[(rows,)](x, q, s, width, CHUNK=chunk, RECIPROCAL=reciprocal))
+
     before = variant(lambda q, s: _GELU_BEFORE[(rows,)](x, q, s, width, BLOCK=triton.next_power_of_2(width)))
     return {"before": before, "product": lambda: quantize_rows(x, E4M3, gelu=True, tuned=True),
             **{f"product, {c} values at a time": chunked(c) for c in CHUNKS},
             "product, reciprocal": reciprocal(False), "product, reciprocal + one correction": reciprocal(True),
+            **{f"amax from the row's max, {c} at a time{', reciprocal' if r else ''}": from_max(c, r)
+               for c in (ROW_CHUNK, 1024) for r in (False, True)},
             "cast (no reduction)": cast_variant(x)}  # fmt: skip
 
 
