@@ -44,14 +44,16 @@ def _rung_rows(results: dict) -> list[str]:
 
 def _floor_rows(results: dict) -> list[str]:
     rows = [
-        "| kernels | " + " | ".join(LAYERS) + " | self-attention | cross-attention | floor s / forward |",
-        "|---|" + "---|" * (len(LAYERS) + 3),
+        "| kernels | " + " | ".join(LAYERS) + " | self-attention | cross-attention | floor s / forward (back to back) "
+        "| the same, kernels timed apart |",
+        "|---|" + "---|" * (len(LAYERS) + 4),
     ]
     for key, f in results["floors"].items():
         cells = [f"{f['kernels'][n]['s'] * 1e3:.3f} ms ({f['kernels'][n]['tflops']:.0f})" for n in LAYERS]
         attn = [f"{f['kernels'][n]['s'] * 1e3:.2f} ms ({f['kernels'][n]['tflops']:.0f})"
                 for n in ("self_attention", "cross_attention")]  # fmt: skip
-        rows.append(f"| {key} | " + " | ".join(cells + attn) + f" | {f['floor_s']:.3f} |")
+        apart = _num(f.get("floor_kernels_apart_s"), ".3f")
+        rows.append(f"| {key} | " + " | ".join(cells + attn) + f" | {f['floor_s']:.3f} | {apart} |")
     return rows
 
 
@@ -94,7 +96,8 @@ def markdown(results: dict) -> str:
         f"forward{'s' if results['reps'] != 1 else ''} per rung after the first; {results['tokens']:,} video tokens).",
         "",
         "One forward = the transformer on one CFG branch; a step with CFG = two. *x own floor*: the forward over the "
-        "time its own GEMMs and attention kernels take alone, timed in this run (table below). *First call*: "
+        "time its own GEMMs and attention kernels take alone, back to back for every block, timed in this run "
+        "(table below). *First call*: "
         "compilation and graph capture included. Peak GiB: the rung's weights plus its forward's working memory. "
         "Step-cache and distilled rungs: the error of the forward they compute (skipping's error depends on real "
         "weights and is not measured here).",

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from . import fused_quant, prequantized
-from .fused_quant import ROW_CHUNK, quantized_values, row_scale
+from .fused_quant import ROW_CHUNK, quantized_values, row_reciprocal, row_scale
 
 # what _norm_kernel adds to x before normalising it (constexpr: read inside the kernel)
 NO_RESIDUAL, ADD, GATED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
@@ -78,7 +78,7 @@ def _norm_kernel(
         diff = tl.where(mask, x - mean, 0.0)
         acc += diff * diff
     rstd = tl.rsqrt(tl.sum(acc, axis=0) / dim + eps)
-    s = 1.0
+    r = 1.0
     if QUANT:  # the linear quantizes the output as stored
         acc = tl.zeros((CHUNK,), dtype=tl.float32)
         for c in range(0, dim, CHUNK):
@@ -87,8 +87,9 @@ def _norm_kernel(
             x = _stream(x_ptr, r_ptr, gate_ptr, sum_ptr, row * dim + cols, batch * dim + cols, mask, RESIDUAL)
             y = _normed(x, mean, rstd, a_ptr, b_ptr, cols, batch * dim + cols, mask, dt, AFFINE)
             acc = tl.maximum(acc, tl.where(mask, tl.abs(y), 0.0))
-        s = row_scale(tl.max(acc, axis=0), QMAX)
-        tl.store(q_scale_ptr + row, s)
+        amax = tl.max(acc, axis=0)
+        r = row_reciprocal(amax, QMAX)
+        tl.store(q_scale_ptr + row, row_scale(amax, QMAX))
     for c in range(0, dim, CHUNK):
         cols = c + tl.arange(0, CHUNK)
         mask = cols < dim
@@ -97,7 +98,7 @@ def _norm_kernel(
         if STORE:
             tl.store(out_ptr + row * dim + cols, y.to(dt), mask=mask)
         if QUANT:
-            v = quantized_values(y, s, QMAX, ROUND)
+            v = quantized_values(y, r, QMAX, ROUND)
             tl.store(q_ptr + row * dim + cols, v.to(q_ptr.dtype.element_ty), mask=mask)
 
 

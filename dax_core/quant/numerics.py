@@ -28,10 +28,13 @@ def quantize(t: torch.Tensor, dtype: torch.dtype, per_row: bool) -> tuple[torch.
     top = qmax(dtype)
     tf = t.float()
     amax = tf.abs().amax(dim=-1, keepdim=True) if per_row else tf.abs().amax()
-    # a tensor divisor: PyTorch's CUDA division by a Python scalar multiplies by its rounded reciprocal, which differs
-    # from an IEEE division in the last bit; tensor by tensor divides exactly on every device
-    scale = amax.clamp(min=SCALE_FLOOR) / torch.full_like(amax, top)
-    scaled = (tf / scale).clamp(-top, top)
+    # tensor by tensor: an IEEE division on every device (PyTorch's CUDA division by a Python scalar multiplies by its
+    # rounded reciprocal, and a scalar divided by a tensor is a reciprocal times the scalar)
+    floored, top_t = amax.clamp(min=SCALE_FLOOR), torch.full_like(amax, top)
+    scale = floored / top_t
+    # times the reciprocal qmax / amax, not divided by the scale: as accurate (two roundings from t * qmax / amax
+    # either way) and, in the per-row kernels, one multiplication per value instead of an IEEE division
+    scaled = (tf * (top_t / floored)).clamp(-top, top)
     if dtype == torch.int8:
         scaled = scaled.round()
     return scaled.to(dtype), scale

@@ -14,13 +14,17 @@
 # profile-1.3b-dax, bench-dax-1.3b, ab-1.3b; row-kernels (variants of the per-row quantization kernels); sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity).
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl.
 # Each stage has a time limit, so one that hangs cannot take the others' time; the ladder writes after every rung.
-# Writes gpu.txt, run.log and each stage's results: ladder_*.{json,md}, peer_1.3b.{json,md}, profile_*.txt,
+# Writes gpu.txt, run.log, clocks.csv (SM clock, power, throttle reasons every 0.5 s) and each stage's results: ladder_*.{json,md}, peer_1.3b.{json,md}, profile_*.txt,
 # dax_kernels_14b.{json,md}, ab_14b.{json,md}.
 set -uo pipefail
 STAGE_SHOW="rung|passed|skipped|failed|error|Error"
 . tests/gpu/device_setup.sh
 LADDER_14B=${RUNGS:-stock,sage,fp8,compile,teacache,magcache,distill}  # INT8, the CUDA-graph pair: 1.3B only (time)
 AB_14B=${AB_RUNGS:-full,full_sage_inputs,full_input_kernels,full_dax}  # the full stack without, with either, both
+# the SM clock, power and throttle reasons twice a second, beside the stage times in run.log
+nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active --format=csv \
+  -lms 500 >"$OUT/clocks.csv" 2>/dev/null &
+CLOCKS=$!
 DAX_ACCELERATIONS='[{"kind": "quantize", "dtype": "fp8", "input_kernels": "dax"},
   {"kind": "attention", "backend": "sage", "sage_inputs": "fused"}, {"kind": "compile"}]'
 
@@ -64,4 +68,5 @@ for f in "$OUT"/ladder_*.md "$OUT"/peer_*.md "$OUT"/ab_*.md; do [ -f "$f" ] && s
 for f in "$OUT"/dax_kernels_*.md; do [ -f "$f" ] && sed -n '/^| site/,/^Sum/p' "$f"; done
 for f in "$OUT"/sage_variants.md "$OUT"/row_kernels.md; do [ -f "$f" ] && cat "$f"; done
 for f in "$OUT"/profile_*.txt; do [ -f "$f" ] && head -30 "$f"; done
+kill $CLOCKS 2>/dev/null
 echo "== done $(date +%T)" | tee -a "$LOG"

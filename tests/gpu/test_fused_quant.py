@@ -1,6 +1,6 @@
-"""The one-pass per-row quantization kernels on the GPU: bit for bit ``numerics.quantize`` (the same IEEE division,
-clamp and round-to-nearest-even cast), and an eager FP8 Wan model with its inputs quantized in the norm kernels
-against the same model quantizing in each layer."""
+"""The per-row quantization kernels on the GPU: bit for bit ``numerics.quantize`` (the same IEEE divisions for the
+scale and reciprocal, multiplication, clamp and round-to-nearest-even cast), and an eager FP8 Wan model with its
+inputs quantized in the norm kernels against the same model quantizing in each layer."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from dax_core.quant.config import QuantizeConfig
 from dax_core.quant.fused_inputs import GeluQuantFfn
 from dax_core.quant.numerics import quantize
 from tests.numerics import rel_error
+from tests.unit.fused_quant_interpreted import gelu_bound_breaches, gelu_rows, gelu_values
 from tests.unit.tiny_wan import fill_checkpoint_like_
 
 DTYPES = [torch.float8_e4m3fn, torch.float8_e5m2, torch.int8]
@@ -63,6 +64,26 @@ def test_gelu_quantize_rows_equals_quantize_of_torch_gelu(width):
     assert (codes - codes_ref).abs().max() <= 1
     assert (codes != codes_ref).float().mean() < 1e-3
     assert ((scale - scale_ref).abs() <= scale_ref * 2**-7).all()  # at most one bf16 step of the amax
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gelu_amax_from_the_row_max_rests_on_every_value(dtype):
+    # the GPU's exp and division, not the interpreter's: over every finite 16-bit value, no GELU at or above the bound
+    # below a smaller value's, no negative value's |GELU| at the bound
+    breaches = gelu_bound_breaches(dtype, "cuda")
+    assert breaches["decreases"] == 0 and breaches["negative_over_bound"] == 0, breaches
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("width", [8960, 13824, 200])
+def test_gelu_quantize_rows_equals_quantize_of_its_own_gelu(dtype, width):
+    # rows whose amax comes from their max, small and all-negative rows (every value's GELU), one whose amax is a
+    # negative value's: the codes and scales of quantizing the kernel's own GELU values, bit for bit
+    h = gelu_rows(dtype, width, torch.Generator().manual_seed(width), "cuda").repeat(50, 1)
+    q, scale = fused_quant.quantize_rows(h, torch.float8_e4m3fn, gelu=True)
+    q_ref, scale_ref = quantize(gelu_values(h), torch.float8_e4m3fn, per_row=True)
+    assert torch.equal(scale, scale_ref)
+    assert torch.equal(_codes(q), _codes(q_ref))
 
 
 @pytest.mark.parametrize("site", ["modulated", "add_modulated", "gated_affine"])

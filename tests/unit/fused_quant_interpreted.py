@@ -15,6 +15,8 @@ import json
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from dax_core.models import fused_ops, fused_quant, prequantized
 from dax_core.quant.numerics import SCALE_FLOOR, qmax, quantize
@@ -26,8 +28,9 @@ DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2, "int8"
 def precast(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``quantize``'s values just before its cast (and its scales), from the same float32 ops."""
     top = qmax(dtype)
-    scale = x.float().abs().amax(dim=-1, keepdim=True).clamp(min=SCALE_FLOOR) / top
-    scaled = (x.float() / scale).clamp(-top, top)
+    floored = x.float().abs().amax(dim=-1, keepdim=True).clamp(min=SCALE_FLOOR)
+    scaled = (x.float() * (torch.full_like(floored, top) / floored)).clamp(-top, top)  # IEEE: tensor by tensor
+    scale = floored / top
     return (scaled.round() if dtype == torch.int8 else scaled), scale
 
 
@@ -44,6 +47,51 @@ def mismatch(stored: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, dtype: 
         "scales": int((scale != ref_scale).sum()) + int((scale != s).sum()),
         "codes_differ": not same_codes,
     }
+
+
+@triton.jit
+def _gelu_values_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + i, mask=i < n, other=0.0)
+    tl.store(out_ptr + i, fused_quant._activation(x, True), mask=i < n)
+
+
+def gelu_values(x: torch.Tensor) -> torch.Tensor:
+    """The quantizer's own GELU of each value of ``x`` (rounded to x's dtype), in float32."""
+    out = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+    _gelu_values_kernel[(triton.cdiv(x.numel(), 1024),)](x.contiguous(), out, x.numel(), BLOCK=1024)
+    return out
+
+
+def every_value(dtype: torch.dtype, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Every finite value of a 16-bit float dtype: (non-negative ascending, negative), from its bit patterns."""
+    bits = torch.arange(0, 1 << 15, dtype=torch.int32, device=device).to(torch.int16)
+    values = bits.view(dtype)
+    finite = values[torch.isfinite(values)]
+    return finite, -finite[1:]
+
+
+def gelu_bound_breaches(dtype: torch.dtype, device: str = "cpu") -> dict:
+    """Where the rounded GELU breaks what ``fused_quant.gelu_amax`` rests on: a non-negative value whose GELU reaches
+    the bound while a smaller value's GELU is larger, or a negative value whose |GELU| reaches the bound. Both counts
+    must be 0. (Below the bound the quantizer takes every value's GELU: the interpreter's subnormal arithmetic is
+    not monotone there.)"""
+    positive, negative = every_value(dtype, device)
+    g = gelu_values(positive)
+    bound = float(fused_quant.GELU_NEGATIVE_BOUND.value)
+    over = gelu_values(negative).abs() >= bound
+    return {"decreases": int(((g >= bound) & (g < g.cummax(0).values)).sum()), "negative_over_bound": int(over.sum()),
+            "values": positive.numel() + negative.numel()}  # fmt: skip
+
+
+def gelu_rows(dtype: torch.dtype, width: int, g: torch.Generator, device: str = "cpu") -> torch.Tensor:
+    """16-bit rows for the GELU quantizer: large values (amax from the row's max), small ones and all-negative ones
+    (GELU of the max below the bound: every value's GELU), one whose largest |GELU| is a negative value's."""
+    x = torch.randn(6, width, generator=g) * torch.tensor([[3.0], [1.0], [0.05], [0.2], [1.0], [1.0]])
+    x[4] = -x[4].abs()
+    x[5] = -x[5].abs() * 0.75
+    x[5, :7] = 0.01  # tiny positives: GELU of the max is 0.005, the amax |GELU(-0.75)| about 0.17
+    return x.to(dtype).to(device)
 
 
 def rows(width: int, g: torch.Generator) -> torch.Tensor:
@@ -77,6 +125,12 @@ def main() -> None:
             "scale_rel": rel_error(scale, gelu.abs().amax(-1, keepdim=True) / 448.0),
             "dequantized_rel": rel_error(stored * scale, gelu),
         }
+        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):  # the amax from each row's max
+            h16 = gelu_rows(dtype, width, g)
+            stored, scale = fused_quant.quantize_rows(h16, torch.float8_e4m3fn, gelu=True, storage=torch.float32)
+            out[f"gelu_rows_exact/{name}/{width}"] = mismatch(stored, scale, gelu_values(h16), torch.float8_e4m3fn)
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        out[f"gelu_bound/{name}"] = gelu_bound_breaches(dtype)
     f32, e4m3 = torch.float32, torch.float8_e4m3fn
     for dim in (1536, 5120, 200):
         x = torch.randn(2, 7, dim, generator=g) * 3 + 1

@@ -46,8 +46,10 @@ def test_a_prepared_attention_kernel_is_timed_alone_on_inputs_prepared_once():
     prepared = _Counting(FusedSageInputs(torch.bfloat16))
     model.set_attention(dataclasses.replace(sdpa, run=_refused, prepared=prepared))
     floor = measure_floor(model, case, torch.device("cpu"), reps=REPS)
-    # one preparation per attention (self, cross), then only the kernel, in the warm-up and the timed calls
-    assert prepared.calls == {"query": 2, "key": 2, "value": 2, "attend": 2 * (WARMUP + REPS)}
+    # one preparation per attention (self, cross), then only the kernel: in the warm-up and the timed calls, then
+    # once per block in the sequence of every kernel back to back
+    layers = case.spec.num_layers
+    assert prepared.calls == {"query": 2, "key": 2, "value": 2, "attend": 2 * (WARMUP + REPS + layers)}
     assert floor["kernels"]["self_attention"]["s"] > 0 and floor["kernels"]["cross_attention"]["s"] > 0
 
 
@@ -66,4 +68,5 @@ def test_an_attention_function_without_a_fused_preparation_is_timed_as_the_model
     measure_floor(model, case, torch.device("cpu"), reps=REPS)
     h, d = case.spec.num_heads, case.spec.head_dim
     video, text = (1, case.tokens, h, d), (1, TEXT_TOKENS, h, d)
-    assert shapes == [(video, video)] * (WARMUP + REPS) + [(video, text)] * (WARMUP + REPS)
+    per_kernel = [(video, video)] * (WARMUP + REPS) + [(video, text)] * (WARMUP + REPS)
+    assert shapes == per_kernel + [(video, video), (video, text)] * case.spec.num_layers
