@@ -48,15 +48,6 @@ def _normed(x, mean, rstd, a_ptr, b_ptr, cols, batch_cols, mask, out_dtype: tl.c
 
 
 @triton.jit
-def _welford_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
-    """Two partial (mean, sum of squared deviations, count) into one (Chan et al.); an empty part leaves the other."""
-    n = n_a + n_b
-    w = tl.where(n > 0, n_b / tl.maximum(n, 1.0), 0.0)
-    delta = mean_b - mean_a
-    return mean_a + delta * w, m2_a + m2_b + delta * delta * n_a * w, n
-
-
-@triton.jit
 def _restream(x_ptr, sum_ptr, offsets, mask, RESIDUAL: tl.constexpr):
     """The stream values of the first pass, in float32, for the later ones: as stored (the sum, rounded) or x."""
     if RESIDUAL != NO_RESIDUAL:
@@ -74,29 +65,31 @@ def _norm_kernel(
 ):  # fmt: skip
     # One row: optionally x + r or x + r * gate (stored: the residual stream), then LayerNorm with a per-batch
     # modulation (a = shift, b = scale) or a per-channel affine (a = weight, b = bias), then optionally the
-    # output's per-row quantization. CHUNK values at a time, in passes over the row: the stream with its mean and
-    # squared deviations (Welford's update per lane, the lanes merged at the end), (QUANT) the output's amax, then
-    # the output and its codes. The row is read from memory once; the later passes read the stream as stored (one
-    # tensor, not x and r) from L2. STORE off: the output is only quantized.
+    # output's per-row quantization. CHUNK values at a time, in passes over the row: the stream and its sum, the sum
+    # of squared deviations, (QUANT) the output's amax, then the output and its codes. The row is read from memory
+    # once; the later passes read the stream as stored (one tensor, not x and r, and no sum to form again) from L2.
+    # STORE off: the output is only quantized.
     row = tl.program_id(0).to(tl.int64)
     batch = row // tokens
     dt = out_ptr.dtype.element_ty
-    mean = tl.zeros((CHUNK,), dtype=tl.float32)
-    m2 = tl.zeros((CHUNK,), dtype=tl.float32)
-    count = tl.zeros((CHUNK,), dtype=tl.float32)
+    acc = tl.zeros((CHUNK,), dtype=tl.float32)
     for c in range(0, dim, CHUNK):
         cols = c + tl.arange(0, CHUNK)
         mask = cols < dim
         x = _stream(x_ptr, r_ptr, gate_ptr, sum_ptr, row * dim + cols, batch * dim + cols, mask, RESIDUAL)
         if RESIDUAL != NO_RESIDUAL:
             tl.store(sum_ptr + row * dim + cols, x.to(sum_ptr.dtype.element_ty), mask=mask)
-        count += mask.to(tl.float32)
-        delta = tl.where(mask, x - mean, 0.0)
-        mean += delta / tl.maximum(count, 1.0)
-        m2 += delta * tl.where(mask, x - mean, 0.0)
-    mean, m2, _ = tl.reduce((mean, m2, count), 0, _welford_merge)
-    rstd = tl.rsqrt(m2 / dim + eps)
-    tl.debug_barrier()  # the stored stream, written by every thread of the program, is read back below
+        acc += x
+    mean = tl.sum(acc, axis=0) / dim
+    if RESIDUAL != NO_RESIDUAL:
+        tl.debug_barrier()  # the stored stream, written by every thread of the program, is read back below
+    acc = tl.zeros((CHUNK,), dtype=tl.float32)
+    for c in range(0, dim, CHUNK):
+        cols = c + tl.arange(0, CHUNK)
+        mask = cols < dim
+        diff = tl.where(mask, _restream(x_ptr, sum_ptr, row * dim + cols, mask, RESIDUAL) - mean, 0.0)
+        acc += diff * diff
+    rstd = tl.rsqrt(tl.sum(acc, axis=0) / dim + eps)
     r = 1.0
     if QUANT:  # the linear quantizes the output as stored
         acc = tl.zeros((CHUNK,), dtype=tl.float32)
