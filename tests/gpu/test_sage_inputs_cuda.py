@@ -118,7 +118,9 @@ def test_query_codes_and_scales_are_sages_own_of_the_same_values(sage2, case, wi
         f"codes: {equal:.6f} equal to Sage's quantization of Wan's norm, largest difference {step.max().item()}, "
         f"{(step > apart).sum().item()} codes further apart than the roundings allow"
     )
-    assert ((scale - s_ref).abs() <= s_ref * 2**-7).all() and _codes_equal_fraction(scale, s_ref) > 0.99
+    # a group's scale is its amax / 127: its amax is one of its values, which may round to a bf16 two ulps (2^-6 of
+    # it) from the reference's, as the codes' bound above has it (one scale at 14B cross-attention was beyond 2^-7)
+    assert ((scale - s_ref).abs() <= s_ref * 2**-6 * (1 + 2**-7)).all() and _codes_equal_fraction(scale, s_ref) > 0.99
 
 
 @pytest.mark.parametrize("case", list(CASES))
