@@ -12,18 +12,17 @@ one write):
   of the kernels as they were, kept here to measure against);
 - ``product``: DAX's kernels now (``fused_quant``, ``fused_ops``, ``sage_inputs``): the row CHUNK values (Q: a few
   heads) at a time, a pass for its statistics and one that writes (the later reads hit L2);
-- ``product, reciprocal`` (GELU only): multiplying by the row's reciprocal scale instead of an IEEE division;
-  ``+ one correction``: then one Markstein step (two FMAs), which gives the correctly rounded quotient up to the
-  sign of a zero (measured on an H200 before the zero took ``y``'s sign: 0.9934 of the codes equal, the others -0
-  written as +0 where GELU underflows to -0, as emulated arithmetic with exact FMAs reproduces). Triton's interpreter
-  cannot check it: its ``fma`` rounds the product and the sum apart;
+- ``product, reciprocal`` (GELU only): the kernel before its amax came from the row's max, multiplying by the
+  reciprocal of the row's scale instead of an IEEE division;
+  ``+ one correction``: then one Markstein step (two FMAs) and a zero given ``y``'s sign, which gives the correctly
+  rounded quotient (on an H200 every code equal to ``before``'s; without the sign, -0 was written as +0 where GELU
+  underflows). Triton's interpreter cannot check it: its ``fma`` rounds the product and the sum apart;
 - ``product, N values at a time`` (GELU and the norm): the product's kernel holding N values of the row at a time
-  instead of ``ROW_CHUNK`` (512), its warps tuned from 1 to 16: whether more bytes in flight per program (16-byte
-  loads for every thread at 4 warps or more) close the distance to the cast's bandwidth;
-- ``amax from the row's max`` (GELU): GELU is increasing on x >= 0 and above -0.17 below it, so where GELU of the
-  row's max reaches 0.171875 it is the row's amax of |GELU|: the first pass reads the row's max alone and GELU is
-  computed once per value instead of twice (a row of small values takes the product's two passes); with or without
-  the reciprocal;
+  instead of its own (``ROW_CHUNK``, 512; GELU's ``GELU_CHUNK``, 1024), its warps tuned from 1 to 16: whether more
+  bytes in flight per program (16-byte loads for every thread at 4 warps or more) close the distance to the cast's
+  bandwidth;
+- ``amax from the row's max`` (GELU): the product's ``gelu_amax`` (the first pass reads the row's max alone and GELU
+  is computed once per value instead of twice), then an IEEE division per value or the reciprocal of the scale;
 - ``cast``: a load and an fp8 cast of the same bytes, no reduction: the bandwidth this GPU gives such a kernel.
 
 Each variant's codes are compared with ``before``'s (the fraction equal).
@@ -43,7 +42,7 @@ from dax_core.attention.sage_inputs import INT8_EPS, _int8_codes, _rounded
 from dax_core.attention.sage_layout import query_scale_count
 from dax_core.bench.timing import median, timed
 from dax_core.models import fused_ops, fused_quant
-from dax_core.models.fused_quant import ROW_CHUNK, SCALE_FLOOR, gelu_tanh, quantize_rows
+from dax_core.models.fused_quant import ROW_CHUNK, SCALE_FLOOR, gelu_amax, gelu_tanh, quantize_rows
 from tests.benchmarks.common import run_kernel_bench
 
 log = logging.getLogger("bench_row_kernels")
@@ -80,12 +79,7 @@ def _gelu_quant_before(x_ptr, q_ptr, s_ptr, width, BLOCK: tl.constexpr):
 def _gelu_quant_reciprocal(x_ptr, q_ptr, s_ptr, width, CHUNK: tl.constexpr, CORRECT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = x_ptr + row * width
-    acc = tl.zeros((CHUNK,), dtype=tl.float32)
-    for c in range(0, width, CHUNK):
-        cols = c + tl.arange(0, CHUNK)
-        x = tl.load(base + cols, mask=cols < width, other=0.0)
-        acc = tl.maximum(acc, tl.abs(gelu_tanh(x.to(tl.float32)).to(x.dtype).to(tl.float32)))
-    s = tl.math.div_rn(tl.maximum(tl.max(acc, axis=0), SCALE_FLOOR), QMAX)
+    s = tl.math.div_rn(tl.maximum(fused_quant._amax_pass(x_ptr, row * width, width, True, CHUNK), SCALE_FLOOR), QMAX)
     r = tl.math.div_rn(1.0, s)
     for c in range(0, width, CHUNK):
         cols = c + tl.arange(0, CHUNK)
@@ -102,28 +96,13 @@ def _gelu_quant_reciprocal(x_ptr, q_ptr, s_ptr, width, CHUNK: tl.constexpr, CORR
     tl.store(s_ptr + row, s)
 
 
-GELU_NEGATIVE_BOUND = tl.constexpr(0.171875)  # above |GELU(x)| for every x < 0 (at most 0.16997), bf16-rounded
-
-
 @triton.jit
 def _gelu_quant_from_max(x_ptr, q_ptr, s_ptr, width, CHUNK: tl.constexpr, RECIPROCAL: tl.constexpr):
-    # GELU is increasing on x >= 0 and |GELU| < 0.171875 below 0: when GELU(max x) reaches that bound, it is the row's
-    # amax of |GELU|, so the first pass reads the row's max alone and GELU is computed once per value, not twice.
+    # the product's amax (``gelu_amax``: the row's max alone, GELU once per value), then an IEEE division per value
+    # or the reciprocal
     row = tl.program_id(0).to(tl.int64)
     base = x_ptr + row * width
-    top = tl.zeros((CHUNK,), dtype=tl.float32)
-    for c in range(0, width, CHUNK):
-        cols = c + tl.arange(0, CHUNK)
-        top = tl.maximum(top, tl.load(base + cols, mask=cols < width, other=0.0).to(tl.float32))
-    x_top = tl.max(top, axis=0)
-    amax = gelu_tanh(x_top).to(x_ptr.dtype.element_ty).to(tl.float32)
-    if amax < GELU_NEGATIVE_BOUND:  # a row of small values: the amax of every value's GELU, as the product takes it
-        acc = tl.zeros((CHUNK,), dtype=tl.float32)
-        for c in range(0, width, CHUNK):
-            cols = c + tl.arange(0, CHUNK)
-            x = tl.load(base + cols, mask=cols < width, other=0.0)
-            acc = tl.maximum(acc, tl.abs(gelu_tanh(x.to(tl.float32)).to(x.dtype).to(tl.float32)))
-        amax = tl.max(acc, axis=0)
+    amax = gelu_amax(x_ptr, row * width, width, CHUNK)
     s = tl.math.div_rn(tl.maximum(amax, SCALE_FLOOR), QMAX)
     r = tl.math.div_rn(1.0, s)
     for c in range(0, width, CHUNK):
