@@ -11,7 +11,7 @@ the 8-bit values. ``row_scale``, ``row_reciprocal`` and ``quantized_values`` are
 A row is held ``ROW_CHUNK`` values at a time (``GELU_CHUNK`` with GELU), in two passes (its amax, then its codes):
 a whole row in registers, padded to a power of two, idled up to 45 % of the lanes at Wan's widths and kept too few
 rows in flight. With GELU on 16-bit activations the first pass reads the row's max alone (``gelu_amax``), so GELU
-is computed once per value: on an H200 at Wan 14B's FFN, 1.45 ms instead of 2.65 ms per call
+is computed once per value; with the reciprocal, on an H200 at Wan 14B's FFN, 1.39 ms instead of 2.65 ms per call
 (``tests/benchmarks/bench_row_kernels.py``).
 """
 
@@ -120,7 +120,8 @@ def _quantize_rows_kernel(
 ROW_CHUNK = 512
 """Values of a row the row quantizer holds at a time (Wan's widths are multiples of it, or nearly: 8960)."""
 GELU_CHUNK = 1024
-"""The same with GELU, whose arithmetic leaves more time to a wider load (1.45 against 1.51 ms at 14B, H200)."""
+"""The same with GELU (on an H200, three runs at 14B: 1.34-1.45 ms at 1024 values, 1.30-1.51 ms at 512, level within
+their spread; 1024 was the faster at 1.3B in two of them)."""
 _quantize_rows_kernel_tuned = triton.autotune(
     configs=[triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16)], key=["width", "GELU"]
 )(_quantize_rows_kernel)
