@@ -14,8 +14,8 @@
 # profile-1.3b-dax, bench-dax-1.3b, ab-1.3b; row-kernels (variants of the per-row quantization kernels); sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity).
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl.
 # Each stage has a time limit, so one that hangs cannot take the others' time; the ladder writes after every rung.
-# Writes gpu.txt, run.log, clocks.csv (SM clock, power, throttle reasons every 0.5 s) and each stage's results: ladder_*.{json,md}, peer_1.3b.{json,md}, profile_*.txt,
-# dax_kernels_14b.{json,md}, ab_14b.{json,md}.
+# Writes gpu.txt, run.log, clocks.csv (SM clock, power, throttle reasons every 0.5 s) and each stage's results:
+# ladder_*.{json,md}, peer_1.3b.{json,md}, profile_*.txt, dax_kernels_14b.{json,md}, ab_14b.{json,md}.
 set -uo pipefail
 STAGE_SHOW="rung|passed|skipped|failed|error|Error"
 . tests/gpu/device_setup.sh
