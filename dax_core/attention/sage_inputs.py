@@ -201,27 +201,20 @@ def _check(x: torch.Tensor, num_heads: int) -> tuple[int, int, int, int]:
     return b, s, dim, head_dim
 
 
-def _tuned(kernel, key: list[str]):
-    return triton.autotune(configs=[triton.Config({}, num_warps=w) for w in (4, 8, 16)], key=key)(kernel)
+WARPS = {_query_kernel: 2, _key_norm_kernel: 4, _key_quant_kernel: 8, _value_amax_kernel: 1, _value_fp8_kernel: 4}
+"""Each kernel's warps, as measured on an H200 at Wan 1.3B's and 14B's shapes (``bench_row_kernels``, 1 to 16
+warps: the fastest at both, or within 6 % of it at 1.3B where 14B's fastest is slower there): fixed, not tuned at
+the first call, so that a new process compiles one kernel per shape and every GPU reduces in the same order. V's
+amax at one warp: 0.52 ms at 14B against 0.78 ms at four."""
 
 
-_TUNED = {
-    _query_kernel: _tuned(_query_kernel, ["heads", "CHUNK", "HALF", "ROPE"]),
-    _key_norm_kernel: _tuned(_key_norm_kernel, ["heads", "CHUNK", "HALF", "ROPE"]),
-    _key_quant_kernel: _tuned(_key_quant_kernel, ["heads", "D"]),
-    _value_amax_kernel: _tuned(_value_amax_kernel, ["width"]),
-    _value_fp8_kernel: _tuned(_value_fp8_kernel, ["heads", "D"]),
-}
-"""Each kernel with its warps timed on the GPU at its first use per shape (Triton's autotuner: every kernel here
-writes the same outputs however often it runs, the atomic max included)."""
+def kernel_warps(kernel) -> int:
+    """The warps ``kernel`` launches with (``WARPS``)."""
+    return WARPS[kernel]
 
 
-def _launch(kernel, grid: tuple[int, ...], on: torch.Tensor, *args, **constants) -> None:
-    """Autotuned on a GPU; in Triton's interpreter (CPU tensors), the kernel with 4 warps."""
-    if on.is_cuda:
-        _TUNED[kernel][grid](*args, **constants)
-    else:
-        kernel[grid](*args, **constants, num_warps=4)
+def _launch(kernel, grid: tuple[int, ...], *args, **constants) -> None:
+    kernel[grid](*args, **constants, num_warps=kernel_warps(kernel))
 
 
 def head_chunk(num_heads: int) -> int:
@@ -252,7 +245,7 @@ def query(
     scale = torch.empty(b, num_heads, n_scales, device=x.device, dtype=torch.float32)
     cos, sin = _rope_args(x, rope)
     _launch(
-        _query_kernel, (n_scales, b), x, x, weight.to(x.dtype).contiguous(), cos, sin, codes, scale, s, num_heads,
+        _query_kernel, (n_scales, b), x, weight.to(x.dtype).contiguous(), cos, sin, codes, scale, s, num_heads,
         n_scales, eps, CHUNK=head_chunk(num_heads), HALF=head_dim // 2, ROPE=rope is not None,
     )  # fmt: skip
     return codes, scale
@@ -272,7 +265,7 @@ def key_normed(
     k = torch.empty(b, s, num_heads, head_dim, device=x.device, dtype=x.dtype)
     cos, sin = _rope_args(x, rope)
     _launch(
-        _key_norm_kernel, (L.cdiv(s, 2), b), x, x, weight.to(x.dtype).contiguous(), cos, sin, k, s, num_heads, eps,
+        _key_norm_kernel, (L.cdiv(s, 2), b), x, weight.to(x.dtype).contiguous(), cos, sin, k, s, num_heads, eps,
         CHUNK=head_chunk(num_heads), HALF=head_dim // 2, ROPE=rope is not None,
     )  # fmt: skip
     return k, k.mean(dim=1, keepdim=True)
@@ -285,7 +278,7 @@ def key_quantized(k: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, to
     n_scales = L.key_scale_count(s)
     codes = torch.empty(b, s, h, d, device=k.device, dtype=torch.int8)
     scale = torch.empty(b, h, n_scales, device=k.device, dtype=torch.float32)
-    _launch(_key_quant_kernel, (n_scales, h, b), k, k.contiguous(), mean.contiguous(), codes, scale, s, h, n_scales,
+    _launch(_key_quant_kernel, (n_scales, h, b), k.contiguous(), mean.contiguous(), codes, scale, s, h, n_scales,
             D=d)  # fmt: skip
     return codes, scale
 
@@ -310,10 +303,10 @@ def value(v: torch.Tensor, num_heads: int, *, storage: torch.dtype | None = None
     v = v.contiguous()
     amax = torch.zeros(b, width, device=v.device, dtype=torch.float32)
     grid = (L.cdiv(s, AMAX_ROWS), L.cdiv(width, AMAX_COLS), b)
-    _launch(_value_amax_kernel, grid, v, v, amax, s, width, ROWS=AMAX_ROWS, COLS=AMAX_COLS)
+    _launch(_value_amax_kernel, grid, v, amax, s, width, ROWS=AMAX_ROWS, COLS=AMAX_COLS)
     padded = L.padded_tokens(s)
     out = torch.empty(b, head_dim, num_heads, padded, device=v.device, dtype=storage or torch.float8_e4m3fn)
     scale = torch.empty(b, num_heads, head_dim, device=v.device, dtype=torch.float32)
-    _launch(_value_fp8_kernel, (padded // L.K_BLOCK, num_heads, b), v, v, amax, out, scale, s, padded, num_heads,
+    _launch(_value_fp8_kernel, (padded // L.K_BLOCK, num_heads, b), v, amax, out, scale, s, padded, num_heads,
             D=head_dim)  # fmt: skip
     return out, scale

@@ -61,19 +61,19 @@ def _restream(x_ptr, sum_ptr, offsets, mask, RESIDUAL: tl.constexpr):
 def _norm_kernel(
     x_ptr, r_ptr, gate_ptr, sum_ptr, a_ptr, b_ptr, out_ptr, q_ptr, q_scale_ptr, tokens, dim, eps,
     RESIDUAL: tl.constexpr, AFFINE: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr, ROUND: tl.constexpr,
-    CHUNK: tl.constexpr, STORE: tl.constexpr = True,
+    CHUNK: tl.constexpr, UNROLL: tl.constexpr, STORE: tl.constexpr = True,
 ):  # fmt: skip
     # One row: optionally x + r or x + r * gate (stored: the residual stream), then LayerNorm with a per-batch
     # modulation (a = shift, b = scale) or a per-channel affine (a = weight, b = bias), then optionally the
     # output's per-row quantization. CHUNK values at a time, in passes over the row: the stream and its sum, the sum
     # of squared deviations, (QUANT) the output's amax, then the output and its codes. The row is read from memory
     # once; the later passes read the stream as stored (one tensor, not x and r, and no sum to form again) from L2.
-    # STORE off: the output is only quantized.
+    # STORE off: the output is only quantized. Each pass's loop is unrolled UNROLL times (``unroll``).
     row = tl.program_id(0).to(tl.int64)
     batch = row // tokens
     dt = out_ptr.dtype.element_ty
     acc = tl.zeros((CHUNK,), dtype=tl.float32)
-    for c in range(0, dim, CHUNK):
+    for c in tl.range(0, dim, CHUNK, loop_unroll_factor=UNROLL):
         cols = c + tl.arange(0, CHUNK)
         mask = cols < dim
         x = _stream(x_ptr, r_ptr, gate_ptr, sum_ptr, row * dim + cols, batch * dim + cols, mask, RESIDUAL)
@@ -84,7 +84,7 @@ def _norm_kernel(
     if RESIDUAL != NO_RESIDUAL:
         tl.debug_barrier()  # the stored stream, written by every thread of the program, is read back below
     acc = tl.zeros((CHUNK,), dtype=tl.float32)
-    for c in range(0, dim, CHUNK):
+    for c in tl.range(0, dim, CHUNK, loop_unroll_factor=UNROLL):
         cols = c + tl.arange(0, CHUNK)
         mask = cols < dim
         diff = tl.where(mask, _restream(x_ptr, sum_ptr, row * dim + cols, mask, RESIDUAL) - mean, 0.0)
@@ -93,7 +93,7 @@ def _norm_kernel(
     r = 1.0
     if QUANT:  # the linear quantizes the output as stored
         acc = tl.zeros((CHUNK,), dtype=tl.float32)
-        for c in range(0, dim, CHUNK):
+        for c in tl.range(0, dim, CHUNK, loop_unroll_factor=UNROLL):
             cols = c + tl.arange(0, CHUNK)
             mask = cols < dim
             x = _restream(x_ptr, sum_ptr, row * dim + cols, mask, RESIDUAL)
@@ -102,7 +102,7 @@ def _norm_kernel(
         amax = tl.max(acc, axis=0)
         r = row_reciprocal(amax, QMAX)
         tl.store(q_scale_ptr + row, row_scale(amax, QMAX))
-    for c in range(0, dim, CHUNK):
+    for c in tl.range(0, dim, CHUNK, loop_unroll_factor=UNROLL):
         cols = c + tl.arange(0, CHUNK)
         mask = cols < dim
         x = _restream(x_ptr, sum_ptr, row * dim + cols, mask, RESIDUAL)
@@ -157,10 +157,20 @@ def _warps(block: int) -> int:
     return max(4, min(16, block // 512))
 
 
-_norm_kernel_tuned = triton.autotune(
-    configs=[triton.Config({}, num_warps=w) for w in (1, 2, 4, 8)], key=["dim", "RESIDUAL", "AFFINE", "QUANT"]
-)(_norm_kernel)
-"""The norm kernel with its warps chosen on the GPU at first use per width and mode (``norm_quantized``)."""
+def unroll(width: int, chunk: int) -> int:
+    """How many times the norm kernel unrolls each pass's loop over a row ``chunk`` values at a time: once per chunk
+    of the row, at most 16. Rolled (ptxas unrolls it four times), a pass waits on a few loads at a time; unrolled,
+    it issues the row's loads together: on an H200 at 14B, 0.99 -> 0.89 ms at the residual + modulated LayerNorm,
+    1.07 -> 0.97 ms at the gated residual + LayerNorm, 0.75 -> 0.70 ms without a residual; at 1.3B 0.134 -> 0.127,
+    0.133 -> 0.137 and 0.108 -> 0.102 ms (``tests/benchmarks/bench_row_kernels.py``)."""
+    return max(1, min(16, triton.cdiv(width, chunk)))
+
+
+def norm_warps(dim: int) -> int:
+    """Warps per row of the norm kernel, as measured on an H200 at Wan's widths (``bench_row_kernels``: each
+    width's fastest of 1 to 16 warps): fixed, not tuned at the first call, so that a new process compiles one kernel
+    per site, not one per candidate, and every GPU reduces a row in the same order."""
+    return 2 if dim <= 2048 else 4  # each site's fastest: 1.3B's 1536 at 2, 14B's 5120 at 4
 
 
 def _norm(
@@ -193,11 +203,8 @@ def _norm(
         x if q is None else q, x if q_scale is None else q_scale, tokens, dim, eps,
     )  # fmt: skip
     flags = {"RESIDUAL": mode, "AFFINE": affine, "QUANT": quantize is not None, "QMAX": qmax, "ROUND": rounding,
-             "CHUNK": ROW_CHUNK, "STORE": store}  # fmt: skip
-    if not store and x.is_cuda:  # Triton's autotuner times configs on a GPU only (not in its interpreter)
-        _norm_kernel_tuned[(rows,)](*args, **flags)
-    else:
-        _norm_kernel[(rows,)](*args, **flags, num_warps=4)
+             "CHUNK": ROW_CHUNK, "UNROLL": unroll(dim, ROW_CHUNK), "STORE": store}  # fmt: skip
+    _norm_kernel[(rows,)](*args, **flags, num_warps=norm_warps(dim))
     return stream, out, q, q_scale
 
 

@@ -122,10 +122,15 @@ ROW_CHUNK = 512
 GELU_CHUNK = 1024
 """The same with GELU (on an H200, three runs at 14B: 1.34-1.45 ms at 1024 values, 1.30-1.51 ms at 512, level within
 their spread; 1024 was the faster at 1.3B in two of them)."""
-_quantize_rows_kernel_tuned = triton.autotune(
-    configs=[triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16)], key=["width", "GELU"]
-)(_quantize_rows_kernel)
-"""The row quantizer with its warps chosen on the GPU at first use per width (``quantize_rows(tuned=True)``)."""
+
+
+def row_warps(width: int, gelu: bool) -> int:
+    """Warps per row of the row quantizer, as measured on an H200 at Wan's widths (``bench_row_kernels``: each
+    width's fastest of 1 to 16 warps): fixed, not tuned at the first call, so that a new process compiles one kernel
+    per width, not one per candidate, and every GPU reduces a row in the same order."""
+    if gelu:  # 1 to 8 warps within 2 % of each other at 14B; 4 the fastest at 1.3B
+        return 4
+    return 4 if width > 2048 else 1  # 14B: 0.315 ms at 4 against 0.404 at 2; 1.3B: 0.046 at 1, 0.056 at 4
 
 
 def quant_constants(dtype: torch.dtype) -> tuple[float, bool]:
@@ -151,14 +156,12 @@ def quantize_rows(
     gelu: bool = False,
     *,
     storage: torch.dtype | None = None,
-    tuned: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``numerics.quantize(x, dtype, per_row=True)`` of a 2-d ``x`` in one kernel; with ``gelu``, of
     ``GELU_tanh(x)`` rounded to ``x.dtype`` (what ``nn.GELU(approximate="tanh")`` returns) without writing it.
 
     ``storage`` keeps the clamped, rounded values in another dtype instead of casting them (Triton's interpreter
-    converts float32 to float8 wrongly at binade edges; the CPU tests cast with PyTorch instead). ``tuned``: the
-    kernel's warps are timed on the GPU at first use per width (Triton's autotuner; no effect elsewhere).
+    converts float32 to float8 wrongly at binade edges; the CPU tests cast with PyTorch instead).
     """
     if x.ndim != 2:
         raise ValueError(f"quantize_rows takes [rows, width], got {tuple(x.shape)}")
@@ -168,8 +171,5 @@ def quantize_rows(
     q, scale = empty_quantized(rows, width, dtype, x.device, storage)
     if rows:
         flags = {"QMAX": qmax, "ROUND": rounding, "GELU": gelu, "CHUNK": GELU_CHUNK if gelu else ROW_CHUNK}
-        if tuned and x.is_cuda:
-            _quantize_rows_kernel_tuned[(rows,)](x, q, scale, width, **flags)
-        else:
-            _quantize_rows_kernel[(rows,)](x, q, scale, width, **flags, num_warps=4)
+        _quantize_rows_kernel[(rows,)](x, q, scale, width, **flags, num_warps=row_warps(width, gelu))
     return q, scale

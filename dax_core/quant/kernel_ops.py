@@ -11,7 +11,8 @@ one write of their tensors (GELU with ffn.2's quantization 3.8 ms a call where 3
   ``QuantLinear`` takes as its input;
 - GELU and ffn.2's quantization are one op (``gelu_quantize_rows``); any other 8-bit input one op (``quantize_rows``).
 
-On the GPU the kernels' warps are chosen by Triton's autotuner at first use. On the CPU the ops run the PyTorch
+On the GPU the kernels launch with the warps measured fastest at Wan's widths (``fused_quant.row_warps``,
+``fused_ops.norm_warps``). On the CPU the ops run the PyTorch
 definitions (``models.ops``, ``numerics.quantize``), the contract the kernels meet bit for bit (their interpreter
 tests and the GPU tier).
 """
@@ -112,7 +113,7 @@ def quantize_rows(x: torch.Tensor, dtype: torch.dtype, gelu: bool) -> tuple[torc
     kernels = _triton_kernels()
     if kernels is None:
         return _reference_rows(x, dtype, gelu)
-    return kernels[1].quantize_rows(x, dtype, gelu=gelu, tuned=True)
+    return kernels[1].quantize_rows(x, dtype, gelu=gelu)
 
 
 def _reference_rows(x, dtype, gelu):

@@ -1,6 +1,6 @@
 """The 8-bit linears' inputs quantized by DAX's kernels as custom ops (``QuantizeConfig.input_kernels="dax"``) on the
 GPU: the norm sites writing only the stream and the quantized rows give what the attaching kernels give, bit for bit;
-the autotuned row quantizer is ``numerics.quantize`` bit for bit; an FP8 Wan model on that path, eager and compiled,
+the row quantizer is ``numerics.quantize`` bit for bit; an FP8 Wan model on that path, eager and compiled,
 computes what the default path computes up to rare one-step codes."""
 
 from __future__ import annotations
@@ -57,18 +57,15 @@ def test_norm_quantize_writes_what_the_attaching_kernel_attaches(site, dim):
     got_stream, q, s = got
     if stream is not None:
         assert torch.equal(got_stream, stream)
-    # the same row arithmetic; the autotuner may pick other warps, whose float32 mean and variance sum in another
-    # order: a normed value on a bf16 rounding boundary may round the other way (its code moves one step), rarely
-    assert ((s - s_attached).abs() <= s_attached * 2**-7).all()
-    codes, ref = _codes(q).int(), _codes(q_attached).int()
-    assert (codes != ref).float().mean() < 1e-3
+    # one kernel with the same warps and loops (writing its output or not): the same sums in the same order
+    assert torch.equal(s, s_attached) and torch.equal(_codes(q), _codes(q_attached))
     q_ref, s_ref = quantize(normed.reshape(-1, dim), E4M3, per_row=True)  # and the attached is quantize's
     assert torch.equal(s_attached, s_ref) and torch.equal(_codes(q_attached), _codes(q_ref))
 
 
 @pytest.mark.parametrize("dtype", [E4M3, torch.int8], ids=str)
 @pytest.mark.parametrize("width", [1536, 5120, 13824])
-def test_the_autotuned_row_quantizer_is_quantize_bit_for_bit(dtype, width):
+def test_the_row_quantizer_is_quantize_bit_for_bit(dtype, width):
     g = torch.Generator(device="cuda").manual_seed(width)
     x = (torch.randn(3001, width, generator=g, device="cuda") * 3).bfloat16()
     q, scale = kernel_ops.quantize_rows(x, dtype, False)

@@ -68,7 +68,7 @@ def test_kernels_compile_for_hopper_with_exact_division_and_rounding():
     for mode, affine in ((0, False), (1, False), (2, True)):
         for store in (True, False):  # False: the quantized rows alone (kernel_ops)
             flags = {"RESIDUAL": mode, "AFFINE": affine, "QUANT": True, "QMAX": 448.0, "ROUND": False, "CHUNK": 512,
-                     "STORE": store}  # fmt: skip
+                     "UNROLL": 10, "STORE": store}  # fmt: skip
             ptx[f"norm/{mode}/{store}"] = _ptx(fused_ops._norm_kernel, norm, flags)
     # without the output, the only 2-byte stores left are the residual stream's (mode 0 has none)
     assert "st.global.b16" not in ptx["norm/0/False"] and "st.global.v4.b16" not in ptx["norm/0/False"]
@@ -79,3 +79,10 @@ def test_kernels_compile_for_hopper_with_exact_division_and_rounding():
         if "int8" not in name:
             assert "cvt.rn.satfinite.e4m3x2.f32" in text, name
     assert "div.full.f32" not in ptx["quantize_rows/fp8"], "an approximate division in the plain quantizer"
+    # unrolled ten times (14B's 5120 values, 512 at a time), each pass issues the row's ten loads together (rolled:
+    # one per iteration)
+    flags = {**flags, "RESIDUAL": 0, "AFFINE": False, "STORE": False}
+    assert fused_ops.unroll(5120, 512) == 10
+    assert ptx["norm/0/False"].count("ld.global") >= 8 * _ptx(
+        fused_ops._norm_kernel, norm, {**flags, "UNROLL": 1}
+    ).count("ld.global")
