@@ -6,7 +6,7 @@
 #   QUICK=1 bash tests/gpu/run_ladder_on_device.sh                # one timed forward per rung
 #   AB_RUNGS=full,full_dax bash tests/gpu/run_ladder_on_device.sh ab-14b   # some of the A/B rungs
 #   RUNGS=stock,compile bash tests/gpu/run_ladder_on_device.sh ladder-peer-14b  # some of the 14B ladder's rungs
-# Stages: kernels, gpu-tier (all of tests/gpu), cold-14b (stock, then the full stack's first call), ladder-14b, ladder-1.3b, profile-14b, profile-1.3b (kernel tables of
+# Stages: kernels, gpu-tier (all of tests/gpu), cold-14b (the full stack's first call, empty caches), ladder-14b, ladder-1.3b, profile-14b, profile-1.3b (kernel tables of
 # the full stack's forward), peer-1.3b (diffusers' line: needs .whl with diffusers, torchao, ...), ladder-peer-1.3b
 # (both in one run), ladder-peer-14b (the same at 14B: diffusers' compile alone takes minutes); DAX's fused kernels
 # against what they replace: dax-kernels (their GPU tests), bench-dax-14b (site by site), ab-14b (whole 14B forwards
@@ -53,8 +53,7 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
     sage-variants) stage sage-variants 120 python3 -m tests.benchmarks.bench_sage_variants --out "$OUT/sage_variants" ;;
     profile-14b-dax) stage profile-14b-dax 110 python3 -m tests.gpu.profile_forward --model 14b \
       --accelerations "$DAX_ACCELERATIONS" --out "$OUT/profile_14b_dax.txt" ;;
-    cold-14b) stage cold-14b 240 python3 -m dax_core bench --model 14b --rungs compile $QUICK_FLAG \
-      --out "$OUT/cold_14b" ;;  # the full stack's first call in a fresh process, nothing compiled yet on the machine
+    cold-14b) stage cold-14b 180 python3 -m tests.gpu.cold_start --model 14b --out "$OUT/cold_14b.json" ;;
     ladder-14b) stage ladder-14b 320 python3 -m dax_core bench --model 14b --rungs "$LADDER_14B" $QUICK_FLAG \
       --out "$OUT/ladder_14b" ;;
     ladder-1.3b) stage ladder-1.3b 150 python3 -m dax_core bench --model 1.3b $QUICK_FLAG --out "$OUT/ladder_1.3b" ;;
