@@ -12,7 +12,7 @@ A row is held ``ROW_CHUNK`` values at a time (``GELU_CHUNK`` with GELU), in two 
 a whole row in registers, padded to a power of two, idled up to 45 % of the lanes at Wan's widths and kept too few
 rows in flight. With GELU on 16-bit activations the first pass reads the row's max alone (``gelu_amax``), so GELU
 is computed once per value; with the reciprocal, on an H200 at Wan 14B's FFN, 1.39 ms instead of 2.65 ms per call
-(``tests/benchmarks/bench_row_kernels.py``).
+(an earlier version of ``tests/benchmarks/bench_row_kernels.py``).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def row_warps(width: int, gelu: bool) -> int:
     """Warps per row of the row quantizer, as measured on an H200 at Wan's widths (``bench_row_kernels``: each
     width's fastest of 1 to 16 warps): fixed, not tuned at the first call, so that a new process compiles one kernel
     per width, not one per candidate, and every GPU reduces a row in the same order."""
-    if gelu:  # 1 to 8 warps within 2 % of each other at 14B; 4 the fastest at 1.3B
+    if gelu:  # 1 to 8 warps within 3 % of each other at 14B; 4 the fastest at 1.3B
         return 4
     return 4 if width > 2048 else 1  # 14B: 0.315 ms at 4 against 0.404 at 2; 1.3B: 0.046 at 1, 0.056 at 4
 

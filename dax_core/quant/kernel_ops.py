@@ -12,9 +12,8 @@ one write of their tensors (GELU with ffn.2's quantization 3.8 ms a call where 3
 - GELU and ffn.2's quantization are one op (``gelu_quantize_rows``); any other 8-bit input one op (``quantize_rows``).
 
 On the GPU the kernels launch with the warps measured fastest at Wan's widths (``fused_quant.row_warps``,
-``fused_ops.norm_warps``). On the CPU the ops run the PyTorch
-definitions (``models.ops``, ``numerics.quantize``), the contract the kernels meet bit for bit (their interpreter
-tests and the GPU tier).
+``fused_ops.norm_warps``). On the CPU the ops run the PyTorch definitions (``models.ops``, ``numerics.quantize``),
+the contract the kernels meet bit for bit (their interpreter tests and the GPU tier).
 """
 
 from __future__ import annotations

@@ -167,8 +167,9 @@ def markdown(result: dict) -> str:
     lines = [f"# Per-row kernels by warps, on {result['device']}", "",
              f"Command: `{result['command']}` (torch {result['torch']}; ms per call, median of {result['reps']} "
              f"repeats of {CALLS} calls).", "",
-             "| shape | site | " + " | ".join(f"{n} warps" for n in WARPS) + " | product when run (warps) | rolled loops | "
-             "cast of the input | TB/s |", "|---|---|" + "---|" * len(WARPS) + "---|---|---|---|"]  # fmt: skip
+             "| shape | site | " + " | ".join(f"{n} warps" for n in WARPS)
+             + " | product when run (warps) | rolled loops | cast of the input | TB/s |",
+             "|---|---|" + "---|" * len(WARPS) + "---|---|---|---|"]  # fmt: skip
     for r in result["rows"]:
         by = {int(k): v for k, v in r["ms_by_warps"].items()}
         best = min(by.values())

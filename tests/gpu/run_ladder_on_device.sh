@@ -6,16 +6,18 @@
 #   QUICK=1 bash tests/gpu/run_ladder_on_device.sh                # one timed forward per rung
 #   AB_RUNGS=full,full_dax bash tests/gpu/run_ladder_on_device.sh ab-14b   # some of the A/B rungs
 #   RUNGS=stock,compile bash tests/gpu/run_ladder_on_device.sh ladder-peer-14b  # some of the 14B ladder's rungs
-# Stages: kernels, gpu-tier (all of tests/gpu), cold-14b (the full stack's first call, empty caches), ladder-14b, ladder-1.3b, profile-14b, profile-1.3b (kernel tables of
-# the full stack's forward), peer-1.3b (diffusers' line: needs .whl with diffusers, torchao, ...), ladder-peer-1.3b
-# (both in one run), ladder-peer-14b (the same at 14B: diffusers' compile alone takes minutes); DAX's fused kernels
-# against what they replace: dax-kernels (their GPU tests), bench-dax-14b (site by site), ab-14b (whole 14B forwards
-# of the full stack without and with them, same run), profile-14b-dax (the kernel table with them), and at 1.3B:
-# profile-1.3b-dax, bench-dax-1.3b, ab-1.3b; row-kernels (variants of the per-row quantization kernels); sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity).
+# Stages: kernels, gpu-tier (all of tests/gpu), cold-14b (the full stack's first call in a fresh process with empty
+# compile caches), ladder-14b, ladder-1.3b, profile-14b, profile-1.3b (kernel tables of the full stack's forward),
+# peer-1.3b (diffusers' line: needs .whl with diffusers, torchao, ...), ladder-peer-1.3b (both in one run),
+# ladder-peer-14b (the same at 14B: diffusers' compile alone takes minutes); DAX's fused kernels against what they
+# replace: dax-kernels (their GPU tests), bench-dax-14b (site by site), ab-14b (whole 14B forwards of the full stack
+# without and with them, same run), profile-14b-dax (the kernel table with them), and at 1.3B: profile-1.3b-dax,
+# bench-dax-1.3b, ab-1.3b; row-kernels (the per-row kernels by warps, the norm's loops rolled and unrolled);
+# sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity).
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl.
 # Each stage has a time limit, so one that hangs cannot take the others' time; the ladder writes after every rung.
 # Writes gpu.txt, run.log, clocks.csv (SM clock, power, throttle reasons every 0.5 s) and each stage's results:
-# ladder_*.{json,md}, peer_1.3b.{json,md}, profile_*.txt, dax_kernels_14b.{json,md}, ab_14b.{json,md}.
+# ladder_*.{json,md}, peer_1.3b.{json,md}, profile_*.txt, dax_kernels_14b.{json,md}, ab_14b.{json,md}, cold_14b.json.
 set -uo pipefail
 STAGE_SHOW="rung|passed|skipped|failed|error|Error"
 . tests/gpu/device_setup.sh
