@@ -13,7 +13,8 @@
 # replace: dax-kernels (their GPU tests), bench-dax-14b (site by site), ab-14b (whole 14B forwards of the full stack
 # without and with them, same run), profile-14b-dax (the kernel table with them), and at 1.3B: profile-1.3b-dax,
 # bench-dax-1.3b, ab-1.3b; row-kernels (the per-row kernels by warps, the norm's loops rolled and unrolled);
-# sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity).
+# sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity); dax-attention (a Triton attention kernel
+# on SageAttention2's prepared inputs against its sm90 kernel).
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl.
 # Each stage has a time limit, so one that hangs cannot take the others' time; the ladder writes after every rung.
 # Writes gpu.txt, run.log, clocks.csv (SM clock, power, throttle reasons every 0.5 s) and each stage's results:
@@ -52,6 +53,7 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
       --out "$OUT/dax_kernels_1.3b" ;;
     ab-1.3b) stage ab-1.3b 150 python3 -m dax_core bench --model 1.3b --rungs "$AB_14B" $QUICK_FLAG --out "$OUT/ab_1.3b" ;;
     row-kernels) stage row-kernels 420 python3 -m tests.benchmarks.bench_row_kernels --out "$OUT/row_kernels" ;;
+    dax-attention) stage dax-attention 300 python3 -m tests.benchmarks.bench_dax_attention --out "$OUT/dax_attention" ;;
     sage-variants) stage sage-variants 120 python3 -m tests.benchmarks.bench_sage_variants --out "$OUT/sage_variants" ;;
     profile-14b-dax) stage profile-14b-dax 110 python3 -m tests.gpu.profile_forward --model 14b \
       --accelerations "$DAX_ACCELERATIONS" --out "$OUT/profile_14b_dax.txt" ;;
@@ -70,7 +72,7 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
 done
 for f in "$OUT"/ladder_*.md "$OUT"/peer_*.md "$OUT"/ab_*.md; do [ -f "$f" ] && sed -n '/^| rung/,/^$/p' "$f"; done
 for f in "$OUT"/dax_kernels_*.md; do [ -f "$f" ] && sed -n '/^| site/,/^Sum/p' "$f"; done
-for f in "$OUT"/sage_variants.md "$OUT"/row_kernels.md; do [ -f "$f" ] && cat "$f"; done
+for f in "$OUT"/sage_variants.md "$OUT"/row_kernels.md "$OUT"/dax_attention.md; do [ -f "$f" ] && cat "$f"; done
 for f in "$OUT"/profile_*.txt; do [ -f "$f" ] && head -30 "$f"; done
 kill $CLOCKS 2>/dev/null
 echo "== done $(date +%T)" | tee -a "$LOG"
