@@ -22,14 +22,13 @@ import functools
 import logging
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from dax_core.attention import sage_layout as L
 from dax_core.attention.sage_prepared import sage_attend
 from dax_core.bench.timing import median, timed
-from tests.benchmarks.common import run_kernel_bench
+from tests.benchmarks.common import attention_inputs, exact_attention, run_kernel_bench
 
 log = logging.getLogger("bench_dax_attention")
 SHAPES = {"14b self": (75600, 40), "1.3b self": (32760, 12)}
@@ -109,19 +108,6 @@ def prepared(q, k, v, storage: torch.dtype | None = None):
     return qc.contiguous(), qs, kc.contiguous(), ks, vc, vs  # the codes: views of the padded blocks
 
 
-def _inputs(tokens: int, heads: int, seed: int):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    q = torch.randn(1, tokens, heads, HEAD_DIM, generator=g, device="cuda").bfloat16()
-    k = (torch.randn(1, tokens, heads, HEAD_DIM, generator=g, device="cuda") + 0.5).bfloat16()
-    v = torch.randn(1, tokens, heads, HEAD_DIM, generator=g, device="cuda").bfloat16()
-    return q, k, v
-
-
-def _exact(q, k, v) -> torch.Tensor:
-    q, k, v = (t.transpose(1, 2).float() for t in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -129,8 +115,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def measure(reps: int) -> list[dict]:
     device = torch.device("cuda")
     sm_scale = HEAD_DIM**-0.5
-    small = _inputs(8192, 2, 1)
-    exact = _exact(*small)
+    small = attention_inputs(8192, 8192, 2, 1)
+    exact = exact_attention(*small)
     small_in = prepared(*small)
     kernels = {"sage sm90": functools.partial(_sage, sm_scale=sm_scale)}
     for c in CONFIGS:
@@ -140,7 +126,7 @@ def measure(reps: int) -> list[dict]:
     rows = []
     for shape, (tokens, heads) in SHAPES.items():
         flops = 4 * tokens * tokens * heads * HEAD_DIM
-        full = prepared(*_inputs(tokens, heads, 0))
+        full = prepared(*attention_inputs(tokens, tokens, heads, 0))
         sage_out, sage_ms = None, None
         for name, fn in kernels.items():
             call = functools.partial(fn, *full)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from dax_core.bench.timing import median, timed
-from tests.benchmarks.common import run_kernel_bench
+from tests.benchmarks.common import attention_inputs, exact_attention, run_kernel_bench
 
 log = logging.getLogger("bench_sage_variants")
 SHAPES = {  # name: (query tokens, key tokens, heads)
@@ -62,32 +62,15 @@ def _kernel(prepared, shape, layout: str, gran: str):
     return run
 
 
-def _inputs(sq: int, sk: int, heads: int, layout: str, seed: int):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    q = torch.randn(1, sq, heads, HEAD_DIM, generator=g, device="cuda").bfloat16()
-    k = (torch.randn(1, sk, heads, HEAD_DIM, generator=g, device="cuda") + 0.5).bfloat16()
-    v = torch.randn(1, sk, heads, HEAD_DIM, generator=g, device="cuda").bfloat16()
-    if layout == "HND":
-        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    return q, k, v
-
-
-def _exact(q, k, v, layout: str) -> torch.Tensor:
-    if layout == "NHD":
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
-    return out if layout == "HND" else out.transpose(1, 2)
-
-
 def measure(reps: int) -> list[dict]:
     device = torch.device("cuda")
     rows = []
     for name, (sq, sk, heads) in SHAPES.items():
         flops = 4 * sq * sk * heads * HEAD_DIM
         for layout in ("NHD", "HND"):
-            q, k, v = _inputs(sq, sk, heads, layout, 0)
-            small = _inputs(min(sq, 8192), min(sk, 8192), ERROR_HEADS, layout, 1)
-            exact = _exact(*small, layout)
+            q, k, v = attention_inputs(sq, sk, heads, 0, layout, HEAD_DIM)
+            small = attention_inputs(min(sq, 8192), min(sk, 8192), ERROR_HEADS, 1, layout, HEAD_DIM)
+            exact = exact_attention(*small, layout)
             for gran in ("per_thread", "per_warp"):
                 run = _kernel(_prepare(q, k, v, layout, gran), q.shape, layout, gran)
                 ms = 1000 * median(timed(run, reps, device, warmup=2))

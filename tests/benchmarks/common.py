@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from dax_core.bench.cases import TEXT_TOKENS, TINY, Case
 from dax_core.bench.timing import device_name, median, sync, timed, write_json
@@ -19,8 +20,8 @@ from dax_core.models.spec import WAN21_T2V_1_3B, WAN21_T2V_14B, WanSpec
 from dax_core.models.wan import WanModel
 
 __all__ = [
-    "CASES", "TEXT_TOKENS", "TINY", "Case", "build_diffusers", "build_ours", "cuda_time", "device_name",
-    "fill_seeded_", "floor_seconds", "median", "sync", "timed", "write_json",
+    "CASES", "TEXT_TOKENS", "TINY", "Case", "attention_inputs", "build_diffusers", "build_ours", "cuda_time",
+    "device_name", "exact_attention", "fill_seeded_", "floor_seconds", "median", "sync", "timed", "write_json",
 ]  # fmt: skip
 
 # Kernel ceilings measured on the H100 (bf16 GEMM, cuDNN SDPA), TFLOP/s: the FLOP floor of bench_forward uses them.
@@ -45,6 +46,26 @@ def floor_seconds(case: Case) -> float:
 
 def build_ours(spec: WanSpec, device: str, dtype: torch.dtype, seed: int) -> WanModel:
     return build_model(spec, device, dtype, seed)
+
+
+def attention_inputs(sq: int, sk: int, heads: int, seed: int, layout: str = "NHD", head_dim: int = 128):
+    """Seeded bf16 q, k, v on the GPU ([1, S, H, D] for NHD, [1, H, S, D] for HND), k offset by 0.5 so that
+    SageAttention's smoothing of K has a mean to take out."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(1, sq, heads, head_dim, generator=g, device="cuda").bfloat16()
+    k = (torch.randn(1, sk, heads, head_dim, generator=g, device="cuda") + 0.5).bfloat16()
+    v = torch.randn(1, sk, heads, head_dim, generator=g, device="cuda").bfloat16()
+    if layout == "HND":
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    return q, k, v
+
+
+def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "NHD") -> torch.Tensor:
+    """Attention in float32 of the same q, k, v, in their layout."""
+    if layout == "NHD":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    return out if layout == "HND" else out.transpose(1, 2)
 
 
 def cuda_time(fn: Callable[[], object], warmup: int, reps: int) -> list[float]:
