@@ -1,6 +1,7 @@
 """DAX's per-row kernels at each number of warps, site by site, in one run, and the norm's loops rolled.
 
     python -m tests.benchmarks.bench_row_kernels --out docs/benchmarks/row_kernels_h200
+    python -m tests.benchmarks.bench_row_kernels --only V: --out ...   # some sites
 
 At Wan's shapes (1.3B: 32,760 tokens x 1536, FFN 8960, 12 heads; 14B: 75,600 x 5120, FFN 13824, 40 heads), every
 site of a block where DAX's kernels quantize for the 8-bit linears and SageAttention2: the three norm sites (each
@@ -138,11 +139,14 @@ def _ms(fn: Callable, reps: int) -> float:
     return 1000 * median(timed(calls, reps, torch.device("cuda"), warmup=1)) / CALLS
 
 
-def measure(reps: int) -> list[dict]:
+def measure(reps: int, only: tuple[str, ...] = ()) -> list[dict]:
+    """Every site at both shapes, or (``only``) those whose names contain one of the strings given."""
     g = torch.Generator(device="cuda").manual_seed(0)
     out = []
     for shape, (tokens, dim, ffn, heads) in SHAPES.items():
         for site in sites(tokens, dim, ffn, heads, g):
+            if only and not any(w in site.name for w in only):
+                continue
             gelu = site.name.startswith("GELU")
             chosen = site.product_warps(ffn if gelu else dim, gelu)
             by_warps = {}
@@ -181,7 +185,9 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_kernel_bench("tests.benchmarks.bench_row_kernels", __doc__.splitlines()[0], measure, markdown, argv)
+    filters = {"only": "only the sites whose names contain this (repeatable; say 'V:')"}
+    return run_kernel_bench("tests.benchmarks.bench_row_kernels", __doc__.splitlines()[0], measure, markdown, argv,
+                            filters)  # fmt: skip
 
 
 if __name__ == "__main__":

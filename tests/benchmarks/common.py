@@ -75,19 +75,23 @@ def cuda_time(fn: Callable[[], object], warmup: int, reps: int) -> list[float]:
 def run_kernel_bench(
     module: str,
     description: str,
-    measure: Callable[[int], list[dict]],
+    measure: Callable[..., list[dict]],
     markdown: Callable[[dict], str],
     argv: list[str] | None,
+    filters: dict[str, str] | None = None,
 ) -> dict:
-    """The command line of a one-GPU kernel benchmark: ``--reps`` (median of), ``--out PREFIX`` (JSON and Markdown);
-    ``measure(reps)`` gives the rows, ``markdown(result)`` the table."""
+    """The command line of a one-GPU kernel benchmark: ``--reps`` (median of), ``--out PREFIX`` (JSON and Markdown),
+    and each of ``filters`` (option name: help) as a repeatable ``--NAME`` string; ``measure(reps, **filters)``
+    gives the rows (each filter a tuple of the strings given), ``markdown(result)`` the table."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--out", type=Path)
+    for name, text in (filters or {}).items():
+        p.add_argument(f"--{name}", action="append", default=[], help=text)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with torch.inference_mode():
-        rows = measure(args.reps)
+        rows = measure(args.reps, **{name: tuple(getattr(args, name)) for name in filters or {}})
     result = {"device": device_name(torch.device("cuda")), "torch": torch.__version__, "reps": args.reps,
               "command": f"python -m {module} " + shlex.join(argv or sys.argv[1:]), "rows": rows}  # fmt: skip
     if args.out:

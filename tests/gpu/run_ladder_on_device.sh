@@ -12,7 +12,8 @@
 # ladder-peer-14b (the same at 14B: diffusers' compile alone takes minutes); DAX's fused kernels against what they
 # replace: dax-kernels (their GPU tests), bench-dax-14b (site by site), ab-14b (whole 14B forwards of the full stack
 # without and with them, same run), profile-14b-dax (the kernel table with them), and at 1.3B: profile-1.3b-dax,
-# bench-dax-1.3b, ab-1.3b; row-kernels (the per-row kernels by warps, the norm's loops rolled and unrolled);
+# bench-dax-1.3b, ab-1.3b; row-kernels (the per-row kernels by warps, the norm's loops rolled and unrolled;
+# row-kernels-v: V's two alone); sage-inputs (the GPU tests of SageAttention2's inputs);
 # sage-variants (SageAttention2's sm90 kernel by layout and Q/K granularity); dax-attention (a Triton attention kernel
 # on SageAttention2's prepared inputs against its sm90 kernel).
 # Carries (optional): .kern/*.tar.gz (prebuilt SageAttention2 for sm90, unpacked to /tmp/kern), .whl/*.whl.
@@ -53,6 +54,9 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
       --out "$OUT/dax_kernels_1.3b" ;;
     ab-1.3b) stage ab-1.3b 150 python3 -m dax_core bench --model 1.3b --rungs "$AB_14B" $QUICK_FLAG --out "$OUT/ab_1.3b" ;;
     row-kernels) stage row-kernels 420 python3 -m tests.benchmarks.bench_row_kernels --out "$OUT/row_kernels" ;;
+    row-kernels-v) stage row-kernels-v 150 python3 -m tests.benchmarks.bench_row_kernels --only V: \
+      --out "$OUT/row_kernels_v" ;;
+    sage-inputs) stage sage-inputs 150 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_sage_inputs_cuda.py ;;
     dax-attention) stage dax-attention 300 python3 -m tests.benchmarks.bench_dax_attention --out "$OUT/dax_attention" ;;
     sage-variants) stage sage-variants 120 python3 -m tests.benchmarks.bench_sage_variants --out "$OUT/sage_variants" ;;
     profile-14b-dax) stage profile-14b-dax 110 python3 -m tests.gpu.profile_forward --model 14b \
@@ -72,7 +76,7 @@ for s in ${@:-kernels ladder-14b ladder-1.3b}; do
 done
 for f in "$OUT"/ladder_*.md "$OUT"/peer_*.md "$OUT"/ab_*.md; do [ -f "$f" ] && sed -n '/^| rung/,/^$/p' "$f"; done
 for f in "$OUT"/dax_kernels_*.md; do [ -f "$f" ] && sed -n '/^| site/,/^Sum/p' "$f"; done
-for f in "$OUT"/sage_variants.md "$OUT"/row_kernels.md "$OUT"/dax_attention.md; do [ -f "$f" ] && cat "$f"; done
+for f in "$OUT"/sage_variants.md "$OUT"/row_kernels*.md "$OUT"/dax_attention.md; do [ -f "$f" ] && cat "$f"; done
 for f in "$OUT"/profile_*.txt; do [ -f "$f" ] && head -30 "$f"; done
 kill $CLOCKS 2>/dev/null
 echo "== done $(date +%T)" | tee -a "$LOG"
