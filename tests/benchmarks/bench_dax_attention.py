@@ -2,14 +2,15 @@
 
     python -m tests.benchmarks.bench_dax_attention --out docs/benchmarks/dax_attention_h200
 
-An experiment, not yet the product's: the kernel here reads exactly what ``sage_prepared.sage_attend`` hands the sm90
-kernel (int8 Q and smoothed K with per-thread scales, fp8 V per channel, transposed and permuted within each 16
-tokens; ``sage_layout``) and computes what it computes: Q·K in int8 with int32 sums, each score times its query's
-and key's scales, an online softmax in float32 with P scaled by 2^8.807 (about 448) into e4m3's range, P·V in fp8
-with float32 sums, V's per-channel scale at the end. The keys of each block are loaded in V's position order, so the
-scores' columns line up with V's rows as stored. SageAttention2's sm90 kernel runs one warpgroup of 64 query rows
-per program, its MMAs and softmax one after the other; Triton here takes 64 or 128 rows (one or two warpgroups) and
-pipelines the loads of the next block (``num_stages``).
+An experiment, not the product's (on an H200 its best configuration ran at 0.57-0.60x of Sage's kernel:
+``docs/benchmarks/dax_attention_h200.md``): the kernel here reads exactly what ``sage_prepared.sage_attend`` hands
+the sm90 kernel (int8 Q and smoothed K with per-thread scales, fp8 V per channel, transposed and permuted within
+each 16 tokens; ``sage_layout``) and computes what it computes: Q·K in int8 with int32 sums, each score times its
+query's and key's scales, an online softmax in float32 with P scaled by 2^8.807 (about 448) into e4m3's range, P·V
+in fp8 with float32 sums, V's per-channel scale at the end. The keys of each block are loaded in V's position order,
+so the scores' columns line up with V's rows as stored. SageAttention2's sm90 kernel runs one warpgroup of 64 query
+rows per program, its MMAs and softmax one after the other; Triton here takes 64 or 128 rows (one or two warpgroups)
+and pipelines the loads of the next block (``num_stages``).
 
 At Wan's self-attention shapes (14B 720p: 75,600 tokens x 40 heads; 1.3B 480p: 32,760 x 12; head_dim 128): ms per
 call (median), TFLOP/s, against Sage's kernel in the same run, and the error of each output against float32
