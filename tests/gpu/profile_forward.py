@@ -4,7 +4,9 @@
 
 Builds the model at its real shapes with seeded random weights, applies the accelerations, runs two untimed
 forwards (compilation) and profiles the third: the table lists every kernel's total GPU time, grouped by kind
-(GEMM, attention, Triton/inductor element-wise, copies, other), so the distance to the dense floor has names.
+(GEMM, attention, Triton/inductor element-wise, copies, other), so the distance to the dense floor has names; then
+where the GPU sat idle: the time between kernels, the recurring gaps by the kernels either side of them, and the wall
+time outside the span from the first kernel's start to the last one's end.
 """
 
 from __future__ import annotations
@@ -55,6 +57,47 @@ def kind_of(name: str) -> str:
     return "other"
 
 
+def idle_gaps(kernels: list[tuple[float, float, str]], threshold_us: float = 5.0) -> tuple[float, list[dict]]:
+    """The GPU's idle time between kernels given as (start, end, name) in microseconds: the total inside their span,
+    and the gaps of at least ``threshold_us`` grouped by the kernels before and after them (the same gap recurs in
+    every block), largest total first: {"before", "after", "count", "total_us", "max_us"}."""
+    ordered = sorted(kernels)
+    idle = 0.0
+    groups: dict[tuple[str, str], dict] = {}
+    busy_until, before = ordered[0][1], ordered[0][2]
+    for start, end, name in ordered[1:]:
+        if start > busy_until:
+            gap = start - busy_until
+            idle += gap
+            if gap >= threshold_us:
+                g = groups.setdefault((before, name), {"before": before, "after": name, "count": 0, "total_us": 0.0,
+                                                       "max_us": 0.0})  # fmt: skip
+                g["count"] += 1
+                g["total_us"] += gap
+                g["max_us"] = max(g["max_us"], gap)
+        if end > busy_until:
+            busy_until, before = end, name
+    return idle, sorted(groups.values(), key=lambda g: -g["total_us"])
+
+
+def _gap_lines(prof, wall_ms: float) -> list[str]:
+    kernels = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA]  # fmt: skip
+    if not kernels:
+        return []
+    idle_us, groups = idle_gaps(kernels)
+    span_ms = (max(k[1] for k in kernels) - min(k[0] for k in kernels)) / 1000
+    lines = [
+        "",
+        f"GPU idle between kernels {idle_us / 1000:.1f} ms; wall outside the kernels' span {wall_ms - span_ms:.1f} ms",
+        f"{'ms':>9} {'gaps':>5} {'max us':>7}  kernel before -> kernel after",
+    ]
+    for g in groups[:15]:
+        lines.append(f"{g['total_us'] / 1000:9.2f} {g['count']:5d} {g['max_us']:7.0f}  {g['before'][:70]} -> "
+                     f"{g['after'][:70]}")  # fmt: skip
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="14b")
@@ -96,6 +139,8 @@ def main() -> None:
         lines.append(f"  {kind:22s} {ms:9.1f} ms {100 * ms / total:5.1f} %")
     lines += ["", f"{'ms':>9} {'calls':>6} {'ms/call':>8}  kernel"]
     lines += [f"{ms:9.2f} {n:6d} {ms / n:8.3f}  {name[:150]}" for ms, n, name in rows[:45]]
+    if on_gpu:
+        lines += _gap_lines(prof, wall_ms)
     args.out.write_text("\n".join(lines) + "\n")
     logging.info("\n%s", "\n".join(lines[:12]))
 
