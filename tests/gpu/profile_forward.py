@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -133,7 +135,9 @@ def main() -> None:
     for ms, _, name in rows:
         by_kind[kind_of(name)] += ms
     total = sum(ms for ms, _, _ in rows)
-    lines = [f"{case.name}: {recipe.to_dict()['accelerations']}"]
+    where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
+    command = "python3 -m tests.gpu.profile_forward " + shlex.join(sys.argv[1:])
+    lines = [f"{case.name}: {recipe.to_dict()['accelerations']}", f"{where}, torch {torch.__version__}: {command}"]
     lines.append(f"forward (wall, profiled) {wall_ms:.1f} ms; kernels {total:.1f} ms")
     for kind, ms in sorted(by_kind.items(), key=lambda x: -x[1]):
         lines.append(f"  {kind:22s} {ms:9.1f} ms {100 * ms / total:5.1f} %")
