@@ -28,7 +28,7 @@ from dax_core.accelerations import BuildEnv, apply_accelerations
 from dax_core.attention import sage_inputs
 from dax_core.bench.cases import case_for
 from dax_core.bench.inputs import make_inputs
-from dax_core.bench.timing import sync
+from dax_core.bench.timing import device_name, sync
 from dax_core.bench.weights import build_model
 from dax_core.models import fused_ops, fused_quant
 from dax_core.recipe import Recipe
@@ -135,9 +135,9 @@ def main() -> None:
     for ms, _, name in rows:
         by_kind[kind_of(name)] += ms
     total = sum(ms for ms, _, _ in rows)
-    where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
     command = "python3 -m tests.gpu.profile_forward " + shlex.join(sys.argv[1:])
-    lines = [f"{case.name}: {recipe.to_dict()['accelerations']}", f"{where}, torch {torch.__version__}: {command}"]
+    lines = [f"{case.name}: {recipe.to_dict()['accelerations']}",
+             f"{device_name(device)}, torch {torch.__version__}: {command}"]  # fmt: skip
     lines.append(f"forward (wall, profiled) {wall_ms:.1f} ms; kernels {total:.1f} ms")
     for kind, ms in sorted(by_kind.items(), key=lambda x: -x[1]):
         lines.append(f"  {kind:22s} {ms:9.1f} ms {100 * ms / total:5.1f} %")
